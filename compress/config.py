@@ -1,0 +1,205 @@
+"""pipeline.yaml as pydantic models.
+
+Every error is reported as one line, `FILE: yaml.path.of.field: message`. Stage sections are
+validated against the config model each stage registers, so a stage owns its own options.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from compress.errors import ConfigError
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(Strict):
+    source: str = Field("digits", description="digits | npz | imagefolder | package.module:function")
+    path: Path | None = None
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    normalize: bool = True
+    image_size: int | None = Field(None, ge=1, description="imagefolder: resize to this square size")
+    grayscale: bool = False
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "DataConfig":
+        if self.source in ("npz", "imagefolder") and self.path is None:
+            raise ValueError(f"source '{self.source}' needs data.path")
+        if self.source not in ("digits", "npz", "imagefolder") and ":" not in self.source:
+            raise ValueError(
+                f"unknown data source '{self.source}': use digits, npz, imagefolder or package.module:function"
+            )
+        return self
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    schedule: Literal["cosine", "constant"] = "cosine"
+
+
+class ModelConfig(Strict):
+    model: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class TeacherConfig(ModelConfig):
+    checkpoint: Path | None = None
+    train: TrainConfig | None = None
+
+    @model_validator(mode="after")
+    def _source_of_weights(self) -> "TeacherConfig":
+        if self.checkpoint is None and self.train is None:
+            raise ValueError("the teacher needs a checkpoint or a train section")
+        return self
+
+
+class GatesConfig(Strict):
+    max_accuracy_drop: float | None = Field(None, ge=0, description="top-1 points (0.02 = 2 points)")
+    min_speedup: float | None = Field(None, gt=0)
+    max_latency_ms: float | dict[int, float] | None = None
+    max_size_mb: float | None = Field(None, gt=0)
+
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class PipelineConfig(Strict):
+    name: str
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig
+    student: ModelConfig
+    stages: dict[str, Any] = Field(default_factory=dict)
+    gates: GatesConfig = Field(default_factory=GatesConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError("use letters, digits, '.', '_' and '-' (it names the run folder)")
+        return value
+
+    def stage(self, name: str) -> BaseModel:
+        """The validated config of stage `name` (defaults when the section is absent)."""
+        return self.stages[name]
+
+
+def _format_loc(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _raise_first(file: str, error: ValidationError, prefix: tuple = ()) -> None:
+    first = error.errors()[0]
+    loc = prefix + tuple(first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    if first["type"] == "missing":
+        message = "field required"
+    more = len(error.errors()) - 1
+    if more:
+        message += f" (and {more} more error{'s' if more > 1 else ''})"
+    raise ConfigError(file, _format_loc(loc), message) from None
+
+
+def _validate_stages(file: str, raw: dict[str, Any]) -> dict[str, BaseModel]:
+    from compress.stages import STAGES
+
+    if not isinstance(raw, dict):
+        raise ConfigError(file, "stages", "must be a mapping of stage name to options")
+    unknown = sorted(set(raw) - set(STAGES))
+    if unknown:
+        raise ConfigError(file, f"stages.{unknown[0]}", f"unknown stage; known: {', '.join(STAGES)}")
+    validated = {}
+    for name, stage_cls in STAGES.items():
+        if name not in raw and stage_cls.optional:
+            continue
+        section = raw.get(name) or {}
+        try:
+            validated[name] = stage_cls.Config.model_validate(section)
+        except ValidationError as error:
+            _raise_first(file, error, ("stages", name))
+    return validated
+
+
+def _resolve_paths(cfg: PipelineConfig, base: Path) -> None:
+    """Relative paths in the YAML are relative to the YAML file, then must exist."""
+    if cfg.data.path is not None:
+        cfg.data.path = (base / cfg.data.path).resolve()
+    if cfg.teacher.checkpoint is not None:
+        cfg.teacher.checkpoint = (base / cfg.teacher.checkpoint).resolve()
+
+
+def _check_files(file: str, cfg: PipelineConfig) -> None:
+    if cfg.data.path is not None and not cfg.data.path.exists():
+        raise ConfigError(file, "data.path", f"file not found: {cfg.data.path}")
+    if cfg.teacher.checkpoint is not None and not cfg.teacher.checkpoint.is_file():
+        raise ConfigError(file, "teacher.checkpoint", f"file not found: {cfg.teacher.checkpoint}")
+
+
+def _check_models(file: str, cfg: PipelineConfig) -> None:
+    from compress.models import check_model_name
+
+    for role in ("teacher", "student"):
+        problem = check_model_name(getattr(cfg, role).model)
+        if problem:
+            raise ConfigError(file, f"{role}.model", problem)
+
+
+def parse_config(raw: Any, file: str = "pipeline.yaml", base: Path | None = None) -> PipelineConfig:
+    """Validate an already-loaded YAML document."""
+    if not isinstance(raw, dict):
+        raise ConfigError(file, "", "the top level must be a mapping (name, data, teacher, student, stages, gates)")
+    raw = dict(raw)
+    stages_raw = raw.pop("stages", None) or {}
+    try:
+        cfg = PipelineConfig.model_validate(raw)
+    except ValidationError as error:
+        _raise_first(file, error)
+    cfg.stages = _validate_stages(file, stages_raw)
+    _resolve_paths(cfg, base or Path.cwd())
+    _check_files(file, cfg)
+    _check_models(file, cfg)
+    for stage_name, stage_cfg in cfg.stages.items():
+        check = getattr(stage_cfg, "check", None)
+        if check is not None:
+            problem = check(cfg)
+            if problem:
+                field, message = problem
+                raise ConfigError(file, f"stages.{stage_name}.{field}", message)
+    return cfg
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), "", "file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "yaml"
+        raise ConfigError(str(path), where, f"not valid YAML: {getattr(error, 'problem', error)}") from None
+    return parse_config(raw, str(path), path.parent.resolve())
+
+
+def dump_config(cfg: PipelineConfig) -> dict[str, Any]:
+    """The resolved config as plain data (what the run folder records as pipeline.yaml)."""
+    data = cfg.model_dump(mode="json", exclude={"stages"})
+    data["stages"] = {name: stage.model_dump(mode="json") for name, stage in cfg.stages.items()}
+    return data

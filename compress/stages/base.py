@@ -1,0 +1,61 @@
+"""The stage contract: a typed config, the stages it reads, and `run(ctx) -> outputs`.
+
+The runner, not the stage, owns caching, timing, logging, resume and errors. A stage writes only
+into `ctx.stage_dir` and reads other stages only through `ctx.outputs[...]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from pydantic import BaseModel
+
+from compress.config import PipelineConfig, Strict
+
+
+class NoOptions(Strict):
+    pass
+
+
+@dataclass
+class StageContext:
+    name: str
+    pipeline: PipelineConfig
+    config: BaseModel
+    run_dir: Path
+    stage_dir: Path
+    outputs: dict[str, dict[str, Any]]
+    log: Callable[[str], None]
+    _dataset_loader: Callable[[], Any] = field(repr=False, default=None)
+
+    @property
+    def data(self):
+        """The pipeline's dataset, loaded once per run and shared by the stages."""
+        return self._dataset_loader()
+
+    def path(self, relative: str) -> Path:
+        """An artifact path recorded by a stage (relative to the run dir) as an absolute path."""
+        return self.run_dir / relative
+
+    def relative(self, path: Path) -> str:
+        return str(Path(path).relative_to(self.run_dir))
+
+    def has(self, stage: str) -> bool:
+        return stage in self.outputs
+
+
+class Stage:
+    name: ClassVar[str]
+    Config: ClassVar[type[BaseModel]] = NoOptions
+    optional: ClassVar[bool] = False
+    # Upstream stages whose outputs this stage reads; only those present in the pipeline count.
+    reads: ClassVar[tuple[str, ...]] = ()
+
+    def key_material(self, pipeline: PipelineConfig) -> dict[str, Any]:
+        """Everything outside the stage's own section that changes its result."""
+        return {}
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        raise NotImplementedError

@@ -1,0 +1,60 @@
+"""export: ONNX (opset, dynamic batch), onnx.checker, simplify, parity against PyTorch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from compress.config import Strict
+from compress.distill.train import predict_logits
+from compress.errors import StageFailed
+from compress.export import export_onnx, parity, simplify_onnx
+from compress.fileio import sha256_file, write_json
+from compress.models import load_model
+from compress.stages import register_stage
+from compress.stages.base import Stage, StageContext
+
+
+class ExportConfig(Strict):
+    opset: int = Field(17, ge=13, le=21)
+    dynamic_batch: bool = True
+    simplify: bool = True
+    parity_samples: int = Field(256, ge=1)
+    atol: float = Field(1e-3, gt=0, description="max abs error of logits allowed against PyTorch")
+    min_top1_agreement: float = Field(0.99, ge=0, le=1)
+
+
+def onnx_logits(path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return session.run(None, {name: x.astype(np.float32)})[0]
+
+
+@register_stage
+class ExportStage(Stage):
+    name = "export"
+    Config = ExportConfig
+    reads = ("distill", "quantize")
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        cfg: ExportConfig = ctx.config
+        model, spec = load_model(ctx.path(ctx.outputs["distill"]["checkpoint"]))
+        shape = (spec.in_channels, spec.input_size, spec.input_size)
+        path = ctx.stage_dir / "student.onnx"
+        export_onnx(model, ctx.data.input_shape or shape, path, cfg.opset, cfg.dynamic_batch)
+        simplified = cfg.simplify and simplify_onnx(path)
+        x = ctx.data.x_val[:cfg.parity_samples]
+        report = parity(predict_logits(model, x).numpy(), onnx_logits(path, x))
+        report.update(atol=cfg.atol, min_top1_agreement=cfg.min_top1_agreement)
+        report["passed"] = report["max_abs_error"] <= cfg.atol and report["top1_agreement"] >= cfg.min_top1_agreement
+        write_json(ctx.stage_dir / "parity.json", report)
+        ctx.log(f"student.onnx opset {cfg.opset}{' simplified' if simplified else ''}: max abs error "
+                f"{report['max_abs_error']:.2e}, top-1 agreement {report['top1_agreement']:.4f}")
+        if not report["passed"]:
+            raise StageFailed("export", f"ONNX parity outside tolerance (see {ctx.stage_dir / 'parity.json'})")
+        return {"onnx": ctx.relative(path), "parity": ctx.relative(ctx.stage_dir / "parity.json"),
+                "onnx_sha256": sha256_file(path), "input_shape": list(ctx.data.input_shape)}

@@ -1,0 +1,45 @@
+"""The commented pipeline.yaml that `compress init` writes (also examples/digits/pipeline.yaml)."""
+
+PIPELINE_TEMPLATE = """\
+# compress pipeline: teacher -> KD student -> ONNX -> engines -> benchmark -> report
+# Run it with:  compress run pipeline.yaml      (results in runs/<name>/)
+name: digits
+seed: 0
+
+data:
+  source: digits          # digits (bundled with scikit-learn) | npz | imagefolder | package.module:function
+  # path: data/train.npz  # npz (arrays x, y) or an imagefolder root (one sub-folder per class)
+  val_fraction: 0.2       # seeded, stratified split
+  normalize: true         # per-channel mean/std from the train split
+
+teacher:
+  model: cnn              # mlp | cnn | resnet8 | resnet20 | resnet32 | resnet8x4 | resnet32x4
+  kwargs: {channels: [32, 64, 128]}    #   | torchvision:NAME | package.module:factory
+  # checkpoint: teacher.pt             # a trained teacher (state_dict), or train it here:
+  train: {epochs: 8, batch_size: 64, optimizer: adamw, lr: 0.003, weight_decay: 0.0001}
+
+student:
+  model: cnn
+  kwargs: {channels: [8, 16, 32]}
+
+stages:
+  distill:                # Hinton KD: alpha * KD(T) + (1 - alpha) * cross-entropy
+    epochs: 15
+    batch_size: 64
+    optimizer: adamw
+    lr: 0.005
+    temperature: 4.0
+    alpha: 0.7
+  export: {opset: 17, dynamic_batch: true, atol: 0.001}
+  build:
+    targets: [onnxruntime:fp32]
+  benchmark:
+    batch_sizes: [1, 32]
+  report: {}
+
+gates:                    # a failed gate makes `compress run` exit 3 (after writing the report)
+  max_accuracy_drop: 0.03 # top-1, as a fraction (0.03 = 3 points)
+  # min_speedup: 2.0
+  # max_latency_ms: {1: 5.0}
+  # max_size_mb: 1.0
+"""

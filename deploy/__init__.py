@@ -1,0 +1,1 @@
+"""Engines (ONNX Runtime, OpenVINO, TensorRT) and deploy targets (local, SSH, Jetson)."""

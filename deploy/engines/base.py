@@ -1,0 +1,96 @@
+"""One engine interface for every backend, after Polygraphy's runners.
+
+`build` turns an ONNX file into an artifact folder with an `engine.json` sidecar (metadata never
+goes into the engine file itself); `load` opens that folder as a `Session` whose `infer` maps a
+float32 NCHW batch to logits.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from compress.fileio import read_json, sha256_file, write_json
+
+SIDECAR = "engine.json"
+
+
+class EngineUnavailable(RuntimeError):
+    """The backend is not installed here, or cannot build this precision on this machine."""
+
+
+@dataclass
+class BuiltEngine:
+    directory: Path
+    sidecar: dict[str, Any]
+
+    @property
+    def artifact(self) -> Path:
+        return self.directory / self.sidecar["artifact"]
+
+
+class Session(ABC):
+    @abstractmethod
+    def infer(self, x: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Engine(ABC):
+    backend: ClassVar[str]
+    precisions: ClassVar[tuple[str, ...]]
+
+    @classmethod
+    @abstractmethod
+    def version(cls) -> str | None:
+        """Installed version, or None when the backend cannot be imported here."""
+
+    @classmethod
+    def available(cls) -> bool:
+        return cls.version() is not None
+
+    def build(self, onnx_path: Path, out_dir: Path, precision: str, **options: Any) -> BuiltEngine:
+        if precision not in self.precisions:
+            raise EngineUnavailable(f"{self.backend} builds {', '.join(self.precisions)}, not {precision}")
+        if not self.available():
+            raise EngineUnavailable(f"{self.backend} is not installed")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        artifact, extra = self._build(Path(onnx_path), out_dir, precision, **options)
+        sidecar = {
+            "backend": self.backend,
+            "version": self.version(),
+            "precision": precision,
+            "artifact": artifact.name,
+            "source_onnx": str(onnx_path),
+            "source_onnx_sha256": sha256_file(onnx_path),
+            "artifact_sha256": sha256_file(artifact),
+            "build_seconds": round(time.perf_counter() - started, 3),
+            **extra,
+        }
+        write_json(out_dir / SIDECAR, sidecar)
+        return BuiltEngine(out_dir, sidecar)
+
+    @abstractmethod
+    def _build(self, onnx_path: Path, out_dir: Path, precision: str, **options: Any) -> tuple[Path, dict[str, Any]]:
+        """Write the artifact into out_dir; return its path and extra sidecar fields."""
+
+    @abstractmethod
+    def load(self, artifact: Path, threads: int | None = None) -> Session:
+        """Open an artifact file for inference."""
+
+
+def read_sidecar(directory: Path) -> dict[str, Any]:
+    return read_json(Path(directory) / SIDECAR)

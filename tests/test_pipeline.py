@@ -1,0 +1,121 @@
+"""End to end: a tiny pipeline from teacher to report, its cache, force, resume and lock."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from compress.cli import main
+from compress.fileio import DirLock, read_json
+
+
+def run(path: Path, run_dir: Path, *extra: str) -> int:
+    return main(["--quiet", "run", str(path), "--run-dir", str(run_dir), *extra])
+
+
+def statuses(run_dir: Path) -> dict[str, str]:
+    return {name: entry["status"] for name, entry in read_json(run_dir / "run.json")["stages"].items()}
+
+
+def test_tiny_pipeline_end_to_end(tiny_config, write_pipeline, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    path = write_pipeline(tiny_config)
+    assert run(path, run_dir) == 0
+    assert set(statuses(run_dir).values()) == {"done"}
+
+    results = read_json(run_dir / "stages" / "benchmark" / "results.json")
+    combos = {(r["model"], r["backend"], r["batch_size"]) for r in results["rows"]}
+    assert combos == {(m, b, n) for m, b in [("teacher", "torch"), ("student", "torch"), ("student", "onnxruntime")]
+                      for n in (1, 8)}
+    for row in results["rows"]:
+        assert row["latency_ms"]["p50"] > 0 and row["throughput_per_s"] > 0
+        assert 0.5 < row["accuracy"]["top1"] <= 1 and row["params"] > 0 and row["macs"] > 0 and row["size_mb"] > 0
+    student_rows = [r for r in results["rows"] if r["model"] == "student"]
+    assert len({r["accuracy"]["top1"] for r in student_rows}) == 1  # torch and ONNX agree on every val sample
+
+    parity = read_json(run_dir / "stages" / "export" / "parity.json")
+    assert parity["passed"] and parity["max_abs_error"] < 1e-3 and parity["top1_agreement"] == 1.0
+
+    report = (run_dir / "report.md").read_text()
+    assert "Recommended artifact" in report and "| student | onnxruntime | fp32 | 1 |" in report
+    sidecar = read_json(run_dir / "stages" / "build" / "student.onnxruntime.fp32" / "engine.json")
+    assert sidecar["backend"] == "onnxruntime" and len(sidecar["source_onnx_sha256"]) == 64
+    assert (run_dir / "pipeline.yaml").exists()
+
+
+def test_rerun_is_cached_and_a_changed_stage_reruns_downstream_only(tiny_config, write_pipeline, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert run(write_pipeline(tiny_config), run_dir) == 0
+    first = read_json(run_dir / "run.json")["stages"]
+
+    assert main(["run", str(write_pipeline(tiny_config)), "--run-dir", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert all(f"[{name}] cached" in out for name in first)
+
+    tiny_config["stages"]["distill"]["temperature"] = 2.0
+    assert main(["run", str(write_pipeline(tiny_config)), "--run-dir", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    second = read_json(run_dir / "run.json")["stages"]
+    assert "[teacher] cached" in out
+    assert second["teacher"]["key"] == first["teacher"]["key"]
+    for name in ("distill", "export", "build", "benchmark", "report"):
+        assert f"[{name}] running" in out and second[name]["key"] != first[name]["key"]
+
+
+def test_force_reruns_from_the_named_stage(tiny_config, write_pipeline, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    path = write_pipeline(tiny_config)
+    assert run(path, run_dir) == 0
+    assert main(["run", str(path), "--run-dir", str(run_dir), "--force", "build"]) == 0
+    out = capsys.readouterr().out
+    assert "[export] cached" in out and "[build] running" in out and "[report] running" in out
+    assert main(["run", str(path), "--run-dir", str(run_dir), "--force", "nosuch"]) == 2
+
+
+def test_a_failed_stage_keeps_finished_ones_and_resumes(tiny_config, write_pipeline, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    tiny_config["stages"]["export"] = {"atol": 1e-30}  # parity cannot pass
+    assert run(write_pipeline(tiny_config), run_dir) == 1
+    assert "stage export failed: ONNX parity outside tolerance" in capsys.readouterr().err
+    state = statuses(run_dir)
+    assert state["teacher"] == state["distill"] == "done" and state["export"] == "failed"
+    teacher_pt = run_dir / "stages" / "teacher" / "teacher.pt"
+    before = teacher_pt.stat().st_mtime_ns
+
+    tiny_config["stages"]["export"] = {}
+    assert main(["run", str(write_pipeline(tiny_config)), "--run-dir", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "[teacher] cached" in out and "[distill] cached" in out and "[export] running" in out
+    assert teacher_pt.stat().st_mtime_ns == before
+
+
+def test_a_locked_run_dir_is_refused(tiny_config, write_pipeline, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lock = DirLock(run_dir)
+    assert lock.acquire()
+    try:
+        assert run(write_pipeline(tiny_config), run_dir) == 2
+        assert "another run" in capsys.readouterr().err
+    finally:
+        lock.release()
+
+
+def test_report_is_rebuilt_from_saved_results(tiny_config, write_pipeline, tmp_path):
+    run_dir = tmp_path / "run"
+    assert run(write_pipeline(tiny_config), run_dir) == 0
+    original = (run_dir / "report.md").read_text()
+    (run_dir / "report.md").unlink()
+    assert main(["--quiet", "report", str(run_dir)]) == 0
+    assert (run_dir / "report.md").read_text() == original
+    assert main(["--quiet", "report", str(tmp_path / "nothing")]) == 2
+
+
+def test_a_strict_gate_fails_with_exit_3_after_writing_the_report(tiny_config, write_pipeline, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    tiny_config["gates"] = {"max_size_mb": 1e-6}
+    assert run(write_pipeline(tiny_config), run_dir) == 3
+    assert "gate failed: max_size_mb" in capsys.readouterr().err
+    assert "FAIL" in (run_dir / "report.md").read_text()
