@@ -22,6 +22,27 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+class TransferConfig(Strict):
+    """Inputs the student learns from through the teacher alone (no labels needed)."""
+
+    source: str | None = Field(None, description="extra unlabelled inputs: npz | imagefolder | package.module:function")
+    path: Path | None = None
+    image_size: int | None = Field(None, ge=1)
+    grayscale: bool = False
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    labeled_fraction: float | None = Field(None, gt=0, le=1, description="keep labels on this part of train only")
+
+    @model_validator(mode="after")
+    def _something_to_transfer(self) -> "TransferConfig":
+        if self.source is None and self.labeled_fraction is None:
+            raise ValueError("give a source of unlabelled inputs, or labeled_fraction, or both")
+        if self.source in ("npz", "imagefolder") and self.path is None:
+            raise ValueError(f"transfer source '{self.source}' needs data.transfer.path")
+        if self.source not in (None, "digits", "npz", "imagefolder") and ":" not in self.source:
+            raise ValueError(f"unknown transfer source '{self.source}': use digits, npz, imagefolder or package.module:function")
+        return self
+
+
 class DataConfig(Strict):
     source: str = Field("digits", description="digits | npz | imagefolder | package.module:function")
     path: Path | None = None
@@ -30,6 +51,7 @@ class DataConfig(Strict):
     image_size: int | None = Field(None, ge=1, description="imagefolder: resize to this square size")
     grayscale: bool = False
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    transfer: TransferConfig | None = Field(None, description="unlabelled inputs for KD (see compress.data.transfer)")
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DataConfig":
@@ -49,7 +71,17 @@ class TrainConfig(Strict):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    # Training options of compress.distill.train.fit (teacher, baseline and distill share them).
+    warmup_epochs: float = Field(0.0, ge=0, description="linear LR warm-up before the schedule")
+    lr_steps: list[int] = Field(default_factory=list, description="step schedule: epochs where lr *= lr_gamma")
+    lr_gamma: float = Field(0.1, gt=0, le=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0, description="max global gradient norm")
+    amp: bool = Field(False, description="bf16 autocast on CPU, fp16 autocast + GradScaler on CUDA")
+    crop_padding: int = Field(0, ge=0, description="random crop after zero padding by this many pixels")
+    flip: bool = Field(False, description="random horizontal flip")
+    progress: bool = Field(True, description="a progress bar per epoch when the console is a terminal")
 
 
 class ModelConfig(Strict):
@@ -143,11 +175,16 @@ def _resolve_paths(cfg: PipelineConfig, base: Path) -> None:
         cfg.data.path = (base / cfg.data.path).resolve()
     if cfg.teacher.checkpoint is not None:
         cfg.teacher.checkpoint = (base / cfg.teacher.checkpoint).resolve()
+    if cfg.data.transfer is not None and cfg.data.transfer.path is not None:
+        cfg.data.transfer.path = (base / cfg.data.transfer.path).resolve()
 
 
 def _check_files(file: str, cfg: PipelineConfig) -> None:
     if cfg.data.path is not None and not cfg.data.path.exists():
         raise ConfigError(file, "data.path", f"file not found: {cfg.data.path}")
+    transfer = cfg.data.transfer
+    if transfer is not None and transfer.path is not None and not transfer.path.exists():
+        raise ConfigError(file, "data.transfer.path", f"file not found: {transfer.path}")
     if cfg.teacher.checkpoint is not None and not cfg.teacher.checkpoint.is_file():
         raise ConfigError(file, "teacher.checkpoint", f"file not found: {cfg.teacher.checkpoint}")
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import yaml
 
-from compress import __version__
+from compress import __version__, distributed
 from compress.config import PipelineConfig, dump_config
 from compress.errors import CompressError, StageFailed, UsageError
 from compress.fileio import DirLock, read_json, sha256_json, write_json, write_text
@@ -35,6 +35,7 @@ class Runner:
             raise UsageError(f"--force: no stage '{force}' in this pipeline; stages: {', '.join(self.stage_names)}")
         self.force = force
         self._dataset = None
+        self.peers = distributed.Peers(False)
 
     @property
     def run_json_path(self) -> Path:
@@ -60,11 +61,21 @@ class Runner:
         return sha256_json(material)[:16]
 
     def run(self) -> dict[str, Any]:
+        # Under torchrun only rank 0 takes the lock and writes run.json; the other ranks follow it
+        # (compress/distributed.py) and train alongside it in the distributed stages.
+        if distributed.init_from_env():
+            if distributed.rank() != 0:
+                return distributed.follow(self)
+            self.peers = distributed.Peers(True)
         lock = DirLock(self.run_dir)
         if not lock.acquire():
-            raise UsageError(f"{self.run_dir}: another run (pid {lock.holder()}) is writing this run dir")
+            message = f"{self.run_dir}: another run (pid {lock.holder()}) is writing this run dir"
+            self.peers.send("failed", "lock", message)
+            raise UsageError(message)
         try:
-            return self._run_locked()
+            record = self._run_locked()
+            self.peers.send("end")
+            return record
         finally:
             lock.release()
 
@@ -86,11 +97,14 @@ class Runner:
                     and self._outputs_exist(previous.get("outputs", {})):
                 self.log(f"[{name}] cached (key {key})")
                 outputs[name] = previous["outputs"]
+                self.peers.send("cached", name, outputs[name])
                 continue
             if previous.get("key") != key or forced:
                 shutil.rmtree(stage_dir, ignore_errors=True)
             stage_dir.mkdir(parents=True, exist_ok=True)
+            self.peers.send("run", name)
             outputs[name] = self._run_stage(name, key, stage_dir, outputs, record)
+            self.peers.send("done", name, outputs[name])
         for stale in set(record["stages"]) - set(self.stage_names):
             record["stages"].pop(stale)
         write_json(self.run_json_path, record)
@@ -114,6 +128,7 @@ class Runner:
                          error=str(error).splitlines()[0] if str(error) else type(error).__name__)
             write_json(self.run_json_path, record)
             write_json(stage_dir / "stage.json", {"name": name, **entry})
+            self.peers.send("failed", name, entry["error"])
             if isinstance(error, (CompressError, KeyboardInterrupt)):
                 raise
             if self.debug:
@@ -124,6 +139,15 @@ class Runner:
         write_json(self.run_json_path, record)
         self.log(f"[{name}] done in {entry['seconds']:.1f}s")
         return produced
+
+    def run_stage_as_follower(self, name: str, outputs: dict) -> None:
+        """A non-zero torchrun rank's share of a distributed stage: train, write nothing."""
+        ctx = StageContext(
+            name=name, pipeline=self.pipeline, config=self.pipeline.stages.get(name), run_dir=self.run_dir,
+            stage_dir=self.run_dir / "stages" / name, outputs=outputs, log=lambda msg: None,
+            _dataset_loader=self._load_dataset,
+        )
+        STAGES[name]().run(ctx)
 
     def _outputs_exist(self, produced: dict[str, Any]) -> bool:
         """Every output that names a file of the run dir must still be there."""

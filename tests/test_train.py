@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from compress.config import DataConfig, TrainConfig
 from compress.data import load_dataset
-from compress.distill.losses import LOSSES, HintonKD
+from compress.distill.losses import LOSSES, HintonKD, KDBatch
 from compress.distill.train import fit
 from compress.models import ModelSpec, build_model
 
@@ -48,11 +48,11 @@ def test_crash_mid_training_resumes_to_the_same_weights(digits, tmp_path):
     calls = {"n": 0}
     steps_per_epoch = int(np.ceil(len(digits.y_train) / 64))
 
-    def crashing_loss(logits, labels, idx):
+    def crashing_loss(logits, batch):
         calls["n"] += 1
         if calls["n"] > 2 * steps_per_epoch:  # dies inside epoch 3
             raise KeyboardInterrupt
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, batch.labels)
         return loss, {"ce": float(loss.detach())}
 
     with pytest.raises(KeyboardInterrupt):
@@ -71,8 +71,8 @@ def test_crash_mid_training_resumes_to_the_same_weights(digits, tmp_path):
 
 
 def test_hinton_kd_is_zero_for_equal_logits_and_positive_otherwise():
-    logits = torch.randn(5, 10)
+    logits, labels = torch.randn(5, 10), torch.zeros(5, dtype=torch.long)
     kd = HintonKD(temperature=4.0)
-    assert float(kd(logits, logits)) == pytest.approx(0.0, abs=1e-6)
-    assert float(kd(logits, torch.randn(5, 10))) > 0
+    assert float(kd(KDBatch(logits, logits, labels))) == pytest.approx(0.0, abs=1e-6)
+    assert float(kd(KDBatch(logits, torch.randn(5, 10), labels))) > 0
     assert {"kd", "mse"} <= set(LOSSES)

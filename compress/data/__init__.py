@@ -29,6 +29,8 @@ class Dataset:
     class_names: list[str]
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
+    # Inputs without labels for KD (data.transfer); normalised like x_train. None when not configured.
+    x_transfer: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -144,4 +146,8 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
         data.mean, data.std = mean.tolist(), std.tolist()
     else:
         data.mean, data.std = [0.0] * channels, [1.0] * channels
+    from compress.data.transfer import apply_transfer
+
+    mean_, std_ = np.asarray(data.mean, np.float32), np.asarray(data.std, np.float32)
+    apply_transfer(data, cfg.transfer, seed, lambda x: (x - mean_[None, :, None, None]) / std_[None, :, None, None])
     return data

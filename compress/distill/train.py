@@ -1,13 +1,18 @@
 """One training loop for teacher, baseline and KD student.
 
-Checkpoints every epoch (atomically) so a killed run resumes where it stopped; keeps the best
-weights by validation accuracy; appends one JSON line per epoch to metrics.jsonl.
+Checkpoints every epoch (atomically) so a killed run resumes where it stopped and ends with the
+same weights as an uninterrupted one (shuffling and augmentation are seeded per epoch); keeps the
+best weights by validation accuracy; appends one JSON line per epoch to metrics.jsonl and, when
+tensorboard is installed, writes TensorBoard events. Under torch.distributed (torchrun) the data
+is sharded with a DistributedSampler, the model is wrapped in DDP and only rank 0 writes files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,19 +20,34 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DistributedSampler
 
 from compress.config import TrainConfig
 from compress.fileio import atomic_path
 
-# loss_fn(student_logits, labels, batch_indices) -> (loss, {part: value})
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+NO_LABEL = -1
 
 
-def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor):
-    loss = F.cross_entropy(logits, labels)
-    return loss, {"ce": float(loss.detach())}
+@dataclass
+class Batch:
+    x: torch.Tensor        # inputs after augmentation
+    labels: torch.Tensor   # int64, NO_LABEL where an input has no label (transfer set)
+    indices: torch.Tensor  # positions in the training arrays (what a teacher-output cache is keyed by)
+
+
+# loss_fn(student_logits, batch) -> (loss, {part name: value})
+LossFn = Callable[[torch.Tensor, Batch], tuple[torch.Tensor, dict[str, float]]]
+
+
+def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
+    def loss_fn(logits: torch.Tensor, batch: Batch):
+        loss = F.cross_entropy(logits.float(), batch.labels, ignore_index=NO_LABEL, label_smoothing=label_smoothing)
+        return loss, {"ce": float(loss.detach())}
+
+    return loss_fn
 
 
 @dataclass
@@ -38,25 +58,79 @@ class FitResult:
     resumed_from: int
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def training_device() -> torch.device:
+    if torch.cuda.is_available():
+        index = dist.get_rank() % torch.cuda.device_count() if dist.is_initialized() else 0
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = list(params)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay, nesterov=True)
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Linear warm-up, then cosine / step / constant; a function of the optimizer step."""
     total = cfg.epochs * steps_per_epoch
-    if cfg.schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "cosine":
+            progress = min(step - warmup, total - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if cfg.schedule == "step":
+            return cfg.lr_gamma ** sum(1 for e in cfg.lr_steps if step >= e * steps_per_epoch)
+        return 1.0
+
+    return factor
+
+
+def augment(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random crop after zero padding, random horizontal flip; vectorised over the batch."""
+    if cfg.crop_padding:
+        p, (n, c, h, w) = cfg.crop_padding, x.shape
+        padded = F.pad(x, (p, p, p, p))
+        dy = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
+        dx = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        x = padded[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None],
+                   rows, cols]
+    if cfg.flip:
+        flip = (torch.rand(len(x), generator=generator) < 0.5).to(x.device)
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    return x
+
+
+def augments(cfg: TrainConfig) -> bool:
+    """Whether the inputs change from epoch to epoch (then a teacher-output cache is invalid)."""
+    return bool(cfg.crop_padding or cfg.flip)
+
+
+def autocast(cfg: TrainConfig, device: torch.device):
+    if not cfg.amp:
+        return contextlib.nullcontext()
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)
 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     model.eval()
+    device = next(model.parameters()).device
     x = torch.as_tensor(x)
-    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else torch.empty(0)
+    if not len(x):
+        return torch.empty(0)
+    return torch.cat([model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
 
 
 def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
@@ -64,66 +138,178 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(1).numpy() == y).mean())
 
 
+class ProgressBar:
+    """A transient rich progress bar per epoch, only on a terminal and only on rank 0."""
+
+    def __init__(self, enabled: bool, total: int, description: str):
+        self.progress = None
+        if enabled and sys.stdout.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            self.progress = Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                     transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task(description, total=total)
+
+    def advance(self) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.task)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def tensorboard_writer(work_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(work_dir / "tensorboard"))
+
+
 def fit(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-        cfg: TrainConfig, work_dir: Path, seed: int, loss_fn: LossFn = cross_entropy_loss,
-        log: Callable[[str], None] = print) -> FitResult:
-    """Train `model` in place; on return it holds the best weights by val accuracy."""
+        cfg: TrainConfig, work_dir: Path, seed: int, loss_fn: LossFn | None = None,
+        log: Callable[[str], None] = print, extra_modules: nn.Module | None = None,
+        distributed: bool = False) -> FitResult:
+    """Train `model` in place; on return it holds the best weights by val accuracy (on the CPU).
+
+    `y_train` may hold NO_LABEL for inputs without a label; `extra_modules` (e.g. FitNets connectors)
+    are optimised and checkpointed with the model; `distributed` trains on every rank of the group.
+    """
+    distributed = distributed and dist.is_initialized() and dist.get_world_size() > 1
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    main = rank == 0
     work_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path, metrics_path = work_dir / "last.pt", work_dir / "best.pt", work_dir / "metrics.jsonl"
-    torch.manual_seed(seed)
-    x_t, y_t = torch.as_tensor(x_train), torch.as_tensor(y_train)
-    steps_per_epoch = max(1, math.ceil(len(x_t) / cfg.batch_size))
-    optimizer = make_optimizer(model, cfg)
-    schedule = make_schedule(optimizer, cfg, steps_per_epoch)
-    generator = torch.Generator().manual_seed(seed)
+    loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
+    device = training_device()
+    model.to(device)
+    extra = extra_modules.to(device) if extra_modules is not None else None
+    x_t, y_t = torch.as_tensor(x_train).to(device), torch.as_tensor(y_train).to(device)
+
+    sampler = DistributedSampler(range(len(x_t)), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    batch_size = math.ceil(cfg.batch_size / world)  # cfg.batch_size is the global batch
+    steps_per_epoch = max(1, math.ceil(len(sampler) / batch_size))
+    params = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
+    optimizer = make_optimizer(params, cfg)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
     start_epoch, best_acc, best_epoch = 0, -1.0, -1
 
     if last_path.exists():
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        state = torch.load(last_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
+        if extra is not None:
+            extra.load_state_dict(state["extra"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        generator.set_state(state["generator"])
+        scaler.load_state_dict(state["scaler"])
         start_epoch, best_acc, best_epoch = state["epoch"], state["best_accuracy"], state["best_epoch"]
         log(f"resuming from epoch {start_epoch}/{cfg.epochs} (best val top-1 {best_acc:.4f})")
-        _truncate_metrics(metrics_path, start_epoch)
+        if main:
+            _truncate_metrics(metrics_path, start_epoch)
+
+    trained = model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    writer = tensorboard_writer(work_dir) if main and start_epoch < cfg.epochs else None
 
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(x_t), generator=generator)
+        # Everything random in an epoch is seeded by (seed, epoch): a resumed run repeats it exactly.
+        torch.manual_seed(seed * 100_003 + epoch)
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(sampler), dtype=torch.long)
+        trained.train()
+        if extra is not None:
+            extra.train()
         sums: dict[str, float] = {}
+        seen = 0
+        bar = ProgressBar(cfg.progress and main, steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}")
         for step in range(steps_per_epoch):
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            idx = order[step * batch_size:(step + 1) * batch_size]
             if len(idx) == 0:
                 continue
-            loss, parts = loss_fn(model(x_t[idx]), y_t[idx], idx)
+            idx_dev = idx.to(device)
+            x = x_t[idx_dev]
+            if augments(cfg):
+                x = augment(x, cfg, generator)
+            batch = Batch(x, y_t[idx_dev], idx)
+            with autocast(cfg, device):
+                logits = trained(x)
+                loss, parts = loss_fn(logits, batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            if distributed and extra is not None:
+                _average_gradients(extra)  # connectors live outside DDP's model
+            if cfg.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
             schedule.step()
+            seen += len(idx)
             for key, value in {"loss": float(loss.detach()), **parts}.items():
                 sums[key] = sums.get(key, 0.0) + value * len(idx)
-        val_acc = accuracy(model, x_val, y_val)
-        if val_acc > best_acc:
-            best_acc, best_epoch = val_acc, epoch + 1
-            with atomic_path(best_path) as tmp:
-                torch.save(model.state_dict(), tmp)
-        record = {"epoch": epoch + 1, **{k: v / len(x_t) for k, v in sums.items()},
-                  "lr": optimizer.param_groups[0]["lr"], "val_top1": val_acc,
-                  "seconds": round(time.perf_counter() - started, 3)}
-        with open(metrics_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        with atomic_path(last_path) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(), "generator": generator.get_state(),
-                        "epoch": epoch + 1, "best_accuracy": best_acc, "best_epoch": best_epoch}, tmp)
-        log(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['loss']:.4f}  val top-1 {val_acc:.4f}  "
-            f"({record['seconds']:.1f}s)")
-
+            bar.advance()
+        bar.close()
+        if distributed:
+            sums, seen = _sum_over_ranks(sums, seen, device)
+        lr = optimizer.param_groups[0]["lr"]
+        if main:
+            val_acc = accuracy(model, x_val, y_val)
+            if val_acc > best_acc:
+                best_acc, best_epoch = val_acc, epoch + 1
+                with atomic_path(best_path) as tmp:
+                    torch.save(model.state_dict(), tmp)
+            record = {"epoch": epoch + 1, **{k: v / max(seen, 1) for k, v in sums.items()},
+                      "lr": lr, "val_top1": val_acc, "seconds": round(time.perf_counter() - started, 3)}
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            with atomic_path(last_path) as tmp:
+                torch.save({"model": model.state_dict(), "extra": extra.state_dict() if extra is not None else {},
+                            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                            "scaler": scaler.state_dict(), "epoch": epoch + 1, "best_accuracy": best_acc,
+                            "best_epoch": best_epoch}, tmp)
+            if writer is not None:
+                for key, value in record.items():
+                    if key != "epoch":
+                        writer.add_scalar(f"train/{key}" if key not in ("val_top1", "lr") else key, value, epoch + 1)
+                writer.flush()
+            log(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['loss']:.4f}  val top-1 {val_acc:.4f}  "
+                f"lr {lr:.2e}  ({record['seconds']:.1f}s)")
+    if writer is not None:
+        writer.close()
+    if distributed:
+        dist.barrier()  # best.pt is written by rank 0
+    model.to("cpu")
     model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True))
     model.eval()
+    if distributed:
+        best = [best_acc, best_epoch]
+        dist.broadcast_object_list(best, src=0)
+        best_acc, best_epoch = best
     return FitResult(best_acc, best_epoch, cfg.epochs, start_epoch)
+
+
+def _average_gradients(module: nn.Module) -> None:
+    world = dist.get_world_size()
+    for param in module.parameters():
+        if param.grad is not None:
+            dist.all_reduce(param.grad)
+            param.grad /= world
+
+
+def _sum_over_ranks(sums: dict[str, float], seen: int, device: torch.device) -> tuple[dict[str, float], int]:
+    keys = sorted(sums)
+    totals = torch.tensor([sums[k] for k in keys] + [float(seen)], dtype=torch.float64,
+                          device=device if device.type == "cuda" else "cpu")
+    dist.all_reduce(totals)
+    return {k: float(v) for k, v in zip(keys, totals[:-1])}, int(totals[-1])
 
 
 def _truncate_metrics(path: Path, epochs: int) -> None:

@@ -52,6 +52,8 @@ class Stage:
     optional: ClassVar[bool] = False
     # Upstream stages whose outputs this stage reads; only those present in the pipeline count.
     reads: ClassVar[tuple[str, ...]] = ()
+    # Under torchrun, a distributed stage runs on every rank (it trains with DDP); others on rank 0 only.
+    distributed: ClassVar[bool] = False
 
     def key_material(self, pipeline: PipelineConfig) -> dict[str, Any]:
         """Everything outside the stage's own section that changes its result."""

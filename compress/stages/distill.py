@@ -1,16 +1,19 @@
-"""distill: train the student with Hinton KD from the teacher plus cross-entropy on labels."""
+"""distill: train the student from the teacher with a weighted family of KD losses.
+
+Without `losses` the objective is Hinton's `alpha * KD(T) + (1 - alpha) * CE`. KD losses run on
+every training input, the transfer set (`data.transfer`) included; cross-entropy only on labels.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
-import torch.nn.functional as F
+import numpy as np
 from pydantic import Field
 
 from compress.config import PipelineConfig, TrainConfig
-from compress.distill.losses import HintonKD
-from compress.distill.train import accuracy, fit, predict_logits
+from compress.distill.objective import LossSpec, Objective, check_loss_specs, default_losses
+from compress.distill.train import NO_LABEL, accuracy, fit, is_main_process
 from compress.models import build_model, load_model, save_checkpoint
 from compress.stages import register_stage
 from compress.stages.base import Stage, StageContext
@@ -19,8 +22,52 @@ from compress.stages.teacher import model_spec
 
 class DistillConfig(TrainConfig):
     epochs: int = Field(20, ge=1)
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.9, ge=0, le=1, description="weight of the KD term; 1 - alpha weighs cross-entropy")
+    temperature: float = Field(4.0, gt=0, description="default temperature of the KD losses")
+    alpha: float = Field(0.9, ge=0, le=1, description="without `losses`: weight of KD; 1 - alpha weighs CE")
+    losses: list[LossSpec] | None = Field(None, description="weighted loss terms; default: Hinton KD + CE by alpha")
+    teacher_cache: bool = Field(True, description="compute teacher outputs once when the inputs do not change")
+
+    def loss_specs(self) -> list[LossSpec]:
+        return self.losses if self.losses is not None else default_losses(self.temperature, self.alpha)
+
+    def check(self, pipeline: PipelineConfig) -> tuple[str, str] | None:
+        if self.losses is not None and "alpha" in self.model_fields_set:
+            return "alpha", "alpha weighs the default KD + CE; with `losses` give each loss a weight instead"
+        return check_loss_specs(self.loss_specs())
+
+
+def training_inputs(data) -> tuple[np.ndarray, np.ndarray]:
+    """Labelled train split followed by the transfer set (label NO_LABEL)."""
+    if data.x_transfer is None or not len(data.x_transfer):
+        return data.x_train, data.y_train
+    x = np.concatenate([data.x_train, data.x_transfer])
+    y = np.concatenate([data.y_train, np.full(len(data.x_transfer), NO_LABEL, dtype=np.int64)])
+    return x, y
+
+
+def train_student(ctx: StageContext, cfg: TrainConfig, x: np.ndarray, y: np.ndarray, objective=None,
+                  extra_modules=None) -> dict[str, Any]:
+    """Build the student with the pipeline's seed, fit it, save it; outputs shared by distill and baseline."""
+    import torch
+
+    data = ctx.data
+    torch.manual_seed(ctx.pipeline.seed)
+    spec = model_spec(ctx.pipeline.student, data)
+    student = build_model(spec)
+    if objective is not None:
+        objective = objective(student)
+        extra_modules = objective.modules
+    result = fit(student, x, y, data.x_val, data.y_val, cfg, ctx.stage_dir, ctx.pipeline.seed, loss_fn=objective,
+                 log=ctx.log, extra_modules=extra_modules, distributed=True)
+    if objective is not None:
+        objective.close()
+    val_top1 = accuracy(student, data.x_val, data.y_val)
+    path = ctx.stage_dir / "student.pt"
+    if is_main_process():
+        save_checkpoint(path, student, spec)
+    ctx.log(f"student val top-1 {val_top1:.4f} (best epoch {result.best_epoch})")
+    return {"checkpoint": ctx.relative(path), "val_top1": val_top1, "best_epoch": result.best_epoch,
+            "metrics": ctx.relative(ctx.stage_dir / "metrics.jsonl")}
 
 
 @register_stage
@@ -28,6 +75,7 @@ class DistillStage(Stage):
     name = "distill"
     Config = DistillConfig
     reads = ("teacher",)
+    distributed = True  # every torchrun rank trains; rank 0 writes
 
     def key_material(self, pipeline: PipelineConfig) -> dict[str, Any]:
         return {"student": pipeline.student.model_dump(mode="json"), "data": pipeline.data.model_dump(mode="json"),
@@ -35,27 +83,16 @@ class DistillStage(Stage):
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         cfg: DistillConfig = ctx.config
-        data = ctx.data
         teacher, _ = load_model(ctx.path(ctx.outputs["teacher"]["checkpoint"]))
-        # No augmentation: the inputs of every epoch are the same, so the teacher runs once.
-        ctx.log("teacher logits computed once and reused (inputs do not change between epochs)")
-        teacher_logits = predict_logits(teacher, data.x_train)
-        kd = HintonKD(cfg.temperature)
+        x, y = training_inputs(ctx.data)
+        unlabeled = int((y == NO_LABEL).sum())
+        if unlabeled:
+            ctx.log(f"transfer set: {unlabeled} inputs without labels (KD only), {len(y) - unlabeled} with labels")
+        specs = cfg.loss_specs()
+        ctx.log("objective: " + " + ".join(f"{s.weight:g}*{s.name}" for s in specs))
 
-        def loss_fn(student_logits: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor):
-            kd_loss = kd(student_logits, teacher_logits[indices])
-            ce_loss = F.cross_entropy(student_logits, labels)
-            total = cfg.alpha * kd_loss + (1 - cfg.alpha) * ce_loss
-            return total, {"kd": float(kd_loss.detach()), "ce": float(ce_loss.detach())}
+        def objective(student):
+            return Objective(specs, student, teacher, x, cfg, cfg.temperature, use_cache=cfg.teacher_cache,
+                             log=ctx.log)
 
-        torch.manual_seed(ctx.pipeline.seed)
-        spec = model_spec(ctx.pipeline.student, data)
-        student = build_model(spec)
-        result = fit(student, data.x_train, data.y_train, data.x_val, data.y_val, cfg, ctx.stage_dir,
-                     ctx.pipeline.seed, loss_fn=loss_fn, log=ctx.log)
-        val_top1 = accuracy(student, data.x_val, data.y_val)
-        path = ctx.stage_dir / "student.pt"
-        save_checkpoint(path, student, spec)
-        ctx.log(f"student val top-1 {val_top1:.4f} (best epoch {result.best_epoch})")
-        return {"checkpoint": ctx.relative(path), "val_top1": val_top1, "best_epoch": result.best_epoch,
-                "metrics": ctx.relative(ctx.stage_dir / "metrics.jsonl")}
+        return train_student(ctx, cfg, x, y, objective=objective)

@@ -1,0 +1,179 @@
+"""The distillation objective: weighted KD losses, feature taps, and the teacher-output cache.
+
+`losses: [{name: kd, weight: 0.9, temperature: 4}, {name: ce, weight: 0.1},
+{name: fitnet, weight: 1.0, student: layers.3, teacher: layers.6}]` becomes
+sum(weight * loss). When the training inputs are the same every epoch (no random augmentation)
+the teacher's logits and hooked features are computed once and indexed per batch; otherwise the
+teacher runs on each augmented batch in eval mode under no_grad.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from compress.config import TrainConfig
+from compress.distill.features import FeatureTaps, missing_path
+from compress.distill.losses import LOSSES, FeatureLoss, KDBatch, KDLoss
+from compress.distill.train import Batch, augments, training_device
+from compress.errors import ConfigError
+
+CACHE_LIMIT_BYTES = 4 << 30  # above this the teacher runs per batch even when inputs do not change
+
+
+class LossSpec(BaseModel):
+    """One term of the objective: a registered loss, its weight, and the loss's own options."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    weight: float = Field(1.0, ge=0)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def default_losses(temperature: float, alpha: float) -> list[LossSpec]:
+    """Hinton's recipe: alpha * KD(T) + (1 - alpha) * CE."""
+    return [LossSpec(name="kd", weight=alpha, temperature=temperature), LossSpec(name="ce", weight=1 - alpha)]
+
+
+def loss_options(spec: LossSpec, temperature: float, label_smoothing: float) -> dict[str, Any]:
+    """The spec's options plus the stage-wide temperature / label smoothing where the loss takes them."""
+    params = inspect.signature(LOSSES[spec.name].__init__).parameters
+    options = spec.options
+    if "temperature" in params and "temperature" not in options:
+        options["temperature"] = temperature
+    if "label_smoothing" in params and "label_smoothing" not in options:
+        options["label_smoothing"] = label_smoothing
+    return options
+
+
+def check_loss_specs(specs: list[LossSpec]) -> tuple[str, str] | None:
+    """(field, message) for the first spec that cannot be built, checked without building models."""
+    if not specs:
+        return "losses", "give at least one loss"
+    for i, spec in enumerate(specs):
+        if spec.name not in LOSSES:
+            return f"losses.{i}.name", f"unknown loss '{spec.name}'; known: {', '.join(sorted(LOSSES))}"
+        params = inspect.signature(LOSSES[spec.name].__init__).parameters
+        accepted = [p for p in params if p != "self"]
+        for key, value in spec.options.items():
+            if key not in accepted:
+                return f"losses.{i}.{key}", f"loss '{spec.name}' has no option '{key}'; options: {', '.join(accepted) or 'none'}"
+            if key == "temperature" and not (isinstance(value, (int, float)) and value > 0):
+                return f"losses.{i}.temperature", "must be a number > 0"
+        required = [p for p, v in params.items() if p != "self" and v.default is inspect.Parameter.empty]
+        for key in required:
+            if key not in spec.options:
+                return f"losses.{i}.{key}", f"loss '{spec.name}' needs '{key}' (a module path, e.g. layers.3)"
+    if not any(LOSSES[s.name].uses_teacher for s in specs):
+        return "losses", "no loss uses the teacher; that is the baseline stage (stages.baseline)"
+    return None
+
+
+class Objective:
+    """Callable loss for `fit`: (student_logits, Batch) -> (total, {part: value})."""
+
+    def __init__(self, specs: list[LossSpec], student: nn.Module, teacher: nn.Module, x_train: np.ndarray,
+                 cfg: TrainConfig, temperature: float, use_cache: bool = True, file: str = "pipeline.yaml",
+                 section: str = "stages.distill", log: Callable[[str], None] = print):
+        self.device = training_device()
+        self.teacher = teacher.to(self.device).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.terms: list[tuple[str, float, KDLoss]] = []
+        names = [s.name for s in specs]
+        for i, spec in enumerate(specs):
+            part = spec.name if names.count(spec.name) == 1 else f"{spec.name}_{i}"
+            self.terms.append((part, spec.weight, LOSSES[spec.name](**loss_options(spec, temperature, cfg.label_smoothing))))
+        feature_terms = [(i, loss) for i, (_, _, loss) in enumerate(self.terms) if isinstance(loss, FeatureLoss)]
+        for i, loss in feature_terms:
+            for role, model, path in (("student", student, loss.student_path), ("teacher", teacher, loss.teacher_path)):
+                problem = missing_path(model, path)
+                if problem:
+                    raise ConfigError(file, f"{section}.losses.{i}.{role}", f"{role}: {problem}")
+        self.student_taps = FeatureTaps(student, [loss.student_path for _, loss in feature_terms])
+        self.teacher_taps = FeatureTaps(teacher, [loss.teacher_path for _, loss in feature_terms])
+        shapes = self._probe(student, x_train[:2])
+        for i, loss in feature_terms:
+            s_shape, t_shape = shapes[0][loss.student_path], shapes[1][loss.teacher_path]
+            problem = type(loss).check_shapes(s_shape, t_shape)
+            if problem:
+                raise ConfigError(file, f"{section}.losses.{i}",
+                                  f"{loss.student_path} -> {loss.teacher_path}: {problem}")
+            loss.setup(s_shape, t_shape)
+        self.modules = nn.ModuleList([loss for _, _, loss in self.terms])
+        self.uses_teacher = any(loss.uses_teacher for _, _, loss in self.terms)
+        self.cache: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
+        if not self.uses_teacher:
+            return
+        cache_bytes = len(x_train) * (int(np.prod(shapes[2])) + sum(int(np.prod(s[1:])) for s in shapes[1].values())) * 4
+        if augments(cfg):
+            log("teacher runs on every batch (random augmentation changes the inputs each epoch), eval mode, no_grad")
+        elif not use_cache:
+            log("teacher runs on every batch (teacher_cache: false)")
+        elif cache_bytes > CACHE_LIMIT_BYTES:
+            log(f"teacher runs on every batch (its outputs would take {cache_bytes / 2**30:.1f} GiB to cache)")
+        else:
+            started = time.perf_counter()
+            self.cache = self._teacher_outputs(x_train)
+            log(f"teacher outputs computed once and reused: inputs do not change between epochs "
+                f"({len(x_train)} inputs, {cache_bytes / 2**20:.1f} MiB, "
+                f"{time.perf_counter() - started:.1f}s)")
+
+    @torch.no_grad()
+    def _probe(self, student: nn.Module, x: np.ndarray):
+        """Feature shapes of both models on two inputs (catches unmatched shapes before training)."""
+        was_training = student.training
+        student.eval()
+        x = torch.as_tensor(x).to(self.device)
+        student.to(self.device)(x)
+        teacher_logits = self.teacher(x)
+        student.train(was_training)
+        student_shapes = {k: v.shape for k, v in self.student_taps.take().items()}
+        teacher_shapes = {k: v.shape for k, v in self.teacher_taps.take().items()}
+        return student_shapes, teacher_shapes, teacher_logits.shape[1:]
+
+    @torch.no_grad()
+    def _teacher_outputs(self, x: np.ndarray, batch_size: int = 512):
+        logits, features = [], {}
+        x = torch.as_tensor(x)
+        for start in range(0, len(x), batch_size):
+            logits.append(self.teacher(x[start:start + batch_size].to(self.device)).float())
+            for path, value in self.teacher_taps.take().items():
+                features.setdefault(path, []).append(value.float())
+        return torch.cat(logits), {path: torch.cat(parts) for path, parts in features.items()}
+
+    def teacher_outputs(self, batch: Batch) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        if not self.uses_teacher:
+            return None, {}
+        if self.cache is not None:
+            idx = batch.indices.to(self.device)
+            logits, features = self.cache
+            return logits[idx], {path: value[idx] for path, value in features.items()}
+        with torch.no_grad():
+            logits = self.teacher(batch.x)
+        return logits, self.teacher_taps.take()
+
+    def __call__(self, student_logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        student_features = self.student_taps.take()
+        teacher_logits, teacher_features = self.teacher_outputs(batch)
+        kd_batch = KDBatch(student_logits, teacher_logits, batch.labels, student_features, teacher_features)
+        total = student_logits.new_zeros((), dtype=torch.float32)
+        parts: dict[str, float] = {}
+        for part, weight, loss in self.terms:
+            value = loss(kd_batch)
+            total = total + weight * value
+            parts[part] = float(value.detach())
+        return total, parts
+
+    def close(self) -> None:
+        self.student_taps.remove()
+        self.teacher_taps.remove()

@@ -1,0 +1,43 @@
+"""baseline: the same student trained alone (cross-entropy on the labels, no teacher).
+
+Same architecture, seed and training options as `distill` (its section), so the report can show
+what distillation bought: KD gain = distill val top-1 - baseline val top-1. The transfer set has
+no labels, so the student alone cannot learn from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compress.config import PipelineConfig, Strict
+from compress.stages import register_stage
+from compress.stages.base import Stage, StageContext
+from compress.stages.distill import train_student
+
+KD_ONLY_FIELDS = {"temperature", "alpha", "losses", "teacher_cache"}
+
+
+class BaselineConfig(Strict):
+    """No options of its own: the budget is the distill stage's, which is the point of the comparison."""
+
+
+def training_options(pipeline: PipelineConfig):
+    distill = pipeline.stages["distill"]
+    return distill, {k: v for k, v in distill.model_dump(mode="json").items() if k not in KD_ONLY_FIELDS}
+
+
+@register_stage
+class BaselineStage(Stage):
+    name = "baseline"
+    Config = BaselineConfig
+    optional = True
+    distributed = True  # every torchrun rank trains; rank 0 writes
+
+    def key_material(self, pipeline: PipelineConfig) -> dict[str, Any]:
+        return {"student": pipeline.student.model_dump(mode="json"), "data": pipeline.data.model_dump(mode="json"),
+                "seed": pipeline.seed, "train": training_options(pipeline)[1]}
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        cfg, _ = training_options(ctx.pipeline)
+        ctx.log(f"student alone: {len(ctx.data.y_train)} labelled inputs, {cfg.epochs} epochs, seed {ctx.pipeline.seed}")
+        return train_student(ctx, cfg, ctx.data.x_train, ctx.data.y_train)
