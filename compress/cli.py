@@ -34,6 +34,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     cfg = load_config(args.pipeline)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name
     record = Runner(cfg, run_dir, force=args.force, log=console, debug=args.debug).run()
+    if record.get("rank"):  # a non-zero torchrun rank: rank 0 reports
+        return 0
     report = record["stages"].get("report", {}).get("outputs", {})
     console(f"run dir: {run_dir}")
     if (run_dir / "report.md").exists():
