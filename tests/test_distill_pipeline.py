@@ -1,0 +1,79 @@
+"""Distillation end to end: kill -9 mid-distill then resume, the baseline stage, and 2-process DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from compress.fileio import read_json
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def metric_epochs(path: Path) -> list[int]:
+    if not path.exists():
+        return []
+    return [json.loads(line)["epoch"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_kill_9_during_distill_resumes_and_finishes_the_run(tiny_config, write_pipeline, tmp_path):
+    tiny_config["stages"]["distill"]["epochs"] = 30
+    tiny_config["stages"]["baseline"] = {}
+    path, run_dir = write_pipeline(tiny_config), tmp_path / "run"
+    command = [sys.executable, "-m", "compress", "run", str(path), "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run_dir / "stages" / "distill" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while len(metric_epochs(metrics)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.kill()  # SIGKILL: no cleanup, the lock dies with the process
+    proc.wait()
+    killed_at = len(metric_epochs(metrics))
+    assert read_json(run_dir / "run.json")["stages"]["distill"]["status"] == "running"
+
+    rerun = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "[baseline] cached" in rerun.stdout and f"[distill] resuming from epoch" in rerun.stdout
+    assert metric_epochs(metrics) == list(range(1, 31)) and killed_at >= 2
+    stages = read_json(run_dir / "run.json")["stages"]
+    assert {entry["status"] for entry in stages.values()} == {"done"}
+    for name in ("baseline", "distill"):
+        outputs = stages[name]["outputs"]
+        assert set(outputs) >= {"checkpoint", "val_top1", "best_epoch", "metrics"}
+        assert (run_dir / outputs["checkpoint"]).is_file() and 0.5 < outputs["val_top1"] <= 1
+    assert "Recommended artifact" in (run_dir / "report.md").read_text()
+
+
+def test_two_process_gloo_run_trains_together_and_only_rank_0_writes(tiny_config, write_pipeline, tmp_path):
+    tiny_config["teacher"]["train"]["epochs"] = 1
+    tiny_config["student"] = {"model": "cnn", "kwargs": {"channels": [8, 16]}}
+    tiny_config["stages"]["baseline"] = {}
+    tiny_config["stages"]["distill"] = {
+        "epochs": 2, "batch_size": 64, "lr": 0.01,
+        "losses": [{"name": "kd", "weight": 0.9}, {"name": "ce", "weight": 0.1},
+                   {"name": "fitnet", "weight": 1.0, "student": "layers.6", "teacher": "layers.6"}]}
+    tiny_config["stages"]["benchmark"] = {"batch_sizes": [1], "warmup": 0, "runs": 1, "min_seconds": 0.0}
+    path, run_dir = write_pipeline(tiny_config), tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "compress", "run", str(path), "--run-dir", str(run_dir)]
+    result = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stdout.count("run dir:") == 1  # rank 1 reports nothing
+    stages = read_json(run_dir / "run.json")["stages"]
+    assert {entry["status"] for entry in stages.values()} == {"done"}
+    for name in ("baseline", "distill"):
+        assert metric_epochs(run_dir / "stages" / name / "metrics.jsonl") == [1, 2]  # one writer
+    parts = json.loads((run_dir / "stages" / "distill" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"kd", "ce", "fitnet", "lr", "val_top1", "seconds"} <= set(parts)
+    assert not list(run_dir.glob("**/.*.tmp"))
