@@ -23,6 +23,7 @@ student:
   kwargs: {channels: [8, 16, 32]}
 
 stages:
+  # baseline: {}          # the student alone (same budget, no teacher): the report shows the KD gain
   distill:                # Hinton KD: alpha * KD(T) + (1 - alpha) * cross-entropy
     epochs: 15
     batch_size: 64
@@ -30,6 +31,10 @@ stages:
     lr: 0.005
     temperature: 4.0
     alpha: 0.7
+    # losses:             # or a weighted family instead of alpha (kd dkd lskd dist mse fitnet at ce):
+    #   - {name: kd, weight: 0.9, temperature: 4}
+    #   - {name: ce, weight: 0.1}
+    #   - {name: fitnet, weight: 1.0, student: layers.6, teacher: layers.6}   # features by module path
   export: {opset: 17, dynamic_batch: true, atol: 0.001}
   build:
     targets: [onnxruntime:fp32]
