@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -131,4 +133,33 @@ def test_fit_with_transfer_inputs_bf16_autocast_clipping_and_smoothing(digits, t
                       warmup_epochs=0.5, crop_padding=1)
     result = fit(cnn([8, 16]), x, y, digits.x_val, digits.y_val, cfg, tmp_path, 0, log=lambda _: None)
     assert result.best_accuracy > 0.25  # chance is 0.1; two short epochs under heavy regularisation
-    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tensorboard").iterdir())
+    if importlib.util.find_spec("tensorboard") is not None:  # events only when tensorboard is installed
+        assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tensorboard").iterdir())
+    else:
+        assert not (tmp_path / "tensorboard").exists()
+
+
+@pytest.mark.parametrize("transfer, path, words", [
+    ({}, "data.transfer", "labeled_fraction, or both"),
+    ({"labeled_fraction": 0}, "data.transfer.labeled_fraction", "greater than 0"),
+    ({"source": "npz"}, "data.transfer", "needs data.transfer.path"),
+    ({"source": "npz", "path": "nothing.npz"}, "data.transfer.path", "file not found"),
+    ({"source": "mnist"}, "data.transfer", "unknown transfer source"),
+])
+def test_bad_transfer_config_is_one_line_with_exit_2(tiny_config, write_pipeline, capsys, transfer, path, words):
+    tiny_config["data"]["transfer"] = transfer
+    assert main(["validate", str(write_pipeline(tiny_config))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{path}: " in err and words in err
+
+
+def test_a_wrong_feature_path_stops_the_run_with_exit_2_and_keeps_the_teacher(tiny_config, write_pipeline, tmp_path,
+                                                                             capsys):
+    tiny_config["teacher"]["train"]["epochs"] = 1
+    tiny_config["stages"]["distill"] = {"epochs": 1, "losses": [
+        {"name": "kd"}, {"name": "at", "student": "features.9", "teacher": "layers.2"}]}
+    run_dir = tmp_path / "run"
+    assert main(["--quiet", "run", str(write_pipeline(tiny_config)), "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "stages.distill.losses.1.student: student: no module 'features.9'; modules: features, features.0" in err
+    assert (run_dir / "stages" / "teacher" / "teacher.pt").is_file()
