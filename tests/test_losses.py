@@ -49,7 +49,7 @@ def test_feature_losses_match_channels_and_pool_larger_maps():
     fitnet.setup(torch.Size([2, 8, 8, 8]), torch.Size([2, 32, 4, 4]))
     features = KDBatch(torch.zeros(2, 10), torch.zeros(2, 10), torch.zeros(2, dtype=torch.long),
                        {"s": torch.randn(2, 8, 8, 8)}, {"t": torch.randn(2, 32, 4, 4)})
-    assert fitnet.connector.weight.shape == (32, 8, 1, 1) and float(fitnet(features)) > 0
+    assert fitnet.connector.weight.shape == (32, 8, 1, 1) and float(fitnet(features).detach()) > 0
     assert float(AttentionTransfer("s", "t")(features)) > 0
     assert FitNet.check_shapes(torch.Size([2, 8, 6, 6]), torch.Size([2, 8, 4, 4])) is not None
     assert AttentionTransfer.check_shapes(torch.Size([2, 8]), torch.Size([2, 8])) is not None
