@@ -32,6 +32,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from compress.runner import Runner
 
     cfg = load_config(args.pipeline)
+    if args.quiet:
+        from compress.distill import train
+
+        train.SHOW_PROGRESS = False
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name
     record = Runner(cfg, run_dir, force=args.force, log=console, debug=args.debug).run()
     if record.get("rank"):  # a non-zero torchrun rank: rank 0 reports

@@ -138,12 +138,16 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(1).numpy() == y).mean())
 
 
+# `compress --quiet` turns progress bars off for the whole process.
+SHOW_PROGRESS = True
+
+
 class ProgressBar:
     """A transient rich progress bar per epoch, only on a terminal and only on rank 0."""
 
     def __init__(self, enabled: bool, total: int, description: str):
         self.progress = None
-        if enabled and sys.stdout.isatty():
+        if enabled and SHOW_PROGRESS and sys.stdout.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
             self.progress = Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
