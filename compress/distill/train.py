@@ -70,7 +70,8 @@ def is_main_process() -> bool:
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = list(params)
+    """`params`: a model or an iterable of parameters (student plus connectors)."""
+    params = list(params.parameters() if isinstance(params, nn.Module) else params)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
