@@ -39,6 +39,8 @@ Transpose Trilu Unique Unsqueeze Upsample Where Xor
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+INT32_BIAS_FIX = ("keep biases in float, TensorRT fuses them into the int8 kernels itself (ONNX Runtime: "
+                  "quantize_static(..., extra_options={'QuantizeBias': False}))")
 SIGNED_INT8_FIX = ("quantize activations as signed int8 with zero point 0 (symmetric): NNCF "
                    "QuantizationParameters(signedness_to_force=True, mode=SYMMETRIC), or rewrite the Q/DQ pairs")
 
@@ -90,7 +92,8 @@ def _zero_point_type(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto
     output_dtype = next((a.i for a in node.attribute if a.name == "output_dtype" and a.i), None)
     if node.op_type == "QuantizeLinear":
         return output_dtype or onnx.TensorProto.UINT8  # the ONNX default without a zero point is uint8
-    return onnx.TensorProto.INT8  # DequantizeLinear without a zero point reads its input's type
+    quantized = constants.get(node.input[0])  # DequantizeLinear without a zero point: its input's type
+    return quantized.data_type if quantized is not None else onnx.TensorProto.INT8
 
 
 def check_qdq(model: onnx.ModelProto) -> list[Finding]:
@@ -108,7 +111,8 @@ def check_qdq(model: onnx.ModelProto) -> list[Finding]:
             continue
         if dtype != onnx.TensorProto.INT8:
             findings.append(Finding("qdq", f"{node.op_type} is {onnx.TensorProto.DataType.Name(dtype).lower()}; "
-                                           "TensorRT supports signed int8 Q/DQ only", name, SIGNED_INT8_FIX))
+                                           "TensorRT supports signed int8 Q/DQ only", name,
+                                    INT32_BIAS_FIX if dtype == onnx.TensorProto.INT32 else SIGNED_INT8_FIX))
             continue
         if len(node.input) > 2 and node.input[2]:
             zero_point = numpy_helper.to_array(constants[node.input[2]])
@@ -136,7 +140,9 @@ def check_dynamic_axes(model: onnx.ModelProto) -> list[Finding]:
             if value.name in initializers:
                 continue
             dims = _dims(value)
-            dynamic = [axis for axis, dim in enumerate(dims) if axis > 0 and not isinstance(dim, int)]
+            # An input must be fixed; an output dim left unannotated ("?") is inferred by TensorRT.
+            dynamic = [axis for axis, dim in enumerate(dims)
+                       if axis > 0 and not isinstance(dim, int) and (kind == "input" or dim != "?")]
             if dynamic:
                 findings.append(Finding("dynamic_axes", f"{kind} '{value.name}' has dynamic axes {dynamic} "
                                                         f"(shape {dims}); only the batch axis may be dynamic",

@@ -105,8 +105,8 @@ def build_plan(trt, onnx_path: Path, plan_path: Path, input_name: str, shapes: d
     cache_loaded = False
     if timing_cache is not None:
         previous = timing_cache.read_bytes() if timing_cache.is_file() else b""
-        cache = config.create_timing_cache(previous)
-        cache_loaded = bool(previous) and config.set_timing_cache(cache, ignore_mismatch=False)
+        if previous:
+            cache_loaded = bool(config.set_timing_cache(config.create_timing_cache(previous), ignore_mismatch=False))
         if not cache_loaded:  # no cache yet, or one from another GPU/TensorRT: start a fresh one
             config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
