@@ -42,9 +42,8 @@ def check_targets(pipeline: PipelineConfig, targets: list[str], options: TensorR
     if "tensorrt:int8" in targets and "quantize" not in pipeline.stages:
         return "targets", ("tensorrt:int8 builds from the Q/DQ ONNX of the quantize stage: add stages.quantize "
                            "or drop the target")
-    uses_profile = any(t.startswith(("tensorrt:", "triton:")) for t in targets)
     benchmark = pipeline.stages.get("benchmark")
-    if uses_profile and benchmark is not None:
+    if any(t.startswith("tensorrt:") for t in targets) and benchmark is not None:
         too_big = [b for b in benchmark.batch_sizes if b > options.max_batch]
         if too_big:
             return "tensorrt.max_batch", (f"{options.max_batch} is below the benchmark batch sizes {too_big}; "
