@@ -85,44 +85,60 @@ def check_ops(model: onnx.ModelProto) -> list[Finding]:
     return findings
 
 
-def _zero_point_type(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> int | None:
-    if len(node.input) > 2 and node.input[2]:
-        tensor = constants.get(node.input[2])
-        return tensor.data_type if tensor is not None else None
-    output_dtype = next((a.i for a in node.attribute if a.name == "output_dtype" and a.i), None)
-    if node.op_type == "QuantizeLinear":
-        return output_dtype or onnx.TensorProto.UINT8  # the ONNX default without a zero point is uint8
-    quantized = constants.get(node.input[0])  # DequantizeLinear without a zero point: its input's type
-    return quantized.data_type if quantized is not None else onnx.TensorProto.INT8
+FOLD_FIX = "fold constants before TensorRT: onnxslim (what stages.export.simplify runs on student.onnx)"
+
+
+def _resolve(name: str, constants: dict[str, onnx.TensorProto], producers: dict[str, onnx.NodeProto]
+             ) -> tuple[onnx.TensorProto | None, int]:
+    """The constant behind `name`, following Identity nodes; and how many Identity nodes were crossed."""
+    hops = 0
+    while name not in constants and name in producers and producers[name].op_type == "Identity":
+        name, hops = producers[name].input[0], hops + 1
+    return constants.get(name), hops
+
+
+def _qdq_input(node, index, what, constants, producers, findings) -> onnx.TensorProto | None:
+    name = node.name or node.output[0]
+    tensor, hops = _resolve(node.input[index], constants, producers)
+    if tensor is None:
+        findings.append(Finding("qdq", f"{node.op_type} {what} is computed at run time; TensorRT needs a constant",
+                                name, FOLD_FIX))
+    elif hops:
+        findings.append(Finding("qdq", f"{node.op_type} {what} comes through {hops} Identity node(s), not an "
+                                       "initializer; TensorRT's parser expects a constant", name, FOLD_FIX))
+    return tensor
 
 
 def check_qdq(model: onnx.ModelProto) -> list[Finding]:
     """TensorRT's explicit quantization: signed int8 Q/DQ with zero point 0 and constant scales."""
     constants = _constant_tensors(model)
-    findings = []
+    producers = {output: node for node in model.graph.node for output in node.output}
+    findings: list[Finding] = []
     for node in model.graph.node:
         if node.op_type not in QDQ_OPS:
             continue
         name = node.name or node.output[0]
-        dtype = _zero_point_type(node, constants)
-        if dtype is None:
-            findings.append(Finding("qdq", f"{node.op_type} zero point is computed at run time; TensorRT needs "
-                                           "a constant", name, "fold the zero point into an initializer"))
-            continue
+        _qdq_input(node, 1, "scale", constants, producers, findings)
+        if len(node.input) > 2 and node.input[2]:
+            zero_point = _qdq_input(node, 2, "zero point", constants, producers, findings)
+            if zero_point is None:
+                continue
+            dtype = zero_point.data_type
+        elif node.op_type == "QuantizeLinear":  # without a zero point the output is uint8 unless output_dtype
+            dtype = next((a.i for a in node.attribute if a.name == "output_dtype" and a.i), onnx.TensorProto.UINT8)
+            zero_point = None
+        else:  # DequantizeLinear without a zero point reads its input's type
+            quantized, _ = _resolve(node.input[0], constants, producers)
+            dtype = quantized.data_type if quantized is not None else onnx.TensorProto.INT8
+            zero_point = None
         if dtype != onnx.TensorProto.INT8:
             findings.append(Finding("qdq", f"{node.op_type} is {onnx.TensorProto.DataType.Name(dtype).lower()}; "
                                            "TensorRT supports signed int8 Q/DQ only", name,
                                     INT32_BIAS_FIX if dtype == onnx.TensorProto.INT32 else SIGNED_INT8_FIX))
-            continue
-        if len(node.input) > 2 and node.input[2]:
-            zero_point = numpy_helper.to_array(constants[node.input[2]])
-            if np.any(zero_point != 0):
-                findings.append(Finding("qdq", f"{node.op_type} zero point is {zero_point.ravel()[:4].tolist()}, "
-                                               "not 0 (TensorRT quantization is symmetric)", name, SIGNED_INT8_FIX))
-        scale = constants.get(node.input[1])
-        if scale is None:
-            findings.append(Finding("qdq", f"{node.op_type} scale is computed at run time; TensorRT needs a "
-                                           "constant", name, "fold the scale into an initializer"))
+        elif zero_point is not None and np.any(numpy_helper.to_array(zero_point) != 0):
+            values = numpy_helper.to_array(zero_point).ravel()[:4].tolist()
+            findings.append(Finding("qdq", f"{node.op_type} zero point is {values}, not 0 (TensorRT quantization "
+                                           "is symmetric)", name, SIGNED_INT8_FIX))
     return findings
 
 

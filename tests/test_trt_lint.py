@@ -109,3 +109,14 @@ def test_onnx_runtime_symmetric_int8_qdq_of_the_cnn_is_clean(tmp_path):
     report = lint(qdq)
     assert report["clean"], report["findings"]
     assert report["qdq_nodes"] > 0
+
+
+def test_a_zero_point_behind_identity_nodes_asks_for_constant_folding():
+    """The TorchScript exporter shares one zero-point constant through Identity nodes (NNCF Q/DQ export)."""
+    model = qdq_conv_graph()
+    model.graph.node.insert(0, helper.make_node("Identity", ["x_zero_point"], ["x_zero_point_shared"], name="share"))
+    model.graph.node[1].input[2] = "x_zero_point_shared"  # the input QuantizeLinear
+    report = lint(model)
+    assert [(f["check"], f["node"]) for f in report["findings"]] == [("qdq", "input_q")]
+    assert "through 1 Identity node(s)" in report["findings"][0]["message"]
+    assert "onnxslim" in report["findings"][0]["fix"]

@@ -199,6 +199,9 @@ class TensorRTEngine(Engine):
     def available(cls) -> bool:
         return cls.missing() is None
 
+    def source(self, onnx_path: Path, precision: str, sources: dict[str, Path]) -> Path:
+        return select_source(precision, onnx_path, sources)
+
     def _build(self, onnx_path: Path, out_dir: Path, precision: str, sources: dict[str, Path] | None = None,
                calibration: Any = None, min_batch: int = 1, opt_batch: int = 8, max_batch: int = 32,
                workspace_mb: int = DEFAULT_WORKSPACE_MB, timing_cache: Path | None = None,
