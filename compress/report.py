@@ -143,7 +143,8 @@ def render_deferred(build: dict[str, Any]) -> str:
         lines += ["## Deferred builds", ""]
         for d in build["deferred"]:
             lines.append(f"- {d['model']} {d['backend']} {d['precision']}: the TensorRT engine will be built on "
-                         f"the device at deploy time ({d['reason']}). How: {d['how']}")
+                         f"the device at deploy time ({d['reason']}): `{d['how']}`, or `{d['script']}` on the "
+                         f"device (`{d['trtexec']}`)")
         lines.append("")
     if build.get("triton"):
         lines += ["## Triton model repository", ""]

@@ -79,10 +79,10 @@ def defer_tensorrt(ctx, out_dir: Path, precision: str, source: Path, options: Te
     script.chmod(0o755)
     command = trtexec_args("model.onnx", "model.plan", precision, shapes["min"], shapes["opt"], shapes["max"],
                            input_name, options.workspace_mb)
-    how = (f"compress deploy {ctx.run_dir} --target ssh://USER@DEVICE/DIR --runtime tensorrt, or on the device: "
-           f"{' '.join(shlex.quote(a) for a in command)} (in {ctx.relative(out_dir)}, see build_engine.sh)")
+    how = f"compress deploy {shlex.quote(str(ctx.run_dir))} --target ssh://USER@DEVICE/DIR --runtime tensorrt"
     return {"model": "student", "backend": "tensorrt", "precision": precision, "reason": reason, "how": how,
-            "dir": ctx.relative(out_dir), "script": ctx.relative(script), "shapes": shapes}
+            "trtexec": " ".join(shlex.quote(a) for a in command), "dir": ctx.relative(out_dir),
+            "script": ctx.relative(script), "shapes": shapes}
 
 
 def write_triton(ctx, precision: str, sources: dict[str, Path], engines: list[dict],

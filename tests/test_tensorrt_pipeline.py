@@ -33,7 +33,8 @@ def test_tensorrt_is_deferred_to_the_device_and_triton_repository_is_written(tin
     assert [(e["backend"], e["precision"]) for e in build["engines"]] == [("onnxruntime", "fp32")]
     assert [(d["backend"], d["precision"]) for d in build["deferred"]] == [("tensorrt", "fp32"), ("tensorrt", "fp16")]
     fp16 = build["deferred"][1]
-    assert fp16["reason"] == "no CUDA GPU on this machine" and "--runtime tensorrt" in fp16["how"]
+    assert fp16["reason"] == "no CUDA GPU on this machine" and fp16["how"].endswith("--runtime tensorrt")
+    assert fp16["trtexec"].startswith("trtexec --onnx=model.onnx --saveEngine=model.plan --stronglyTyped")
     assert fp16["shapes"] == {"min": [1, 1, 8, 8], "opt": [4, 1, 8, 8], "max": [16, 1, 8, 8]}
     folder = run_dir / fp16["dir"]
     assert (folder / "model.onnx").read_bytes() == (run_dir / "stages/export/student.fp16.onnx").read_bytes()
