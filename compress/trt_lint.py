@@ -39,6 +39,7 @@ Transpose Trilu Unique Unsqueeze Upsample Where Xor
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+FOLD_FIX = "fold constants before TensorRT: onnxslim (what stages.export.simplify runs on student.onnx)"
 INT32_BIAS_FIX = ("keep biases in float, TensorRT fuses them into the int8 kernels itself (ONNX Runtime: "
                   "quantize_static(..., extra_options={'QuantizeBias': False}))")
 SIGNED_INT8_FIX = ("quantize activations as signed int8 with zero point 0 (symmetric): NNCF "
@@ -83,9 +84,6 @@ def check_ops(model: onnx.ModelProto) -> list[Finding]:
             findings.append(Finding("op", f"{node.op_type} is not supported by TensorRT's ONNX parser", name,
                                     "replace the layer in the model, or fold it away before export"))
     return findings
-
-
-FOLD_FIX = "fold constants before TensorRT: onnxslim (what stages.export.simplify runs on student.onnx)"
 
 
 def _resolve(name: str, constants: dict[str, onnx.TensorProto], producers: dict[str, onnx.NodeProto]
