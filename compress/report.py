@@ -134,3 +134,20 @@ def render_markdown(name: str, results: dict, info: dict[str, Any]) -> str:
     env = results.get("env", {})
     lines += ["## Environment", "", ", ".join(f"{k}: {v}" for k, v in env.items() if v is not None), ""]
     return "\n".join(lines)
+
+
+def render_deferred(build: dict[str, Any]) -> str:
+    """Builds left to the device (TensorRT without a GPU here) and Triton repositories written."""
+    lines: list[str] = []
+    if build.get("deferred"):
+        lines += ["## Deferred builds", ""]
+        for d in build["deferred"]:
+            lines.append(f"- {d['model']} {d['backend']} {d['precision']}: the TensorRT engine will be built on "
+                         f"the device at deploy time ({d['reason']}): `{d['how']}`, or `{d['script']}` on the "
+                         f"device (`{d['trtexec']}`)")
+        lines.append("")
+    if build.get("triton"):
+        lines += ["## Triton model repository", ""]
+        lines += [f"- `{t['dir']}` ({t['precision']}, {t['format']})" for t in build["triton"]]
+        lines.append("")
+    return "\n".join(lines)

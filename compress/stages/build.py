@@ -6,9 +6,11 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from compress.config import Strict
+from compress.config import PipelineConfig, Strict
 from compress.stages import register_stage
 from compress.stages.base import Stage, StageContext
+from compress.trt_targets import (EXPORT_TARGETS, TensorRTOptions, check_targets, defer_tensorrt, export_sources,
+                                  tensorrt_build_options, write_triton)
 
 
 def parse_target(target: str) -> tuple[str, str]:
@@ -18,7 +20,8 @@ def parse_target(target: str) -> tuple[str, str]:
 
 class BuildConfig(Strict):
     targets: list[str] = Field(default_factory=lambda: ["onnxruntime:fp32"],
-                               description="backend[:precision], e.g. onnxruntime:fp32")
+                               description="backend[:precision], e.g. onnxruntime:fp32, tensorrt:fp16, triton")
+    tensorrt: TensorRTOptions = Field(default_factory=TensorRTOptions)
 
     @field_validator("targets")
     @classmethod
@@ -28,17 +31,21 @@ class BuildConfig(Strict):
         normalized = []
         for target in targets:
             backend, precision = parse_target(target)
-            engine = ENGINES.get(backend)
+            engine = ENGINES.get("tensorrt" if backend in EXPORT_TARGETS else backend)
             if engine is None:
-                raise ValueError(f"unknown backend '{backend}'; known: {', '.join(ENGINES)}")
+                raise ValueError(f"unknown backend '{backend}'; known: {', '.join([*ENGINES, *EXPORT_TARGETS])}")
             if precision not in engine.precisions:
                 raise ValueError(f"{backend} builds {', '.join(engine.precisions)}, not '{precision}'")
-            if not engine.available():
+            # A deferrable backend (TensorRT without a GPU here) is built on the device instead.
+            if not engine.available() and not getattr(engine, "deferrable", False):
                 raise ValueError(f"{backend} is not installed here (pip install {backend})")
             normalized.append(f"{backend}:{precision}")
         if len(set(normalized)) != len(normalized):
             raise ValueError("a target is listed twice")
         return normalized
+
+    def check(self, pipeline: PipelineConfig) -> tuple[str, str] | None:
+        return check_targets(pipeline, self.targets, self.tensorrt)
 
 
 @register_stage
@@ -51,12 +58,35 @@ class BuildStage(Stage):
         from deploy.engines import get_engine
 
         onnx_path = ctx.path(ctx.outputs["export"]["onnx"])
-        engines = []
+        sources = export_sources(ctx)
+        engines, deferred, exports = [], [], []
         for target in ctx.config.targets:
             backend, precision = parse_target(target)
+            if backend in EXPORT_TARGETS:
+                continue  # written after the engines, so that a built plan can be used
             out_dir = ctx.stage_dir / f"student.{backend}.{precision}"
-            built = get_engine(backend).build(onnx_path, out_dir, precision)
+            engine = get_engine(backend)
+            options = {"sources": sources, "calibration": None}
+            if backend == "tensorrt":
+                options.update(tensorrt_build_options(ctx, ctx.config.tensorrt))
+                reason = engine.missing()
+                if reason:
+                    from deploy.engines.tensorrt import select_source
+
+                    entry = defer_tensorrt(ctx, out_dir, precision, select_source(precision, onnx_path, sources),
+                                           ctx.config.tensorrt, reason)
+                    ctx.log(f"tensorrt {precision}: {reason}; the engine will be built on the device at deploy "
+                            f"time ({entry['script']})")
+                    deferred.append(entry)
+                    continue
+            built = engine.build(onnx_path, out_dir, precision, **options)
             ctx.log(f"{backend} {precision}: {ctx.relative(built.artifact)} in {built.sidecar['build_seconds']:.2f}s")
             engines.append({"model": "student", "backend": backend, "precision": precision,
                             "dir": ctx.relative(out_dir), "artifact": ctx.relative(built.artifact)})
-        return {"engines": engines}
+        for target in ctx.config.targets:
+            backend, precision = parse_target(target)
+            if backend == "triton":
+                batch_sizes = getattr(ctx.pipeline.stages.get("benchmark"), "batch_sizes", [])
+                exports.append(write_triton(ctx, precision, sources, engines, ctx.config.tensorrt, batch_sizes))
+                ctx.log(f"triton {precision}: {exports[-1]['dir']} ({exports[-1]['format']})")
+        return {"engines": engines, "deferred": deferred, "triton": exports}

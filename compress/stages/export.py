@@ -15,6 +15,7 @@ from compress.fileio import sha256_file, write_json
 from compress.models import load_model
 from compress.stages import register_stage
 from compress.stages.base import Stage, StageContext
+from compress.trt_export import export_for_tensorrt, tensorrt_key_material
 
 
 class ExportConfig(Strict):
@@ -40,6 +41,9 @@ class ExportStage(Stage):
     Config = ExportConfig
     reads = ("distill", "quantize")
 
+    def key_material(self, pipeline) -> dict[str, Any]:
+        return tensorrt_key_material(pipeline)
+
     def run(self, ctx: StageContext) -> dict[str, Any]:
         cfg: ExportConfig = ctx.config
         model, spec = load_model(ctx.path(ctx.outputs["distill"]["checkpoint"]))
@@ -56,5 +60,8 @@ class ExportStage(Stage):
                 f"{report['max_abs_error']:.2e}, top-1 agreement {report['top1_agreement']:.4f}")
         if not report["passed"]:
             raise StageFailed("export", f"ONNX parity outside tolerance (see {ctx.stage_dir / 'parity.json'})")
-        return {"onnx": ctx.relative(path), "parity": ctx.relative(ctx.stage_dir / "parity.json"),
-                "onnx_sha256": sha256_file(path), "input_shape": list(ctx.data.input_shape)}
+        outputs = {"onnx": ctx.relative(path), "parity": ctx.relative(ctx.stage_dir / "parity.json"),
+                   "onnx_sha256": sha256_file(path), "input_shape": list(ctx.data.input_shape)}
+        # TensorRT: FP16 copy + lint (of student.onnx and, when written above, student.qdq.onnx).
+        outputs.update(export_for_tensorrt(ctx, path, x, onnx_logits))
+        return outputs
