@@ -163,7 +163,9 @@ def render_devices(run_dir) -> str:
             facts.append(f"power mode {device['power_mode'].get('name')}")
         lines += [f"### {result['target']}", "",
                   f"{', '.join(str(f) for f in facts if f)}; release `{result['release']}` "
-                  f"({result['artifact']} on {result['runtime']}, deployed {result['deployed_at']})", "",
+                  f"({result['artifact']} on {result['runtime']}, deployed {result['deployed_at']})"
+                  + (f"; rolled back, current is `{result['current']}`"
+                     if result.get("current", result["release"]) != result["release"] else ""), "",
                   "| backend | precision | batch | p50 ms | p90 ms | p99 ms | throughput/s | top-1 | agreement with host "
                   "| power mW | size MB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in result["rows"]:

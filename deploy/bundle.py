@@ -124,14 +124,16 @@ def val_sample(run_dir: Path, onnx_path: Path, limit: int) -> tuple[dict[str, np
     """A seeded slice of the run's val split (already preprocessed) with the host's fp32 predictions."""
     import onnxruntime as ort
 
-    from compress.config import load_config
+    from compress.config import DataConfig
     from compress.data import load_dataset
 
-    cfg = load_config(run_dir / "pipeline.yaml")
-    data = load_dataset(cfg.data, cfg.seed)
+    # The run's own resolved pipeline.yaml; only its data section is needed (no model code, no torch).
+    pipeline = yaml.safe_load((run_dir / "pipeline.yaml").read_text())
+    seed = pipeline.get("seed", 0)
+    data = load_dataset(DataConfig.model_validate(pipeline["data"]), seed)
     per_sample = int(np.prod(data.x_val.shape[1:])) * 4
     count = max(1, min(limit, len(data.y_val), MAX_SAMPLE_BYTES // per_sample))
-    order = np.random.default_rng(cfg.seed).permutation(len(data.y_val))[:count]
+    order = np.random.default_rng(seed).permutation(len(data.y_val))[:count]
     x, y = data.x_val[order].astype(np.float32), data.y_val[order].astype(np.int64)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name

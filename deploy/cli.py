@@ -54,12 +54,12 @@ def run_deploy(args: argparse.Namespace, console: Callable[[str], None]) -> int:
     if args.bwlimit is not None and args.bwlimit < 1:
         raise UsageError(f"--bwlimit {args.bwlimit}: must be >= 1 KB/s")
     if args.status or args.rollback:
-        return releases_command(targets, "status" if args.status else "rollback", console)
+        return releases_command(targets, "status" if args.status else "rollback", console, Path(args.run_dir))
     return deploy_command(Path(args.run_dir), targets, args, console)
 
 
-def releases_command(targets: list[Target], command: str, console) -> int:
-    from deploy.release import in_parallel, refuse_usage_errors
+def releases_command(targets: list[Target], command: str, console, run_dir: Path) -> int:
+    from deploy.release import in_parallel, note_current, refuse_usage_errors
 
     outcomes = in_parallel(targets, lambda t: t.runner(command, t.root, timeout=120))
     refuse_usage_errors(outcomes)
@@ -71,6 +71,8 @@ def releases_command(targets: list[Target], command: str, console) -> int:
             continue
         if command == "rollback":
             console(f"{target.label}: current {answer['current']} (was {answer['previous']})")
+            if note_current(run_dir, target, answer["current"]):
+                refresh_report(run_dir)
             continue
         console(f"{target.label}: {len(answer['releases'])} release(s), current {answer['current'] or 'none'}")
         for release in answer["releases"]:

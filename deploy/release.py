@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from compress.errors import CompressError, UsageError
-from compress.fileio import sha256_file, write_json
+from compress.fileio import read_json, sha256_file, write_json
 from deploy.bundle import Bundle
 from deploy.runner.runner import INCOMING_PREFIX
 from deploy.targets import DeviceError, Target, describe
@@ -68,7 +68,7 @@ def deploy_bundle(target: Target, bundle: Bundle, device: dict[str, Any], log: L
     return {"target": target.label, "target_url": target.spec, "device": device, "release": bundle.version, "previous": switched.get("previous"),
             "artifact": manifest["artifact"], "runtime": manifest["runtime"], "precision": manifest["precision"],
             "engine_build": engine, "deployed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "seconds": round(time.perf_counter() - started, 3), "rows": measured["rows"]}
+            "seconds": round(time.perf_counter() - started, 3), "current": bundle.version, "rows": measured["rows"]}
 
 
 def in_parallel(targets: list[Target], work: Callable[[Target], Any]) -> list[tuple[Target, Any, BaseException | None]]:
@@ -97,6 +97,17 @@ def save_results(run_dir: Path, target: Target, results: dict[str, Any]) -> Path
     path = run_dir / "stages" / "deploy" / target.slug / "results.json"
     write_json(path, results)
     return path
+
+
+def note_current(run_dir: Path, target: Target, version: str) -> bool:
+    """Record in the device's results which release is current after a rollback."""
+    path = run_dir / "stages" / "deploy" / target.slug / "results.json"
+    if not path.is_file():
+        return False
+    results = read_json(path)
+    results["current"] = version
+    write_json(path, results)
+    return True
 
 
 def refuse_usage_errors(outcomes: list[tuple[Target, Any, BaseException | None]]) -> None:

@@ -108,13 +108,19 @@ def sshd(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """The tiny digits pipeline, run once for the module."""
+    """The tiny digits pipeline with an MLP teacher (trains in a blink), run once for the module."""
+    import copy
+
     import yaml
 
     from conftest import TINY
 
+    config = copy.deepcopy(TINY)
+    config["teacher"] = {"model": "mlp", "kwargs": {"hidden": [64]},
+                         "train": {"epochs": 3, "batch_size": 64, "lr": 0.01}}
+    config["stages"]["benchmark"].update(runs=2, warmup=0)
     folder = tmp_path_factory.mktemp("run")
-    (folder / "pipeline.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     assert main(["--quiet", "run", str(folder / "pipeline.yaml"), "--run-dir", str(folder / "run")]) == 0
     return folder / "run"
 
@@ -181,7 +187,7 @@ def test_deploy_over_ssh_benchmarks_on_the_device_then_status_and_rollback(sshd,
     with get_engine("onnxruntime").load(run_dir / "stages" / "export" / "student.onnx") as session:
         expected = session.infer((raw - pre["mean"][0]) / pre["std"][0]).argmax(1)
     assert predictions == [str(label) for label in expected]
-    assert sum(p == str(digit) for p, digit in zip(predictions, load_digits().target[:20])) >= 15
+    assert sum(p == str(digit) for p, digit in zip(predictions, load_digits().target[:20])) >= 12
 
     capsys.readouterr()
     assert deploy(run_dir, "--target", target, *sshd.client_args()) == 0
@@ -194,6 +200,7 @@ def test_deploy_over_ssh_benchmarks_on_the_device_then_status_and_rollback(sshd,
 
     assert deploy(run_dir, "--target", target, "--rollback", *sshd.client_args()) == 0
     assert current_release(device) == first and releases(device) == [first, second]
+    assert f"rolled back, current is `{first}`" in (run_dir / "report.md").read_text()
     assert deploy(run_dir, "--target", target, "--rollback", *sshd.client_args()) == 1  # nothing older
     assert current_release(device) == first
 
