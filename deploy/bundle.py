@@ -173,7 +173,7 @@ def make_bundle(run_dir: Path, choice: Choice, out_root: Path, val_samples: int 
     if choice.runtime == "tensorrt":
         from deploy.engines.trtexec import build_script
 
-        chw = [d for d in model_input["shape"][1:]]
+        chw = list(sample["x"].shape[1:])  # the data's shape, also where the ONNX leaves H/W dynamic
         shapes = [(b, *chw) for b in (1, batch_sizes[0], max(batch_sizes))]
         write_text(staging / "build_engine.sh",
                    build_script("model.onnx", "model.engine", choice.precision, *shapes, model_input["name"]))

@@ -345,6 +345,8 @@ def test_a_jetson_target_that_is_no_jetson_is_refused(sshd, run_dir, tmp_path, c
     (["--target", "local:{device}?color=red"], "unknown option 'color'"),
     (["--target", "jetson://root@127.0.0.1:1/x", "--known-hosts", "/nonexistent"], "--known-hosts /nonexistent"),
     (["--target", "local:{device}", "--runtime", "tensorrt"], "trtexec not found"),
+    (["--target", "local:{device}", "--target", "local:{device}/"], "the same device folder"),
+    (["--target", "ssh://127.0.0.1"], "no folder on the device"),
 ])
 def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, capsys, args, message):
     device = tmp_path / "device"
@@ -376,7 +378,8 @@ def test_runner_reads_jetson_facts():
     assert device_runner.parse_l4t("# R99 (release), REVISION: 0.0")["jetpack"] is None
     assert device_runner.decode_trt_version(100300) == "10.3.0"
     assert device_runner.decode_trt_version(8601) == "8.6.1"
-    summary = ("[I] === Performance summary ===\n[I] Throughput: 120.699 qps\n[I] Latency: min = 9.11414 ms, "
+    summary = ("[I] === Performance summary ===\n[I] Throughput: 120.699 qps\n[I] H2D Latency: min = 1.5 ms, "
+               "max = 1.6 ms, mean = 1.55 ms, median = 1.55 ms, percentile(90%) = 1.56 ms\n[I] Latency: min = 9.11414 ms, "
                "max = 11.7442 ms, mean = 9.81005 ms, median = 9.76404 ms, percentile(90%) = 10.1075 ms, "
                "percentile(95%) = 10.1624 ms, percentile(99%) = 11.4742 ms\n[I] Enqueue Time: min = 0.5 ms, "
                "max = 0.6 ms, mean = 0.53 ms, median = 0.52 ms, percentile(90%) = 0.54 ms\n")

@@ -468,7 +468,7 @@ def time_session(session, shape, batch: int, warmup: int, runs: int, min_seconds
     return {"latency_ms": stats, "throughput_per_s": batch * 1000.0 / stats["p50"], "timer": "runner"}
 
 
-TRTEXEC_LATENCY = re.compile(r"Latency: min = ([\d.e+-]+) ms, max = ([\d.e+-]+) ms, mean = ([\d.e+-]+) ms, "
+TRTEXEC_LATENCY = re.compile(r"(?:^|\]\s*)Latency: min = ([\d.e+-]+) ms, max = ([\d.e+-]+) ms, mean = ([\d.e+-]+) ms, "
                              r"median = ([\d.e+-]+) ms(.*)")
 
 
@@ -476,11 +476,10 @@ def parse_trtexec_timing(text: str, batch: int) -> dict:
     """The `=== Performance summary ===` of `trtexec --loadEngine` (latency per enqueued batch)."""
     summary = text.split("=== Performance summary ===")[-1]
     match = None
-    for line in summary.splitlines():
-        if re.search(r"\]\s*Latency:|^Latency:", line.strip()) or line.strip().startswith("Latency:"):
-            match = TRTEXEC_LATENCY.search(line)
-            if match:
-                break
+    for line in summary.splitlines():  # "Latency:" itself, not "H2D Latency:" or "D2H Latency:"
+        match = TRTEXEC_LATENCY.search(line.strip())
+        if match:
+            break
     if not match:
         raise RunnerError("trtexec printed no latency summary")
     rest = match.group(5)
