@@ -85,8 +85,8 @@ def releases_command(targets: list[Target], command: str, console, run_dir: Path
 
 def deploy_command(run_dir: Path, targets: list[Target], args: argparse.Namespace, console) -> int:
     from deploy.bundle import choose, make_bundle, read_run
-    from deploy.release import (deploy_bundle, describe_device, in_parallel, probe, refuse_usage_errors,
-                                save_results, summary_line)
+    from deploy.release import deploy_bundle, in_parallel, probe, refuse_usage_errors, save_results, summary_line
+    from deploy.targets import describe
 
     run_dir = run_dir.resolve()
     record = read_run(run_dir)
@@ -99,7 +99,7 @@ def deploy_command(run_dir: Path, targets: list[Target], args: argparse.Namespac
     devices = {t.spec: info for t, info, error in probes if error is None}
     for target, info, error in probes:
         if error is None:
-            console(f"{target.label}: {describe_device(info)}")
+            console(f"{target.label}: {describe(info)}")
 
     bundles: dict[str, Any] = {}
     out_root = run_dir / "stages" / "deploy" / "bundles"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,18 +16,9 @@ from compress.errors import CompressError, UsageError
 from compress.fileio import read_json, sha256_file, write_json
 from deploy.bundle import Bundle
 from deploy.runner.runner import INCOMING_PREFIX
-from deploy.targets import DeviceError, Target, describe
+from deploy.targets import DeviceError, Target
 
 Log = Callable[[str], None]
-
-
-@dataclass
-class Outcome:
-    target: Target
-    ok: bool
-    detail: str
-    results: dict[str, Any] = field(default_factory=dict)
-    error: CompressError | None = None
 
 
 def probe(target: Target, runtime: str) -> dict[str, Any]:
@@ -125,7 +115,3 @@ def check_slugs(targets: list[Target]) -> None:
         if target.slug in seen:
             raise UsageError(f"--target {target.label}: the same device folder as {seen[target.slug]}")
         seen[target.slug] = target.spec
-
-
-def describe_device(device: dict[str, Any]) -> str:
-    return describe(device)

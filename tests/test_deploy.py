@@ -357,6 +357,17 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, capsys, args, messa
     assert not device.exists()
 
 
+def test_a_device_python_without_the_runtime_is_refused(run_dir, tmp_path, capsys):
+    system_python = shutil.which("python3", path="/usr/bin:/bin")
+    if not system_python or subprocess.run([system_python, "-c", "import onnxruntime"], capture_output=True).returncode == 0:
+        pytest.skip("needs a python3 without onnxruntime")
+    device = tmp_path / "device"
+    assert deploy(run_dir, "--target", f"local:{device}?python={system_python}") == 2
+    err = capsys.readouterr().err
+    assert "is not installed for" in err and len(err.strip().splitlines()) == 1
+    assert not device.exists()
+
+
 def test_a_run_dir_without_a_build_is_refused(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
