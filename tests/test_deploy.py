@@ -286,6 +286,29 @@ def test_an_unknown_or_changed_host_key_is_refused(sshd, run_dir, tmp_path, caps
         assert not device.exists()
 
 
+def test_an_openvino_engine_deploys_and_runs_on_openvino(run_dir, tmp_path):
+    ov = pytest.importorskip("openvino")
+    from compress.fileio import write_json
+
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    engine_dir = run / "stages" / "build" / "student.openvino.fp32"
+    ov.save_model(ov.convert_model(str(run / "stages" / "export" / "student.onnx")), str(engine_dir / "model.xml"))
+    (engine_dir / "engine.json").write_text('{"backend": "openvino", "artifact": "model.xml"}')
+    record = read_json(run / "run.json")
+    record["stages"]["build"]["outputs"]["engines"].append(
+        {"model": "student", "backend": "openvino", "precision": "fp32", "dir": "stages/build/student.openvino.fp32",
+         "artifact": "stages/build/student.openvino.fp32/model.xml"})
+    write_json(run / "run.json", record)
+
+    device = tmp_path / "device"
+    assert deploy(run, "--target", f"local:{device}", "--runtime", "openvino", quiet=True) == 0
+    assert sorted(read_json(device / "current" / "manifest.json")["files"]) == [
+        "engine.json", "model.bin", "model.xml", "runner.py", "val_sample.npz"]
+    rows = read_json(run / "stages" / "deploy" / parse_target(f"local:{device}").slug / "results.json")["rows"]
+    assert {r["backend"] for r in rows} == {"openvino"}
+    assert all(r["accuracy"]["agreement_with_host"] == 1.0 and r["latency_ms"]["p50"] > 0 for r in rows)
+
+
 # ---------------------------------------------------------------- Jetson
 
 
