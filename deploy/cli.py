@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from compress.cli import Console
 
 from compress.errors import UsageError
 from deploy.targets import SshOptions, Target, parse_target
@@ -45,7 +48,7 @@ def ssh_options(args: argparse.Namespace) -> SshOptions:
                       absolute["--ssh-config"])
 
 
-def run_deploy(args: argparse.Namespace, console: Callable[[str], None]) -> int:
+def run_deploy(args: argparse.Namespace, console: "Console") -> int:
     from deploy.release import check_slugs
 
     ssh = ssh_options(args)
@@ -58,7 +61,7 @@ def run_deploy(args: argparse.Namespace, console: Callable[[str], None]) -> int:
     return deploy_command(Path(args.run_dir), targets, args, console)
 
 
-def releases_command(targets: list[Target], command: str, console, run_dir: Path) -> int:
+def releases_command(targets: list[Target], command: str, console: "Console", run_dir: Path) -> int:
     from deploy.release import in_parallel, note_current, refuse_usage_errors
 
     outcomes = in_parallel(targets, lambda t: t.runner(command, t.root, timeout=120))
@@ -67,7 +70,7 @@ def releases_command(targets: list[Target], command: str, console, run_dir: Path
     for target, answer, error in outcomes:
         if error is not None:
             failed += 1
-            console(f"{target.label}: FAILED: {str(error).removeprefix(target.label + ': ')}")
+            console.error(f"{target.label}: FAILED: {str(error).removeprefix(target.label + ': ')}")
             continue
         if command == "rollback":
             console(f"{target.label}: current {answer['current']} (was {answer['previous']})")
@@ -83,7 +86,7 @@ def releases_command(targets: list[Target], command: str, console, run_dir: Path
     return 1 if failed else 0
 
 
-def deploy_command(run_dir: Path, targets: list[Target], args: argparse.Namespace, console) -> int:
+def deploy_command(run_dir: Path, targets: list[Target], args: argparse.Namespace, console: "Console") -> int:
     from deploy.bundle import choose, make_bundle, read_run
     from deploy.release import deploy_bundle, in_parallel, probe, refuse_usage_errors, save_results, summary_line
     from deploy.targets import describe
@@ -103,7 +106,7 @@ def deploy_command(run_dir: Path, targets: list[Target], args: argparse.Namespac
 
     bundles: dict[str, Any] = {}
     out_root = run_dir / "stages" / "deploy" / "bundles"
-    for choice in {c.name: c for c in choices.values()}.values():
+    for choice in {choices[spec].name: choices[spec] for spec in devices}.values():
         bundles[choice.name] = make_bundle(run_dir, choice, out_root, args.val_samples)
         console(f"bundle {bundles[choice.name].version}: {choice.name} ({out_root / bundles[choice.name].version})")
 
@@ -121,7 +124,7 @@ def deploy_command(run_dir: Path, targets: list[Target], args: argparse.Namespac
         results, error = shipped.get(target.spec, (None, error))
         if error is not None:
             failed += 1
-            console(f"  {target.label}: FAILED, current unchanged: {str(error).removeprefix(target.label + ': ')}")
+            console.error(f"{target.label}: FAILED, current unchanged: {str(error).removeprefix(target.label + ': ')}")
         else:
             console(f"  {target.label}: ok, {summary_line(results)}")
     refresh_report(run_dir)

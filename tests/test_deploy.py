@@ -218,6 +218,16 @@ def test_two_targets_deploy_in_parallel(sshd, run_dir, tmp_path, capsys):
         assert (run_dir / "stages" / "deploy" / parse_target(target).slug / "results.json").is_file()
 
 
+def test_one_failing_device_is_listed_and_the_others_still_deploy(run_dir, tmp_path, capsys):
+    good, blocked = tmp_path / "good", tmp_path / "blocked"
+    blocked.write_text("a file where the device folder should be")
+    assert deploy(run_dir, "--target", f"local:{good}", "--target", f"local:{blocked}") == 1
+    captured = capsys.readouterr()
+    assert f"local:{good}: ok, release" in captured.out
+    assert f"local:{blocked}: FAILED, current unchanged: prepare:" in captured.err
+    assert current_release(good) is not None and blocked.read_text().startswith("a file")
+
+
 # ---------------------------------------------------------------- failures leave `current` as it was
 
 
