@@ -35,20 +35,29 @@ def deploy_bundle(target: Target, bundle: Bundle, device: dict[str, Any], log: L
     manifest = bundle.manifest
     incoming = INCOMING_PREFIX + bundle.version
     remote = f"{target.releases_dir()}/{incoming}"
-    target.runner("prepare", target.root)
     started = time.perf_counter()
+    steps: dict[str, float] = {}
+
+    def step(name: str, work: Callable[[], Any]) -> Any:
+        begin = time.perf_counter()
+        result = work()
+        steps[name] = round(time.perf_counter() - begin, 3)
+        return result
+
+    step("prepare", lambda: target.runner("prepare", target.root))
     try:
         log(f"upload {bundle.version} to {target.releases_dir()}/{incoming}")
-        target.upload(bundle.directory, remote, bwlimit_kbps)
-        target.runner("verify", remote, "--manifest-sha256", sha256_file(bundle.directory / "manifest.json"))
+        step("upload", lambda: target.upload(bundle.directory, remote, bwlimit_kbps))
+        digest = sha256_file(bundle.directory / "manifest.json")
+        step("verify", lambda: target.runner("verify", remote, "--manifest-sha256", digest))
         engine = None
         if manifest["runtime"] == "tensorrt":
             log(f"building the TensorRT {manifest['precision']} engine on the device with trtexec")
-            engine = target.runner("build-engine", remote, timeout=3600)
-        smoke = target.runner("smoke", remote)
+            engine = step("build_engine", lambda: target.runner("build-engine", remote, timeout=3600))
+        smoke = step("smoke", lambda: target.runner("smoke", remote))
         log(f"smoke inference ok ({', '.join(smoke.get('providers') or [])}); benchmarking on the device")
-        measured = target.runner("bench", remote, timeout=3600)
-        switched = target.runner("activate", target.root, incoming, bundle.version)
+        measured = step("bench", lambda: target.runner("bench", remote, timeout=3600))
+        switched = step("switch", lambda: target.runner("activate", target.root, incoming, bundle.version))
     except BaseException:
         try:
             target.runner("discard", target.root, incoming, timeout=60)
@@ -58,7 +67,7 @@ def deploy_bundle(target: Target, bundle: Bundle, device: dict[str, Any], log: L
     return {"target": target.label, "target_url": target.spec, "device": device, "release": bundle.version, "previous": switched.get("previous"),
             "artifact": manifest["artifact"], "runtime": manifest["runtime"], "precision": manifest["precision"],
             "engine_build": engine, "deployed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "seconds": round(time.perf_counter() - started, 3), "current": bundle.version, "rows": measured["rows"]}
+            "seconds": round(time.perf_counter() - started, 3), "step_seconds": steps, "current": bundle.version, "rows": measured["rows"]}
 
 
 def in_parallel(targets: list[Target], work: Callable[[Target], Any]) -> list[tuple[Target, Any, BaseException | None]]:

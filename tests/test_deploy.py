@@ -163,6 +163,7 @@ def test_deploy_over_ssh_benchmarks_on_the_device_then_status_and_rollback(sshd,
 
     results = read_json(run_dir / "stages" / "deploy" / parse_target(target).slug / "results.json")
     assert results["release"] == first and results["device"]["arch"] and results["device"]["onnxruntime"]
+    assert set(results["step_seconds"]) == {"prepare", "upload", "verify", "smoke", "bench", "switch"}
     assert {r["batch_size"] for r in results["rows"]} == {1, 8}
     host_rows = read_json(run_dir / "stages" / "benchmark" / "results.json")["rows"]
     host_top1 = next(r for r in host_rows if r["backend"] == "onnxruntime")["accuracy"]["top1"]
