@@ -431,3 +431,23 @@ def test_runner_reads_jetson_facts():
     timing = device_runner.parse_trtexec_timing(summary, batch=4)
     assert timing["latency_ms"]["p50"] == 9.76404 and timing["latency_ms"]["p90"] == 10.1075
     assert timing["latency_ms"]["p99"] == 11.4742 and timing["throughput_per_s"] == pytest.approx(4 * 120.699)
+
+
+def test_tensorrt_artifacts_come_from_the_export_onnx_and_deferred_builds(tmp_path):
+    from deploy.bundle import candidates
+
+    record = {"stages": {
+        "export": {"outputs": {"onnx": "stages/export/student.onnx", "onnx_qdq": "stages/export/student.qdq.onnx"}},
+        "build": {"status": "done", "outputs": {
+            "engines": [{"model": "student", "backend": "onnxruntime", "precision": "fp32",
+                         "dir": "stages/build/ort", "artifact": "stages/build/ort/model.onnx"}],
+            "deferred": [{"model": "student", "backend": "tensorrt", "precision": "int8",
+                          "reason": "no GPU here", "how": "build on the device"}]}}}}
+    (tmp_path / "stages" / "build" / "ort").mkdir(parents=True)
+    (tmp_path / "stages" / "build" / "ort" / "model.onnx").write_bytes(b"onnx")
+    found = {c.name: c for c in candidates(tmp_path, record)}
+    assert set(found) == {"student.onnxruntime.fp32", "student.tensorrt.fp32", "student.tensorrt.fp16",
+                          "student.tensorrt.int8"}
+    assert found["student.tensorrt.int8"].files == {"model.onnx": tmp_path / "stages/export/student.qdq.onnx"}
+    assert found["student.tensorrt.fp16"].files == {"model.onnx": tmp_path / "stages/export/student.onnx"}
+    assert found["student.onnxruntime.fp32"].files == {"model.onnx": tmp_path / "stages/build/ort/model.onnx"}
