@@ -1,4 +1,4 @@
-"""`compress` command line: run, validate, init, report.
+"""`compress` command line: run, validate, init, report, deploy.
 
 Exit codes: 0 ok, 1 a stage failed, 2 bad usage / config / input, 3 a gate failed.
 """
@@ -73,7 +73,7 @@ def cmd_init(args: argparse.Namespace, console: Console) -> int:
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from compress.config import load_config
     from compress.fileio import read_json, write_text
-    from compress.report import render_markdown, summary
+    from compress.report import render_devices, render_markdown, summary
 
     run_dir = Path(args.run_dir)
     results_path = run_dir / "stages" / "benchmark" / "results.json"
@@ -82,9 +82,15 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     cfg = load_config(run_dir / "pipeline.yaml")
     results = read_json(results_path)
     info = summary(results, cfg.gates)
-    write_text(run_dir / "report.md", render_markdown(cfg.name, results, info))
+    write_text(run_dir / "report.md", render_markdown(cfg.name, results, info) + render_devices(run_dir))
     console(f"report: {run_dir / 'report.md'}")
     return 0
+
+
+def cmd_deploy(args: argparse.Namespace, console: Console) -> int:
+    from deploy.cli import run_deploy
+
+    return run_deploy(args, console)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rebuild the report of a run from its saved results")
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
+
+    from deploy.cli import add_arguments as add_deploy_arguments
+
+    deploy = sub.add_parser("deploy", help="ship a run's artifact to devices: verify, benchmark, switch, roll back")
+    add_deploy_arguments(deploy)
+    deploy.set_defaults(func=cmd_deploy)
     return parser
 
 

@@ -151,3 +151,46 @@ def render_deferred(build: dict[str, Any]) -> str:
         lines += [f"- `{t['dir']}` ({t['precision']}, {t['format']})" for t in build["triton"]]
         lines.append("")
     return "\n".join(lines)
+
+
+# ---- device section: results of `compress deploy` (stages/deploy/<target>/results.json)
+
+
+def device_results(run_dir) -> list[dict]:
+    import json
+    from pathlib import Path
+
+    return [json.loads(p.read_text()) for p in sorted(Path(run_dir).glob("stages/deploy/*/results.json"))]
+
+
+def render_devices(run_dir) -> str:
+    """Markdown for every device deployed to, measured on the device itself by its runner."""
+    devices = device_results(run_dir)
+    if not devices:
+        return ""
+    lines = ["", "## On device", ""]
+    for result in devices:
+        device = result.get("device", {})
+        facts = [device.get("model") or device.get("hostname"), device.get("arch")]
+        if device.get("l4t"):
+            facts.append(f"L4T {device['l4t']} / JetPack {device.get('jetpack') or '?'}")
+        if device.get("tensorrt"):
+            facts.append(f"TensorRT {device['tensorrt']}")
+        if device.get("power_mode"):
+            facts.append(f"power mode {device['power_mode'].get('name')}")
+        lines += [f"### {result['target']}", "",
+                  f"{', '.join(str(f) for f in facts if f)}; release `{result['release']}` "
+                  f"({result['artifact']} on {result['runtime']}, deployed {result['deployed_at']})"
+                  + (f"; rolled back, current is `{result['current']}`"
+                     if result.get("current", result["release"]) != result["release"] else ""), "",
+                  "| backend | precision | batch | p50 ms | p90 ms | p99 ms | throughput/s | top-1 | agreement with host "
+                  "| power mW | size MB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in result["rows"]:
+            lat, acc, power = r["latency_ms"], r.get("accuracy") or {}, r.get("power") or {}
+            lines.append(
+                f"| {r['backend']} | {r['precision']} | {r['batch_size']} | {_fmt(lat.get('p50'), '.3f')} "
+                f"| {_fmt(lat.get('p90'), '.3f')} | {_fmt(lat.get('p99'), '.3f')} | {r['throughput_per_s']:.1f} "
+                f"| {_fmt(acc.get('top1'), '.4f')} | {_fmt(acc.get('agreement_with_host'), '.4f')} "
+                f"| {_fmt(power.get('mean_mw'), '.0f')} | {r['size_mb']:.3f} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -6,7 +6,7 @@ from typing import Any
 
 from compress.config import PipelineConfig
 from compress.fileio import read_json, write_json, write_text
-from compress.report import render_deferred, render_markdown, summary
+from compress.report import render_deferred, render_devices, render_markdown, summary
 from compress.stages import register_stage
 from compress.stages.base import Stage, StageContext
 
@@ -23,7 +23,7 @@ class ReportStage(Stage):
         results = read_json(ctx.path(ctx.outputs["benchmark"]["results"]))
         info = summary(results, ctx.pipeline.gates)
         markdown = render_markdown(ctx.pipeline.name, results, info)
-        markdown += render_deferred(ctx.outputs.get("build", {}))
+        markdown += render_deferred(ctx.outputs.get("build", {})) + render_devices(ctx.run_dir)
         write_text(ctx.stage_dir / "report.md", markdown)
         write_text(ctx.run_dir / "report.md", markdown)
         write_json(ctx.stage_dir / "summary.json", {k: v for k, v in info.items() if k != "recommended_row"})

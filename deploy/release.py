@@ -1,0 +1,126 @@
+"""Release steps on a device: probe, upload, verify, (build engine), smoke, benchmark, switch.
+
+A release is uploaded under `releases/.incoming-<version>`, checked and measured there, then
+renamed to `releases/<version>` and `current` is switched with one symlink rename. A failure at any
+step discards the upload; `current` only ever changes in that last rename.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+from compress.errors import CompressError, UsageError
+from compress.fileio import read_json, sha256_file, write_json
+from deploy.bundle import Bundle
+from deploy.runner.runner import INCOMING_PREFIX
+from deploy.targets import DeviceError, Target
+
+Log = Callable[[str], None]
+
+
+def probe(target: Target, runtime: str) -> dict[str, Any]:
+    """Connect and ask the device what it is; refuse one that cannot run `runtime` (nothing changed yet)."""
+    args = ["--sysroot", target.sysroot] if target.sysroot else []
+    info = target.runner("probe", *args, timeout=120)
+    target.check_device(info, runtime)
+    return info
+
+
+def deploy_bundle(target: Target, bundle: Bundle, device: dict[str, Any], log: Log,
+                  bwlimit_kbps: int | None = None) -> dict[str, Any]:
+    """Upload, verify, build the engine (TensorRT), smoke-test, benchmark, then switch `current`."""
+    manifest = bundle.manifest
+    incoming = INCOMING_PREFIX + bundle.version
+    remote = f"{target.releases_dir()}/{incoming}"
+    started = time.perf_counter()
+    steps: dict[str, float] = {}
+
+    def step(name: str, work: Callable[[], Any]) -> Any:
+        begin = time.perf_counter()
+        result = work()
+        steps[name] = round(time.perf_counter() - begin, 3)
+        return result
+
+    step("prepare", lambda: target.runner("prepare", target.root))
+    try:
+        log(f"upload {bundle.version} to {target.releases_dir()}/{incoming}")
+        step("upload", lambda: target.upload(bundle.directory, remote, bwlimit_kbps))
+        digest = sha256_file(bundle.directory / "manifest.json")
+        step("verify", lambda: target.runner("verify", remote, "--manifest-sha256", digest))
+        engine = None
+        if manifest["runtime"] == "tensorrt":
+            log(f"building the TensorRT {manifest['precision']} engine on the device with trtexec")
+            engine = step("build_engine", lambda: target.runner("build-engine", remote, timeout=3600))
+        smoke = step("smoke", lambda: target.runner("smoke", remote))
+        log(f"smoke inference ok ({', '.join(smoke.get('providers') or [])}); benchmarking on the device")
+        measured = step("bench", lambda: target.runner("bench", remote, timeout=3600))
+        switched = step("switch", lambda: target.runner("activate", target.root, incoming, bundle.version))
+    except BaseException:
+        try:
+            target.runner("discard", target.root, incoming, timeout=60)
+        except Exception:
+            pass
+        raise
+    return {"target": target.label, "target_url": target.spec, "device": device, "release": bundle.version, "previous": switched.get("previous"),
+            "artifact": manifest["artifact"], "runtime": manifest["runtime"], "precision": manifest["precision"],
+            "engine_build": engine, "deployed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": round(time.perf_counter() - started, 3), "step_seconds": steps, "current": bundle.version, "rows": measured["rows"]}
+
+
+def in_parallel(targets: list[Target], work: Callable[[Target], Any]) -> list[tuple[Target, Any, BaseException | None]]:
+    """Run `work` on every target at once; keep each result or error beside its target."""
+    def guarded(target: Target):
+        try:
+            return target, work(target), None
+        except Exception as error:  # reported per target in the summary
+            return target, None, error
+
+    with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
+        return list(pool.map(guarded, targets))
+
+
+def summary_line(results: dict[str, Any]) -> str:
+    first = results["rows"][0] if results["rows"] else None
+    text = f"release {results['release']}, {results['artifact']} on {results['runtime']}"
+    if first:
+        top1 = first["accuracy"].get("top1")
+        text += (f", b{first['batch_size']} p50 {first['latency_ms']['p50']:.3f} ms"
+                 f", top-1 {'-' if top1 is None else format(top1, '.4f')}")
+    return text
+
+
+def save_results(run_dir: Path, target: Target, results: dict[str, Any]) -> Path:
+    path = run_dir / "stages" / "deploy" / target.slug / "results.json"
+    write_json(path, results)
+    return path
+
+
+def note_current(run_dir: Path, target: Target, version: str) -> bool:
+    """Record in the device's results which release is current after a rollback."""
+    path = run_dir / "stages" / "deploy" / target.slug / "results.json"
+    if not path.is_file():
+        return False
+    results = read_json(path)
+    results["current"] = version
+    write_json(path, results)
+    return True
+
+
+def refuse_usage_errors(outcomes: list[tuple[Target, Any, BaseException | None]]) -> None:
+    for target, _, error in outcomes:
+        if isinstance(error, UsageError):
+            raise error
+    for target, _, error in outcomes:
+        if error is not None and not isinstance(error, CompressError):
+            raise DeviceError(f"{target.label}: {type(error).__name__}: {error}") from error
+
+
+def check_slugs(targets: list[Target]) -> None:
+    seen: dict[str, str] = {}
+    for target in targets:
+        if target.slug in seen:
+            raise UsageError(f"--target {target.label}: the same device folder as {seen[target.slug]}")
+        seen[target.slug] = target.spec
