@@ -1,4 +1,4 @@
-"""Turn results.json into a recommendation, gate verdicts and report.md.
+"""Turn results.json into a recommendation and gate verdicts (rendering lives in compress.reporting).
 
 Pure functions over the results contract, so `compress report RUN_DIR` can rebuild a report from
 saved results without rerunning anything.
@@ -92,45 +92,3 @@ def summary(results: dict, gates: GatesConfig) -> dict[str, Any]:
         "gates": verdicts,
         "gates_passed": all(v["passed"] for v in verdicts),
     }
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def render_markdown(name: str, results: dict, info: dict[str, Any]) -> str:
-    rows = enrich(results["rows"])
-    choice = info["recommended_row"]
-    lines = [f"# Deployment report: {name}", ""]
-    if choice:
-        lines += [
-            "## Summary", "",
-            f"- Recommended artifact: **{info['recommended']}** (`{choice['artifact']}`)",
-            f"- Speedup vs teacher at batch {choice['batch_size']}: **{_fmt(choice.get('speedup_vs_teacher'), '.2f')}x**",
-            f"- Top-1: {choice['accuracy']['top1']:.4f} "
-            f"({_fmt((choice.get('top1_delta_vs_teacher') or 0) * 100, '+.2f')} points vs teacher)",
-            f"- Size: {choice['size_mb']:.3f} MB ({_fmt(choice.get('size_ratio_vs_teacher'), '.3f')}x the teacher)",
-            "",
-        ]
-    lines += ["## Results", "",
-              "| model | backend | precision | batch | p50 ms | p90 ms | p99 ms | throughput/s | top-1 | top-5 "
-              "| agreement | Δ top-1 (pts) | speedup | params | MACs | size MB |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lat, acc = r["latency_ms"], r["accuracy"]
-        lines.append(
-            f"| {r['model']} | {r['backend']} | {r['precision']} | {r['batch_size']} | {lat['p50']:.3f} "
-            f"| {lat['p90']:.3f} | {lat['p99']:.3f} | {r['throughput_per_s']:.1f} | {acc['top1']:.4f} "
-            f"| {acc['top5']:.4f} | {acc['agreement_with_teacher']:.4f} "
-            f"| {_fmt((r.get('top1_delta_vs_teacher') or 0) * 100, '+.2f')} "
-            f"| {_fmt(r.get('speedup_vs_teacher'), '.2f')}x | {r['params']:,} | {r['macs']:,} | {r['size_mb']:.3f} |")
-    lines.append("")
-    if info["gates"]:
-        lines += ["## Gates", "", "| gate | limit | value | result |", "|---|---:|---:|---|"]
-        for v in info["gates"]:
-            value = "-" if v["value"] is None else f"{v['value']:.4g}"
-            lines.append(f"| {v['gate']} | {v['limit']} | {value} | {'PASS' if v['passed'] else 'FAIL'}: {v['detail']} |")
-        lines.append("")
-    env = results.get("env", {})
-    lines += ["## Environment", "", ", ".join(f"{k}: {v}" for k, v in env.items() if v is not None), ""]
-    return "\n".join(lines)
