@@ -35,9 +35,6 @@ def benchmark_file(path: str | Path, backend: str | None, batch_sizes: list[int]
         raise UsageError("--runs: must be >= 1 (and --warmup, --warmup-seconds, --min-seconds >= 0)")
     artifact, sidecar = resolve(path)
     backend = backend or detect_backend(artifact, sidecar)
-    sample_shape = tuple(shape) if shape else input_shape(artifact, backend, sidecar)
-    if sample_shape is None:
-        raise UsageError(f"{artifact}: the input shape is not recorded in the file; pass --shape C,H,W")
     threads = threads or os.cpu_count() or 1
     reset_peak_rss()
     try:
@@ -47,6 +44,9 @@ def benchmark_file(path: str | Path, backend: str | None, batch_sizes: list[int]
     except Exception as error:  # a corrupt or foreign file: name it, one line
         raise UsageError(f"{artifact}: cannot be loaded by {backend}: {str(error).splitlines()[0]}") from None
     with session:
+        sample_shape = tuple(shape) if shape else input_shape(artifact, backend, sidecar)
+        if sample_shape is None:
+            raise UsageError(f"{artifact}: the input shape is not recorded in the file; pass --shape C,H,W")
         try:
             timings = benchmark_session(session.infer, sample_shape, batch_sizes, settings)
         except Exception as error:

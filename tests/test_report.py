@@ -315,4 +315,4 @@ def test_report_html_draws_every_chart_in_a_headless_browser(chromium, tmp_path)
     subprocess.run([chromium, *flags, "--window-size=1280,2400", f"--screenshot={shot}", (run_dir / "report.html").as_uri()],
                    capture_output=True, timeout=120)
     with Image.open(shot) as image:
-        assert image.size == (1280, 2400) and len(set(image.convert("L").getdata())) > 50  # not a blank page
+        assert image.size == (1280, 2400) and sum(1 for n in image.convert("L").histogram() if n) > 50  # not blank

@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"]
 MARKERS = {"teacher": "*", "student": "o"}
@@ -25,6 +26,11 @@ def _png(fig) -> bytes:
 
 def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _grid(ax) -> None:
+    ax.grid(True, which="major", alpha=0.3)
+    ax.grid(True, which="minor", alpha=0.08)
 
 
 def _color(backends: list[str], backend: str) -> str:
@@ -50,6 +56,8 @@ def latency_vs_accuracy(report: dict[str, Any]) -> bytes | None:
     front = [r for ident in report["pareto"] for r in rows
              if f"{r['model']}.{r['backend']}.{r['precision']}" == ident]
     if front:
+        ax.scatter([r["latency_ms"]["p50"] for r in front], [r["accuracy"]["top1"] * 100 for r in front], s=14,
+                   color="#111827", zorder=5, label="on the Pareto front")
         ax.step([r["latency_ms"]["p50"] for r in front], [r["accuracy"]["top1"] * 100 for r in front],
                 where="post", color="#6b7280", linestyle="--", linewidth=1.2, label="Pareto front", zorder=2)
     drop = report["gate_limits"].get("max_accuracy_drop")
@@ -63,7 +71,7 @@ def latency_vs_accuracy(report: dict[str, Any]) -> bytes | None:
     ax.set_xlabel(f"p50 latency at batch {batch} (ms, log scale)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title("Latency vs accuracy (up and to the left is better)")
-    ax.grid(True, which="both", alpha=0.25)
+    _grid(ax)
     ax.legend(fontsize=8, loc="lower right")
     return _png(fig)
 
@@ -72,12 +80,10 @@ def latency_per_batch(report: dict[str, Any]) -> bytes | None:
     table = report["latency_by_batch"]
     if not table or len(report["batches"]) < 1:
         return None
-    backends = sorted({ident.split(".")[1] for ident in table})
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for ident, by_batch in sorted(table.items()):
+    for i, (ident, by_batch) in enumerate(sorted(table.items())):
         batches = sorted(by_batch)
-        backend = ident.split(".")[1]
-        style = dict(color=_color(backends, backend), marker=MARKERS.get(ident.split(".")[0], "s"),
+        style = dict(color=PALETTE[i % len(PALETTE)], marker=MARKERS.get(ident.split(".")[0], "s"),
                      linestyle="-" if ident.endswith("fp32") else "--", label=ident)
         left.errorbar(batches, [by_batch[b]["p50"] for b in batches],
                       yerr=[by_batch[b]["std"] or 0 for b in batches], capsize=3, **style)
@@ -88,7 +94,7 @@ def latency_per_batch(report: dict[str, Any]) -> bytes | None:
         ax.set_xticks(report["batches"], [str(b) for b in report["batches"]])
         ax.set_xlabel("batch size")
         ax.set_ylabel(label)
-        ax.grid(True, which="both", alpha=0.25)
+        _grid(ax)
     right.legend(fontsize=7.5, loc="best")
     fig.suptitle("Latency and throughput per batch size")
     return _png(fig)
@@ -120,6 +126,7 @@ def training_curves(metrics: dict[str, list[dict]]) -> bytes | None:
         right.set_yscale("log")
     right.set_title("Training loss (total and parts)")
     for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.25)
         ax.legend(fontsize=7.5)
     return _png(fig)
