@@ -37,7 +37,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     report = record["stages"].get("report", {}).get("outputs", {})
     console(f"run dir: {run_dir}")
     if (run_dir / "report.md").exists():
-        console(f"report: {run_dir / 'report.md'}")
+        console(f"report: {run_dir / 'report.md'}" + (f", {run_dir / 'report.html'}" if (run_dir / "report.html").exists() else ""))
     failed = [g for g in report.get("gates", []) if not g["passed"]]
     if failed:
         names = ", ".join(f"{g['gate']} ({g['detail']})" for g in failed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -286,10 +287,12 @@ def find_chromium() -> str | None:
 def chromium() -> str:
     """A headless Chromium; installed with apt where we are root on a Debian-like machine, else skipped."""
     found = find_chromium()
-    if found is None and shutil.which("apt-get") and hasattr(__import__("os"), "geteuid") and __import__("os").geteuid() == 0:
-        env = {**__import__("os").environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], env=env,
-                       capture_output=True, timeout=600, check=False)
+    if found is None and shutil.which("apt-get") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]
+        if subprocess.run(install, env=env, capture_output=True, timeout=600).returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=300)
+            subprocess.run(install, env=env, capture_output=True, timeout=600)
         found = find_chromium()
     if found is None:
         pytest.skip("no headless Chromium here (apt-get install chromium)")

@@ -10,7 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"]
 MARKERS = {"teacher": "*", "student": "o"}
@@ -29,6 +29,10 @@ def data_uri(png: bytes) -> str:
 
 
 def _grid(ax) -> None:
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() == "log":
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(NullFormatter())
     ax.grid(True, which="major", alpha=0.3)
     ax.grid(True, which="minor", alpha=0.08)
 
@@ -85,10 +89,11 @@ def latency_per_batch(report: dict[str, Any]) -> bytes | None:
         batches = sorted(by_batch)
         style = dict(color=PALETTE[i % len(PALETTE)], marker=MARKERS.get(ident.split(".")[0], "s"),
                      linestyle="-" if ident.endswith("fp32") else "--", label=ident)
-        left.errorbar(batches, [by_batch[b]["p50"] for b in batches],
-                      yerr=[by_batch[b]["std"] or 0 for b in batches], capsize=3, **style)
+        p50 = [by_batch[b]["p50"] for b in batches]
+        upper = [max(0.0, (by_batch[b].get("p90") or p) - p) for b, p in zip(batches, p50)]
+        left.errorbar(batches, p50, yerr=[[0.0] * len(p50), upper], capsize=3, **style)
         right.plot(batches, [by_batch[b]["throughput_per_s"] for b in batches], **style)
-    for ax, label in ((left, "p50 latency (ms, ± std)"), (right, "throughput (samples/s)")):
+    for ax, label in ((left, "p50 latency (ms; bar up to p90)"), (right, "throughput (samples/s)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(report["batches"], [str(b) for b in report["batches"]])
@@ -127,7 +132,7 @@ def training_curves(metrics: dict[str, list[dict]]) -> bytes | None:
     right.set_title("Training loss (total and parts)")
     for ax in (left, right):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(True, alpha=0.25)
+        _grid(ax)
         ax.legend(fontsize=7.5)
     return _png(fig)
 
