@@ -59,7 +59,7 @@ def text_table(headers: list[str], rows: list[list[Any]]) -> str:
     def line(values: list[str]) -> str:
         out = []
         for i, value in enumerate(values):
-            numeric = value[:1].isdigit() or value[:1] in "+-." and value[1:2].isdigit()
+            numeric = value == "-" or value[:1].isdigit() or value[:1] in "+-." and value[1:2].isdigit()
             out.append(value.rjust(widths[i]) if numeric else value.ljust(widths[i]))
         return "  ".join(out).rstrip()
 

@@ -140,7 +140,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         for n in report["noisy"]:
             out.append(f"- ⚠ {n['artifact']} batch {n['batch_size']}: {n['note']}")
     else:
-        out.append("- Every measurement's spread was small (p90 within 25% of p50).")
+        out.append("- Every measurement's spread was small (p90 within 25% of p50, p99 within 2x p50).")
     out.append("")
 
     out += ["## Environment", ""]

@@ -13,6 +13,10 @@ from compress.reporting.collect import collect
 from compress.reporting.fmt import ms, num, pct, pts, text_table, times
 
 
+def ratio(value: float) -> str:
+    return f"{value:.2f}x" if value >= 0.1 else f"{value:.2g}x"
+
+
 def run_dirs(root: Path) -> list[Path]:
     if not root.is_dir():
         raise UsageError(f"{root}: no such folder (runs are written to runs/<name> by `compress run`)")
@@ -87,6 +91,6 @@ def compare_runs(a: Path, b: Path) -> str:
     per_artifact = text_table(
         ["artifact", "batch", "A p50 ms", "B p50 ms", "B/A", "A top-1", "B top-1"],
         [[ident, batch, ms(pa.get((ident, batch))), ms(pb.get((ident, batch))),
-          times(pb[(ident, batch)] / pa[(ident, batch)]) if (ident, batch) in pa and (ident, batch) in pb else "-",
+          ratio(pb[(ident, batch)] / pa[(ident, batch)]) if (ident, batch) in pa and (ident, batch) in pb else "-",
           pct(top1[0].get(ident)), pct(top1[1].get(ident))] for ident, batch in keys])
     return f"{headline}\n\n{per_artifact}"
