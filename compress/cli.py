@@ -67,7 +67,8 @@ def cmd_init(args: argparse.Namespace, console: Console) -> int:
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from compress.reporting import write_report
 
-    written = write_report(Path(args.run_dir))
+    stage_dir = Path(args.run_dir) / "stages" / "report"  # keep the report stage's copies in step
+    written = write_report(Path(args.run_dir), copy_to=stage_dir if stage_dir.is_dir() else None)
     for gate in written.failed_gates:
         console(f"gate {gate['gate']}: FAIL ({gate['detail']})")
     console(f"report: {Path(args.run_dir) / 'report.html'} (and report.md, report.json)")

@@ -167,8 +167,13 @@ def test_every_section_is_written_to_markdown_html_and_json(tmp_path):
 
 def test_html_is_self_contained_with_every_chart_an_embedded_png(tmp_path):
     run_dir = write_run(tmp_path / "r1", gates={"max_accuracy_drop": 0.03})
+    device_results = run_dir / "stages" / "deploy" / "jetson-orin" / "results.json"
+    device = json.loads(device_results.read_text())
+    device["device"]["note"] = "<script>alert(1)</script>"  # text from a device is shown, never run
+    device_results.write_text(json.dumps(device))
     assert main(["--quiet", "report", str(run_dir)]) == 0
     html = (run_dir / "report.html").read_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     parsed = parse_html(html)
     assert parsed.images
     for src in parsed.images:
