@@ -1,4 +1,4 @@
-"""`compress` command line: run, validate, init, report, deploy.
+"""`compress` command line: run, validate, init, report, benchmark, runs, compare, deploy.
 
 Exit codes: 0 ok, 1 a stage failed, 2 bad usage / config / input, 3 a gate failed.
 """
@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     report = record["stages"].get("report", {}).get("outputs", {})
     console(f"run dir: {run_dir}")
     if (run_dir / "report.md").exists():
-        console(f"report: {run_dir / 'report.md'}")
+        console(f"report: {run_dir / 'report.md'}" + (f", {run_dir / 'report.html'}" if (run_dir / "report.html").exists() else ""))
     failed = [g for g in report.get("gates", []) if not g["passed"]]
     if failed:
         names = ", ".join(f"{g['gate']} ({g['detail']})" for g in failed)
@@ -71,19 +71,44 @@ def cmd_init(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
-    from compress.config import load_config
-    from compress.fileio import read_json, write_text
-    from compress.report import render_devices, render_markdown, summary
+    from compress.reporting import write_report
 
-    run_dir = Path(args.run_dir)
-    results_path = run_dir / "stages" / "benchmark" / "results.json"
-    if not results_path.is_file():
-        raise UsageError(f"{results_path}: not found (run the pipeline's benchmark stage first)")
-    cfg = load_config(run_dir / "pipeline.yaml")
-    results = read_json(results_path)
-    info = summary(results, cfg.gates)
-    write_text(run_dir / "report.md", render_markdown(cfg.name, results, info) + render_devices(run_dir))
-    console(f"report: {run_dir / 'report.md'}")
+    stage_dir = Path(args.run_dir) / "stages" / "report"  # keep the report stage's copies in step
+    written = write_report(Path(args.run_dir), copy_to=stage_dir if stage_dir.is_dir() else None)
+    for gate in written.failed_gates:
+        console(f"gate {gate['gate']}: FAIL ({gate['detail']})")
+    console(f"report: {Path(args.run_dir) / 'report.html'} (and report.md, report.json)")
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace, console: Console) -> int:
+    from compress.adhoc_bench import benchmark_file, format_rows, parse_ints
+    from compress.bench import LatencySettings
+    from compress.fileio import write_json
+
+    settings = LatencySettings(args.warmup, args.warmup_seconds, args.runs, args.min_seconds)
+    shape = parse_ints(args.shape, "--shape") if args.shape else None
+    result = benchmark_file(args.model, args.backend, parse_ints(args.batch, "--batch"), shape, args.threads, settings)
+    print(format_rows(result["rows"]))
+    for row in result["rows"]:
+        if row.get("note"):
+            print(f"note: batch {row['batch_size']}: {row['note']}")
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace, console: Console) -> int:
+    from compress.reporting.runs import list_runs
+
+    print(list_runs(Path(args.root)))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    from compress.reporting.runs import compare_runs
+
+    print(compare_runs(Path(args.run_a), Path(args.run_b)))
     return 0
 
 
@@ -117,6 +142,28 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rebuild the report of a run from its saved results")
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
+
+    bench = sub.add_parser("benchmark", help="benchmark one ONNX, IR, engine file or checkpoint and print the table")
+    bench.add_argument("model", help="a model file, or an engine folder with engine.json")
+    bench.add_argument("--backend", help="torch | onnxruntime | openvino | tensorrt (default: from the file)")
+    bench.add_argument("--batch", default="1", help="batch sizes, comma-separated (default: 1)")
+    bench.add_argument("--shape", help="per-sample input shape C,H,W when the file does not record it")
+    bench.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    bench.add_argument("--warmup", type=int, default=5)
+    bench.add_argument("--warmup-seconds", type=float, default=0.2)
+    bench.add_argument("--runs", type=int, default=30)
+    bench.add_argument("--min-seconds", type=float, default=0.5)
+    bench.add_argument("--json", help="also write the rows (results.json schema) to this file")
+    bench.set_defaults(func=cmd_benchmark)
+
+    runs = sub.add_parser("runs", help="list runs with their headline numbers")
+    runs.add_argument("root", nargs="?", default="runs", help="folder of run dirs (default: runs)")
+    runs.set_defaults(func=cmd_runs)
+
+    compare = sub.add_parser("compare", help="show two runs side by side")
+    compare.add_argument("run_a")
+    compare.add_argument("run_b")
+    compare.set_defaults(func=cmd_compare)
 
     from deploy.cli import add_arguments as add_deploy_arguments
 

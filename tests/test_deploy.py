@@ -172,7 +172,7 @@ def test_deploy_over_ssh_benchmarks_on_the_device_then_status_and_rollback(sshd,
         assert row["accuracy"]["agreement_with_host"] == 1.0  # same ONNX, same predictions on the device
         assert abs(row["accuracy"]["top1"] - host_top1) < 0.1 and row["params"] > 0
     report = (run_dir / "report.md").read_text()
-    assert "## On device" in report and parse_target(target).label in report and first in report
+    assert "## Device results" in report and parse_target(target).label in report and first in report
 
     # The bundle's runner classifies raw inputs on the device by itself.
     sample = tmp_path / "digit.npy"
@@ -201,7 +201,7 @@ def test_deploy_over_ssh_benchmarks_on_the_device_then_status_and_rollback(sshd,
 
     assert deploy(run_dir, "--target", target, "--rollback", *sshd.client_args()) == 0
     assert current_release(device) == first and releases(device) == [first, second]
-    assert f"rolled back, current is `{first}`" in (run_dir / "report.md").read_text()
+    assert f"rolled back since, current is {first}" in (run_dir / "report.md").read_text()
     assert deploy(run_dir, "--target", target, "--rollback", *sshd.client_args()) == 1  # nothing older
     assert current_release(device) == first
 

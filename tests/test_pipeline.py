@@ -40,6 +40,8 @@ def test_tiny_pipeline_end_to_end(tiny_config, write_pipeline, tmp_path, capsys)
 
     report = (run_dir / "report.md").read_text()
     assert "Recommended artifact" in report and "| student | onnxruntime | fp32 | 1 |" in report
+    assert "<img" in (run_dir / "report.html").read_text()
+    assert read_json(run_dir / "report.json")["headline"]["recommended"] == "student.onnxruntime.fp32"
     sidecar = read_json(run_dir / "stages" / "build" / "student.onnxruntime.fp32" / "engine.json")
     assert sidecar["backend"] == "onnxruntime" and len(sidecar["source_onnx_sha256"]) == 64
     assert (run_dir / "pipeline.yaml").exists()
@@ -118,4 +120,5 @@ def test_a_strict_gate_fails_with_exit_3_after_writing_the_report(tiny_config, w
     tiny_config["gates"] = {"max_size_mb": 1e-6}
     assert run(write_pipeline(tiny_config), run_dir) == 3
     assert "gate failed: max_size_mb" in capsys.readouterr().err
-    assert "FAIL" in (run_dir / "report.md").read_text()
+    assert "GATES FAILED**: max_size_mb" in (run_dir / "report.md").read_text()
+    assert "Gates failed: max_size_mb" in (run_dir / "report.html").read_text()

@@ -1,45 +1,65 @@
-"""benchmark: latency, throughput, accuracy and size of the teacher and every student artifact.
+"""benchmark: latency, throughput, memory, accuracy and size of the teacher and every student artifact.
 
-Writes results.json, the contract read by report and deploy (see DESIGN.md).
+Writes results.json, the contract read by report and deploy (see DESIGN.md). Every artifact goes
+through the same harness (`compress.bench`) and sees the same preprocessed validation arrays.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 from pydantic import Field
 
-from compress.bench import LatencySettings, accuracy_report, measure_latency, predict
+from compress.artifacts import TorchSession, open_session
+from compress.bench import LatencySettings, accuracy_report, benchmark_session, predict, reset_peak_rss
 from compress.config import PipelineConfig, Strict
 from compress.fileio import write_json
-from compress.models import count_macs, count_params, load_model
 from compress.stages import register_stage
 from compress.stages.base import Stage, StageContext
 
 
 class BenchmarkConfig(Strict):
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 32], min_length=1)
-    warmup: int = Field(5, ge=0)
-    runs: int = Field(30, ge=1)
-    min_seconds: float = Field(0.5, ge=0)
+    warmup: int = Field(5, ge=0, description="warm-up runs (at least this many ...)")
+    warmup_seconds: float = Field(0.2, ge=0, description="... and at least this long)")
+    runs: int = Field(30, ge=1, description="timed runs (at least this many ...)")
+    min_seconds: float = Field(0.5, ge=0, description="... and at least this long)")
     threads: int | None = Field(None, ge=1, description="intra-op threads; default: all cores")
 
+    def check(self, pipeline: PipelineConfig):
+        bad = [b for b in self.batch_sizes if b < 1]
+        if bad:
+            return "batch_sizes", f"must be positive integers, got {bad[0]}"
+        if len(set(self.batch_sizes)) != len(self.batch_sizes):
+            return "batch_sizes", "lists a batch size twice"
+        return None
 
-def torch_infer(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
-    model = model.eval()
 
-    def infer(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return model(torch.from_numpy(x)).numpy()
+def torch_infer(model) -> Callable[[np.ndarray], np.ndarray]:
+    return TorchSession(model).infer
 
-    return infer
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def environment(threads: int) -> dict[str, Any]:
+    """Machine and library versions, so a number can be traced to where it was measured."""
+    import torch
+
+    from compress import __version__
+
     def version(module: str) -> str | None:
         try:
             return __import__(module).__version__
@@ -47,20 +67,33 @@ def environment(threads: int) -> dict[str, Any]:
             return None
 
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "threads": threads,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "os": platform.platform(),
         "python": platform.python_version(),
+        "compress": __version__,
+        "numpy": np.__version__,
         "torch": torch.__version__,
+        "onnx": version("onnx"),
         "onnxruntime": version("onnxruntime"),
         "openvino": version("openvino"),
+        "nncf": version("nncf"),
         "tensorrt": version("tensorrt"),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
-def file_mb(path) -> float:
-    return round(os.path.getsize(path) / 1e6, 4)
+def artifact_mb(path: str | os.PathLike) -> float:
+    """Size on disk of an artifact with its companion files (an IR's .bin, an ONNX's external data)."""
+    path = Path(path)
+    companions = [p for p in path.parent.glob(f"{path.stem}.*")
+                  if p.is_file() and p != path and p.name != "engine.json" and p.suffix in (".bin", ".data")]
+    return round(sum(p.stat().st_size for p in [path, *companions]) / 1e6, 4)
+
+
+file_mb = artifact_mb
 
 
 @register_stage
@@ -73,42 +106,48 @@ class BenchmarkStage(Stage):
         return {"data": pipeline.data.model_dump(mode="json"), "seed": pipeline.seed}
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from deploy.engines import get_engine
+        from compress.models import count_macs, count_params, load_model
 
         cfg: BenchmarkConfig = ctx.config
         threads = cfg.threads or os.cpu_count() or 1
-        torch.set_num_threads(threads)
         data = ctx.data
-        settings = LatencySettings(cfg.warmup, 0.2, cfg.runs, cfg.min_seconds, ctx.pipeline.seed)
-        teacher, _ = load_model(ctx.path(ctx.outputs["teacher"]["checkpoint"]))
-        student, _ = load_model(ctx.path(ctx.outputs["distill"]["checkpoint"]))
+        settings = LatencySettings(cfg.warmup, cfg.warmup_seconds, cfg.runs, cfg.min_seconds, ctx.pipeline.seed)
         shape = data.input_shape
         rows: list[dict[str, Any]] = []
-        teacher_top1 = None
+        teacher_top1: np.ndarray | None = None
 
-        def add(model_name: str, artifact: str, backend: str, precision: str, infer, params: int, macs: int):
+        def measure(model_name: str, artifact: str, backend: str, precision: str, open_: Callable, params: int,
+                    macs: int) -> None:
             nonlocal teacher_top1
-            logits = predict(infer, data.x_val)
-            if teacher_top1 is None:
-                teacher_top1 = logits.argmax(1)
-            acc = accuracy_report(logits, data.y_val, teacher_top1)
-            for batch in cfg.batch_sizes:
-                timing = measure_latency(infer, shape, batch, settings)
-                rows.append({"model": model_name, "artifact": artifact, "backend": backend, "precision": precision,
-                             "batch_size": batch, **timing, "accuracy": acc, "params": params, "macs": macs,
-                             "size_mb": file_mb(ctx.path(artifact)), "threads": threads})
-                ctx.log(f"{model_name:8s} {backend:12s} {precision:5s} b{batch:<3d} p50 "
-                        f"{timing['latency_ms']['p50']:8.3f} ms  top-1 {acc['top1']:.4f}")
+            reset_peak_rss()
+            with open_() as session:
+                logits = predict(session.infer, data.x_val)
+                if teacher_top1 is None:
+                    teacher_top1 = logits.argmax(1)
+                acc = accuracy_report(logits, data.y_val, teacher_top1)
+                for timing in benchmark_session(session.infer, shape, cfg.batch_sizes, settings):
+                    rows.append({"model": model_name, "artifact": artifact, "backend": backend,
+                                 "precision": precision, **timing, "accuracy": acc, "params": params,
+                                 "macs": macs, "size_mb": artifact_mb(ctx.path(artifact)), "threads": threads})
+                    lat = timing["latency_ms"]
+                    ctx.log(f"{model_name:8s} {backend:12s} {precision:5s} b{timing['batch_size']:<3d} p50 "
+                            f"{lat['p50']:8.3f} ms ±{lat['std']:.3f}  top-1 {acc['top1']:.4f}"
+                            f"{'  (noisy)' if lat['noisy'] else ''}")
 
-        add("teacher", ctx.outputs["teacher"]["checkpoint"], "torch", "fp32", torch_infer(teacher),
-            count_params(teacher), count_macs(teacher, shape))
+        teacher_path = ctx.outputs["teacher"]["checkpoint"]
+        teacher, _ = load_model(ctx.path(teacher_path))
+        measure("teacher", teacher_path, "torch", "fp32", lambda: TorchSession(teacher, threads),
+                count_params(teacher), count_macs(teacher, shape))
+        student_path = ctx.outputs["distill"]["checkpoint"]
+        student, _ = load_model(ctx.path(student_path))
         s_params, s_macs = count_params(student), count_macs(student, shape)
-        add("student", ctx.outputs["distill"]["checkpoint"], "torch", "fp32", torch_infer(student), s_params, s_macs)
+        measure("student", student_path, "torch", "fp32", lambda: TorchSession(student, threads), s_params, s_macs)
         for engine in ctx.outputs.get("build", {}).get("engines", []):
-            with get_engine(engine["backend"]).load(ctx.path(engine["artifact"]), threads) as session:
-                add(engine["model"], engine["artifact"], engine["backend"], engine["precision"], session.infer,
-                    s_params, s_macs)
-        results = {"env": environment(threads), "val_samples": int(len(data.y_val)), "rows": rows}
+            artifact = ctx.path(engine["artifact"])
+            measure(engine["model"], engine["artifact"], engine["backend"], engine["precision"],
+                    lambda: open_session(artifact, engine["backend"], threads), s_params, s_macs)
+        results = {"env": environment(threads), "val_samples": int(len(data.y_val)),
+                   "class_names": list(data.class_names), "settings": cfg.model_dump(mode="json"), "rows": rows}
         path = ctx.stage_dir / "results.json"
         write_json(path, results)
         return {"results": ctx.relative(path)}

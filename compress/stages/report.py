@@ -1,12 +1,11 @@
-"""report: report.md at the run dir's root, with the recommendation and the gates."""
+"""report: report.md, a self-contained report.html and report.json, with the recommendation and gates."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from compress.config import PipelineConfig
-from compress.fileio import read_json, write_json, write_text
-from compress.report import render_deferred, render_devices, render_markdown, summary
+from compress.reporting import write_report
 from compress.stages import register_stage
 from compress.stages.base import Stage, StageContext
 
@@ -14,22 +13,23 @@ from compress.stages.base import Stage, StageContext
 @register_stage
 class ReportStage(Stage):
     name = "report"
-    reads = ("benchmark", "distill", "export", "build")
+    reads = ("benchmark", "teacher", "baseline", "distill", "quantize", "export", "build")
 
     def key_material(self, pipeline: PipelineConfig) -> dict[str, Any]:
         return {"gates": pipeline.gates.model_dump(mode="json"), "name": pipeline.name}
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        results = read_json(ctx.path(ctx.outputs["benchmark"]["results"]))
-        info = summary(results, ctx.pipeline.gates)
-        markdown = render_markdown(ctx.pipeline.name, results, info)
-        markdown += render_deferred(ctx.outputs.get("build", {})) + render_devices(ctx.run_dir)
-        write_text(ctx.stage_dir / "report.md", markdown)
-        write_text(ctx.run_dir / "report.md", markdown)
-        write_json(ctx.stage_dir / "summary.json", {k: v for k, v in info.items() if k != "recommended_row"})
-        for verdict in info["gates"]:
+        written = write_report(ctx.run_dir, ctx.outputs, copy_to=ctx.stage_dir)
+        report = written.report
+        for verdict in report["gates"]:
             ctx.log(f"gate {verdict['gate']}: {'PASS' if verdict['passed'] else 'FAIL'} ({verdict['detail']})")
-        if info["recommended"]:
-            ctx.log(f"recommended: {info['recommended']}")
-        return {"report": ctx.relative(ctx.stage_dir / "report.md"), "recommended": info["recommended"],
-                "gates": info["gates"], "gates_passed": info["gates_passed"]}
+        headline = report["headline"]
+        if headline:
+            ctx.log(f"recommended: {headline['recommended']} ({headline['speedup']:.2f}x the teacher, "
+                    f"{headline['top1_delta_pts']:+.2f} pts top-1)" if headline["speedup"] is not None
+                    else f"recommended: {headline['recommended']}")
+        return {"report": ctx.relative(ctx.stage_dir / "report.md"),
+                "html": ctx.relative(ctx.stage_dir / "report.html"),
+                "json": ctx.relative(ctx.stage_dir / "report.json"),
+                "recommended": headline["recommended"] if headline else None,
+                "gates": report["gates"], "gates_passed": report["gates_passed"]}

@@ -1,0 +1,68 @@
+"""`compress benchmark FILE`: one ONNX, OpenVINO IR, TensorRT plan or checkpoint, measured ad hoc.
+
+Same harness and same row schema as the pipeline's benchmark stage, without accuracy (there is
+no dataset here): latency, throughput, peak memory, size.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from compress.artifacts import detect_backend, input_shape, open_session, resolve
+from compress.bench import LatencySettings, benchmark_session, reset_peak_rss
+from compress.errors import UsageError
+from compress.reporting.fmt import ms, num, text_table
+
+
+def parse_ints(text: str, option: str, count: int | None = None) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"{option}: expected comma-separated integers, got '{text}'") from None
+    if not values or any(v < 1 for v in values) or (count is not None and len(values) != count):
+        what = f"{count} positive integers" if count else "positive integers"
+        raise UsageError(f"{option}: expected {what}, got '{text}'")
+    return values
+
+
+def benchmark_file(path: str | Path, backend: str | None, batch_sizes: list[int], shape: list[int] | None,
+                   threads: int | None, settings: LatencySettings) -> dict[str, Any]:
+    from compress.stages.benchmark import artifact_mb, environment
+
+    if settings.runs < 1 or settings.warmup < 0 or settings.min_seconds < 0 or settings.warmup_seconds < 0:
+        raise UsageError("--runs: must be >= 1 (and --warmup, --warmup-seconds, --min-seconds >= 0)")
+    artifact, sidecar = resolve(path)
+    backend = backend or detect_backend(artifact, sidecar)
+    threads = threads or os.cpu_count() or 1
+    reset_peak_rss()
+    try:
+        session = open_session(artifact, backend, threads)
+    except UsageError:
+        raise
+    except Exception as error:  # a corrupt or foreign file: name it, one line
+        raise UsageError(f"{artifact}: cannot be loaded by {backend}: {str(error).splitlines()[0]}") from None
+    with session:
+        sample_shape = tuple(shape) if shape else input_shape(artifact, backend, sidecar)
+        if sample_shape is None:
+            raise UsageError(f"{artifact}: the input shape is not recorded in the file; pass --shape C,H,W")
+        try:
+            timings = benchmark_session(session.infer, sample_shape, batch_sizes, settings)
+        except Exception as error:
+            raise UsageError(f"{artifact}: inference failed for input shape (N, {', '.join(map(str, sample_shape))}): "
+                             f"{str(error).splitlines()[0]}") from None
+    precision = sidecar.get("precision") or "fp32"
+    rows = [{"model": artifact.stem, "artifact": str(artifact), "backend": backend, "precision": precision, **t,
+             "size_mb": artifact_mb(artifact), "threads": threads} for t in timings]
+    return {"env": environment(threads), "input_shape": list(sample_shape), "rows": rows}
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    return text_table(
+        ["backend", "precision", "batch", "mean ms", "std ms", "p50 ms", "p90 ms", "p99 ms", "runs", "samples/s",
+         "peak RSS MB", "size MB"],
+        [[r["backend"], r["precision"], r["batch_size"], ms(r["latency_ms"]["mean"]), ms(r["latency_ms"]["std"]),
+          ms(r["latency_ms"]["p50"]), ms(r["latency_ms"]["p90"]), ms(r["latency_ms"]["p99"]), r["latency_ms"]["runs"],
+          num(r["throughput_per_s"], ".1f"), num(r.get("peak_rss_mb"), ".0f"), num(r["size_mb"], ".3f")]
+         for r in rows])

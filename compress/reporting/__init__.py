@@ -1,0 +1,63 @@
+"""Reports of a run: report.md, a self-contained report.html and report.json, from saved files only.
+
+`write_report(run_dir)` is what both the report stage and `compress report RUN_DIR` call, so a
+report rebuilt later (after a deploy added device results) has the same shape as the first.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from compress.fileio import write_json, write_text
+from compress.reporting import fmt
+from compress.reporting.analysis import analyze
+from compress.reporting.charts import data_uri, render_charts
+from compress.reporting.collect import collect
+from compress.reporting.markdown import RESULT_HEADERS, render_markdown, result_cells
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+@dataclass
+class WrittenReport:
+    report: dict[str, Any]
+    paths: list[Path]
+
+    @property
+    def failed_gates(self) -> list[dict[str, Any]]:
+        return [g for g in self.report["gates"] if not g["passed"]]
+
+
+def render_html(report: dict[str, Any], charts: dict[str, bytes]) -> str:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]),
+                      trim_blocks=True, lstrip_blocks=True)
+    template = env.get_template("report.html.j2")
+    return template.render(r=report, f=fmt, charts={k: data_uri(v) for k, v in charts.items()},
+                           headers=RESULT_HEADERS, cells=result_cells)
+
+
+def build_report(run_dir: str | Path, outputs: dict[str, dict] | None = None) -> tuple[dict, str, str]:
+    """(report data, markdown, html) of a run dir."""
+    facts = collect(run_dir, outputs)
+    report = analyze(facts)
+    charts = render_charts(report, facts.metrics)
+    return report, render_markdown(report), render_html(report, charts)
+
+
+def write_report(run_dir: str | Path, outputs: dict[str, dict] | None = None,
+                 copy_to: Path | None = None) -> WrittenReport:
+    """Write report.md, report.html and report.json at the run dir's root (and into `copy_to`)."""
+    run_dir = Path(run_dir)
+    report, markdown, html = build_report(run_dir, outputs)
+    paths = []
+    for folder in [run_dir, *([copy_to] if copy_to else [])]:
+        write_text(folder / "report.md", markdown)
+        write_text(folder / "report.html", html)
+        write_json(folder / "report.json", json.loads(json.dumps(report, default=str)))
+        paths += [folder / "report.md", folder / "report.html", folder / "report.json"]
+    return WrittenReport(report, paths)

@@ -1,0 +1,183 @@
+"""From saved facts to what a reader decides on: headline, Pareto front, INT8 cost, KD gain.
+
+The result is plain JSON-ready data (report.json); markdown, HTML and the CLI only format it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compress.report import artifact_id, enrich, summary
+from compress.reporting.collect import RunFacts
+
+SAME_ARTIFACT = ("model", "backend", "precision", "batch_size")
+
+
+def pareto_front(rows: list[dict]) -> list[str]:
+    """Artifacts no other artifact beats on both latency (p50) and top-1 at once, fastest first."""
+    front = []
+    for row in rows:
+        lat, acc = row["latency_ms"]["p50"], row["accuracy"]["top1"]
+        dominated = any(o["latency_ms"]["p50"] <= lat and o["accuracy"]["top1"] >= acc
+                        and (o["latency_ms"]["p50"] < lat or o["accuracy"]["top1"] > acc) for o in rows)
+        if not dominated:
+            front.append(row)
+    return [artifact_id(r) for r in sorted(front, key=lambda r: r["latency_ms"]["p50"])]
+
+
+def latency_by_batch(rows: list[dict]) -> dict[str, dict[int, dict[str, float]]]:
+    table: dict[str, dict[int, dict[str, float]]] = {}
+    for row in rows:
+        lat = row["latency_ms"]
+        table.setdefault(artifact_id(row), {})[row["batch_size"]] = {
+            "p50": lat["p50"], "p90": lat["p90"], "std": lat.get("std"), "throughput_per_s": row["throughput_per_s"]}
+    return table
+
+
+def int8_vs_fp32(rows: list[dict], batch: int) -> list[dict[str, Any]]:
+    """Each INT8 artifact against the FP32 artifact of the same model and backend."""
+    at_batch = {(r["model"], r["backend"], r["precision"]): r for r in rows if r["batch_size"] == batch}
+    pairs = []
+    for (model, backend, precision), row in sorted(at_batch.items()):
+        if precision != "int8":
+            continue
+        fp32 = at_batch.get((model, backend, "fp32"))
+        if fp32 is None:  # an int8-only model name (e.g. student_int8): compare with the fp32 student there
+            fp32 = next((r for (m, b, p), r in at_batch.items() if b == backend and p == "fp32"
+                         and m != "teacher"), None)
+        if fp32 is None:
+            continue
+        pairs.append({
+            "model": model, "backend": backend, "fp32": artifact_id(fp32), "int8": artifact_id(row),
+            "fp32_top1": fp32["accuracy"]["top1"], "int8_top1": row["accuracy"]["top1"],
+            "top1_delta_pts": (row["accuracy"]["top1"] - fp32["accuracy"]["top1"]) * 100,
+            "agreement_with_teacher": row["accuracy"].get("agreement_with_teacher"),
+            "fp32_p50": fp32["latency_ms"]["p50"], "int8_p50": row["latency_ms"]["p50"],
+            "speedup": fp32["latency_ms"]["p50"] / row["latency_ms"]["p50"],
+            "fp32_size_mb": fp32["size_mb"], "int8_size_mb": row["size_mb"],
+        })
+    return pairs
+
+
+def kd_gain(outputs: dict[str, dict], teacher_top1: float | None) -> dict[str, Any] | None:
+    """Student with KD minus the same student trained alone, next to the gap each leaves to the teacher."""
+    baseline, distill = outputs.get("baseline") or {}, outputs.get("distill") or {}
+    if baseline.get("val_top1") is None or distill.get("val_top1") is None:
+        return None
+    kd, alone = distill["val_top1"], baseline["val_top1"]
+    teacher = teacher_top1 if teacher_top1 is not None else (outputs.get("teacher") or {}).get("val_top1")
+    return {
+        "teacher_top1": teacher, "student_kd_top1": kd, "student_alone_top1": alone,
+        "kd_gain_pts": (kd - alone) * 100,
+        "teacher_gap_kd_pts": (teacher - kd) * 100 if teacher is not None else None,
+        "teacher_gap_alone_pts": (teacher - alone) * 100 if teacher is not None else None,
+        "gap_closed": (kd - alone) / (teacher - alone) if teacher is not None and teacher != alone else None,
+        "student_kd_best_epoch": distill.get("best_epoch"), "student_alone_best_epoch": baseline.get("best_epoch"),
+    }
+
+
+def training_summary(metrics: dict[str, list[dict]]) -> list[dict[str, Any]]:
+    out = []
+    for stage, records in metrics.items():
+        scored = [r for r in records if r.get("val_top1") is not None]
+        best = max(scored, key=lambda r: r["val_top1"]) if scored else None
+        out.append({"stage": stage, "epochs": len(records), "best_epoch": best["epoch"] if best else None,
+                    "best_val_top1": best["val_top1"] if best else None,
+                    "final_loss": records[-1].get("loss") if records else None,
+                    "loss_parts": sorted(k for k in records[-1] if k not in
+                                         ("epoch", "loss", "lr", "val_top1", "seconds")) if records else [],
+                    "seconds": sum(r.get("seconds") or 0 for r in records)})
+    return out
+
+
+def per_class(rows: list[dict], choice: dict | None, class_names: list[str] | None) -> dict[str, Any] | None:
+    teacher = next((r for r in rows if r["model"] == "teacher"), None)
+    if choice is None or teacher is None or "per_class" not in choice["accuracy"]:
+        return None
+    keys = sorted(choice["accuracy"]["per_class"], key=int)
+    names = [class_names[int(k)] if class_names and int(k) < len(class_names) else str(k) for k in keys]
+    teacher_acc = teacher["accuracy"].get("per_class", {})
+    return {"classes": names, "teacher": [teacher_acc.get(k) for k in keys],
+            "recommended": [choice["accuracy"]["per_class"][k] for k in keys]}
+
+
+def release_line(release: dict[str, Any] | None) -> str | None:
+    """Which release was measured, and whether a rollback has since made another one current."""
+    if not release:
+        return None
+    line = (f"release {release['release']} ({release.get('artifact') or '?'} on {release.get('runtime') or '?'}, "
+            f"deployed {release.get('deployed_at') or '?'})")
+    if release.get("current") and release["current"] != release["release"]:
+        line += f"; rolled back since, current is {release['current']}"
+    return line
+
+
+def device_sections(devices: list[dict], host_rows: list[dict]) -> list[dict[str, Any]]:
+    """Device rows with the host's p50 of the same artifact and batch beside them, when measured here."""
+    host = {tuple(r[k] for k in SAME_ARTIFACT): r for r in host_rows}
+    sections = []
+    for device in devices:
+        rows = []
+        for row in device["rows"]:
+            if not isinstance(row, dict):
+                continue
+            lat = row.get("latency_ms") or {}
+            match = host.get(tuple(row.get(k) for k in SAME_ARTIFACT))
+            rows.append({**row, "id": f"{row.get('model', '?')}.{row.get('backend', '?')}.{row.get('precision', '?')}",
+                         "p50": lat.get("p50"), "p90": lat.get("p90"), "std": lat.get("std"),
+                         "top1": (row.get("accuracy") or {}).get("top1"),
+                         "host_p50": match["latency_ms"]["p50"] if match else None})
+        info = device["device"] if isinstance(device["device"], dict) else {"info": device["device"]}
+        sections.append({"target": device["target"], "device": info, "rows": rows, "path": device.get("path"),
+                         "release": release_line(device.get("release"))})
+    return sections
+
+
+def analyze(facts: RunFacts) -> dict[str, Any]:
+    """The report as data: every section's numbers, ready for report.json, markdown and HTML."""
+    results = facts.results
+    rows = enrich(results["rows"])
+    info = summary(results, facts.gates)
+    choice = info["recommended_row"]
+    batches = sorted({r["batch_size"] for r in rows})
+    first_batch = batches[0] if batches else None
+    teacher = next((r for r in rows if r["model"] == "teacher" and r["batch_size"] == first_batch), None)
+    headline = None
+    if choice:
+        headline = {
+            "recommended": info["recommended"], "artifact": choice["artifact"], "batch_size": choice["batch_size"],
+            "p50_ms": choice["latency_ms"]["p50"], "teacher_p50_ms": teacher["latency_ms"]["p50"] if teacher else None,
+            "speedup": choice.get("speedup_vs_teacher"), "top1": choice["accuracy"]["top1"],
+            "teacher_top1": teacher["accuracy"]["top1"] if teacher else None,
+            "top1_delta_pts": (choice.get("top1_delta_vs_teacher") or 0.0) * 100 if teacher else None,
+            "size_mb": choice["size_mb"], "teacher_size_mb": teacher["size_mb"] if teacher else None,
+            "size_reduction": teacher["size_mb"] / choice["size_mb"] if teacher and choice["size_mb"] else None,
+            "agreement_with_teacher": choice["accuracy"].get("agreement_with_teacher"),
+        }
+    noisy = [{"artifact": artifact_id(r), "batch_size": r["batch_size"], "note": r.get("note") or "spread is high"}
+             for r in rows if r["latency_ms"].get("noisy")]
+    build = facts.outputs.get("build") or {}
+    return {
+        "name": facts.name,
+        "measured_at": (results.get("env") or {}).get("measured_at"),
+        "headline": headline,
+        "gates": info["gates"],
+        "gates_passed": info["gates_passed"],
+        "gate_limits": facts.gates.model_dump(mode="json"),
+        "batches": batches,
+        "pareto_batch": first_batch,
+        "pareto": pareto_front([r for r in rows if r["batch_size"] == first_batch]),
+        "rows": rows,
+        "latency_by_batch": latency_by_batch(rows),
+        "int8_vs_fp32": int8_vs_fp32(rows, first_batch) if first_batch is not None else [],
+        "kd_gain": kd_gain(facts.outputs, teacher["accuracy"]["top1"] if teacher else None),
+        "training": training_summary(facts.metrics),
+        "per_class": per_class(rows, choice, results.get("class_names")),
+        "deferred": [d for d in build.get("deferred") or [] if isinstance(d, dict)],
+        "devices": device_sections(facts.devices, rows),
+        "noisy": noisy,
+        "env": results.get("env") or {},
+        "settings": results.get("settings") or {},
+        "val_samples": results.get("val_samples"),
+        "export": {k: v for k, v in (facts.outputs.get("export") or {}).items() if not isinstance(v, (dict, list))},
+    }

@@ -1,0 +1,168 @@
+"""Charts of the report as PNG bytes (matplotlib, Agg: no display needed), embedded as data URIs."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
+
+PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"]
+MARKERS = {"teacher": "*", "student": "o"}
+META_KEYS = ("epoch", "loss", "lr", "val_top1", "seconds", "val_loss")
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _grid(ax) -> None:
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() == "log":
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(NullFormatter())
+    ax.grid(True, which="major", alpha=0.3)
+    ax.grid(True, which="minor", alpha=0.08)
+
+
+def _color(backends: list[str], backend: str) -> str:
+    return PALETTE[backends.index(backend) % len(PALETTE)]
+
+
+def latency_vs_accuracy(report: dict[str, Any]) -> bytes | None:
+    batch = report["pareto_batch"]
+    rows = [r for r in report["rows"] if r["batch_size"] == batch]
+    if not rows:
+        return None
+    backends = sorted({r["backend"] for r in rows})
+    recommended = (report["headline"] or {}).get("recommended")
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    for row in rows:
+        ident = f"{row['model']}.{row['backend']}.{row['precision']}"
+        x, y = row["latency_ms"]["p50"], row["accuracy"]["top1"] * 100
+        ax.scatter(x, y, s=140 if row["model"] == "teacher" else 70, color=_color(backends, row["backend"]),
+                   marker=MARKERS.get(row["model"], "s"), zorder=3, edgecolor="white", linewidth=0.8)
+        if ident == recommended:
+            ax.scatter(x, y, s=320, facecolor="none", edgecolor="#111827", linewidth=1.6, zorder=4)
+        ax.annotate(ident, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=7.5, color="#374151")
+    front = [r for ident in report["pareto"] for r in rows
+             if f"{r['model']}.{r['backend']}.{r['precision']}" == ident]
+    if front:
+        ax.scatter([r["latency_ms"]["p50"] for r in front], [r["accuracy"]["top1"] * 100 for r in front], s=14,
+                   color="#111827", zorder=5, label="on the Pareto front")
+        ax.step([r["latency_ms"]["p50"] for r in front], [r["accuracy"]["top1"] * 100 for r in front],
+                where="post", color="#6b7280", linestyle="--", linewidth=1.2, label="Pareto front", zorder=2)
+    drop = report["gate_limits"].get("max_accuracy_drop")
+    teacher_top1 = (report["headline"] or {}).get("teacher_top1")
+    if drop is not None and teacher_top1 is not None:
+        ax.axhline((teacher_top1 - drop) * 100, color="#dc2626", linestyle=":", linewidth=1.2,
+                   label=f"accuracy gate (-{drop * 100:g} pts)")
+    for backend in backends:
+        ax.scatter([], [], color=_color(backends, backend), label=backend)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"p50 latency at batch {batch} (ms, log scale)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("Latency vs accuracy (up and to the left is better)")
+    _grid(ax)
+    ax.legend(fontsize=8, loc="lower right")
+    return _png(fig)
+
+
+def latency_per_batch(report: dict[str, Any]) -> bytes | None:
+    table = report["latency_by_batch"]
+    if not table or len(report["batches"]) < 1:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for i, (ident, by_batch) in enumerate(sorted(table.items())):
+        batches = sorted(by_batch)
+        style = dict(color=PALETTE[i % len(PALETTE)], marker=MARKERS.get(ident.split(".")[0], "s"),
+                     linestyle="-" if ident.endswith("fp32") else "--", label=ident)
+        p50 = [by_batch[b]["p50"] for b in batches]
+        upper = [max(0.0, (by_batch[b].get("p90") or p) - p) for b, p in zip(batches, p50)]
+        left.errorbar(batches, p50, yerr=[[0.0] * len(p50), upper], capsize=3, **style)
+        right.plot(batches, [by_batch[b]["throughput_per_s"] for b in batches], **style)
+    for ax, label in ((left, "p50 latency (ms; bar up to p90)"), (right, "throughput (samples/s)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(report["batches"], [str(b) for b in report["batches"]])
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(label)
+        _grid(ax)
+    right.legend(fontsize=7.5, loc="best")
+    fig.suptitle("Latency and throughput per batch size")
+    return _png(fig)
+
+
+def training_curves(metrics: dict[str, list[dict]]) -> bytes | None:
+    if not metrics:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, (stage, records) in enumerate(metrics.items()):
+        epochs = [r["epoch"] for r in records]
+        color = PALETTE[i % len(PALETTE)]
+        if any("val_top1" in r for r in records):
+            left.plot(epochs, [r.get("val_top1", float("nan")) * 100 for r in records], marker=".", color=color,
+                      label=stage)
+        if any("loss" in r for r in records):
+            right.plot(epochs, [r.get("loss", float("nan")) for r in records], marker=".", color=color,
+                       label=f"{stage} loss")
+            parts = [k for k, v in records[-1].items() if k not in META_KEYS and isinstance(v, (int, float))][:4]
+            for j, part in enumerate(parts):
+                right.plot(epochs, [r.get(part, float("nan")) for r in records], color=color, alpha=0.5,
+                           linestyle=[":", "-.", "--"][j % 3], label=f"{stage} {part}")
+    left.set_xlabel("epoch")
+    left.set_ylabel("val top-1 (%)")
+    left.set_title("Validation accuracy")
+    right.set_xlabel("epoch")
+    right.set_ylabel("training loss")
+    if all(y > 0 for line in right.get_lines() for y in line.get_ydata() if y == y):
+        right.set_yscale("log")
+    right.set_title("Training loss (total and parts)")
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _grid(ax)
+        ax.legend(fontsize=7.5)
+    return _png(fig)
+
+
+def per_class_accuracy(per_class: dict[str, Any] | None) -> bytes | None:
+    if not per_class:
+        return None
+    import numpy as np
+
+    classes = per_class["classes"]
+    x = np.arange(len(classes))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(classes) + 2), 3.4))
+    ax.bar(x - 0.2, [(v or 0) * 100 for v in per_class["teacher"]], width=0.4, color="#9ca3af", label="teacher")
+    ax.bar(x + 0.2, [(v or 0) * 100 for v in per_class["recommended"]], width=0.4, color=PALETTE[0],
+           label="recommended")
+    ax.set_xticks(x, classes, rotation=0 if len(classes) <= 20 else 90, fontsize=8)
+    low = min([v for v in per_class["teacher"] + per_class["recommended"] if v is not None] or [0])
+    ax.set_ylim(max(0, low * 100 - 5), 100.5)
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("Per-class accuracy on the validation set")
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.25)
+    return _png(fig)
+
+
+def render_charts(report: dict[str, Any], metrics: dict[str, list[dict]]) -> dict[str, bytes]:
+    charts = {
+        "latency_vs_accuracy": latency_vs_accuracy(report),
+        "latency_per_batch": latency_per_batch(report),
+        "training_curves": training_curves(metrics),
+        "per_class": per_class_accuracy(report["per_class"]),
+    }
+    return {name: png for name, png in charts.items() if png}

@@ -1,0 +1,66 @@
+"""Number formatting shared by the markdown, the HTML template and the CLI tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def num(value: Any, spec: str = ".3f", suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if isinstance(value, (int, float)):
+        return format(value, spec) + suffix
+    return str(value)
+
+
+def pct(value: Any, digits: int = 2) -> str:
+    """A fraction (0.9731) as a percentage (97.31%)."""
+    return num(None if value is None else value * 100, f".{digits}f", "%")
+
+
+def pts(value: Any) -> str:
+    """Accuracy points with a sign: +0.28 pts."""
+    return num(value, "+.2f", " pts")
+
+
+def times(value: Any) -> str:
+    return num(value, ".2f", "x")
+
+
+def ms(value: Any) -> str:
+    if value is None:
+        return "-"
+    return num(value, ".3f" if value < 10 else ".2f" if value < 100 else ".1f")
+
+
+def count(value: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return "-"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.2f}{unit}"
+    return str(int(value))
+
+
+def table(headers: list[str], rows: list[list[Any]], align: str | None = None) -> list[str]:
+    """A GitHub markdown table; `align` is one char per column, l or r."""
+    align = align or "l" * len(headers)
+    rule = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(rule) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return lines
+
+
+def text_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A plain aligned table for the terminal (numbers right-aligned)."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+
+    def line(values: list[str]) -> str:
+        out = []
+        for i, value in enumerate(values):
+            numeric = value == "-" or value[:1].isdigit() or value[:1] in "+-." and value[1:2].isdigit()
+            out.append(value.rjust(widths[i]) if numeric else value.ljust(widths[i]))
+        return "  ".join(out).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])

@@ -1,0 +1,237 @@
+"""The latency/accuracy harness on a tiny model for every backend, and `compress benchmark FILE`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from compress.artifacts import open_session
+from compress.bench import (LatencySettings, accuracy_report, benchmark_session, latency_stats, measure_latency,
+                            noise_note, peak_rss_mb, predict, reset_peak_rss)
+from compress.cli import main
+from compress.export import export_onnx
+from compress.models import ModelSpec, build_model, save_checkpoint
+from deploy.engines import ENGINES, Engine, Session
+
+SHAPE = (1, 8, 8)
+QUICK = LatencySettings(warmup=2, warmup_seconds=0.0, runs=5, min_seconds=0.02)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> dict[str, Path]:
+    """One tiny CNN as a torch checkpoint, an ONNX file and an OpenVINO IR."""
+    folder = tmp_path_factory.mktemp("artifacts")
+    torch.manual_seed(0)
+    spec = ModelSpec("cnn", 1, 10, 8, {"channels": [8, 16]})
+    model = build_model(spec).eval()
+    save_checkpoint(folder / "model.pt", model, spec)
+    export_onnx(model, SHAPE, folder / "model.onnx")
+    paths = {"torch": folder / "model.pt", "onnxruntime": folder / "model.onnx"}
+    try:
+        import openvino as ov
+
+        ov.save_model(ov.convert_model(str(folder / "model.onnx")), str(folder / "model.xml"))
+        paths["openvino"] = folder / "model.xml"
+    except ImportError:
+        pass
+    return paths
+
+
+class CompiledOpenVino(Session):
+    """A real OpenVINO compiled model, for machines where the openvino engine is not registered."""
+
+    def __init__(self, path: Path, threads: int):
+        import openvino as ov
+
+        self.model = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                                "INFERENCE_PRECISION_HINT": "f32"})
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return self.model(x)[0]
+
+
+def session_for(backend: str, path: Path):
+    if backend == "openvino" and "openvino" not in ENGINES:
+        return CompiledOpenVino(path, 1)
+    return open_session(path, backend, threads=1)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
+def test_the_harness_measures_a_tiny_model_on_every_backend(backend, artifacts):
+    if backend not in artifacts:
+        pytest.skip(f"{backend} is not installed")
+    x = np.random.default_rng(1).standard_normal((20, *SHAPE)).astype(np.float32)
+    with session_for("torch", artifacts["torch"]) as reference:
+        expected = predict(reference.infer, x, batch_size=7)
+    reset_peak_rss()
+    with session_for(backend, artifacts[backend]) as session:
+        logits = predict(session.infer, x, batch_size=7)
+        rows = benchmark_session(session.infer, SHAPE, [1, 4], QUICK)
+    # Same inputs, same preprocessing, same answers. OpenVINO's CPU plugin runs bf16 by default on CPUs
+    # with AMX/AVX512-BF16 unless INFERENCE_PRECISION_HINT is f32: hence its looser tolerance.
+    np.testing.assert_allclose(logits, expected, atol=1e-4 if backend != "openvino" else 5e-3)
+    assert (logits.argmax(1) == expected.argmax(1)).mean() >= 0.95
+    assert [r["batch_size"] for r in rows] == [1, 4]
+    for r in rows:
+        lat = r["latency_ms"]
+        assert lat["runs"] >= QUICK.runs and 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert lat["std"] >= 0 and isinstance(lat["noisy"], bool)
+        assert r["throughput_per_s"] == pytest.approx(r["batch_size"] * 1000 / lat["p50"])
+        assert r["peak_rss_mb"] > 10 and r["warmup_runs"] >= QUICK.warmup
+
+
+def test_inputs_are_fresh_random_batches_of_the_right_shape_never_zeros():
+    seen: list[np.ndarray] = []
+
+    def infer(x: np.ndarray) -> np.ndarray:
+        seen.append(x)
+        return x.reshape(len(x), -1)[:, :10]
+
+    measure_latency(infer, SHAPE, 3, LatencySettings(warmup=2, warmup_seconds=0, runs=10, min_seconds=0))
+    assert len(seen) == 12 and all(x.shape == (3, *SHAPE) and x.dtype == np.float32 for x in seen)
+    assert all(np.count_nonzero(x) == x.size for x in seen)
+    assert all(not np.array_equal(a, b) for a, b in zip(seen, seen[1:]))  # never the same batch twice in a row
+    assert abs(np.concatenate(seen).std() - 1.0) < 0.2
+
+
+def test_runs_continue_until_both_the_count_and_the_minimum_time_are_reached():
+    def sleepy(x: np.ndarray) -> np.ndarray:
+        time.sleep(0.002)
+        return x
+
+    by_count = measure_latency(sleepy, SHAPE, 1, LatencySettings(warmup=1, warmup_seconds=0, runs=7, min_seconds=0))
+    assert by_count["latency_ms"]["runs"] == 7
+    started = time.perf_counter()
+    by_time = measure_latency(sleepy, SHAPE, 1, LatencySettings(warmup=1, warmup_seconds=0.05, runs=3, min_seconds=0.1))
+    assert by_time["latency_ms"]["runs"] > 3 and by_time["warmup_runs"] > 1
+    assert time.perf_counter() - started >= 0.15
+    assert by_time["latency_ms"]["p50"] >= 2.0
+
+
+def test_a_wide_spread_is_flagged_as_noisy_with_a_note():
+    steady = latency_stats([1.0, 1.01, 0.99, 1.02, 1.0, 0.98] * 10)
+    assert not steady["noisy"] and noise_note(steady) is None
+    busy = latency_stats([1.0] * 80 + [3.0] * 20)
+    assert busy["noisy"] and "machine was busy" in noise_note(busy)
+    assert busy["p50"] == 1.0 and busy["p90"] == 3.0 and busy["iqr"] == 0.0
+
+
+def test_peak_memory_is_per_artifact_after_a_reset():
+    reset_peak_rss()
+    before = peak_rss_mb()
+    block = np.ones(40 * 2 ** 20 // 8)  # 40 MB touched
+    during = peak_rss_mb()
+    del block
+    assert during - before >= 30
+    if reset_peak_rss():  # Linux: the high-water mark goes back down to what is resident now
+        assert peak_rss_mb() < during - 20
+
+
+def test_accuracy_top1_top5_agreement_and_per_class():
+    labels = np.array([0, 1, 2, 2])
+    logits = np.array([[9, 1, 0, 0, 0, 0], [0, 1, 9, 0, 0, 0], [0, 0, 9, 1, 0, 0], [9, 0, -1, 0, 0, 1]], float)
+    report = accuracy_report(logits, labels, teacher_top1=np.array([0, 1, 2, 2]))
+    assert report["top1"] == 0.5 and report["top5"] == 0.75 and report["agreement_with_teacher"] == 0.5
+    assert report["per_class"] == {0: 1.0, 1: 0.0, 2: 0.5}
+
+
+class NumpyPlanSession(Session):
+    def __init__(self, weights: np.ndarray):
+        self.weights = weights
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return x.reshape(len(x), -1) @ self.weights
+
+
+class StandInTensorRT(Engine):
+    """TensorRT cannot run here (no GPU, not installable): a stand-in that honours the Engine interface."""
+
+    backend = "tensorrt"
+    precisions = ("fp16",)
+    loaded: list[Path] = []
+
+    @classmethod
+    def version(cls) -> str:
+        return "stand-in"
+
+    def _build(self, onnx_path, out_dir, precision, **options):
+        raise NotImplementedError
+
+    def load(self, artifact: Path, threads: int | None = None) -> Session:
+        StandInTensorRT.loaded.append(Path(artifact))
+        return NumpyPlanSession(np.ones((64, 10), np.float32))
+
+
+def test_a_tensorrt_plan_goes_through_the_same_harness(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(ENGINES, "tensorrt", StandInTensorRT)
+    folder = tmp_path / "student.tensorrt.fp16"
+    folder.mkdir()
+    (folder / "model.plan").write_bytes(b"plan")
+    (folder / "engine.json").write_text(json.dumps({"backend": "tensorrt", "precision": "fp16", "artifact": "model.plan",
+                                                    "input_shape": [1, 1, 8, 8]}))
+    assert main(["benchmark", str(folder), "--batch", "1,2", "--runs", "3", "--min-seconds", "0"]) == 0
+    out = capsys.readouterr().out
+    assert StandInTensorRT.loaded[-1] == folder / "model.plan"
+    assert [line.split()[:3] for line in out.splitlines()[2:4]] == [["tensorrt", "fp16", "1"], ["tensorrt", "fp16", "2"]]
+
+
+def tensorrt_ready() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available() and "tensorrt" in ENGINES
+
+
+@pytest.mark.skipif(not tensorrt_ready(), reason="needs TensorRT, a CUDA GPU and the tensorrt engine")
+def test_a_real_tensorrt_engine_is_measured_by_the_harness(artifacts, tmp_path):
+    from deploy.engines import get_engine
+
+    built = get_engine("tensorrt").build(artifacts["onnxruntime"], tmp_path / "trt", "fp32")
+    with open_session(built.artifact, "tensorrt", threads=1) as session:
+        rows = benchmark_session(session.infer, SHAPE, [1, 4], QUICK)
+    assert all(r["latency_ms"]["p50"] > 0 for r in rows)
+
+
+def test_benchmark_command_prints_the_table_and_writes_rows(artifacts, tmp_path, capsys):
+    out_json = tmp_path / "rows.json"
+    assert main(["benchmark", str(artifacts["onnxruntime"]), "--batch", "1,4", "--runs", "5", "--min-seconds", "0",
+                 "--threads", "1", "--json", str(out_json)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["backend", "precision", "batch"]
+    assert [line.split()[:3] for line in lines[2:4]] == [["onnxruntime", "fp32", "1"], ["onnxruntime", "fp32", "4"]]
+    saved = json.loads(out_json.read_text())
+    assert saved["input_shape"] == list(SHAPE) and saved["env"]["threads"] == 1
+    for row in saved["rows"]:
+        assert {"model", "artifact", "backend", "precision", "batch_size", "latency_ms", "throughput_per_s",
+                "size_mb", "peak_rss_mb", "threads"} <= set(row) and row["size_mb"] > 0
+
+    assert main(["--quiet", "benchmark", str(artifacts["torch"]), "--runs", "3", "--min-seconds", "0"]) == 0
+    assert capsys.readouterr().out.splitlines()[2].split()[:3] == ["torch", "fp32", "1"]
+
+
+def test_benchmark_command_bad_input_is_one_line_and_exit_2(artifacts, tmp_path, capsys):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    unknown = tmp_path / "weights.bin"
+    unknown.write_bytes(b"x")
+    onnx_path = str(artifacts["onnxruntime"])
+    cases = [
+        (["benchmark", str(tmp_path / "missing.onnx")], "missing.onnx: file not found"),
+        (["benchmark", onnx_path, "--batch", "1,x"], "--batch: expected comma-separated integers, got '1,x'"),
+        (["benchmark", onnx_path, "--batch", "0"], "--batch: expected positive integers, got '0'"),
+        (["benchmark", onnx_path, "--backend", "nosuch"], "--backend: unknown backend 'nosuch'"),
+        (["benchmark", onnx_path, "--runs", "0"], "--runs: must be >= 1"),
+        (["benchmark", str(unknown)], "weights.bin: cannot tell the backend from the suffix '.bin'"),
+        (["benchmark", str(junk)], "junk.onnx: cannot be loaded by onnxruntime"),
+        (["benchmark", onnx_path, "--shape", "3,32,32"], "model.onnx: inference failed for input shape (N, 3, 32, 32)"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err and "Traceback" not in err, err

@@ -1,0 +1,326 @@
+"""The deployment report: every section, gates, self-contained HTML, rebuild from saved files, runs/compare.
+
+Most tests use a run dir written by hand in the run-dir contract (results.json rows, run.json
+outputs, metrics.jsonl, deploy results), so every section can be exercised in milliseconds; the
+end-to-end tests in test_pipeline.py run the real stages.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from compress.cli import main
+from compress.config import GatesConfig
+from compress.report import summary
+
+CLASSES = [str(c) for c in range(10)]
+
+
+def row(model: str, backend: str, precision: str, batch: int, p50: float, top1: float, size_mb: float, **extra) -> dict:
+    per_class = {str(c): min(1.0, top1 + (c - 4.5) / 100) for c in range(10)}
+    return {"model": model, "artifact": f"stages/x/{model}.{backend}.{precision}", "backend": backend,
+            "precision": precision, "batch_size": batch,
+            "latency_ms": {"mean": p50 * 1.02, "std": p50 * 0.03, "min": p50 * 0.95, "max": p50 * 1.3, "p50": p50,
+                           "p90": p50 * 1.05, "p99": p50 * 1.1, "iqr": p50 * 0.02, "runs": 50, "noisy": False},
+            "throughput_per_s": batch * 1000 / p50,
+            "accuracy": {"top1": top1, "top5": min(1.0, top1 + 0.05), "agreement_with_teacher": 0.97,
+                         "per_class": per_class},
+            "params": 100_000 if model == "teacher" else 10_000, "macs": 5_000_000 if model == "teacher" else 300_000,
+            "size_mb": size_mb, "threads": 2, "peak_rss_mb": 400.0, **extra}
+
+
+def rows_for(batch: int, scale: float) -> list[dict]:
+    return [
+        row("teacher", "torch", "fp32", batch, 10.0 * scale, 0.98, 4.0),
+        row("student", "torch", "fp32", batch, 3.0 * scale, 0.96, 0.4),
+        row("student", "onnxruntime", "fp32", batch, 1.5 * scale, 0.96, 0.4),
+        row("student", "onnxruntime", "int8", batch, 1.2 * scale, 0.955, 0.12),
+        row("student", "openvino", "fp32", batch, 0.9 * scale, 0.96, 0.4),
+        row("student", "openvino", "int8", batch, 0.5 * scale, 0.95, 0.12),
+    ]
+
+
+def metrics(epochs: int, start: float, parts: tuple[str, ...]) -> str:
+    lines = []
+    for e in range(1, epochs + 1):
+        record = {"epoch": e, "loss": 2.0 / e, **{p: 1.0 / e for p in parts}, "lr": 0.01 / e,
+                  "val_top1": min(0.99, start + 0.05 * e), "seconds": 0.5}
+        lines.append(json.dumps(record))
+    return "\n".join(lines) + "\n"
+
+
+def write_run(run_dir: Path, gates: dict | None = None, baseline: bool = True, device: bool = True,
+              deferred: bool = True, noisy: bool = False) -> Path:
+    """A finished run dir as the stages leave it (what `compress report` reads)."""
+    stages = run_dir / "stages"
+    for name in ("teacher", "baseline", "distill", "benchmark", "build"):
+        (stages / name).mkdir(parents=True, exist_ok=True)
+    rows = rows_for(1, 1.0) + rows_for(8, 4.0)
+    if noisy:
+        rows[2]["latency_ms"].update(p90=rows[2]["latency_ms"]["p50"] * 3, noisy=True)
+        rows[2]["note"] = "p90 is 200% above p50: the machine was busy"
+    results = {"env": {"cpu": "AMD EPYC", "cores": 2, "threads": 2, "gpu": None, "torch": "2.x",
+                       "onnxruntime": "1.x", "openvino": "2026.x", "tensorrt": None,
+                       "measured_at": "2026-11-23T12:00:00+0000"},
+               "val_samples": 360, "class_names": CLASSES,
+               "settings": {"batch_sizes": [1, 8], "warmup": 5, "warmup_seconds": 0.2, "runs": 30, "min_seconds": 0.5},
+               "rows": rows}
+    (stages / "benchmark" / "results.json").write_text(json.dumps(results))
+    (stages / "teacher" / "metrics.jsonl").write_text(metrics(6, 0.7, ("ce",)))
+    (stages / "distill" / "metrics.jsonl").write_text(metrics(6, 0.6, ("kd", "ce")))
+    outputs = {
+        "teacher": {"checkpoint": "stages/teacher/teacher.pt", "val_top1": 0.98, "best_epoch": 6},
+        "distill": {"checkpoint": "stages/distill/student.pt", "val_top1": 0.96, "best_epoch": 6,
+                    "metrics": "stages/distill/metrics.jsonl"},
+        "build": {"engines": [], "deferred": [{"model": "student", "backend": "tensorrt", "precision": "int8",
+                                               "reason": "no CUDA GPU here",
+                                               "how": "compress deploy RUN --target jetson://... --runtime tensorrt"}]
+                  if deferred else []},
+        "benchmark": {"results": "stages/benchmark/results.json"},
+    }
+    if baseline:
+        (stages / "baseline" / "metrics.jsonl").write_text(metrics(6, 0.55, ("ce",)))
+        outputs["baseline"] = {"checkpoint": "stages/baseline/student.pt", "val_top1": 0.93, "best_epoch": 5,
+                               "metrics": "stages/baseline/metrics.jsonl"}
+    run_json = {"name": run_dir.name, "stages": {k: {"key": "k", "status": "done", "outputs": v}
+                                                 for k, v in outputs.items()}}
+    (run_dir / "run.json").write_text(json.dumps(run_json))
+    (run_dir / "pipeline.yaml").write_text(yaml.safe_dump({"name": run_dir.name, "gates": gates or {}}))
+    if device:
+        target = stages / "deploy" / "jetson-orin"
+        target.mkdir(parents=True)
+        device_rows = [dict(row("student", "openvino", "int8", 1, 2.5, 0.95, 0.12))]
+        (target / "results.json").write_text(json.dumps(
+            {"target": "jetson://nvidia@orin/opt/models", "device": {"model": "Orin Nano", "jetpack": "6.1"},
+             "rows": device_rows}))
+    return run_dir
+
+
+class ImagesAndLinks(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images: list[str] = []
+        self.links: list[str] = []
+        self.ids: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        for name in ("href", "src"):
+            if attrs.get(name):
+                self.links.append(attrs[name])
+        if attrs.get("id"):
+            self.ids.append(attrs["id"])
+
+
+def parse_html(text: str) -> ImagesAndLinks:
+    parser = ImagesAndLinks()
+    parser.feed(text)
+    return parser
+
+
+def test_every_section_is_written_to_markdown_html_and_json(tmp_path):
+    run_dir = write_run(tmp_path / "r1", gates={"max_accuracy_drop": 0.03, "min_speedup": 2.0,
+                                                "max_latency_ms": {1: 5.0, 8: 20.0}, "max_size_mb": 1.0})
+    assert main(["--quiet", "report", str(run_dir)]) == 0
+    md = (run_dir / "report.md").read_text()
+    for heading in ("## Summary", "## Gates", "## Latency vs accuracy", "## Latency per batch size", "## All results",
+                    "## INT8 vs FP32", "## What distillation bought", "## Training", "## Per-class accuracy",
+                    "## Deferred builds", "## Device results", "## Measurement notes", "## Environment"):
+        assert heading in md, heading
+    # The fastest student within 3 points of the teacher (98%): openvino int8 at 95% is 3.0 points down.
+    assert "Recommended artifact: **student.openvino.int8**" in md
+    assert "**20.00x**" in md and "**4.00x" not in md  # 10 ms / 0.5 ms at batch 1
+    assert "**33.33x smaller**" in md  # 4 MB / 0.12 MB
+    assert "KD gain: **+3.00 pts**" in md and "closes 60% of the gap" in md
+    assert "| onnxruntime | student.onnxruntime.fp32 | student.onnxruntime.int8 | 96.00% | 95.50% | -0.50 pts |" in md
+    assert "jetson://nvidia@orin/opt/models" in md and "Orin Nano" in md
+    assert "compress deploy RUN --target jetson://... --runtime tensorrt" in md
+    assert "| max_latency_ms[b8] | 20.0 | 2 | PASS |" in md
+
+    html = (run_dir / "report.html").read_text()
+    parsed = parse_html(html)
+    for section in ("summary", "gates", "tradeoff", "batches", "results", "int8", "kd", "training", "per-class",
+                    "deferred", "devices", "notes", "env"):
+        assert section in parsed.ids, section
+    assert len(parsed.images) == 4  # trade-off, batch sizes, training curves, per class
+
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["headline"]["recommended"] == "student.openvino.int8" and report["gates_passed"]
+    assert report["pareto"] == ["student.openvino.int8", "student.openvino.fp32", "teacher.torch.fp32"]
+    assert [p["int8"] for p in report["int8_vs_fp32"]] == ["student.onnxruntime.int8", "student.openvino.int8"]
+    assert report["devices"][0]["rows"][0]["host_p50"] == 0.5
+
+
+def test_html_is_self_contained_with_every_chart_an_embedded_png(tmp_path):
+    run_dir = write_run(tmp_path / "r1", gates={"max_accuracy_drop": 0.03})
+    device_results = run_dir / "stages" / "deploy" / "jetson-orin" / "results.json"
+    device = json.loads(device_results.read_text())
+    device["device"]["note"] = "<script>alert(1)</script>"  # text from a device is shown, never run
+    device_results.write_text(json.dumps(device))
+    assert main(["--quiet", "report", str(run_dir)]) == 0
+    html = (run_dir / "report.html").read_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    parsed = parse_html(html)
+    assert parsed.images
+    for src in parsed.images:
+        assert src.startswith("data:image/png;base64,")
+        image = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        image.verify()
+        assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
+    assert all(link.startswith(("#", "data:")) for link in parsed.links), parsed.links
+    assert not re.search(r"https?://", html.replace("jetson://", "")), "no external URL anywhere"
+    assert "<script" not in html and "<link" not in html
+
+
+def test_optional_sections_are_left_out_when_their_stage_did_not_run(tmp_path):
+    run_dir = write_run(tmp_path / "r1", baseline=False, device=False, deferred=False)
+    assert main(["--quiet", "report", str(run_dir)]) == 0
+    md = (run_dir / "report.md").read_text()
+    assert "## Summary" in md and "## Training" in md
+    for absent in ("## What distillation bought", "## Device results", "## Deferred builds"):
+        assert absent not in md
+    assert "No gates configured" in md
+
+
+def test_a_failed_gate_is_named_in_every_report_and_on_the_console(tmp_path, capsys):
+    run_dir = write_run(tmp_path / "r1", gates={"max_accuracy_drop": 0.05, "max_latency_ms": {1: 0.1},
+                                                "max_size_mb": 1.0})
+    assert main(["report", str(run_dir)]) == 0  # rebuilding a report is not a run: the gate verdict is reported
+    out = capsys.readouterr().out
+    assert "gate max_latency_ms[b1]: FAIL (p50 0.500 ms at batch 1)" in out
+    md = (run_dir / "report.md").read_text()
+    assert "GATES FAILED**: max_latency_ms[b1]" in md and "| max_size_mb | 1.0 | 0.12 | PASS |" in md
+    assert "Gates failed: max_latency_ms[b1]" in (run_dir / "report.html").read_text()
+    assert json.loads((run_dir / "report.json").read_text())["gates_passed"] is False
+
+
+def test_gates_pass_and_fail_on_the_recommended_artifact():
+    rows = rows_for(1, 1.0) + rows_for(8, 4.0)
+    results = {"rows": rows}
+    passing = summary(results, GatesConfig(max_accuracy_drop=0.02, min_speedup=3.0, max_latency_ms=4.0,
+                                           max_size_mb=0.5))
+    assert passing["recommended"] == "student.openvino.fp32"  # openvino int8 is 3 points down: out of the gate
+    assert passing["gates_passed"] and len(passing["gates"]) == 5  # 4 gates, latency judged at batch 1 and 8
+    assert not summary(results, GatesConfig(max_accuracy_drop=0.02, max_latency_ms=3.0))["gates_passed"]  # 3.6 ms at batch 8
+    failing = summary(results, GatesConfig(max_accuracy_drop=0.02, min_speedup=20.0, max_latency_ms={1: 0.5, 32: 9.0}))
+    verdicts = {g["gate"]: g["passed"] for g in failing["gates"]}
+    assert verdicts == {"max_accuracy_drop": True, "min_speedup": False, "max_latency_ms[b1]": False,
+                        "max_latency_ms[b32]": False}
+    assert "not benchmarked" in next(g["detail"] for g in failing["gates"] if g["gate"] == "max_latency_ms[b32]")
+
+
+def test_noisy_measurements_are_flagged_in_the_report(tmp_path):
+    run_dir = write_run(tmp_path / "r1", noisy=True)
+    assert main(["--quiet", "report", str(run_dir)]) == 0
+    md = (run_dir / "report.md").read_text()
+    assert "⚠ student.onnxruntime.fp32 batch 1: p90 is 200% above p50" in md
+
+
+def test_report_rebuild_from_saved_files_is_identical_and_folds_in_new_device_results(tmp_path):
+    run_dir = write_run(tmp_path / "r1", device=False)
+    assert main(["--quiet", "report", str(run_dir)]) == 0
+    first = {name: (run_dir / name).read_text() for name in ("report.md", "report.html", "report.json")}
+    for name in first:
+        (run_dir / name).unlink()
+    assert main(["--quiet", "report", str(run_dir)]) == 0
+    assert {name: (run_dir / name).read_text() for name in first} == first
+
+    target = run_dir / "stages" / "deploy" / "edge-box"
+    target.mkdir(parents=True)
+    (target / "results.json").write_text(json.dumps({"target": "ssh://me@edge/opt/m", "device": {"cpu": "Cortex-A78"},
+                                                     "rows": [row("student", "onnxruntime", "fp32", 1, 4.0, 0.96, 0.4)]}))
+    assert main(["--quiet", "report", str(run_dir)]) == 0
+    md = (run_dir / "report.md").read_text()
+    assert "### ssh://me@edge/opt/m" in md and "cpu: Cortex-A78" in md
+    assert "| student.onnxruntime.fp32 | 1 | 4.000 |" in md
+
+
+def test_report_of_a_bad_run_dir_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "pipeline.yaml: not found" in capsys.readouterr().err
+    run_dir = write_run(tmp_path / "r1")
+    (run_dir / "stages" / "deploy" / "jetson-orin" / "results.json").write_text('{"rows": 3}')
+    assert main(["report", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("jetson-orin/results.json: rows: must be a list of result rows") and "\n" not in err
+    (run_dir / "pipeline.yaml").write_text(yaml.safe_dump({"name": "r1", "gates": {"max_size_mb": -1}}))
+    assert main(["report", str(run_dir)]) == 2
+    assert "pipeline.yaml: gates.max_size_mb: Input should be greater than 0" in capsys.readouterr().err
+
+
+def test_runs_lists_headlines_and_compare_shows_two_runs_side_by_side(tmp_path, capsys):
+    write_run(tmp_path / "runs" / "fast", gates={"max_accuracy_drop": 0.03})
+    slow = write_run(tmp_path / "runs" / "slow", gates={"max_accuracy_drop": 0.02, "min_speedup": 15.0})
+    assert main(["runs", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    fast_line = next(line for line in out.splitlines() if line.startswith("fast"))
+    slow_line = next(line for line in out.splitlines() if line.startswith("slow"))
+    assert "student.openvino.int8" in fast_line and "20.00x" in fast_line and "pass" in fast_line
+    assert "student.openvino.fp32" in slow_line and "11.11x" in slow_line and "FAIL" in slow_line
+
+    assert main(["compare", str(tmp_path / "runs" / "fast"), str(slow)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"recommended\s+student\.openvino\.int8\s+student\.openvino\.fp32", out)
+    assert re.search(r"gates\s+pass\s+FAIL: min_speedup", out)
+    assert re.search(r"student\.openvino\.int8\s+8\s+2\.000\s+2\.000\s+1\.00x", out)
+    assert main(["compare", str(slow), str(tmp_path / "nope")]) == 2
+    assert main(["runs", str(tmp_path / "nope")]) == 2
+
+
+def find_chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """A headless Chromium; installed with apt where we are root on a Debian-like machine, else skipped."""
+    found = find_chromium()
+    if found is None and shutil.which("apt-get") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]
+        if subprocess.run(install, env=env, capture_output=True, timeout=600).returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=300)
+            subprocess.run(install, env=env, capture_output=True, timeout=600)
+        found = find_chromium()
+    if found is None:
+        pytest.skip("no headless Chromium here (apt-get install chromium)")
+    return found
+
+
+def test_report_html_draws_every_chart_in_a_headless_browser(chromium, tmp_path):
+    run_dir = write_run(tmp_path / "r1", gates={"max_accuracy_drop": 0.03})
+    assert main(["--quiet", "report", str(run_dir)]) == 0
+    html = (run_dir / "report.html").read_text()
+    # A probe that records, after load, how many images decoded to a real size.
+    probe = ("<script>addEventListener('load', () => { const imgs = [...document.images];"
+             " document.body.setAttribute('data-drawn', imgs.filter(i => i.complete && i.naturalWidth > 0).length"
+             " + '/' + imgs.length); });</script></body>")
+    page = tmp_path / "probe.html"
+    page.write_text(html.replace("</body>", probe))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--virtual-time-budget=5000"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    drawn = re.search(r'data-drawn="(\d+)/(\d+)"', dom.stdout)
+    assert drawn, dom.stderr[-2000:]
+    assert drawn.group(1) == drawn.group(2) == str(len(parse_html(html).images))
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium, *flags, "--window-size=1280,2400", f"--screenshot={shot}", (run_dir / "report.html").as_uri()],
+                   capture_output=True, timeout=120)
+    with Image.open(shot) as image:
+        assert image.size == (1280, 2400) and sum(1 for n in image.convert("L").histogram() if n) > 50  # not blank
