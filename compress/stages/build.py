@@ -6,9 +6,14 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from compress.config import Strict
+from compress.config import PipelineConfig, Strict
+from compress.quantize.calibration import calibration_samples
 from compress.stages import register_stage
 from compress.stages.base import Stage, StageContext
+
+
+SOURCE_KEYS = {"fp32": "onnx", "qdq": "onnx_qdq", "fp16": "onnx_fp16"}  # sources[...] <- export output
+CALIBRATION_SAMPLES = 300
 
 
 def parse_target(target: str) -> tuple[str, str]:
@@ -47,15 +52,23 @@ class BuildStage(Stage):
     Config = BuildConfig
     reads = ("export",)
 
+    def key_material(self, pipeline: PipelineConfig) -> dict[str, Any]:
+        return {"data": pipeline.data.model_dump(mode="json"), "seed": pipeline.seed}  # calibration samples
+
     def run(self, ctx: StageContext) -> dict[str, Any]:
         from deploy.engines import get_engine
 
         onnx_path = ctx.path(ctx.outputs["export"]["onnx"])
+        # Every engine picks its own source: e.g. int8 from the Q/DQ ONNX when quantize ran.
+        sources = {precision: ctx.path(ctx.outputs["export"][key]) for precision, key in SOURCE_KEYS.items()
+                   if ctx.outputs["export"].get(key)}
+        calibration = calibration_samples(ctx.data.x_train, CALIBRATION_SAMPLES, ctx.pipeline.seed)
         engines = []
         for target in ctx.config.targets:
             backend, precision = parse_target(target)
             out_dir = ctx.stage_dir / f"student.{backend}.{precision}"
-            built = get_engine(backend).build(onnx_path, out_dir, precision)
+            built = get_engine(backend).build(onnx_path, out_dir, precision, sources=sources,
+                                              calibration=calibration)
             ctx.log(f"{backend} {precision}: {ctx.relative(built.artifact)} in {built.sidecar['build_seconds']:.2f}s")
             engines.append({"model": "student", "backend": backend, "precision": precision,
                             "dir": ctx.relative(out_dir), "artifact": ctx.relative(built.artifact)})

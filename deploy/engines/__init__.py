@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from deploy.engines.base import BuiltEngine, Engine, EngineUnavailable, Session, read_sidecar
 from deploy.engines.onnxruntime import OnnxRuntimeEngine
+from deploy.engines.openvino import OpenVinoEngine
 
-ENGINES: dict[str, type[Engine]] = {cls.backend: cls for cls in (OnnxRuntimeEngine,)}
+ENGINES: dict[str, type[Engine]] = {cls.backend: cls for cls in (OnnxRuntimeEngine, OpenVinoEngine)}
 
 
 def get_engine(backend: str) -> Engine:

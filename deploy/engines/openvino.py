@@ -1,0 +1,82 @@
+"""OpenVINO engine (CPU plugin): IR from `openvino.convert_model` + `save_model`.
+
+fp32 keeps fp32 weights; fp16 stores fp16-compressed weights (the CPU plugin decompresses them);
+int8 converts the quantize stage's Q/DQ ONNX when there is one, otherwise runs NNCF PTQ on the
+OpenVINO model with the `calibration` samples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploy.engines.base import Engine, EngineUnavailable, Session
+
+
+class OpenVinoSession(Session):
+    def __init__(self, path: Path, threads: int | None = None):
+        import openvino as ov
+
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        result = self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        return np.array(result[self.compiled.output(0)])
+
+
+def nncf_quantize_ir(model, calibration: np.ndarray, batch_size: int = 32):
+    """NNCF PTQ of an OpenVINO model (int8, NNCF's CPU defaults)."""
+    import logging
+
+    import nncf
+
+    logging.getLogger("nncf").setLevel(logging.WARNING)
+    batches = [np.ascontiguousarray(calibration[i:i + batch_size], dtype=np.float32)
+               for i in range(0, len(calibration), batch_size)]
+    return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
+                         target_device=nncf.TargetDevice.CPU)
+
+
+class OpenVinoEngine(Engine):
+    backend = "openvino"
+    precisions = ("fp32", "fp16", "int8")
+
+    @classmethod
+    def version(cls) -> str | None:
+        try:
+            import openvino
+        except ImportError:
+            return None
+        return openvino.__version__
+
+    def source(self, onnx_path: Path, precision: str, sources: dict[str, Path]) -> Path:
+        if precision == "int8" and sources.get("qdq"):
+            return Path(sources["qdq"])
+        return Path(sources.get("fp32") or onnx_path)
+
+    def _build(self, onnx_path: Path, out_dir: Path, precision: str, **options: Any) -> tuple[Path, dict[str, Any]]:
+        import openvino as ov
+
+        model = ov.convert_model(str(onnx_path))
+        extra: dict[str, Any] = {"device": "CPU"}
+        if precision == "int8" and not (options.get("sources") or {}).get("qdq"):
+            calibration = options.get("calibration")
+            if calibration is None or not len(calibration):
+                raise EngineUnavailable("openvino int8 without a Q/DQ ONNX needs calibration samples")
+            model = nncf_quantize_ir(model, calibration)
+            extra["quantization"] = {"method": "NNCF PTQ of the OpenVINO model",
+                                     "calibration_samples": int(len(calibration))}
+        elif precision == "int8":
+            extra["quantization"] = {"method": "Q/DQ ONNX from the quantize stage"}
+        artifact = out_dir / "model.xml"
+        ov.save_model(model, str(artifact), compress_to_fp16=precision == "fp16")
+        return artifact, extra
+
+    def load(self, artifact: Path, threads: int | None = None) -> Session:
+        return OpenVinoSession(artifact, threads)
