@@ -73,9 +73,15 @@ def batches(x: np.ndarray, batch_size: int) -> list[torch.Tensor]:
 
 
 def quantize_model(model: nn.Module, calibration: np.ndarray, *, target: str = "cpu", preset: str | None = None,
-                   ignored_scope: list[str] | None = None, batch_size: int = 32) -> nn.Module:
-    """NNCF PTQ on a BN-folded copy of `model`: int8 fake quantizers calibrated on `calibration` (N, C, H, W)."""
+                   ignored_scope: list[str] | None = None, bias_correction: bool = False,
+                   batch_size: int = 32) -> nn.Module:
+    """NNCF PTQ on a BN-folded copy of `model`: int8 fake quantizers calibrated on `calibration` (N, C, H, W).
+
+    Bias correction is off by default: on small CNNs on digits NNCF's fast bias correction cost 6
+    top-1 points that plain min-max calibration does not lose.
+    """
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
     if target not in TARGETS:
         raise UsageError(f"unknown quantization target '{target}'; known: {', '.join(TARGETS)}")
@@ -94,6 +100,7 @@ def quantize_model(model: nn.Module, calibration: np.ndarray, *, target: str = "
             preset=nncf.QuantizationPreset(preset) if preset else None,
             target_device=nncf.TargetDevice.CPU if target == "cpu" else nncf.TargetDevice.ANY,
             ignored_scope=scope,
+            advanced_parameters=AdvancedQuantizationParameters(disable_bias_correction=not bias_correction),
         )
     except Exception as error:  # NNCF raises many types for models it cannot trace or quantize
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -34,6 +34,7 @@ class QuantizeConfig(TrainConfig):
         None, description="performance: symmetric activations; mixed: asymmetric (NNCF's default: performance)")
     target: Literal["cpu", "tensorrt"] = Field(
         "cpu", description="tensorrt: signed int8 activations and weights, zero point 0, per-channel weights")
+    bias_correction: bool = Field(False, description="NNCF fast bias correction after calibration")
     # QAT fine-tuning (mode: qat)
     epochs: int = Field(3, ge=1)
     lr: float = Field(1e-4, gt=0)
@@ -79,7 +80,7 @@ class QuantizeStage(Stage):
         ctx.log(f"NNCF int8 PTQ ({cfg.target}) calibrating on {len(calibration)} training samples")
         torch.manual_seed(ctx.pipeline.seed)
         quantized = quantize_model(student, calibration, target=cfg.target, preset=cfg.preset,
-                                   ignored_scope=cfg.ignored_scope)
+                                   ignored_scope=cfg.ignored_scope, bias_correction=cfg.bias_correction)
         ptq_top1 = accuracy(quantized, data.x_val, data.y_val)
         ctx.log(f"{len(quantizers(quantized))} quantizers; PTQ val top-1 {ptq_top1:.4f} "
                 f"(fp32 {ctx.outputs['distill']['val_top1']:.4f})")
