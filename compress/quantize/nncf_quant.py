@@ -10,7 +10,9 @@ exactly what TensorRT's int8 does too). BatchNorm is folded into the convolution
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import logging
 import re
@@ -95,13 +97,14 @@ def quantize_model(model: nn.Module, calibration: np.ndarray, *, target: str = "
     fold_batchnorm(model)
     calibration_batches = batches(calibration, batch_size)
     try:
-        quantized = nncf.quantize(
-            model, nncf.Dataset(calibration_batches), subset_size=len(calibration_batches),
-            preset=nncf.QuantizationPreset(preset) if preset else None,
-            target_device=nncf.TargetDevice.CPU if target == "cpu" else nncf.TargetDevice.ANY,
-            ignored_scope=scope,
-            advanced_parameters=AdvancedQuantizationParameters(disable_bias_correction=not bias_correction),
-        )
+        with silent_progress():
+            quantized = nncf.quantize(
+                model, nncf.Dataset(calibration_batches), subset_size=len(calibration_batches),
+                preset=nncf.QuantizationPreset(preset) if preset else None,
+                target_device=nncf.TargetDevice.CPU if target == "cpu" else nncf.TargetDevice.ANY,
+                ignored_scope=scope,
+                advanced_parameters=AdvancedQuantizationParameters(disable_bias_correction=not bias_correction),
+            )
     except Exception as error:  # NNCF raises many types for models it cannot trace or quantize
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise NotQuantizable(f"NNCF cannot quantize this model: {type(error).__name__}: {first}") from None
@@ -161,6 +164,11 @@ def _restore(config: dict[str, Any]) -> dict[str, Any]:
         if isinstance(module_config.get("scale_shape"), list):
             module_config["scale_shape"] = tuple(module_config["scale_shape"])
     return config
+
+
+def silent_progress():
+    """NNCF draws rich progress bars on stdout; the stages log their own progress instead."""
+    return contextlib.redirect_stdout(io.StringIO())
 
 
 def quiet_nncf() -> None:

@@ -64,8 +64,8 @@ class QuantizeStage(Stage):
         return {"data": pipeline.data.model_dump(mode="json"), "seed": pipeline.seed}
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from compress.quantize.nncf_quant import (missing_modules, quantize_model, quantizers, quiet_nncf,
-                                                  save_quantized)
+        from compress.quantize.nncf_quant import (NotQuantizable, missing_modules, quantize_model, quantizers,
+                                                  quiet_nncf, save_quantized)
 
         cfg: QuantizeConfig = ctx.config
         data = ctx.data
@@ -79,8 +79,11 @@ class QuantizeStage(Stage):
         calibration = calibration_samples(data.x_train, cfg.calibration_size, ctx.pipeline.seed)
         ctx.log(f"NNCF int8 PTQ ({cfg.target}) calibrating on {len(calibration)} training samples")
         torch.manual_seed(ctx.pipeline.seed)
-        quantized = quantize_model(student, calibration, target=cfg.target, preset=cfg.preset,
-                                   ignored_scope=cfg.ignored_scope, bias_correction=cfg.bias_correction)
+        try:
+            quantized = quantize_model(student, calibration, target=cfg.target, preset=cfg.preset,
+                                       ignored_scope=cfg.ignored_scope, bias_correction=cfg.bias_correction)
+        except NotQuantizable as error:
+            raise ConfigError(ctx.pipeline.source_file, "student.model", f"'{spec.name}': {error}") from None
         ptq_top1 = accuracy(quantized, data.x_val, data.y_val)
         ctx.log(f"{len(quantizers(quantized))} quantizers; PTQ val top-1 {ptq_top1:.4f} "
                 f"(fp32 {ctx.outputs['distill']['val_top1']:.4f})")

@@ -8,6 +8,8 @@ OpenVINO model with the `calibration` samples.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +53,10 @@ def nncf_quantize_ir(model, calibration: np.ndarray, batch_size: int = 32):
     logging.getLogger("nncf").setLevel(logging.WARNING)
     batches = [np.ascontiguousarray(calibration[i:i + batch_size], dtype=np.float32)
                for i in range(0, len(calibration), batch_size)]
-    return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
-                         target_device=nncf.TargetDevice.CPU,
-                         advanced_parameters=AdvancedQuantizationParameters(disable_bias_correction=True))
+    with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars
+        return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
+                             target_device=nncf.TargetDevice.CPU,
+                             advanced_parameters=AdvancedQuantizationParameters(disable_bias_correction=True))
 
 
 class OpenVinoEngine(Engine):
