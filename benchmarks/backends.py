@@ -1,13 +1,13 @@
 """Latency of resnet32x4 (teacher) vs resnet8x4 (student) at 3x32x32 on every CPU backend and precision.
 
 Torch eager and every engine of `deploy/engines` (ONNX Runtime fp32/int8, OpenVINO fp32/fp16/int8),
-batch 1 and 32, p50 of many runs, all in one process so ratios compare like with like. int8 comes
+batch 1 and 32, medians over interleaved rounds, all in one process so ratios compare like with like. int8 comes
 both ways the pipeline builds it: from an NNCF Q/DQ ONNX (what the quantize stage exports) and from
 the fp32 ONNX quantized by the engine (ORT static quantization, NNCF PTQ of the OpenVINO model).
 Weights are random (latency does not depend on them); calibration uses random normal inputs.
 The recommendation is `compress.report.recommend` over these rows (no accuracy gate: random weights).
 
-    python benchmarks/backends.py [--runs 200] [--min-seconds 1.0] [--json out.json]
+    python benchmarks/backends.py [--rounds 3] [--runs 30] [--min-seconds 0.2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -54,29 +55,22 @@ def qdq_onnx(model, calibration: np.ndarray, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--min-seconds", type=float, default=1.0)
+    parser.add_argument("--runs", type=int, default=30, help="timed runs per round at batch 1 (a tenth at batch 32)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--min-seconds", type=float, default=0.2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    settings = LatencySettings(warmup=10, warmup_seconds=0.3, runs=args.runs, min_seconds=args.min_seconds)
+    settings = LatencySettings(warmup=3, warmup_seconds=0.1, runs=args.runs, min_seconds=args.min_seconds)
     calibration = np.random.default_rng(0).standard_normal((128, *SHAPE)).astype(np.float32)
-    rows, work = [], Path(tempfile.mkdtemp(prefix="backends-"))
-
-    def add(model_name, backend, precision, source, infer):
-        for batch in (1, 32):
-            timing = measure_latency(infer, SHAPE, batch, settings)
-            rows.append({"model": model_name, "backend": backend, "precision": precision, "source": source,
-                         "batch_size": batch, "artifact": f"{model_name}.{backend}.{precision}.{source}",
-                         **timing, "accuracy": {"top1": 1.0}, "size_mb": 0.0})
-            print(f"{model_name:8s} {backend:12s} {precision:5s} {source:14s} b{batch:<3d} "
-                  f"p50 {timing['latency_ms']['p50']:8.3f} ms", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="backends-"))
+    candidates = []  # (model, backend, precision, source, infer): every artifact is built before any timing
 
     for model_name, arch in (("teacher", "resnet32x4"), ("student", "resnet8x4")):
         torch.manual_seed(0)
         model = build_model(ModelSpec(arch, 3, 100, 32)).eval()
-        add(model_name, "torch", "fp32", "eager", torch_infer(model))
+        candidates.append((model_name, "torch", "fp32", "eager", torch_infer(model)))
         fp32 = work / f"{model_name}.onnx"
         export_onnx(model, SHAPE, fp32)
         simplify_onnx(fp32)
@@ -90,9 +84,24 @@ def main() -> None:
                 out = work / f"{model_name}.{backend}.{precision}.{source.replace(' ', '_').replace('/', '')}"
                 engine = get_engine(backend)
                 built = engine.build(fp32, out, precision, sources=sources, calibration=calibration)
-                session = engine.load(built.artifact, args.threads)
-                add(model_name, backend, precision, source, session.infer)
-                session.close()
+                candidates.append((model_name, backend, precision, source,
+                                   engine.load(built.artifact, args.threads).infer))
+
+    # Rounds over all artifacts, so a burst of load from other work hits every artifact alike;
+    # each artifact's latency is the median of its per-round medians.
+    samples: dict[tuple, list[float]] = {}
+    for round_index in range(args.rounds):
+        for model_name, backend, precision, source, infer in candidates:
+            for batch in (1, 32):
+                runs = args.runs if batch == 1 else max(3, args.runs // 10)  # a teacher batch of 32 is slow
+                timing = measure_latency(infer, SHAPE, batch, replace(settings, runs=runs))
+                samples.setdefault((model_name, backend, precision, source, batch), []).append(
+                    timing["latency_ms"]["p50"])
+        print(f"round {round_index + 1}/{args.rounds} done", flush=True)
+    rows = [{"model": m, "backend": b, "precision": p, "source": s, "batch_size": n,
+             "artifact": f"{m}.{b}.{p}.{s}", "latency_ms": {"p50": float(np.median(values))},
+             "rounds_ms": values, "accuracy": {"top1": 1.0}, "size_mb": 0.0}
+            for (m, b, p, s, n), values in samples.items()]
 
     teacher_b1 = next(r for r in rows if r["model"] == "teacher" and r["backend"] == "torch" and r["batch_size"] == 1)
     choice = recommend(rows, GatesConfig())
