@@ -66,6 +66,23 @@ def test_qat_int8_students_stay_within_one_point_of_fp32(qat_run):
     assert read_json(run_dir / "stages/build/student.openvino.fp32/engine.json")["source_onnx"].endswith("student.onnx")
 
 
+def test_an_interrupted_qat_resumes_from_its_last_epoch(qat_run, capsys):
+    """As if the run died after the last QAT epoch: the rerun resumes from last.pt instead of retraining."""
+    from compress.fileio import write_json
+
+    config, work = qat_run
+    record = read_json(work / "run/run.json")
+    record["stages"]["quantize"]["status"] = "running"
+    write_json(work / "run/run.json", record)
+    (work / "run/stages/quantize/student.int8.pt").unlink()
+    path = work / "pipeline.yaml"
+    assert main(["run", str(path), "--run-dir", str(work / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "[distill] cached" in out and "[quantize] resuming from epoch 2/2" in out
+    assert "[quantize] epoch" not in out
+    assert (work / "run/stages/quantize/student.int8.pt").is_file()
+
+
 def test_ptq_for_tensorrt_exports_signed_int8_and_reuses_the_student(qat_run, capsys):
     config, work = qat_run
     config["stages"]["quantize"] = {"mode": "ptq", "target": "tensorrt", "calibration_size": 200}

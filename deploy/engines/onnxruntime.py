@@ -35,6 +35,7 @@ def static_quantize(onnx_path: Path, out_path: Path, calibration: np.ndarray, ba
     """ORT static quantization of an fp32 ONNX to QDQ with per-channel weights."""
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     input_name = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
 
@@ -47,8 +48,13 @@ def static_quantize(onnx_path: Path, out_path: Path, calibration: np.ndarray, ba
             batch = next(self.batches, None)
             return None if batch is None else {input_name: batch}
 
-    quantize_static(str(onnx_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    prepared = out_path.with_name(f".{out_path.stem}.pre.onnx")  # ORT's recommended shape inference + fusions
+    try:
+        quant_pre_process(str(onnx_path), str(prepared))
+        quantize_static(str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    finally:
+        prepared.unlink(missing_ok=True)
 
 
 class OnnxRuntimeEngine(Engine):
