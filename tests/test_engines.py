@@ -110,3 +110,17 @@ def test_an_engine_that_is_not_installed_is_a_config_error(tiny_config, write_pi
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
         f"error: {path}: stages.build.targets: openvino is not installed here (pip install openvino)"]
+
+
+@pytest.mark.parametrize("target, words", [
+    ("onnxruntime:fp16", "onnxruntime builds fp32, int8, not 'fp16'"),
+    ("openvino:int4", "openvino builds fp32, fp16, int8, not 'int4'"),
+])
+def test_a_precision_an_engine_cannot_build_is_a_config_error(tiny_config, target, words):
+    from compress.config import parse_config
+    from compress.errors import ConfigError
+
+    tiny_config["stages"]["build"]["targets"] = [target]
+    with pytest.raises(ConfigError) as error:
+        parse_config(tiny_config, "p.yaml")
+    assert error.value.path == "stages.build.targets" and words in error.value.message
