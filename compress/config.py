@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from compress.errors import ConfigError
 
@@ -118,6 +118,12 @@ class PipelineConfig(Strict):
     student: ModelConfig
     stages: dict[str, Any] = Field(default_factory=dict)
     gates: GatesConfig = Field(default_factory=GatesConfig)
+    # The YAML file it came from, so a stage that finds a bad field at run time can name it.
+    _source_file: str = PrivateAttr("pipeline.yaml")
+
+    @property
+    def source_file(self) -> str:
+        return self._source_file
 
     @field_validator("name")
     @classmethod
@@ -209,6 +215,7 @@ def parse_config(raw: Any, file: str = "pipeline.yaml", base: Path | None = None
     except ValidationError as error:
         _raise_first(file, error)
     cfg.stages = _validate_stages(file, stages_raw)
+    cfg._source_file = file
     _resolve_paths(cfg, base or Path.cwd())
     _check_files(file, cfg)
     _check_models(file, cfg)

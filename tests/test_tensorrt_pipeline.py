@@ -80,7 +80,7 @@ def test_lint_findings_warn_without_tensorrt_and_stop_the_run_with_it(tiny_confi
     ({"targets": ["tensorrt"], "tensorrt": {"min_batch": 8, "opt_batch": 2}},
      "stages.build.tensorrt: need min_batch <= opt_batch <= max_batch"),
     ({"targets": ["tensorrt:int4"]}, "stages.build.targets: tensorrt builds fp32, fp16, int8, not 'int4'"),
-    ({"targets": ["tritonserver"]}, "unknown backend 'tritonserver'; known: onnxruntime, tensorrt, triton"),
+    ({"targets": ["tritonserver"]}, "unknown backend 'tritonserver'; known: onnxruntime, openvino, tensorrt, triton"),
 ])
 def test_bad_tensorrt_config_is_one_line_and_exit_2(tiny_config, write_pipeline, capsys, build, message):
     tiny_config["stages"]["build"] = build

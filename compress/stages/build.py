@@ -7,10 +7,14 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from compress.config import PipelineConfig, Strict
+from compress.quantize.calibration import calibration_samples
 from compress.stages import register_stage
 from compress.stages.base import Stage, StageContext
 from compress.trt_targets import (EXPORT_TARGETS, TensorRTOptions, check_targets, defer_tensorrt, export_sources,
                                   tensorrt_build_options, write_triton)
+
+
+CALIBRATION_SAMPLES = 300
 
 
 def parse_target(target: str) -> tuple[str, str]:
@@ -54,11 +58,15 @@ class BuildStage(Stage):
     Config = BuildConfig
     reads = ("export",)
 
+    def key_material(self, pipeline: PipelineConfig) -> dict[str, Any]:
+        return {"data": pipeline.data.model_dump(mode="json"), "seed": pipeline.seed}  # calibration samples
+
     def run(self, ctx: StageContext) -> dict[str, Any]:
         from deploy.engines import get_engine
 
         onnx_path = ctx.path(ctx.outputs["export"]["onnx"])
-        sources = export_sources(ctx)
+        sources = export_sources(ctx)  # each engine picks its own: e.g. int8 from the Q/DQ ONNX when quantize ran
+        calibration = calibration_samples(ctx.data.x_train, CALIBRATION_SAMPLES, ctx.pipeline.seed)
         engines, deferred, exports = [], [], []
         for target in ctx.config.targets:
             backend, precision = parse_target(target)
@@ -66,14 +74,12 @@ class BuildStage(Stage):
                 continue  # written after the engines, so that a built plan can be used
             out_dir = ctx.stage_dir / f"student.{backend}.{precision}"
             engine = get_engine(backend)
-            options = {"sources": sources, "calibration": None}
+            options = {"sources": sources, "calibration": calibration}
             if backend == "tensorrt":
                 options.update(tensorrt_build_options(ctx, ctx.config.tensorrt))
                 reason = engine.missing()
                 if reason:
-                    from deploy.engines.tensorrt import select_source
-
-                    entry = defer_tensorrt(ctx, out_dir, precision, select_source(precision, onnx_path, sources),
+                    entry = defer_tensorrt(ctx, out_dir, precision, engine.source(onnx_path, precision, sources),
                                            ctx.config.tensorrt, reason)
                     ctx.log(f"tensorrt {precision}: {reason}; the engine will be built on the device at deploy "
                             f"time ({entry['script']})")

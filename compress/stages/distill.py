@@ -93,6 +93,6 @@ class DistillStage(Stage):
 
         def objective(student):
             return Objective(specs, student, teacher, x, cfg, cfg.temperature, use_cache=cfg.teacher_cache,
-                             log=ctx.log)
+                             file=ctx.pipeline.source_file, log=ctx.log)
 
         return train_student(ctx, cfg, x, y, objective=objective)

@@ -55,13 +55,24 @@ class ExportStage(Stage):
         report = parity(predict_logits(model, x).numpy(), onnx_logits(path, x))
         report.update(atol=cfg.atol, min_top1_agreement=cfg.min_top1_agreement)
         report["passed"] = report["max_abs_error"] <= cfg.atol and report["top1_agreement"] >= cfg.min_top1_agreement
+        outputs = {}
+        if ctx.has("quantize"):  # Q/DQ ONNX of the quantized student, parity vs its fake-quantized model
+            from compress.quantize.export import export_qdq
+
+            qdq_path = ctx.stage_dir / "student.qdq.onnx"
+            report["qdq"] = export_qdq(ctx.path(ctx.outputs["quantize"]["checkpoint"]), qdq_path, x, cfg.opset,
+                                       cfg.dynamic_batch, cfg.min_top1_agreement, cfg.simplify)
+            ctx.log(f"student.qdq.onnx: {report['qdq']['form']['quantize_nodes']} QuantizeLinear, top-1 agreement "
+                    f"{report['qdq']['top1_agreement']:.4f} with the fake-quantized model")
+            report["passed"] = report["passed"] and report["qdq"]["passed"]
+            outputs["onnx_qdq"] = ctx.relative(qdq_path)
         write_json(ctx.stage_dir / "parity.json", report)
         ctx.log(f"student.onnx opset {cfg.opset}{' simplified' if simplified else ''}: max abs error "
                 f"{report['max_abs_error']:.2e}, top-1 agreement {report['top1_agreement']:.4f}")
         if not report["passed"]:
             raise StageFailed("export", f"ONNX parity outside tolerance (see {ctx.stage_dir / 'parity.json'})")
-        outputs = {"onnx": ctx.relative(path), "parity": ctx.relative(ctx.stage_dir / "parity.json"),
-                   "onnx_sha256": sha256_file(path), "input_shape": list(ctx.data.input_shape)}
+        outputs.update({"onnx": ctx.relative(path), "parity": ctx.relative(ctx.stage_dir / "parity.json"),
+                        "onnx_sha256": sha256_file(path), "input_shape": list(ctx.data.input_shape)})
         # TensorRT: FP16 copy + lint (of student.onnx and, when written above, student.qdq.onnx).
         outputs.update(export_for_tensorrt(ctx, path, x, onnx_logits))
         return outputs

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from deploy.engines.base import BuiltEngine, Engine, EngineUnavailable, Session, read_sidecar
 from deploy.engines.onnxruntime import OnnxRuntimeEngine
+from deploy.engines.openvino import OpenVinoEngine
 from deploy.engines.tensorrt import TensorRTEngine
 
-ENGINES: dict[str, type[Engine]] = {cls.backend: cls for cls in (OnnxRuntimeEngine, TensorRTEngine)}
+ENGINES: dict[str, type[Engine]] = {cls.backend: cls for cls in (OnnxRuntimeEngine, OpenVinoEngine, TensorRTEngine)}
 
 
 def get_engine(backend: str) -> Engine:

@@ -67,21 +67,31 @@ class Engine(ABC):
         if not self.available():
             raise EngineUnavailable(f"{self.backend} is not installed")
         out_dir.mkdir(parents=True, exist_ok=True)
+        source = self.source(Path(onnx_path), precision, options.get("sources") or {})
         started = time.perf_counter()
-        artifact, extra = self._build(Path(onnx_path), out_dir, precision, **options)
+        artifact, extra = self._build(source, out_dir, precision, **options)
         sidecar = {
             "backend": self.backend,
             "version": self.version(),
             "precision": precision,
             "artifact": artifact.name,
-            "source_onnx": str(onnx_path),
-            "source_onnx_sha256": sha256_file(onnx_path),
+            "source_onnx": str(source),
+            "source_onnx_sha256": sha256_file(source),
+            "input_shape": onnx_input_shape(source),
             "artifact_sha256": sha256_file(artifact),
             "build_seconds": round(time.perf_counter() - started, 3),
             **extra,
         }
         write_json(out_dir / SIDECAR, sidecar)
         return BuiltEngine(out_dir, sidecar)
+
+    def source(self, onnx_path: Path, precision: str, sources: dict[str, Path]) -> Path:
+        """The ONNX this precision is built from; `sources` maps 'fp32', 'qdq', 'fp16' to files that exist."""
+        return onnx_path
+
+    def describe(self, directory: Path) -> dict[str, Any]:
+        """What was built: the engine.json sidecar of an artifact folder."""
+        return read_sidecar(directory)
 
     @abstractmethod
     def _build(self, onnx_path: Path, out_dir: Path, precision: str, **options: Any) -> tuple[Path, dict[str, Any]]:
@@ -90,6 +100,15 @@ class Engine(ABC):
     @abstractmethod
     def load(self, artifact: Path, threads: int | None = None) -> Session:
         """Open an artifact file for inference."""
+
+
+def onnx_input_shape(path: Path) -> list[int | str]:
+    """Shape of the first graph input; a dynamic dimension is its name (e.g. 'batch')."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dims = graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
 
 
 def read_sidecar(directory: Path) -> dict[str, Any]:

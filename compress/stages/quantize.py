@@ -1,0 +1,111 @@
+"""quantize (optional): NNCF int8 PTQ of the distilled student, or QAT with the teacher still distilling.
+
+`mode: ptq` calibrates the quantizers on training samples; `mode: qat` does the same, then fine-tunes
+the fake-quantized student with loss = alpha * KD(teacher, T) + (1 - alpha) * CE, checkpointing every
+epoch like distill so a killed run resumes. The export stage turns the result into a Q/DQ ONNX.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from compress.config import PipelineConfig, TrainConfig
+from compress.distill.objective import Objective, default_losses
+from compress.distill.train import accuracy, fit
+from compress.errors import ConfigError
+from compress.models import load_model
+from compress.quantize.calibration import calibration_samples
+from compress.stages import register_stage
+from compress.stages.base import Stage, StageContext
+
+TRAINING_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "schedule",
+                   "temperature", "alpha")
+
+
+class QuantizeConfig(TrainConfig):
+    mode: Literal["ptq", "qat"] = "ptq"
+    calibration_size: int = Field(300, ge=1, description="training samples used to calibrate the quantizers")
+    ignored_scope: list[str] = Field(default_factory=list, description="student module names kept in float")
+    preset: Literal["performance", "mixed"] | None = Field(
+        None, description="performance: symmetric activations; mixed: asymmetric (NNCF's default: performance)")
+    target: Literal["cpu", "tensorrt"] = Field(
+        "cpu", description="tensorrt: signed int8 activations and weights, zero point 0, per-channel weights")
+    bias_correction: bool = Field(False, description="NNCF fast bias correction after calibration")
+    # QAT fine-tuning (mode: qat)
+    epochs: int = Field(3, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the KD term; 1 - alpha weighs cross-entropy")
+
+    def check(self, pipeline: PipelineConfig) -> tuple[str, str] | None:
+        if self.mode == "ptq":
+            training = [name for name in TRAINING_FIELDS if name in self.model_fields_set]
+            if training:
+                return training[0], "is a QAT option; set mode: qat to fine-tune, or remove it"
+        if self.target == "tensorrt" and self.preset == "mixed":
+            return "preset", "target tensorrt needs symmetric activations: use preset performance or leave it out"
+        if len(set(self.ignored_scope)) != len(self.ignored_scope):
+            return "ignored_scope", "a module is listed twice"
+        return None
+
+
+@register_stage
+class QuantizeStage(Stage):
+    name = "quantize"
+    Config = QuantizeConfig
+    optional = True
+    reads = ("teacher", "distill")
+
+    def key_material(self, pipeline: PipelineConfig) -> dict[str, Any]:
+        return {"data": pipeline.data.model_dump(mode="json"), "seed": pipeline.seed}
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        from compress.quantize.nncf_quant import (NotQuantizable, missing_modules, quantize_model, quantizers,
+                                                  quiet_nncf, save_quantized)
+
+        cfg: QuantizeConfig = ctx.config
+        data = ctx.data
+        student, spec = load_model(ctx.path(ctx.outputs["distill"]["checkpoint"]))
+        for index, name in enumerate(cfg.ignored_scope):
+            if name in missing_modules(student, [name]):
+                modules = ", ".join(n for n, _ in student.named_modules() if n)
+                raise ConfigError(ctx.pipeline.source_file, f"stages.quantize.ignored_scope[{index}]",
+                                  f"no module '{name}' in student '{spec.name}'; its modules: {modules}")
+        quiet_nncf()
+        calibration = calibration_samples(data.x_train, cfg.calibration_size, ctx.pipeline.seed)
+        ctx.log(f"NNCF int8 PTQ ({cfg.target}) calibrating on {len(calibration)} training samples")
+        torch.manual_seed(ctx.pipeline.seed)
+        try:
+            quantized = quantize_model(student, calibration, target=cfg.target, preset=cfg.preset,
+                                       ignored_scope=cfg.ignored_scope, bias_correction=cfg.bias_correction)
+        except NotQuantizable as error:
+            raise ConfigError(ctx.pipeline.source_file, "student.model", f"'{spec.name}': {error}") from None
+        ptq_top1 = accuracy(quantized, data.x_val, data.y_val)
+        ctx.log(f"{len(quantizers(quantized))} quantizers; PTQ val top-1 {ptq_top1:.4f} "
+                f"(fp32 {ctx.outputs['distill']['val_top1']:.4f})")
+        outputs: dict[str, Any] = {}
+        if cfg.mode == "qat":
+            outputs = self._fine_tune(ctx, cfg, quantized)
+        val_top1 = accuracy(quantized, data.x_val, data.y_val)
+        path = ctx.stage_dir / "student.int8.pt"
+        save_quantized(path, quantized, spec, {"mode": cfg.mode, "target": cfg.target})
+        ctx.log(f"int8 student val top-1 {val_top1:.4f}")
+        return {"checkpoint": ctx.relative(path), "mode": cfg.mode, "target": cfg.target, "val_top1": val_top1,
+                "ptq_val_top1": ptq_top1, "fp32_val_top1": ctx.outputs["distill"]["val_top1"],
+                "quantizers": len(quantizers(quantized)), **outputs}
+
+    def _fine_tune(self, ctx: StageContext, cfg: QuantizeConfig, quantized: torch.nn.Module) -> dict[str, Any]:
+        """QAT+KD: the teacher keeps distilling into the fake-quantized student."""
+        data = ctx.data
+        teacher, _ = load_model(ctx.path(ctx.outputs["teacher"]["checkpoint"]))
+        objective = Objective(default_losses(cfg.temperature, cfg.alpha), quantized, teacher, data.x_train, cfg,
+                              cfg.temperature, file=ctx.pipeline.source_file, section="stages.quantize",
+                              log=ctx.log)
+        ctx.log(f"QAT+KD for {cfg.epochs} epochs (alpha {cfg.alpha}, T {cfg.temperature})")
+        result = fit(quantized, data.x_train, data.y_train, data.x_val, data.y_val, cfg, ctx.stage_dir,
+                     ctx.pipeline.seed, loss_fn=objective, log=ctx.log)
+        objective.close()
+        return {"best_epoch": result.best_epoch, "metrics": ctx.relative(ctx.stage_dir / "metrics.jsonl")}

@@ -1,0 +1,100 @@
+"""OpenVINO engine (CPU plugin): IR from `openvino.convert_model` + `save_model`.
+
+fp32 keeps fp32 weights; fp16 stores fp16-compressed weights (the CPU plugin decompresses them);
+a session runs at the precision of its artifact (engine.json), not at the plugin's default;
+int8 converts the quantize stage's Q/DQ ONNX when there is one, otherwise runs NNCF PTQ on the
+OpenVINO model with the `calibration` samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.fileio import read_json
+from deploy.engines.base import SIDECAR, Engine, EngineUnavailable, Session
+
+
+# The CPU plugin computes in bf16 by default where the CPU has it (AVX512-BF16, AMX): an "fp32" artifact
+# must ask for f32. fp16 asks for f16, which the plugin serves as bf16 on CPUs without fp16 arithmetic.
+# int8 keeps its non-quantized ops in f32, as ONNX Runtime does.
+INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
+
+
+class OpenVinoSession(Session):
+    def __init__(self, path: Path, threads: int | None = None, precision: str | None = None):
+        import openvino as ov
+
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        if precision in INFERENCE_PRECISION:
+            config["INFERENCE_PRECISION_HINT"] = INFERENCE_PRECISION[precision]
+        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self.inference_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.request = self.compiled.create_infer_request()
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        result = self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        return np.array(result[self.compiled.output(0)])
+
+
+def nncf_quantize_ir(model, calibration: np.ndarray, batch_size: int = 32):
+    """NNCF PTQ of an OpenVINO model: int8 for the CPU, min-max ranges, no bias correction (as the quantize stage)."""
+    import logging
+
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+    logging.getLogger("nncf").setLevel(logging.WARNING)
+    batches = [np.ascontiguousarray(calibration[i:i + batch_size], dtype=np.float32)
+               for i in range(0, len(calibration), batch_size)]
+    with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars
+        return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
+                             target_device=nncf.TargetDevice.CPU,
+                             advanced_parameters=AdvancedQuantizationParameters(disable_bias_correction=True))
+
+
+class OpenVinoEngine(Engine):
+    backend = "openvino"
+    precisions = ("fp32", "fp16", "int8")
+
+    @classmethod
+    def version(cls) -> str | None:
+        try:
+            import openvino
+        except ImportError:
+            return None
+        return openvino.__version__
+
+    def source(self, onnx_path: Path, precision: str, sources: dict[str, Path]) -> Path:
+        if precision == "int8" and sources.get("qdq"):
+            return Path(sources["qdq"])
+        return Path(sources.get("fp32") or onnx_path)
+
+    def _build(self, onnx_path: Path, out_dir: Path, precision: str, **options: Any) -> tuple[Path, dict[str, Any]]:
+        import openvino as ov
+
+        model = ov.convert_model(str(onnx_path))
+        extra: dict[str, Any] = {"device": "CPU", "inference_precision_hint": INFERENCE_PRECISION[precision]}
+        if precision == "int8" and not (options.get("sources") or {}).get("qdq"):
+            calibration = options.get("calibration")
+            if calibration is None or not len(calibration):
+                raise EngineUnavailable("openvino int8 without a Q/DQ ONNX needs calibration samples")
+            model = nncf_quantize_ir(model, calibration)
+            extra["quantization"] = {"method": "NNCF PTQ of the OpenVINO model",
+                                     "calibration_samples": int(len(calibration))}
+        elif precision == "int8":
+            extra["quantization"] = {"method": "Q/DQ ONNX from the quantize stage"}
+        artifact = out_dir / "model.xml"
+        ov.save_model(model, str(artifact), compress_to_fp16=precision == "fp16")
+        return artifact, extra
+
+    def load(self, artifact: Path, threads: int | None = None) -> Session:
+        sidecar = Path(artifact).parent / SIDECAR
+        precision = read_json(sidecar).get("precision") if sidecar.is_file() else None
+        return OpenVinoSession(artifact, threads, precision)

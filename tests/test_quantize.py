@@ -1,0 +1,88 @@
+"""NNCF quantization of a student: PTQ, TensorRT-form Q/DQ, ignored scope, save/load, BN folding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from compress.errors import UsageError
+from compress.export import export_onnx
+from compress.models import ModelSpec, build_model
+from compress.quantize.export import qdq_form
+from compress.quantize.fold import fold_batchnorm
+from compress.quantize.nncf_quant import (NotQuantizable, load_quantized, quantize_model, quantizers, quiet_nncf,
+                                          save_quantized, strip, weight_quantizers)
+from tests.quant_models import ScaledPixels
+
+SPEC = ModelSpec("cnn", 1, 10, 8, {"channels": [8, 16]})
+
+
+@pytest.fixture(scope="module")
+def student():
+    quiet_nncf()
+    torch.manual_seed(0)
+    return build_model(SPEC).eval()
+
+
+@pytest.fixture(scope="module")
+def inputs() -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((64, 1, 8, 8)).astype(np.float32)
+
+
+def test_batchnorm_folds_into_the_convolution_without_changing_outputs(student, inputs):
+    import copy
+
+    folded = copy.deepcopy(student)
+    assert fold_batchnorm(folded) == 2
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.from_numpy(inputs)
+    torch.testing.assert_close(folded(x), student(x), atol=1e-5, rtol=1e-5)
+
+
+def test_ptq_quantizes_every_conv_and_linear_and_stays_close_to_fp32(student, inputs):
+    quantized = quantize_model(student, inputs, target="cpu")
+    assert len(weight_quantizers(quantized)) == 3  # two convs and the classifier
+    x = torch.from_numpy(inputs)
+    with torch.no_grad():
+        reference, fake_quant = student(x), quantized(x)
+    assert not torch.equal(reference, fake_quant)  # quantization happened
+    assert (fake_quant - reference).abs().max() < 0.1 * reference.abs().max()
+
+
+def test_tensorrt_target_exports_signed_int8_with_zero_point_0(student, inputs, tmp_path):
+    forms = {}
+    for target in ("cpu", "tensorrt"):
+        quantized = quantize_model(student, inputs, target=target)
+        path = tmp_path / f"{target}.onnx"
+        export_onnx(strip(quantized, torch.from_numpy(inputs[:2])), (1, 8, 8), path)
+        forms[target] = qdq_form(path)
+    assert forms["tensorrt"]["signed_int8_zero_point_0"], forms["tensorrt"]
+    assert forms["tensorrt"]["quantize_nodes"] == forms["cpu"]["quantize_nodes"] > 0
+    assert forms["cpu"]["by_type"].get("uint8", 0) > 0  # activations after ReLU stay unsigned for CPUs
+
+
+def test_ignored_scope_keeps_a_module_in_float(student, inputs):
+    quantized = quantize_model(student, inputs, ignored_scope=["fc"])
+    assert len(weight_quantizers(quantized)) == 2
+    assert not any("fc/" in name for name in quantizers(quantized))
+    with pytest.raises(UsageError, match="no module 'classifier'"):
+        quantize_model(student, inputs, ignored_scope=["classifier"])
+
+
+def test_a_model_without_quantizable_ops_is_refused(inputs):
+    with pytest.raises(NotQuantizable, match="no operation with weights"):
+        quantize_model(ScaledPixels(1, 10, 8), inputs)
+
+
+def test_a_saved_quantized_model_loads_back_with_weights_only(student, inputs, tmp_path):
+    quantized = quantize_model(student, inputs, target="tensorrt")
+    save_quantized(tmp_path / "q.pt", quantized, SPEC)
+    loaded, spec, _ = load_quantized(tmp_path / "q.pt")
+    x = torch.from_numpy(inputs)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), quantized(x))
+    assert spec == SPEC
+    with pytest.raises(UsageError, match="not a quantized checkpoint"):
+        torch.save({"state_dict": {}}, tmp_path / "plain.pt")
+        load_quantized(tmp_path / "plain.pt")
