@@ -52,7 +52,9 @@ def test_kill_9_during_distill_resumes_and_finishes_the_run(tiny_config, write_p
         outputs = stages[name]["outputs"]
         assert set(outputs) >= {"checkpoint", "val_top1", "best_epoch", "metrics"}
         assert (run_dir / outputs["checkpoint"]).is_file() and 0.5 < outputs["val_top1"] <= 1
-    assert "Recommended artifact" in (run_dir / "report.md").read_text()
+    report = (run_dir / "report.md").read_text()
+    gain = (stages["distill"]["outputs"]["val_top1"] - stages["baseline"]["outputs"]["val_top1"]) * 100
+    assert "Recommended artifact" in report and f"KD gain: **{gain:+.2f} pts**" in report
 
 
 def test_two_process_gloo_run_trains_together_and_only_rank_0_writes(tiny_config, write_pipeline, tmp_path):
