@@ -55,7 +55,7 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
     from compress.config import load_config
 
     cfg = load_config(args.pipeline)
-    console(f"{args.pipeline}: ok (stages: teacher, {', '.join(cfg.stages)})")
+    console(f"{args.pipeline}: ok (stages: {', '.join(cfg.stages)})")
     return 0
 
 

@@ -23,7 +23,7 @@ student:
   kwargs: {channels: [8, 16, 32]}
 
 stages:
-  # baseline: {}          # the student alone (same budget, no teacher): the report shows the KD gain
+  baseline: {}            # the student alone (same budget, no teacher): the report shows the KD gain
   distill:                # Hinton KD: alpha * KD(T) + (1 - alpha) * cross-entropy
     epochs: 15
     batch_size: 64
@@ -35,9 +35,10 @@ stages:
     #   - {name: kd, weight: 0.9, temperature: 4}
     #   - {name: ce, weight: 0.1}
     #   - {name: fitnet, weight: 1.0, student: layers.6, teacher: layers.6}   # features by module path
+  # quantize: {mode: qat, epochs: 3, lr: 0.0001, target: cpu}   # NNCF int8 (ptq | qat with KD); cpu | tensorrt
   export: {opset: 17, dynamic_batch: true, atol: 0.001}
-  build:
-    targets: [onnxruntime:fp32]
+  build:                  # backend:precision; onnxruntime | openvino (fp32 fp16 int8) | tensorrt | triton
+    targets: [onnxruntime:fp32, openvino:fp32]
   benchmark:
     batch_sizes: [1, 32]
   report: {}
