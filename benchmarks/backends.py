@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from compress.artifacts import TorchSession  # noqa: E402
 from compress.bench import LatencySettings, measure_latency  # noqa: E402
 from compress.config import GatesConfig  # noqa: E402
 from compress.export import export_onnx, simplify_onnx  # noqa: E402
@@ -36,13 +37,6 @@ from deploy.engines import get_engine  # noqa: E402
 SHAPE = (3, 32, 32)
 TARGETS = [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "fp16"),
            ("openvino", "int8")]
-
-
-def torch_infer(model):
-    def infer(x):
-        with torch.inference_mode():
-            return model(torch.from_numpy(x)).numpy()
-    return infer
 
 
 def qdq_onnx(model, calibration: np.ndarray, path: Path) -> None:
@@ -70,7 +64,7 @@ def main() -> None:
     for model_name, arch in (("teacher", "resnet32x4"), ("student", "resnet8x4")):
         torch.manual_seed(0)
         model = build_model(ModelSpec(arch, 3, 100, 32)).eval()
-        candidates.append((model_name, "torch", "fp32", "eager", torch_infer(model)))
+        candidates.append((model_name, "torch", "fp32", "eager", TorchSession(model).infer))
         fp32 = work / f"{model_name}.onnx"
         export_onnx(model, SHAPE, fp32)
         simplify_onnx(fp32)

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from compress.errors import UsageError
+from deploy.engines.base import Session
 
 SUFFIX_BACKENDS = {".pt": "torch", ".pth": "torch", ".onnx": "onnxruntime", ".xml": "openvino",
                    ".plan": "tensorrt", ".engine": "tensorrt", ".trt": "tensorrt"}
 
 
-class TorchSession:
+class TorchSession(Session):
     """A torch module behind the engines' `Session` interface (inference mode, intra-op threads set)."""
 
     backend = "torch"
@@ -34,15 +35,6 @@ class TorchSession:
 
         with torch.inference_mode():
             return self.model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> "TorchSession":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def resolve(path: str | Path) -> tuple[Path, dict]:

@@ -40,10 +40,6 @@ class BenchmarkConfig(Strict):
         return None
 
 
-def torch_infer(model) -> Callable[[np.ndarray], np.ndarray]:
-    return TorchSession(model).infer
-
-
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -91,9 +87,6 @@ def artifact_mb(path: str | os.PathLike) -> float:
     companions = [p for p in path.parent.glob(f"{path.stem}.*")
                   if p.is_file() and p != path and p.name != "engine.json" and p.suffix in (".bin", ".data")]
     return round(sum(p.stat().st_size for p in [path, *companions]) / 1e6, 4)
-
-
-file_mb = artifact_mb
 
 
 @register_stage
