@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.artifacts import detect_backend, input_shape, open_session, resolve
-from compress.bench import LatencySettings, benchmark_session, reset_peak_rss
+from compress.bench import LatencySettings, benchmark_session, combine_rounds, reset_peak_rss
 from compress.errors import UsageError
 from compress.reporting.fmt import ms, num, text_table
 
@@ -28,15 +28,30 @@ def parse_ints(text: str, option: str, count: int | None = None) -> list[int]:
 
 
 def benchmark_file(path: str | Path, backend: str | None, batch_sizes: list[int], shape: list[int] | None,
-                   threads: int | None, settings: LatencySettings) -> dict[str, Any]:
+                   threads: int | None, settings: LatencySettings, rounds: int = 1) -> dict[str, Any]:
+    """Measure one artifact; with rounds > 1 it is loaded afresh for each round (see combine_rounds)."""
     from compress.stages.benchmark import artifact_mb, environment
 
     if settings.runs < 1 or settings.warmup < 0 or settings.min_seconds < 0 or settings.warmup_seconds < 0:
         raise UsageError("--runs: must be >= 1 (and --warmup, --warmup-seconds, --min-seconds >= 0)")
+    if rounds < 1:
+        raise UsageError(f"--rounds: must be >= 1, got {rounds}")
     artifact, sidecar = resolve(path)
     backend = backend or detect_backend(artifact, sidecar)
     threads = threads or os.cpu_count() or 1
     reset_peak_rss()
+    measured = [_measure_once(artifact, backend, sidecar, batch_sizes, shape, threads, settings) for _ in range(rounds)]
+    sample_shape = measured[0][0]
+    timings = combine_rounds([t for _, t in measured]) if rounds > 1 else measured[0][1]
+    precision = sidecar.get("precision") or "fp32"
+    rows = [{"model": artifact.stem, "artifact": str(artifact), "backend": backend, "precision": precision, **t,
+             "size_mb": artifact_mb(artifact), "threads": threads} for t in timings]
+    return {"env": environment(threads), "input_shape": list(sample_shape), "rows": rows}
+
+
+def _measure_once(artifact: Path, backend: str, sidecar: dict, batch_sizes: list[int], shape: list[int] | None,
+                  threads: int, settings: LatencySettings) -> tuple[tuple[int, ...], list[dict]]:
+    """Open a fresh session of the artifact and time it at every batch size."""
     try:
         session = open_session(artifact, backend, threads)
     except UsageError:
@@ -52,17 +67,15 @@ def benchmark_file(path: str | Path, backend: str | None, batch_sizes: list[int]
         except Exception as error:
             raise UsageError(f"{artifact}: inference failed for input shape (N, {', '.join(map(str, sample_shape))}): "
                              f"{str(error).splitlines()[0]}") from None
-    precision = sidecar.get("precision") or "fp32"
-    rows = [{"model": artifact.stem, "artifact": str(artifact), "backend": backend, "precision": precision, **t,
-             "size_mb": artifact_mb(artifact), "threads": threads} for t in timings]
-    return {"env": environment(threads), "input_shape": list(sample_shape), "rows": rows}
+    return sample_shape, timings
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
     return text_table(
-        ["backend", "precision", "batch", "mean ms", "std ms", "p50 ms", "p90 ms", "p99 ms", "runs", "samples/s",
-         "peak RSS MB", "size MB"],
+        ["backend", "precision", "batch", "mean ms", "std ms", "p50 ms", "p50 range of rounds ms", "p90 ms",
+         "p99 ms", "runs", "samples/s", "peak RSS MB", "size MB"],
         [[r["backend"], r["precision"], r["batch_size"], ms(r["latency_ms"]["mean"]), ms(r["latency_ms"]["std"]),
-          ms(r["latency_ms"]["p50"]), ms(r["latency_ms"]["p90"]), ms(r["latency_ms"]["p99"]), r["latency_ms"]["runs"],
+          ms(r["latency_ms"]["p50"]), ms(r["latency_ms"].get("round_spread")), ms(r["latency_ms"]["p90"]),
+          ms(r["latency_ms"]["p99"]), r["latency_ms"]["runs"],
           num(r["throughput_per_s"], ".1f"), num(r.get("peak_rss_mb"), ".0f"), num(r["size_mb"], ".3f")]
          for r in rows])

@@ -139,6 +139,24 @@ def accuracy_report(logits: np.ndarray, labels: np.ndarray, teacher_top1: np.nda
 
 # --- one artifact, every measurement ---------------------------------------------------------------
 
+def combine_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """Rows of several rounds (each a fresh load of the artifact) -> one row per batch size.
+
+    A loaded model's speed varies a little from load to load (memory placement, thread pinning),
+    which the within-run std cannot show. Each row keeps the round with the median p50 and adds
+    every round's p50 and their range (`round_spread`), the spread a rerun is expected to see.
+    """
+    combined = []
+    for per_batch in zip(*rounds):
+        ordered = sorted(per_batch, key=lambda row: row["latency_ms"]["p50"])
+        row = dict(ordered[(len(ordered) - 1) // 2])
+        p50s = [r["latency_ms"]["p50"] for r in per_batch]
+        row["latency_ms"] = {**row["latency_ms"], "round_p50s": p50s, "round_spread": max(p50s) - min(p50s)}
+        row["rounds"] = len(per_batch)
+        combined.append(row)
+    return combined
+
+
 def benchmark_session(infer: Infer, input_shape: tuple[int, ...], batch_sizes: list[int],
                       settings: LatencySettings = LatencySettings()) -> list[dict]:
     """Latency and throughput rows (one per batch size) of an open session, with the peak memory seen."""

@@ -88,7 +88,8 @@ def cmd_benchmark(args: argparse.Namespace, console: Console) -> int:
 
     settings = LatencySettings(args.warmup, args.warmup_seconds, args.runs, args.min_seconds)
     shape = parse_ints(args.shape, "--shape") if args.shape else None
-    result = benchmark_file(args.model, args.backend, parse_ints(args.batch, "--batch"), shape, args.threads, settings)
+    result = benchmark_file(args.model, args.backend, parse_ints(args.batch, "--batch"), shape, args.threads, settings,
+                            args.rounds)
     print(format_rows(result["rows"]))
     for row in result["rows"]:
         if row.get("note"):
@@ -153,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup-seconds", type=float, default=0.2)
     bench.add_argument("--runs", type=int, default=30)
     bench.add_argument("--min-seconds", type=float, default=0.5)
+    bench.add_argument("--rounds", type=int, default=1,
+                       help="load and measure the artifact this many times; the row shows the median round and "
+                            "the range of the rounds' p50 (load-to-load variation)")
     bench.add_argument("--json", help="also write the rows (results.json schema) to this file")
     bench.set_defaults(func=cmd_benchmark)
 

@@ -227,6 +227,7 @@ def test_benchmark_command_bad_input_is_one_line_and_exit_2(artifacts, tmp_path,
         (["benchmark", onnx_path, "--batch", "0"], "--batch: expected positive integers, got '0'"),
         (["benchmark", onnx_path, "--backend", "nosuch"], "--backend: unknown backend 'nosuch'"),
         (["benchmark", onnx_path, "--runs", "0"], "--runs: must be >= 1"),
+        (["benchmark", onnx_path, "--rounds", "0"], "--rounds: must be >= 1, got 0"),
         (["benchmark", str(unknown)], "weights.bin: cannot tell the backend from the suffix '.bin'"),
         (["benchmark", str(junk)], "junk.onnx: cannot be loaded by onnxruntime"),
         (["benchmark", onnx_path, "--shape", "3,32,32"], "model.onnx: inference failed for input shape (N, 3, 32, 32)"),
@@ -235,3 +236,28 @@ def test_benchmark_command_bad_input_is_one_line_and_exit_2(artifacts, tmp_path,
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err and "Traceback" not in err, err
+
+
+def test_rounds_keep_the_median_round_and_report_the_range_of_their_p50():
+    from compress.bench import combine_rounds
+
+    def row(batch, p50):
+        return {"batch_size": batch, "latency_ms": {"p50": p50, "std": 0.1}, "throughput_per_s": batch * 1000 / p50}
+
+    rounds = [[row(1, 3.0), row(8, 9.0)], [row(1, 1.0), row(8, 8.0)], [row(1, 2.0), row(8, 10.0)]]
+    combined = combine_rounds(rounds)
+    assert [r["latency_ms"]["p50"] for r in combined] == [2.0, 9.0]
+    assert combined[0]["latency_ms"]["round_p50s"] == [3.0, 1.0, 2.0] and combined[0]["latency_ms"]["round_spread"] == 2.0
+    assert combined[1]["latency_ms"]["round_spread"] == 2.0 and combined[0]["rounds"] == 3
+    assert combined[0]["throughput_per_s"] == 500.0  # the median round's own numbers, not a mix
+
+
+def test_benchmark_command_loads_the_artifact_afresh_for_each_round(artifacts, tmp_path, capsys):
+    out_json = tmp_path / "rows.json"
+    assert main(["--quiet", "benchmark", str(artifacts["onnxruntime"]), "--rounds", "3", "--runs", "5",
+                 "--min-seconds", "0", "--threads", "1", "--json", str(out_json)]) == 0
+    (row,) = json.loads(out_json.read_text())["rows"]
+    p50s = row["latency_ms"]["round_p50s"]
+    assert len(p50s) == 3 and row["rounds"] == 3
+    assert row["latency_ms"]["p50"] == sorted(p50s)[1]
+    assert row["latency_ms"]["round_spread"] == max(p50s) - min(p50s)
