@@ -38,6 +38,14 @@ def simplify_onnx(path: Path) -> bool:
     return True
 
 
+def onnx_logits(path: Path, x: np.ndarray) -> np.ndarray:
+    """Outputs of an ONNX file on `x` in ONNX Runtime (CPU): the reference side of every ONNX parity check."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
 def parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     """Max/mean abs error of logits and top-1 agreement between two output sets."""
     diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))

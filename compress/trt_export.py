@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from compress.errors import StageFailed
-from compress.export import parity
+from compress.export import onnx_logits, parity
 from compress.fileio import write_json
 from compress.fp16_onnx import write_fp16_copy
 from compress.trt_lint import lint, summary_line
@@ -28,7 +28,7 @@ def tensorrt_key_material(pipeline) -> dict[str, Any]:
     return {"tensorrt_targets": tensorrt_targets(pipeline)}
 
 
-def export_for_tensorrt(ctx, onnx_path: Path, x: np.ndarray, onnx_logits) -> dict[str, Any]:
+def export_for_tensorrt(ctx, onnx_path: Path, x: np.ndarray) -> dict[str, Any]:
     """Write student.fp16.onnx and trt_lint.json; return the export outputs they add."""
     fp16_path = write_fp16_copy(onnx_path, ctx.stage_dir / "student.fp16.onnx")
     fp16_parity = parity(onnx_logits(onnx_path, x), onnx_logits(fp16_path, x))

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from pydantic import Field
 
 from compress.config import Strict
 from compress.distill.train import predict_logits
 from compress.errors import StageFailed
-from compress.export import export_onnx, parity, simplify_onnx
+from compress.export import export_onnx, onnx_logits, parity, simplify_onnx
 from compress.fileio import sha256_file, write_json
 from compress.models import load_model
 from compress.stages import register_stage
@@ -25,14 +24,6 @@ class ExportConfig(Strict):
     parity_samples: int = Field(256, ge=1)
     atol: float = Field(1e-3, gt=0, description="max abs error of logits allowed against PyTorch")
     min_top1_agreement: float = Field(0.99, ge=0, le=1)
-
-
-def onnx_logits(path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return session.run(None, {name: x.astype(np.float32)})[0]
 
 
 @register_stage
@@ -74,5 +65,5 @@ class ExportStage(Stage):
         outputs.update({"onnx": ctx.relative(path), "parity": ctx.relative(ctx.stage_dir / "parity.json"),
                         "onnx_sha256": sha256_file(path), "input_shape": list(ctx.data.input_shape)})
         # TensorRT: FP16 copy + lint (of student.onnx and, when written above, student.qdq.onnx).
-        outputs.update(export_for_tensorrt(ctx, path, x, onnx_logits))
+        outputs.update(export_for_tensorrt(ctx, path, x))
         return outputs

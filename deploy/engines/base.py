@@ -7,6 +7,7 @@ float32 NCHW batch to logits.
 
 from __future__ import annotations
 
+import importlib
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -51,11 +52,15 @@ class Session(ABC):
 class Engine(ABC):
     backend: ClassVar[str]
     precisions: ClassVar[tuple[str, ...]]
+    module: ClassVar[str]  # the Python package that runs this backend
 
     @classmethod
-    @abstractmethod
     def version(cls) -> str | None:
         """Installed version, or None when the backend cannot be imported here."""
+        try:
+            return importlib.import_module(cls.module).__version__
+        except ImportError:
+            return None
 
     @classmethod
     def available(cls) -> bool:
@@ -86,8 +91,14 @@ class Engine(ABC):
         return BuiltEngine(out_dir, sidecar)
 
     def source(self, onnx_path: Path, precision: str, sources: dict[str, Path]) -> Path:
-        """The ONNX this precision is built from; `sources` maps 'fp32', 'qdq', 'fp16' to files that exist."""
-        return onnx_path
+        """The ONNX this precision is built from; `sources` maps 'fp32', 'qdq', 'fp16' to files that exist.
+
+        By default int8 starts from the quantize stage's Q/DQ ONNX when there is one (the engine
+        quantizes the fp32 ONNX itself otherwise), and every other precision from the fp32 ONNX.
+        """
+        if precision == "int8" and sources.get("qdq"):
+            return Path(sources["qdq"])
+        return Path(sources.get("fp32") or onnx_path)
 
     def describe(self, directory: Path) -> dict[str, Any]:
         """What was built: the engine.json sidecar of an artifact folder."""

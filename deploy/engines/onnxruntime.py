@@ -61,18 +61,7 @@ class OnnxRuntimeEngine(Engine):
     backend = "onnxruntime"
     precisions = ("fp32", "int8")
 
-    @classmethod
-    def version(cls) -> str | None:
-        try:
-            import onnxruntime
-        except ImportError:
-            return None
-        return onnxruntime.__version__
-
-    def source(self, onnx_path: Path, precision: str, sources: dict[str, Path]) -> Path:
-        if precision == "int8" and sources.get("qdq"):
-            return Path(sources["qdq"])
-        return Path(sources.get("fp32") or onnx_path)
+    module = "onnxruntime"
 
     def _build(self, onnx_path: Path, out_dir: Path, precision: str, **options: Any) -> tuple[Path, dict[str, Any]]:
         artifact = out_dir / "model.onnx"

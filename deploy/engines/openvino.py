@@ -63,18 +63,7 @@ class OpenVinoEngine(Engine):
     backend = "openvino"
     precisions = ("fp32", "fp16", "int8")
 
-    @classmethod
-    def version(cls) -> str | None:
-        try:
-            import openvino
-        except ImportError:
-            return None
-        return openvino.__version__
-
-    def source(self, onnx_path: Path, precision: str, sources: dict[str, Path]) -> Path:
-        if precision == "int8" and sources.get("qdq"):
-            return Path(sources["qdq"])
-        return Path(sources.get("fp32") or onnx_path)
+    module = "openvino"
 
     def _build(self, onnx_path: Path, out_dir: Path, precision: str, **options: Any) -> tuple[Path, dict[str, Any]]:
         import openvino as ov

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from compress.fileio import atomic_path, sha256_file
+from compress.fileio import atomic_path
 from deploy.engines.base import Engine, EngineUnavailable, Session
 from deploy.engines.trtexec import DEFAULT_WORKSPACE_MB, find_trtexec, run_trtexec, trtexec_args
 
@@ -178,13 +178,7 @@ class TensorRTEngine(Engine):
     # Without a CUDA GPU here, the build is deferred to the device (deploy) instead of failing.
     deferrable = True
 
-    @classmethod
-    def version(cls) -> str | None:
-        try:
-            import tensorrt
-        except ImportError:
-            return None
-        return tensorrt.__version__
+    module = "tensorrt"
 
     @classmethod
     def missing(cls) -> str | None:
@@ -206,7 +200,7 @@ class TensorRTEngine(Engine):
                calibration: Any = None, min_batch: int = 1, opt_batch: int = 8, max_batch: int = 32,
                workspace_mb: int = DEFAULT_WORKSPACE_MB, timing_cache: Path | None = None,
                **_: Any) -> tuple[Path, dict[str, Any]]:
-        source = select_source(precision, onnx_path, sources)
+        source = onnx_path  # Engine.build resolved it through self.source()
         input_name, sample_dims = onnx_input(source)
         shapes = profile_shapes(sample_dims, min_batch, opt_batch, max_batch)
         plan = out_dir / PLAN_NAME
@@ -236,8 +230,6 @@ class TensorRTEngine(Engine):
             "shapes": shapes,
             "workspace_mb": int(workspace_mb),
             "timing_cache": str(timing_cache) if timing_cache else None,
-            "source_onnx": str(source),
-            "source_onnx_sha256": sha256_file(source),
             "calibration": "explicit Q/DQ in the ONNX" if precision == "int8" else None,
             **info,
         }
