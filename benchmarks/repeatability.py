@@ -1,29 +1,39 @@
-"""Two back-to-back benchmarks of the same artifact: do their medians agree within their reported spread?
+"""Two back-to-back benchmarks of the same artifact: do their p50 agree within their reported spread?
 
-Measures each artifact twice in a row with the harness every backend shares (`compress benchmark`'s
-code path) and calls the pair in agreement when |p50_A - p50_B| <= max(spread_A, spread_B), where a
-benchmark's reported spread is the larger of its within-run std and, with `--rounds N` (default
-3: the artifact is loaded afresh N times per benchmark), the range of its rounds' p50. The table
-also shows the verdict against the within-run std alone. By default the artifact is a resnet8x4 student (3x32x32 input, random weights:
-latency does not depend on them) as a torch checkpoint and as ONNX; `--model FILE` measures yours.
+Each artifact is benchmarked twice in a row, A then B, and the pair agrees when
+|p50 A - p50 B| <= max(± A, ± B), where ± (`latency_ms.p50_spread`) is what every benchmark
+reports with its p50: how far a rerun's p50 may land, 95%, from its rounds (see
+`compress.bench.repeat_spread`). Two kinds of benchmark are checked:
 
-    python benchmarks/repeatability.py                       # resnet8x4, torch + onnxruntime, batch 1 and 32
-    python benchmarks/repeatability.py --model runs/digits/stages/export/student.onnx --batch 1
+- `compress benchmark FILE` (the ad-hoc command): a resnet8x4 student (3x32x32 input, random
+  weights: latency does not depend on them) as a torch checkpoint and as ONNX, at each thread count;
+- the pipeline's benchmark stage: `compress run PIPELINE --force benchmark`, twice, each in a new
+  process, every row of results.json (teacher, student, engines, each batch size).
+
+    python benchmarks/repeatability.py                                  # both, about 8 minutes on 2 cores
+    python benchmarks/repeatability.py --skip-files --pipelines 3       # the stage only, 3 pairs
+    python benchmarks/repeatability.py --model runs/digits/stages/export/student.onnx --skip-pipeline
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from compress.adhoc_bench import benchmark_file, parse_ints  # noqa: E402
-from compress.bench import LatencySettings  # noqa: E402
+from compress.bench import LatencySettings, within_noise  # noqa: E402
+
+HEADER = ("| benchmark | artifact | threads | batch | A p50 ms | A ± | B p50 ms | B ± | Δ p50 | Δ / ± | agree |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 
 
 def default_artifacts(folder: Path) -> list[Path]:
@@ -40,43 +50,80 @@ def default_artifacts(folder: Path) -> list[Path]:
     return [folder / "resnet8x4.pt", folder / "resnet8x4.onnx"]
 
 
+def pair_line(kind: str, artifact: str, threads: int, a: dict, b: dict) -> tuple[str, bool]:
+    la, lb = a["latency_ms"], b["latency_ms"]
+    delta, spread = abs(la["p50"] - lb["p50"]), max(la["p50_spread"], lb["p50_spread"])
+    agree = bool(within_noise(la, lb))
+    return (f"| {kind} | {artifact} | {threads} | {a['batch_size']} | {la['p50']:.3f} | {la['p50_spread']:.3f} "
+            f"| {lb['p50']:.3f} | {lb['p50_spread']:.3f} | {delta:.3f} | {delta / spread:.2f} "
+            f"| {'yes' if agree else 'NO'} |"), agree
+
+
+def file_pairs(models: list[Path], batches: list[int], thread_counts: list[int], settings: LatencySettings,
+               rounds: int) -> list[bool]:
+    verdicts = []
+    for model in models:
+        for threads in thread_counts:
+            first, second = (benchmark_file(model, None, batches, None, threads, settings, rounds)["rows"]
+                             for _ in "AB")
+            for a, b in zip(first, second):
+                line, agree = pair_line("compress benchmark", f"{model.name} ({a['backend']})", threads, a, b)
+                print(line, flush=True)
+                verdicts.append(agree)
+    return verdicts
+
+
+def stage_results(pipeline: Path, run_dir: Path, force: bool) -> list[dict]:
+    argv = [sys.executable, "-m", "compress", "--quiet", "run", str(pipeline), "--run-dir", str(run_dir)]
+    subprocess.run(argv + (["--force", "benchmark"] if force else []), check=True, cwd=ROOT)
+    return json.loads((run_dir / "stages" / "benchmark" / "results.json").read_text())["rows"]
+
+
+def pipeline_pairs(pipeline: Path, repeats: int, folder: Path) -> list[bool]:
+    run_dir = folder / "run"
+    stage_results(pipeline, run_dir, force=False)  # trains and builds once; its benchmark is not compared
+    verdicts = []
+    for _ in range(repeats):
+        first, second = (stage_results(pipeline, run_dir, force=True) for _ in "AB")
+        for a, b in zip(first, second):
+            line, agree = pair_line("benchmark stage", f"{a['model']}.{a['backend']}.{a['precision']}",
+                                    a["threads"], a, b)
+            print(line, flush=True)
+            verdicts.append(agree)
+    return verdicts
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", help="artifact to measure (repeatable); default: resnet8x4")
     parser.add_argument("--batch", default="1,32")
     parser.add_argument("--threads", default=str(os.cpu_count() or 1), help="comma-separated thread counts")
-    parser.add_argument("--runs", type=int, default=100)
-    parser.add_argument("--min-seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=3, help="fresh loads per benchmark (1: within-run std only)")
+    parser.add_argument("--runs", type=int, default=50, help="timed runs per round, at least")
+    parser.add_argument("--min-seconds", type=float, default=2.0, help="seconds per round, at least")
+    parser.add_argument("--rounds", type=int, default=3, help="fresh loads per benchmark")
+    parser.add_argument("--pipeline", default=str(ROOT / "examples" / "digits" / "pipeline.yaml"))
+    parser.add_argument("--pipelines", type=int, default=2, help="back-to-back pairs of the benchmark stage")
+    parser.add_argument("--skip-files", action="store_true", help="only the benchmark stage")
+    parser.add_argument("--skip-pipeline", action="store_true", help="only `compress benchmark FILE`")
     args = parser.parse_args()
     settings = LatencySettings(warmup=10, warmup_seconds=1.0, runs=args.runs, min_seconds=args.min_seconds)
-    batches = parse_ints(args.batch, "--batch")
+    started = time.time()
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.1f}; "
+          f"agreement: |p50 A - p50 B| <= max(± A, ± B)\n")
+    print(HEADER)
+    verdicts: dict[str, list[bool]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        models = [Path(m) for m in args.model] if args.model else default_artifacts(Path(tmp))
-        print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; runs >= {settings.runs} and >= "
-              f"{settings.min_seconds} s per measurement, {args.rounds} fresh load(s) per benchmark; agreement: "
-              f"|p50 A - p50 B| <= max(spread A, spread B), spread = max(std, p50 range of the rounds)\n")
-        print("| artifact | backend | threads | batch | A p50 ms | A std | A rounds range | B p50 ms | B std "
-              "| B rounds range | Δ p50 | Δ/spread | within std | agree |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
-        agreed = agreed_std = total = 0
-        for model in models:
-            for threads in parse_ints(args.threads, "--threads"):
-                first, second = (benchmark_file(model, None, batches, None, threads, settings, args.rounds)["rows"]
-                                 for _ in "AB")
-                for a, b in zip(first, second):
-                    la, lb = a["latency_ms"], b["latency_ms"]
-                    range_a, range_b = la.get("round_spread", 0.0), lb.get("round_spread", 0.0)
-                    delta = abs(la["p50"] - lb["p50"])
-                    spread = max(la["std"], lb["std"], range_a, range_b)
-                    agree, agree_std = delta <= spread, delta <= max(la["std"], lb["std"])
-                    agreed, agreed_std, total = agreed + agree, agreed_std + agree_std, total + 1
-                    print(f"| {model.name} | {a['backend']} | {threads} | {a['batch_size']} | {la['p50']:.3f} "
-                          f"| {la['std']:.3f} | {range_a:.3f} | {lb['p50']:.3f} | {lb['std']:.3f} | {range_b:.3f} "
-                          f"| {delta:.3f} | {delta / spread if spread else float('inf'):.2f} "
-                          f"| {'yes' if agree_std else 'NO'} | {'yes' if agree else 'NO'} |", flush=True)
-        print(f"\n{agreed}/{total} pairs agree within their reported spread "
-              f"({agreed_std}/{total} within the within-run std alone)")
+        if not args.skip_files:
+            models = [Path(m) for m in args.model] if args.model else default_artifacts(Path(tmp))
+            verdicts["compress benchmark FILE"] = file_pairs(
+                models, parse_ints(args.batch, "--batch"), parse_ints(args.threads, "--threads"), settings,
+                args.rounds)
+        if not args.skip_pipeline:
+            verdicts["benchmark stage"] = pipeline_pairs(Path(args.pipeline).resolve(), args.pipelines, Path(tmp))
+    print()
+    for kind, agreed in verdicts.items():
+        print(f"- {kind}: {sum(agreed)}/{len(agreed)} pairs agree within their reported ±")
+    print(f"- took {time.time() - started:.0f} s; load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 
 

@@ -10,8 +10,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from compress.artifacts import detect_backend, input_shape, open_session, resolve
-from compress.bench import LatencySettings, benchmark_session, combine_rounds, reset_peak_rss
+from compress.bench import LatencySettings, measure_rounds
 from compress.errors import UsageError
 from compress.reporting.fmt import ms, num, text_table
 
@@ -28,8 +30,8 @@ def parse_ints(text: str, option: str, count: int | None = None) -> list[int]:
 
 
 def benchmark_file(path: str | Path, backend: str | None, batch_sizes: list[int], shape: list[int] | None,
-                   threads: int | None, settings: LatencySettings, rounds: int = 1) -> dict[str, Any]:
-    """Measure one artifact; with rounds > 1 it is loaded afresh for each round (see combine_rounds)."""
+                   threads: int | None, settings: LatencySettings, rounds: int = 3) -> dict[str, Any]:
+    """Measure one artifact in `rounds` rounds, loading it afresh for each (see `measure_rounds`)."""
     from compress.stages.benchmark import artifact_mb, environment
 
     if settings.runs < 1 or settings.warmup < 0 or settings.min_seconds < 0 or settings.warmup_seconds < 0:
@@ -39,43 +41,43 @@ def benchmark_file(path: str | Path, backend: str | None, batch_sizes: list[int]
     artifact, sidecar = resolve(path)
     backend = backend or detect_backend(artifact, sidecar)
     threads = threads or os.cpu_count() or 1
-    reset_peak_rss()
-    measured = [_measure_once(artifact, backend, sidecar, batch_sizes, shape, threads, settings) for _ in range(rounds)]
-    sample_shape = measured[0][0]
-    timings = combine_rounds([t for _, t in measured]) if rounds > 1 else measured[0][1]
+    sample_shape = tuple(shape) if shape else None
+
+    def load() -> Any:
+        try:
+            return open_session(artifact, backend, threads)
+        except UsageError:
+            raise
+        except Exception as error:  # a corrupt or foreign file: name it, one line
+            raise UsageError(f"{artifact}: cannot be loaded by {backend}: {str(error).splitlines()[0]}") from None
+
+    def check(session: Any) -> None:
+        """Before any timing: the input shape is known and one batch runs, or the user hears why not."""
+        nonlocal sample_shape
+        sample_shape = sample_shape or input_shape(artifact, backend, sidecar)
+        if sample_shape is None:
+            raise UsageError(f"{artifact}: the input shape is not recorded in the file; pass --shape C,H,W")
+        try:
+            session.infer(np.random.default_rng(0).standard_normal((1, *sample_shape)).astype(np.float32))
+        except Exception as error:
+            raise UsageError(f"{artifact}: inference failed for input shape (N, {', '.join(map(str, sample_shape))}): "
+                             f"{str(error).splitlines()[0]}") from None
+
+    with load() as session:  # the shape is needed before the rounds start
+        check(session)
+    (timings,) = measure_rounds([load], sample_shape, batch_sizes, settings, rounds)
     precision = sidecar.get("precision") or "fp32"
     rows = [{"model": artifact.stem, "artifact": str(artifact), "backend": backend, "precision": precision, **t,
              "size_mb": artifact_mb(artifact), "threads": threads} for t in timings]
     return {"env": environment(threads), "input_shape": list(sample_shape), "rows": rows}
 
 
-def _measure_once(artifact: Path, backend: str, sidecar: dict, batch_sizes: list[int], shape: list[int] | None,
-                  threads: int, settings: LatencySettings) -> tuple[tuple[int, ...], list[dict]]:
-    """Open a fresh session of the artifact and time it at every batch size."""
-    try:
-        session = open_session(artifact, backend, threads)
-    except UsageError:
-        raise
-    except Exception as error:  # a corrupt or foreign file: name it, one line
-        raise UsageError(f"{artifact}: cannot be loaded by {backend}: {str(error).splitlines()[0]}") from None
-    with session:
-        sample_shape = tuple(shape) if shape else input_shape(artifact, backend, sidecar)
-        if sample_shape is None:
-            raise UsageError(f"{artifact}: the input shape is not recorded in the file; pass --shape C,H,W")
-        try:
-            timings = benchmark_session(session.infer, sample_shape, batch_sizes, settings)
-        except Exception as error:
-            raise UsageError(f"{artifact}: inference failed for input shape (N, {', '.join(map(str, sample_shape))}): "
-                             f"{str(error).splitlines()[0]}") from None
-    return sample_shape, timings
-
-
 def format_rows(rows: list[dict[str, Any]]) -> str:
     return text_table(
-        ["backend", "precision", "batch", "mean ms", "std ms", "p50 ms", "p50 range of rounds ms", "p90 ms",
+        ["backend", "precision", "batch", "p50 ms", "± ms (95%, rerun)", "mean ms", "std ms", "p90 ms",
          "p99 ms", "runs", "samples/s", "peak RSS MB", "size MB"],
-        [[r["backend"], r["precision"], r["batch_size"], ms(r["latency_ms"]["mean"]), ms(r["latency_ms"]["std"]),
-          ms(r["latency_ms"]["p50"]), ms(r["latency_ms"].get("round_spread")), ms(r["latency_ms"]["p90"]),
+        [[r["backend"], r["precision"], r["batch_size"], ms(r["latency_ms"]["p50"]), ms(r["latency_ms"].get("p50_spread")),
+          ms(r["latency_ms"]["mean"]), ms(r["latency_ms"]["std"]), ms(r["latency_ms"]["p90"]),
           ms(r["latency_ms"]["p99"]), r["latency_ms"]["runs"],
           num(r["throughput_per_s"], ".1f"), num(r.get("peak_rss_mb"), ".0f"), num(r["size_mb"], ".3f")]
          for r in rows])

@@ -2,17 +2,18 @@
 
 Every backend (torch, onnxruntime, openvino, tensorrt) is measured through `Session.infer`, so the
 numbers in one table come from one harness. Warm-up runs by count and by time, then timed runs
-until both `runs` and `min_seconds` are met. Inputs are fresh random data of the right shape
-(never zeros, which some kernels shortcut). Only numpy is needed here, so the same code can run
-on a device without torch.
+until both `runs` and `min_seconds` are met, in several rounds, each a fresh load, interleaved
+across artifacts; the spread reported with a p50 is how far a rerun's p50 may land (95%), taken
+from the rounds. Inputs are fresh random data of the right shape (never zeros, which some kernels
+shortcut). Only numpy is needed here, so the same code can run on a device without torch.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -20,14 +21,22 @@ Infer = Callable[[np.ndarray], np.ndarray]
 
 # Spread above which a measurement is flagged: p90 more than 25% above p50, or p99 more than twice
 # p50, means the machine was busy or the clock unsteady, and a small speedup is not to be trusted.
-# (Percentiles, not std: one descheduled run among thousands inflates std but says little.)
+# (Percentiles, not std: one descheduled run among thousands inflates std but says little.) A p50
+# whose repeat spread is over 10% of itself is flagged too: a rerun may well rank artifacts otherwise.
 NOISY_TAIL = 0.25
 NOISY_P99 = 2.0
+NOISY_SPREAD = 0.10
 INPUT_POOL = 8
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; 1.96 beyond.
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+       2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+       2.045, 2.042)
 
 
 @dataclass
 class LatencySettings:
+    """Per round: warm-up (count and time), then timed runs until both `runs` and `min_seconds` are met."""
+
     warmup: int = 5
     warmup_seconds: float = 0.2
     runs: int = 30
@@ -39,6 +48,70 @@ def random_inputs(input_shape: tuple[int, ...], batch_size: int, seed: int, coun
     """Distinct standard-normal batches, cycled through the runs so no backend sees one input twice in a row."""
     rng = np.random.default_rng(seed)
     return [rng.standard_normal((batch_size, *input_shape)).astype(np.float32) for _ in range(count)]
+
+
+def time_runs(infer: Infer, input_shape: tuple[int, ...], batch_size: int,
+              settings: LatencySettings = LatencySettings()) -> tuple[list[float], int]:
+    """Warm up (count and time), then time `infer` until both `runs` and `min_seconds` are reached.
+
+    Returns the timed runs in ms and the number of warm-up runs.
+    """
+    pool = random_inputs(tuple(input_shape), batch_size, settings.seed + batch_size)
+    started = time.perf_counter()
+    count = 0
+    while count < settings.warmup or time.perf_counter() - started < settings.warmup_seconds:
+        infer(pool[count % len(pool)])
+        count += 1
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < settings.runs or time.perf_counter() - started < settings.min_seconds:
+        x = pool[len(times) % len(pool)]
+        t0 = time.perf_counter()
+        infer(x)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return times, count
+
+
+def median_halfwidth(times_ms: np.ndarray) -> float:
+    """Half-width of the distribution-free 95% confidence interval of the median (order statistics)."""
+    ordered = np.sort(np.asarray(times_ms, dtype=np.float64))
+    n = len(ordered)
+    if n < 2:
+        return 0.0
+    reach = 1.96 * np.sqrt(n) / 2
+    low = ordered[max(int(np.floor(n / 2 - reach)), 0)]
+    high = ordered[min(int(np.ceil(n / 2 + reach)), n - 1)]
+    return float(high - low) / 2
+
+
+def repeat_spread(round_times: list[list[float]]) -> float:
+    """How far (95%) a rerun's p50 may land from this benchmark's: the half-width of the interval for
+    the difference of two benchmarks of R rounds each.
+
+    Between rounds, each a fresh load of the artifact at another moment, the p50 moves by more than
+    the runs within one round show (memory placement, thread pinning, the host's other tenants); the
+    rounds' p50 estimate that variance: t(R-1) * s * sqrt(2/R). One round cannot see it, so with R=1
+    (and as a floor) it is the sampling error of the pooled median alone, times sqrt(2).
+    """
+    floor = np.sqrt(2) * median_halfwidth(np.concatenate([np.asarray(t, dtype=np.float64) for t in round_times]))
+    if len(round_times) < 2:
+        return float(floor)
+    p50s = np.array([np.percentile(t, 50) for t in round_times])
+    rounds = len(p50s)
+    t95 = T95[rounds - 2] if rounds - 1 <= len(T95) else 1.96
+    return float(max(t95 * p50s.std(ddof=1) * np.sqrt(2 / rounds), floor))
+
+
+def within_noise(a: dict, b: dict) -> bool | None:
+    """Whether two benchmarks' p50 differ by no more than the larger repeat spread either reports.
+
+    `a` and `b` are `latency_ms` records (or anything with p50 and p50_spread); None when neither
+    records a spread (results written before the spread existed).
+    """
+    spreads = [s for s in (a.get("p50_spread"), b.get("p50_spread")) if s is not None]
+    if not spreads:
+        return None
+    return abs(a["p50"] - b["p50"]) <= max(spreads)
 
 
 def latency_stats(times_ms: list[float] | np.ndarray) -> dict:
@@ -54,33 +127,45 @@ def latency_stats(times_ms: list[float] | np.ndarray) -> dict:
     return stats
 
 
+def round_stats(round_times: list[list[float]]) -> dict:
+    """Statistics over the timed runs of every round pooled, with each round's p50 and the repeat spread."""
+    stats = latency_stats(np.concatenate([np.asarray(t, dtype=np.float64) for t in round_times]))
+    stats["round_p50s"] = [float(np.percentile(t, 50)) for t in round_times]
+    stats["p50_spread"] = repeat_spread(round_times)
+    stats["noisy"] = bool(stats["noisy"] or stats["p50_spread"] > NOISY_SPREAD * stats["p50"])
+    return stats
+
+
 def noise_note(stats: dict) -> str | None:
     """One line for the report when the spread says the machine was not quiet."""
     if not stats.get("noisy"):
         return None
-    return (f"p90 is {(stats['p90'] / stats['p50'] - 1) * 100:.0f}% above p50 and p99 is "
-            f"{stats['p99'] / stats['p50']:.1f}x p50: the machine was busy; "
-            f"compare medians and rerun before trusting small differences")
+    p50 = stats["p50"]
+    notes = []
+    if (stats["p90"] - p50) / p50 > NOISY_TAIL or stats["p99"] > NOISY_P99 * p50:
+        notes.append(f"p90 is {(stats['p90'] / p50 - 1) * 100:.0f}% above p50 and p99 is "
+                     f"{stats['p99'] / p50:.1f}x p50: the machine was busy")
+    spread = stats.get("p50_spread")
+    if spread is not None and spread > NOISY_SPREAD * p50:
+        rounds = stats.get("round_p50s") or []
+        ranged = f" (the rounds' p50 ranged {min(rounds):.3g} to {max(rounds):.3g} ms)" if len(rounds) > 1 else ""
+        notes.append(f"a rerun may land up to ±{spread / p50 * 100:.0f}% away{ranged}")
+    return "; ".join(notes) + "; compare medians and rerun before trusting small differences"
+
+
+def latency_row(batch_size: int, round_times: list[list[float]], warmup_runs: int) -> dict:
+    stats = round_stats(round_times)
+    row = {"batch_size": batch_size, "latency_ms": stats, "throughput_per_s": batch_size * 1000.0 / stats["p50"],
+           "warmup_runs": warmup_runs, "rounds": len(round_times)}
+    note = noise_note(stats)
+    return {**row, "note": note} if note else row
 
 
 def measure_latency(infer: Infer, input_shape: tuple[int, ...], batch_size: int,
                     settings: LatencySettings = LatencySettings()) -> dict:
-    """Warm up (count and time), then time `infer` until both `runs` and `min_seconds` are reached."""
-    pool = random_inputs(tuple(input_shape), batch_size, settings.seed + batch_size)
-    started = time.perf_counter()
-    count = 0
-    while count < settings.warmup or time.perf_counter() - started < settings.warmup_seconds:
-        infer(pool[count % len(pool)])
-        count += 1
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < settings.runs or time.perf_counter() - started < settings.min_seconds:
-        x = pool[len(times) % len(pool)]
-        t0 = time.perf_counter()
-        infer(x)
-        times.append((time.perf_counter() - t0) * 1000.0)
-    stats = latency_stats(times)
-    return {"latency_ms": stats, "throughput_per_s": batch_size * 1000.0 / stats["p50"], "warmup_runs": count}
+    """One round at one batch size of an open session (no load-to-load variation: see measure_rounds)."""
+    times, warmups = time_runs(infer, input_shape, batch_size, settings)
+    return latency_row(batch_size, [times], warmups)
 
 
 # --- memory ---------------------------------------------------------------------------------------
@@ -137,32 +222,40 @@ def accuracy_report(logits: np.ndarray, labels: np.ndarray, teacher_top1: np.nda
     }
 
 
-# --- one artifact, every measurement ---------------------------------------------------------------
+# --- every artifact, in rounds --------------------------------------------------------------------
 
-def combine_rounds(rounds: list[list[dict]]) -> list[dict]:
-    """Rows of several rounds (each a fresh load of the artifact) -> one row per batch size.
+def measure_rounds(openers: Sequence[Callable[[], Any]], input_shape: tuple[int, ...], batch_sizes: list[int],
+                   settings: LatencySettings = LatencySettings(), rounds: int = 3,
+                   on_first_load: Callable[[int, Any], None] | None = None,
+                   on_round: Callable[[int], None] | None = None) -> list[list[dict]]:
+    """Time every artifact in `rounds` interleaved rounds, loading it afresh for each round.
 
-    A loaded model's speed varies a little from load to load (memory placement, thread pinning),
-    which the within-run std cannot show. Each row keeps the round with the median p50 and adds
-    every round's p50 and their range (`round_spread`), the spread a rerun is expected to see.
+    `openers[i]()` loads artifact i and returns a session (a context manager with `infer`). Round r
+    times artifact 1, 2, ..., n at every batch size, then round r+1 starts again at 1, so each
+    artifact's rounds are spread over the whole benchmark: they see load-to-load variation and the
+    machine's slow drift (which the runs of one round cannot show, see `repeat_spread`), and every
+    artifact meets the same drift, which keeps their ratios fair. `on_first_load(i, session)` runs
+    once per artifact, right after its first load (accuracy, say). Returns, per artifact, one row
+    per batch size: statistics over all rounds' runs, each round's p50, the repeat spread and the
+    peak resident memory.
     """
-    combined = []
-    for per_batch in zip(*rounds):
-        ordered = sorted(per_batch, key=lambda row: row["latency_ms"]["p50"])
-        row = dict(ordered[(len(ordered) - 1) // 2])
-        p50s = [r["latency_ms"]["p50"] for r in per_batch]
-        row["latency_ms"] = {**row["latency_ms"], "round_p50s": p50s, "round_spread": max(p50s) - min(p50s)}
-        row["rounds"] = len(per_batch)
-        combined.append(row)
-    return combined
-
-
-def benchmark_session(infer: Infer, input_shape: tuple[int, ...], batch_sizes: list[int],
-                      settings: LatencySettings = LatencySettings()) -> list[dict]:
-    """Latency and throughput rows (one per batch size) of an open session, with the peak memory seen."""
-    rows = []
-    for batch in batch_sizes:
-        timing = measure_latency(infer, input_shape, batch, settings)
-        note = noise_note(timing["latency_ms"])
-        rows.append({"batch_size": batch, **timing, "peak_rss_mb": peak_rss_mb(), **({"note": note} if note else {})})
-    return rows
+    timed = [[[] for _ in batch_sizes] for _ in openers]
+    warmups = [[0] * len(batch_sizes) for _ in openers]
+    peaks: list[list[float | None]] = [[None] * len(batch_sizes) for _ in openers]
+    for r in range(rounds):
+        round_settings = replace(settings, seed=settings.seed + 1000 * r)
+        for i, open_ in enumerate(openers):
+            reset_peak_rss()
+            with open_() as session:
+                if r == 0 and on_first_load is not None:
+                    on_first_load(i, session)
+                for j, batch in enumerate(batch_sizes):
+                    times, warm = time_runs(session.infer, input_shape, batch, round_settings)
+                    timed[i][j].append(times)
+                    warmups[i][j] += warm
+                    peak = peak_rss_mb()
+                    peaks[i][j] = peak if peaks[i][j] is None or peak is None else max(peaks[i][j], peak)
+        if on_round is not None:
+            on_round(r)
+    return [[{**latency_row(batch, timed[i][j], warmups[i][j]), "peak_rss_mb": peaks[i][j]}
+             for j, batch in enumerate(batch_sizes)] for i in range(len(openers))]

@@ -154,9 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup-seconds", type=float, default=0.2)
     bench.add_argument("--runs", type=int, default=30)
     bench.add_argument("--min-seconds", type=float, default=0.5)
-    bench.add_argument("--rounds", type=int, default=1,
-                       help="load and measure the artifact this many times; the row shows the median round and "
-                            "the range of the rounds' p50 (load-to-load variation)")
+    bench.add_argument("--rounds", type=int, default=3,
+                       help="load and time the artifact afresh this many times (default: 3); the rounds give the "
+                            "p50's ± (how far a rerun may land, 95%%); 1 shows within-run sampling error only")
     bench.add_argument("--json", help="also write the rows (results.json schema) to this file")
     bench.set_defaults(func=cmd_benchmark)
 

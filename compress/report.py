@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from compress.bench import within_noise
 from compress.config import GatesConfig
 
 
@@ -34,17 +35,30 @@ def enrich(rows: list[dict]) -> list[dict]:
     return out
 
 
-def recommend(rows: list[dict], gates: GatesConfig) -> dict | None:
-    """Fastest student artifact at the smallest batch whose accuracy drop is within the gate."""
+def candidates(rows: list[dict], gates: GatesConfig) -> list[dict]:
+    """Student artifacts at the smallest batch, those within the accuracy gate when any are."""
     students = [r for r in enrich(rows) if r["model"] != "teacher"]
     if not students:
-        return None
+        return []
     batch = min(r["batch_size"] for r in students)
-    candidates = [r for r in students if r["batch_size"] == batch]
+    at_batch = [r for r in students if r["batch_size"] == batch]
     if gates.max_accuracy_drop is not None:
-        within = [r for r in candidates if -r.get("top1_delta_vs_teacher", 0.0) <= gates.max_accuracy_drop + 1e-12]
-        candidates = within or candidates
-    return min(candidates, key=lambda r: r["latency_ms"]["p50"])
+        within = [r for r in at_batch if -r.get("top1_delta_vs_teacher", 0.0) <= gates.max_accuracy_drop + 1e-12]
+        at_batch = within or at_batch
+    return at_batch
+
+
+def recommend(rows: list[dict], gates: GatesConfig) -> dict | None:
+    """Fastest student artifact at the smallest batch whose accuracy drop is within the gate."""
+    return min(candidates(rows, gates), key=lambda r: r["latency_ms"]["p50"], default=None)
+
+
+def runners_up(rows: list[dict], gates: GatesConfig, choice: dict | None) -> list[dict]:
+    """Other candidates whose p50 is within noise of the recommended one's: a rerun could rank them first."""
+    if choice is None:
+        return []
+    return sorted((r for r in candidates(rows, gates) if artifact_id(r) != artifact_id(choice)
+                   and within_noise(r["latency_ms"], choice["latency_ms"])), key=lambda r: r["latency_ms"]["p50"])
 
 
 def evaluate_gates(rows: list[dict], gates: GatesConfig, choice: dict | None) -> list[dict[str, Any]]:
@@ -89,6 +103,8 @@ def summary(results: dict, gates: GatesConfig) -> dict[str, Any]:
     return {
         "recommended": artifact_id(choice) if choice else None,
         "recommended_row": choice,
+        "within_noise": [{"artifact": artifact_id(r), "p50": r["latency_ms"]["p50"],
+                          "p50_spread": r["latency_ms"].get("p50_spread")} for r in runners_up(rows, gates, choice)],
         "gates": verdicts,
         "gates_passed": all(v["passed"] for v in verdicts),
     }

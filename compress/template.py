@@ -41,6 +41,7 @@ stages:
     targets: [onnxruntime:fp32, openvino:fp32]
   benchmark:
     batch_sizes: [1, 32]
+    rounds: 3             # fresh loads per artifact, interleaved: each p50 gets a ± (how far a rerun may land)
   report: {}
 
 gates:                    # a failed gate makes `compress run` exit 3 (after writing the report)

@@ -36,6 +36,8 @@ def test_absent_core_stages_get_defaults(tiny_config):
     (lambda c: c.update(name="bad/name"), "name", "letters"),
     (lambda c: c["stages"]["build"].update(targets=["tensorflow"]), "stages.build.targets", "unknown backend"),
     (lambda c: c["stages"]["benchmark"].update(batch_sizes=[]), "stages.benchmark.batch_sizes", "at least 1"),
+    (lambda c: c["stages"]["benchmark"].update(rounds=0), "stages.benchmark.rounds", "greater than or equal to 1"),
+    (lambda c: c["stages"]["benchmark"].update(rounds="many"), "stages.benchmark.rounds", "valid integer"),
 ])
 def test_bad_field_names_file_and_path(tiny_config, tmp_path, mutate, path, words):
     mutate(tiny_config)

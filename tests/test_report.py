@@ -33,7 +33,8 @@ def row(model: str, backend: str, precision: str, batch: int, p50: float, top1: 
     return {"model": model, "artifact": f"stages/x/{model}.{backend}.{precision}", "backend": backend,
             "precision": precision, "batch_size": batch,
             "latency_ms": {"mean": p50 * 1.02, "std": p50 * 0.03, "min": p50 * 0.95, "max": p50 * 1.3, "p50": p50,
-                           "p90": p50 * 1.05, "p99": p50 * 1.1, "iqr": p50 * 0.02, "runs": 50, "noisy": False},
+                           "p90": p50 * 1.05, "p99": p50 * 1.1, "iqr": p50 * 0.02, "runs": 150, "noisy": False,
+                           "round_p50s": [p50 * 0.99, p50, p50 * 1.01], "p50_spread": p50 * 0.04},
             "throughput_per_s": batch * 1000 / p50,
             "accuracy": {"top1": top1, "top5": min(1.0, top1 + 0.05), "agreement_with_teacher": 0.97,
                          "per_class": per_class},
@@ -75,7 +76,8 @@ def write_run(run_dir: Path, gates: dict | None = None, baseline: bool = True, d
                        "onnxruntime": "1.x", "openvino": "2026.x", "tensorrt": None,
                        "measured_at": "2026-11-23T12:00:00+0000"},
                "val_samples": 360, "class_names": CLASSES,
-               "settings": {"batch_sizes": [1, 8], "warmup": 5, "warmup_seconds": 0.2, "runs": 30, "min_seconds": 0.5},
+               "settings": {"batch_sizes": [1, 8], "warmup": 5, "warmup_seconds": 0.2, "runs": 30, "min_seconds": 0.5,
+                            "rounds": 3},
                "rows": rows}
     (stages / "benchmark" / "results.json").write_text(json.dumps(results))
     (stages / "teacher" / "metrics.jsonl").write_text(metrics(6, 0.7, ("ce",)))
@@ -150,6 +152,9 @@ def test_every_section_is_written_to_markdown_html_and_json(tmp_path):
     assert "jetson://nvidia@orin/opt/models" in md and "Orin Nano" in md
     assert "compress deploy RUN --target jetson://... --runtime tensorrt" in md
     assert "| max_latency_ms[b8] | 20.0 | 2 | PASS |" in md
+    assert "(0.500 ± 0.020 ms vs 10.00 ms p50)" in md  # the recommended p50 with how far a rerun may land
+    assert "| student | openvino | int8 | 1 | 0.500 | 0.020 |" in md
+    assert "in 3 round(s), each a fresh load" in md and "± within 10% of p50" in md
 
     html = (run_dir / "report.html").read_text()
     parsed = parse_html(html)
@@ -157,12 +162,36 @@ def test_every_section_is_written_to_markdown_html_and_json(tmp_path):
                     "deferred", "devices", "notes", "env"):
         assert section in parsed.ids, section
     assert len(parsed.images) == 4  # trade-off, batch sizes, training curves, per class
+    assert "0.500 ± 0.020 ms vs 10.00 ms p50" in html and "<th class=\"n\">± ms</th>" in html
 
     report = json.loads((run_dir / "report.json").read_text())
     assert report["headline"]["recommended"] == "student.openvino.int8" and report["gates_passed"]
     assert report["pareto"] == ["student.openvino.int8", "student.openvino.fp32", "teacher.torch.fp32"]
     assert [p["int8"] for p in report["int8_vs_fp32"]] == ["student.onnxruntime.int8", "student.openvino.int8"]
     assert report["devices"][0]["rows"][0]["host_p50"] == 0.5
+
+
+def test_a_candidate_within_noise_of_the_recommended_one_is_named_beside_it(tmp_path):
+    run_dir = write_run(tmp_path / "r1", gates={"max_accuracy_drop": 0.03})
+    results = run_dir / "stages" / "benchmark" / "results.json"
+    saved = json.loads(results.read_text())
+    close = next(r for r in saved["rows"] if r["backend"] == "onnxruntime" and r["precision"] == "int8"
+                 and r["batch_size"] == 1)
+    close["latency_ms"].update(p50=0.51, p50_spread=0.03)  # 0.01 ms behind openvino int8 (0.5 ± 0.02)
+    results.write_text(json.dumps(saved))
+    assert main(["--quiet", "report", str(run_dir)]) == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["headline"]["recommended"] == "student.openvino.int8"
+    assert [w["artifact"] for w in report["headline"]["within_noise"]] == ["student.onnxruntime.int8"]
+    md = (run_dir / "report.md").read_text()
+    assert "- Within noise of it (a rerun could rank these first): `student.onnxruntime.int8` 0.510 ± 0.030 ms" in md
+    assert "<code>student.onnxruntime.int8</code> 0.510 ± 0.030 ms" in (run_dir / "report.html").read_text()
+
+    close["latency_ms"].update(p50=0.56)  # beyond both ±: the recommendation stands alone
+    results.write_text(json.dumps(saved))
+    assert main(["--quiet", "report", str(run_dir)]) == 0
+    assert json.loads((run_dir / "report.json").read_text())["headline"]["within_noise"] == []
+    assert "Within noise of it" not in (run_dir / "report.md").read_text()
 
 
 def test_html_is_self_contained_with_every_chart_an_embedded_png(tmp_path):
@@ -272,11 +301,22 @@ def test_runs_lists_headlines_and_compare_shows_two_runs_side_by_side(tmp_path, 
     assert "student.openvino.int8" in fast_line and "20.00x" in fast_line and "pass" in fast_line
     assert "student.openvino.fp32" in slow_line and "11.11x" in slow_line and "FAIL" in slow_line
 
+    results = slow / "stages" / "benchmark" / "results.json"
+    saved = json.loads(results.read_text())
+    slower = next(r for r in saved["rows"] if r["backend"] == "openvino" and r["precision"] == "int8"
+                  and r["batch_size"] == 8)
+    slower["latency_ms"].update(p50=2.5, p50_spread=0.1)  # 25% slower, beyond either ± (0.08, 0.1)
+    nudged = next(r for r in saved["rows"] if r["backend"] == "openvino" and r["precision"] == "fp32"
+                  and r["batch_size"] == 8)
+    nudged["latency_ms"].update(p50=3.7)  # 3.6 -> 3.7: within A's ± of 0.144
+    results.write_text(json.dumps(saved))
     assert main(["compare", str(tmp_path / "runs" / "fast"), str(slow)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"recommended\s+student\.openvino\.int8\s+student\.openvino\.fp32", out)
     assert re.search(r"gates\s+pass\s+FAIL: min_speedup", out)
-    assert re.search(r"student\.openvino\.int8\s+8\s+2\.000\s+2\.000\s+1\.00x", out)
+    assert re.search(r"student\.openvino\.int8\s+8\s+2\.000 ± 0\.080\s+2\.500 ± 0\.100\s+1\.25x\s+slower by 25%", out)
+    assert re.search(r"student\.openvino\.fp32\s+8\s+3\.600 ± 0\.144\s+3\.700 ± 0\.144\s+1\.03x\s+within noise", out)
+    assert re.search(r"teacher\.torch\.fp32\s+1\s+10\.00 ± 0\.400\s+10\.00 ± 0\.400\s+1\.00x\s+within noise", out)
     assert main(["compare", str(slow), str(tmp_path / "nope")]) == 2
     assert main(["runs", str(tmp_path / "nope")]) == 2
 

@@ -11,6 +11,23 @@ from compress.report import artifact_id, enrich, summary
 from compress.reporting.collect import RunFacts
 
 SAME_ARTIFACT = ("model", "backend", "precision", "batch_size")
+QUIET = "Every measurement's spread was small (p90 within 25% of p50, p99 within 2x p50, ± within 10% of p50)."
+
+
+def harness_line(settings: dict[str, Any], env: dict[str, Any], val_samples: int | None) -> str | None:
+    """How the numbers were taken, in one sentence a reader can check them against."""
+    if not settings:
+        return None
+    rounds = settings.get("rounds", 1)
+    spread = ("± is how far a rerun's p50 may land, 95%: t(R-1)·s·√(2/R) over the rounds' p50, at least the "
+              "median's own sampling error" if rounds > 1 else
+              "one round: ± is the median's sampling error only and cannot show load-to-load variation")
+    return (f"Warm-up ≥ {settings.get('warmup')} runs and ≥ {settings.get('warmup_seconds', '-')} s, then "
+            f"≥ {settings.get('runs')} timed runs and ≥ {settings.get('min_seconds')} s per batch size, in "
+            f"{rounds} round(s), each a fresh load, interleaved across artifacts; p50, p90, p99 and std are over "
+            f"the runs of every round; {spread}. Fresh random inputs (never zeros); {env.get('threads', '-')} "
+            f"intra-op threads; accuracy on {val_samples} validation samples with the same preprocessing for "
+            f"every backend.")
 
 
 def pareto_front(rows: list[dict]) -> list[str]:
@@ -30,7 +47,8 @@ def latency_by_batch(rows: list[dict]) -> dict[str, dict[int, dict[str, float]]]
     for row in rows:
         lat = row["latency_ms"]
         table.setdefault(artifact_id(row), {})[row["batch_size"]] = {
-            "p50": lat["p50"], "p90": lat["p90"], "std": lat.get("std"), "throughput_per_s": row["throughput_per_s"]}
+            "p50": lat["p50"], "p50_spread": lat.get("p50_spread"), "p90": lat["p90"], "std": lat.get("std"),
+            "throughput_per_s": row["throughput_per_s"]}
     return table
 
 
@@ -146,13 +164,15 @@ def analyze(facts: RunFacts) -> dict[str, Any]:
     if choice:
         headline = {
             "recommended": info["recommended"], "artifact": choice["artifact"], "batch_size": choice["batch_size"],
-            "p50_ms": choice["latency_ms"]["p50"], "teacher_p50_ms": teacher["latency_ms"]["p50"] if teacher else None,
+            "p50_ms": choice["latency_ms"]["p50"], "p50_spread_ms": choice["latency_ms"].get("p50_spread"),
+            "teacher_p50_ms": teacher["latency_ms"]["p50"] if teacher else None,
             "speedup": choice.get("speedup_vs_teacher"), "top1": choice["accuracy"]["top1"],
             "teacher_top1": teacher["accuracy"]["top1"] if teacher else None,
             "top1_delta_pts": (choice.get("top1_delta_vs_teacher") or 0.0) * 100 if teacher else None,
             "size_mb": choice["size_mb"], "teacher_size_mb": teacher["size_mb"] if teacher else None,
             "size_reduction": teacher["size_mb"] / choice["size_mb"] if teacher and choice["size_mb"] else None,
             "agreement_with_teacher": choice["accuracy"].get("agreement_with_teacher"),
+            "within_noise": info["within_noise"],
         }
     noisy = [{"artifact": artifact_id(r), "batch_size": r["batch_size"], "note": r.get("note") or "spread is high"}
              for r in rows if r["latency_ms"].get("noisy")]
@@ -176,6 +196,7 @@ def analyze(facts: RunFacts) -> dict[str, Any]:
         "deferred": [d for d in build.get("deferred") or [] if isinstance(d, dict)],
         "devices": device_sections(facts.devices, rows),
         "noisy": noisy,
+        "harness": harness_line(results.get("settings") or {}, results.get("env") or {}, results.get("val_samples")),
         "env": results.get("env") or {},
         "settings": results.get("settings") or {},
         "val_samples": results.get("val_samples"),

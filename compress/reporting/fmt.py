@@ -33,6 +33,11 @@ def ms(value: Any) -> str:
     return num(value, ".3f" if value < 10 else ".2f" if value < 100 else ".1f")
 
 
+def plus_minus(spread: Any) -> str:
+    """' ± 0.004' after a p50 when its repeat spread is known, else nothing."""
+    return "" if spread is None else f" ± {ms(spread)}"
+
+
 def count(value: Any) -> str:
     if not isinstance(value, (int, float)):
         return "-"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from compress.reporting.fmt import count, ms, num, pct, pts, table, times
+from compress.reporting.analysis import QUIET
+from compress.reporting.fmt import count, ms, num, pct, plus_minus, pts, table, times
 
-RESULT_HEADERS = ["model", "backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "std ms",
+RESULT_HEADERS = ["model", "backend", "precision", "batch", "p50 ms", "± ms", "p90 ms", "p99 ms", "std ms",
                   "throughput/s", "top-1", "top-5", "agreement", "Δ top-1", "speedup", "params", "MACs",
                   "size MB", "peak RSS MB"]
 
@@ -14,7 +15,8 @@ RESULT_HEADERS = ["model", "backend", "precision", "batch", "p50 ms", "p90 ms", 
 def result_cells(r: dict[str, Any]) -> list[str]:
     lat, acc = r["latency_ms"], r["accuracy"]
     delta = r.get("top1_delta_vs_teacher")
-    return [r["model"], r["backend"], r["precision"], str(r["batch_size"]), ms(lat["p50"]), ms(lat["p90"]),
+    return [r["model"], r["backend"], r["precision"], str(r["batch_size"]), ms(lat["p50"]), ms(lat.get("p50_spread")),
+            ms(lat["p90"]),
             ms(lat["p99"]), ms(lat.get("std")) + (" ⚠" if lat.get("noisy") else ""), num(r["throughput_per_s"], ".1f"),
             pct(acc["top1"]), pct(acc.get("top5")), pct(acc.get("agreement_with_teacher")),
             pts(None if delta is None else delta * 100), times(r.get("speedup_vs_teacher")), count(r.get("params")),
@@ -31,11 +33,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     if h:
         out += [f"- Recommended artifact: **{h['recommended']}** (`{h['artifact']}`)",
                 f"- Speedup vs teacher at batch {h['batch_size']}: **{times(h['speedup'])}** "
-                f"({ms(h['p50_ms'])} ms vs {ms(h['teacher_p50_ms'])} ms p50)",
+                f"({ms(h['p50_ms'])}{plus_minus(h.get('p50_spread_ms'))} ms vs {ms(h['teacher_p50_ms'])} ms p50)",
                 f"- Top-1: {pct(h['top1'])} vs teacher {pct(h['teacher_top1'])} "
                 f"(**{pts(h['top1_delta_pts'])}**); agreement with the teacher {pct(h['agreement_with_teacher'])}",
                 f"- Size: {num(h['size_mb'], '.3f')} MB vs {num(h['teacher_size_mb'], '.3f')} MB "
                 f"(**{times(h['size_reduction'])} smaller**)"]
+        if h.get("within_noise"):
+            out.append("- Within noise of it (a rerun could rank these first): " + ", ".join(
+                f"`{w['artifact']}` {ms(w['p50'])}{plus_minus(w['p50_spread'])} ms" for w in h["within_noise"]))
     else:
         out.append("- No student artifact was benchmarked: nothing to recommend.")
     if report["gates"]:
@@ -66,9 +71,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     out.append("")
 
     out += ["## All results", ""]
-    out += table(RESULT_HEADERS, [result_cells(r) for r in report["rows"]], "llll" + "r" * 14)
-    out += ["", "⚠ marks a noisy measurement (see Measurement notes). Speedup and Δ top-1 are against the "
-            "teacher (torch) at the same batch size.", ""]
+    out += table(RESULT_HEADERS, [result_cells(r) for r in report["rows"]], "llll" + "r" * 15)
+    out += ["", "± is how far a rerun's p50 may land (95%); ⚠ marks a noisy measurement (see Measurement notes). "
+            "Speedup and Δ top-1 are against the teacher (torch) at the same batch size.", ""]
 
     if report["int8_vs_fp32"]:
         out += ["## INT8 vs FP32", ""]
@@ -133,17 +138,12 @@ def render_markdown(report: dict[str, Any]) -> str:
             out.append("")
 
     out += ["## Measurement notes", ""]
-    s = report["settings"]
-    if s:
-        out.append(f"- Harness: warm-up ≥ {s.get('warmup')} runs and ≥ {s.get('warmup_seconds', '-')} s, then "
-                   f"≥ {s.get('runs')} timed runs and ≥ {s.get('min_seconds')} s; fresh random inputs; "
-                   f"{report['env'].get('threads', '-')} intra-op threads; accuracy on {report['val_samples']} "
-                   f"validation samples with the same preprocessing for every backend.")
-    if report["noisy"]:
-        for n in report["noisy"]:
-            out.append(f"- ⚠ {n['artifact']} batch {n['batch_size']}: {n['note']}")
-    else:
-        out.append("- Every measurement's spread was small (p90 within 25% of p50, p99 within 2x p50).")
+    if report["harness"]:
+        out.append(f"- {report['harness']}")
+    for n in report["noisy"]:
+        out.append(f"- ⚠ {n['artifact']} batch {n['batch_size']}: {n['note']}")
+    if not report["noisy"]:
+        out.append(f"- {QUIET}")
     out.append("")
 
     out += ["## Environment", ""]

@@ -6,11 +6,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from compress.bench import within_noise
 from compress.errors import UsageError
 from compress.fileio import read_json
 from compress.reporting.analysis import analyze
 from compress.reporting.collect import collect
-from compress.reporting.fmt import ms, num, pct, pts, text_table, times
+from compress.reporting.fmt import ms, num, pct, plus_minus, pts, text_table, times
 
 
 def ratio(value: float) -> str:
@@ -81,16 +82,35 @@ def compare_runs(a: Path, b: Path) -> str:
               ("cpu", lambda h, r: r["env"].get("cpu", "-"))]
     headline = text_table(["", label_a, label_b], [[name, get(ha, ra), get(hb, rb)] for name, get in fields])
 
-    def p50s(report: dict) -> dict[tuple[str, int], float]:
-        return {(ident, batch): v["p50"] for ident, by in report["latency_by_batch"].items() for batch, v in by.items()}
+    def latency(report: dict) -> dict[tuple[str, int], dict]:
+        return {(ident, batch): v for ident, by in report["latency_by_batch"].items() for batch, v in by.items()}
 
-    pa, pb = p50s(ra), p50s(rb)
+    la, lb = latency(ra), latency(rb)
     top1 = [{f"{r['model']}.{r['backend']}.{r['precision']}": r["accuracy"]["top1"] for r in rep["rows"]}
             for rep in reports]
-    keys = sorted(set(pa) | set(pb), key=lambda k: (k[0], k[1]))
+    keys = sorted(set(la) | set(lb), key=lambda k: (k[0], k[1]))
+
+    def p50(side: dict, key: tuple[str, int]) -> str:
+        return ms(side[key]["p50"]) + plus_minus(side[key].get("p50_spread")) if key in side else "-"
+
     per_artifact = text_table(
-        ["artifact", "batch", "A p50 ms", "B p50 ms", "B/A", "A top-1", "B top-1"],
-        [[ident, batch, ms(pa.get((ident, batch))), ms(pb.get((ident, batch))),
-          ratio(pb[(ident, batch)] / pa[(ident, batch)]) if (ident, batch) in pa and (ident, batch) in pb else "-",
+        ["artifact", "batch", "A p50 ms", "B p50 ms", "B/A", "latency", "A top-1", "B top-1"],
+        [[ident, batch, p50(la, (ident, batch)), p50(lb, (ident, batch)),
+          ratio(lb[(ident, batch)]["p50"] / la[(ident, batch)]["p50"]) if (ident, batch) in la and (ident, batch) in lb
+          else "-", latency_verdict(la.get((ident, batch)), lb.get((ident, batch))),
           pct(top1[0].get(ident)), pct(top1[1].get(ident))] for ident, batch in keys])
-    return f"{headline}\n\n{per_artifact}"
+    return (f"{headline}\n\n{per_artifact}\n\nlatency: B against A; 'within noise' when the p50s differ by no more "
+            "than the larger ± (how far a rerun's p50 may land, 95%)")
+
+
+def latency_verdict(a: dict | None, b: dict | None) -> str:
+    """'within noise' when the p50s differ by no more than either run's repeat spread, else faster/slower."""
+    if a is None or b is None:
+        return "-"
+    agree = within_noise(a, b)
+    if agree is None:
+        return "no ± recorded"
+    if agree:
+        return "within noise"
+    delta = b["p50"] - a["p50"]
+    return f"{'slower' if delta > 0 else 'faster'} by {abs(delta) / a['p50'] * 100:.0f}%"

@@ -10,13 +10,13 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 from pydantic import Field
 
 from compress.artifacts import TorchSession, open_session
-from compress.bench import LatencySettings, accuracy_report, benchmark_session, predict, reset_peak_rss
+from compress.bench import LatencySettings, accuracy_report, measure_rounds, predict
 from compress.config import PipelineConfig, Strict
 from compress.fileio import write_json
 from compress.stages import register_stage
@@ -29,6 +29,8 @@ class BenchmarkConfig(Strict):
     warmup_seconds: float = Field(0.2, ge=0, description="... and at least this long)")
     runs: int = Field(30, ge=1, description="timed runs (at least this many ...)")
     min_seconds: float = Field(0.5, ge=0, description="... and at least this long)")
+    rounds: int = Field(3, ge=1, description="fresh loads per artifact, interleaved across artifacts; the p50's "
+                                            "repeat spread comes from them (1: within-run sampling error only)")
     threads: int | None = Field(None, ge=1, description="intra-op threads; default: all cores")
 
     def check(self, pipeline: PipelineConfig):
@@ -89,6 +91,18 @@ def artifact_mb(path: str | os.PathLike) -> float:
     return round(sum(p.stat().st_size for p in [path, *companions]) / 1e6, 4)
 
 
+class Measured(NamedTuple):
+    """One artifact of the table; `load` runs once per round, so every round times a fresh load."""
+
+    model: str
+    artifact: str
+    backend: str
+    precision: str
+    load: Callable[[], Any]
+    params: int
+    macs: int
+
+
 @register_stage
 class BenchmarkStage(Stage):
     name = "benchmark"
@@ -106,39 +120,51 @@ class BenchmarkStage(Stage):
         data = ctx.data
         settings = LatencySettings(cfg.warmup, cfg.warmup_seconds, cfg.runs, cfg.min_seconds, ctx.pipeline.seed)
         shape = data.input_shape
-        rows: list[dict[str, Any]] = []
+        teacher_path = ctx.outputs["teacher"]["checkpoint"]
+        student_path = ctx.outputs["distill"]["checkpoint"]
+        teacher, _ = load_model(ctx.path(teacher_path))
+        student, _ = load_model(ctx.path(student_path))
+        t_params, t_macs = count_params(teacher), count_macs(teacher, shape)
+        s_params, s_macs = count_params(student), count_macs(student, shape)
+        del teacher, student
+
+        def torch_loader(path: str) -> Callable[[], TorchSession]:
+            return lambda: TorchSession(load_model(ctx.path(path))[0], threads)
+
+        def engine_loader(artifact: str, backend: str) -> Callable[[], Any]:
+            return lambda: open_session(ctx.path(artifact), backend, threads)
+
+        artifacts = [Measured("teacher", teacher_path, "torch", "fp32", torch_loader(teacher_path), t_params, t_macs),
+                     Measured("student", student_path, "torch", "fp32", torch_loader(student_path), s_params, s_macs)]
+        artifacts += [Measured(e["model"], e["artifact"], e["backend"], e["precision"],
+                               engine_loader(e["artifact"], e["backend"]), s_params, s_macs)
+                      for e in ctx.outputs.get("build", {}).get("engines", [])]
+        accuracy: list[dict] = []
         teacher_top1: np.ndarray | None = None
 
-        def measure(model_name: str, artifact: str, backend: str, precision: str, open_: Callable, params: int,
-                    macs: int) -> None:
+        def score(index: int, session: Any) -> None:
+            """Accuracy on the val set, right after the artifact's first load; the teacher comes first."""
             nonlocal teacher_top1
-            reset_peak_rss()
-            with open_() as session:
-                logits = predict(session.infer, data.x_val)
-                if teacher_top1 is None:
-                    teacher_top1 = logits.argmax(1)
-                acc = accuracy_report(logits, data.y_val, teacher_top1)
-                for timing in benchmark_session(session.infer, shape, cfg.batch_sizes, settings):
-                    rows.append({"model": model_name, "artifact": artifact, "backend": backend,
-                                 "precision": precision, **timing, "accuracy": acc, "params": params,
-                                 "macs": macs, "size_mb": artifact_mb(ctx.path(artifact)), "threads": threads})
-                    lat = timing["latency_ms"]
-                    ctx.log(f"{model_name:8s} {backend:12s} {precision:5s} b{timing['batch_size']:<3d} p50 "
-                            f"{lat['p50']:8.3f} ms ±{lat['std']:.3f}  top-1 {acc['top1']:.4f}"
-                            f"{'  (noisy)' if lat['noisy'] else ''}")
+            logits = predict(session.infer, data.x_val)
+            if teacher_top1 is None:
+                teacher_top1 = logits.argmax(1)
+            accuracy.append(accuracy_report(logits, data.y_val, teacher_top1))
+            a = artifacts[index]
+            ctx.log(f"{a.model:8s} {a.backend:12s} {a.precision:5s} top-1 {accuracy[-1]['top1']:.4f}")
 
-        teacher_path = ctx.outputs["teacher"]["checkpoint"]
-        teacher, _ = load_model(ctx.path(teacher_path))
-        measure("teacher", teacher_path, "torch", "fp32", lambda: TorchSession(teacher, threads),
-                count_params(teacher), count_macs(teacher, shape))
-        student_path = ctx.outputs["distill"]["checkpoint"]
-        student, _ = load_model(ctx.path(student_path))
-        s_params, s_macs = count_params(student), count_macs(student, shape)
-        measure("student", student_path, "torch", "fp32", lambda: TorchSession(student, threads), s_params, s_macs)
-        for engine in ctx.outputs.get("build", {}).get("engines", []):
-            artifact = ctx.path(engine["artifact"])
-            measure(engine["model"], engine["artifact"], engine["backend"], engine["precision"],
-                    lambda: open_session(artifact, engine["backend"], threads), s_params, s_macs)
+        timings = measure_rounds([a.load for a in artifacts], shape, cfg.batch_sizes, settings, cfg.rounds,
+                                 on_first_load=score,
+                                 on_round=lambda r: ctx.log(f"round {r + 1}/{cfg.rounds} timed"))
+        rows: list[dict[str, Any]] = []
+        for a, acc, per_batch in zip(artifacts, accuracy, timings):
+            for timing in per_batch:
+                rows.append({"model": a.model, "artifact": a.artifact, "backend": a.backend, "precision": a.precision,
+                             **timing, "accuracy": acc, "params": a.params, "macs": a.macs,
+                             "size_mb": artifact_mb(ctx.path(a.artifact)), "threads": threads})
+                lat = timing["latency_ms"]
+                ctx.log(f"{a.model:8s} {a.backend:12s} {a.precision:5s} b{timing['batch_size']:<3d} p50 "
+                        f"{lat['p50']:8.3f} ms ±{lat['p50_spread']:.3f} (std {lat['std']:.3f})"
+                        f"{'  (noisy)' if lat['noisy'] else ''}")
         results = {"env": environment(threads), "val_samples": int(len(data.y_val)),
                    "class_names": list(data.class_names), "settings": cfg.model_dump(mode="json"), "rows": rows}
         path = ctx.stage_dir / "results.json"

@@ -28,6 +28,8 @@ class ReportStage(Stage):
             ctx.log(f"recommended: {headline['recommended']} ({headline['speedup']:.2f}x the teacher, "
                     f"{headline['top1_delta_pts']:+.2f} pts top-1)" if headline["speedup"] is not None
                     else f"recommended: {headline['recommended']}")
+            if headline["within_noise"]:
+                ctx.log("within noise of it: " + ", ".join(w["artifact"] for w in headline["within_noise"]))
         return {"report": ctx.relative(ctx.stage_dir / "report.md"),
                 "html": ctx.relative(ctx.stage_dir / "report.html"),
                 "json": ctx.relative(ctx.stage_dir / "report.json"),
