@@ -219,6 +219,10 @@ def parse_config(raw: Any, file: str = "pipeline.yaml", base: Path | None = None
     _resolve_paths(cfg, base or Path.cwd())
     _check_files(file, cfg)
     _check_models(file, cfg)
+    for stage_cfg in cfg.stages.values():
+        resolve = getattr(stage_cfg, "resolve_paths", None)
+        if resolve is not None:
+            resolve(base or Path.cwd())
     for stage_name, stage_cfg in cfg.stages.items():
         check = getattr(stage_cfg, "check", None)
         if check is not None:

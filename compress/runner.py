@@ -99,7 +99,7 @@ class Runner:
                 outputs[name] = previous["outputs"]
                 self.peers.send("cached", name, outputs[name])
                 continue
-            if previous.get("key") != key or forced:
+            if (previous.get("key") != key or forced) and not STAGES[name].keeps_dir:
                 shutil.rmtree(stage_dir, ignore_errors=True)
             stage_dir.mkdir(parents=True, exist_ok=True)
             self.peers.send("run", name)

@@ -43,6 +43,9 @@ stages:
     batch_sizes: [1, 32]
     rounds: 3             # fresh loads per artifact, interleaved: each p50 gets a ± (how far a rerun may land)
   report: {}
+  # deploy:                # ship the recommended artifact and measure it on the device (over SSH)
+  #   targets: [ssh://user@edge-box/opt/models]   # | jetson://user@host/path | local:/path
+  #   known_hosts: known_hosts                    # strict host key checking against this file
 
 gates:                    # a failed gate makes `compress run` exit 3 (after writing the report)
   max_accuracy_drop: 0.03 # top-1, as a fraction (0.03 = 3 points)

@@ -58,7 +58,9 @@ def run_deploy(args: argparse.Namespace, console: "Console") -> int:
         raise UsageError(f"--bwlimit {args.bwlimit}: must be >= 1 KB/s")
     if args.status or args.rollback:
         return releases_command(targets, "status" if args.status else "rollback", console, Path(args.run_dir))
-    return deploy_command(Path(args.run_dir), targets, args, console)
+    failed = deploy_command(Path(args.run_dir), targets, console, args.runtime, args.artifact, args.val_samples,
+                            args.bwlimit)
+    return 1 if failed else 0
 
 
 def releases_command(targets: list[Target], command: str, console: "Console", run_dir: Path) -> int:
@@ -86,16 +88,23 @@ def releases_command(targets: list[Target], command: str, console: "Console", ru
     return 1 if failed else 0
 
 
-def deploy_command(run_dir: Path, targets: list[Target], args: argparse.Namespace, console: "Console") -> int:
+def deploy_command(run_dir: Path, targets: list[Target], console: "Console", runtime: str | None = None,
+                   artifact: str | None = None, val_samples: int = 256, bwlimit: int | None = None) -> list[str]:
+    """Deploy one artifact of the run to every target at once; returns the labels of the targets that failed.
+
+    Bad input (an unknown runtime or artifact, a device that cannot run it) raises UsageError before
+    any device is changed. The device results land in stages/deploy/<target>/results.json and the
+    run's report is rebuilt with them.
+    """
     from deploy.bundle import choose, make_bundle, read_run
     from deploy.release import deploy_bundle, in_parallel, probe, refuse_usage_errors, save_results, summary_line
     from deploy.targets import describe
 
     run_dir = run_dir.resolve()
     record = read_run(run_dir)
-    if args.val_samples < 1:
-        raise UsageError(f"--val-samples {args.val_samples}: must be >= 1")
-    choices = {t.spec: choose(run_dir, record, args.runtime, args.artifact, t.default_runtime) for t in targets}
+    if val_samples < 1:
+        raise UsageError(f"--val-samples {val_samples}: must be >= 1")
+    choices = {t.spec: choose(run_dir, record, runtime, artifact, t.default_runtime) for t in targets}
 
     probes = in_parallel(targets, lambda t: probe(t, choices[t.spec].runtime))
     refuse_usage_errors(probes)  # bad input: exit 2 before any device is changed
@@ -107,28 +116,28 @@ def deploy_command(run_dir: Path, targets: list[Target], args: argparse.Namespac
     bundles: dict[str, Any] = {}
     out_root = run_dir / "stages" / "deploy" / "bundles"
     for choice in {choices[spec].name: choices[spec] for spec in devices}.values():
-        bundles[choice.name] = make_bundle(run_dir, choice, out_root, args.val_samples)
+        bundles[choice.name] = make_bundle(run_dir, choice, out_root, val_samples)
         console(f"bundle {bundles[choice.name].version}: {choice.name} ({out_root / bundles[choice.name].version})")
 
     def ship(target: Target) -> dict[str, Any]:
         log = lambda message: console(f"{target.label}: {message}")  # noqa: E731
-        results = deploy_bundle(target, bundles[choices[target.spec].name], devices[target.spec], log, args.bwlimit)
+        results = deploy_bundle(target, bundles[choices[target.spec].name], devices[target.spec], log, bwlimit)
         save_results(run_dir, target, results)
         return results
 
     reachable = [t for t in targets if t.spec in devices]
     shipped = {t.spec: (r, e) for t, r, e in in_parallel(reachable, ship)}
-    failed = 0
+    failed = []
     console("summary:")
     for target, _, error in probes:
         results, error = shipped.get(target.spec, (None, error))
         if error is not None:
-            failed += 1
+            failed.append(target.label)
             console.error(f"{target.label}: FAILED, current unchanged: {str(error).removeprefix(target.label + ': ')}")
         else:
             console(f"  {target.label}: ok, {summary_line(results)}")
     refresh_report(run_dir)
-    return 1 if failed else 0
+    return failed
 
 
 def refresh_report(run_dir: Path) -> None:

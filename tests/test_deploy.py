@@ -452,3 +452,110 @@ def test_tensorrt_artifacts_come_from_the_export_onnx_and_deferred_builds(tmp_pa
     assert found["student.tensorrt.int8"].files == {"model.onnx": tmp_path / "stages/export/student.qdq.onnx"}
     assert found["student.tensorrt.fp16"].files == {"model.onnx": tmp_path / "stages/export/student.fp16.onnx"}
     assert found["student.onnxruntime.fp32"].files == {"model.onnx": tmp_path / "stages/build/ort/model.onnx"}
+
+
+# ---------------------------------------------------------------- the deploy stage of `compress run`
+
+
+def with_deploy_stage(run_dir: Path, tmp_path: Path, section: dict, gates: dict | None = None) -> tuple[Path, Path]:
+    """A copy of the module's run whose pipeline.yaml gains a deploy stage: the earlier stages come from the cache."""
+    import yaml
+
+    folder = tmp_path / "pipeline"
+    shutil.copytree(run_dir, folder / "run", symlinks=True)
+    config = yaml.safe_load((run_dir.parent / "pipeline.yaml").read_text())
+    config["stages"]["deploy"] = section
+    if gates is not None:
+        config["gates"] = gates
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return folder / "pipeline.yaml", folder / "run"
+
+
+def ssh_section(sshd, device: Path, **extra) -> dict:
+    return {"targets": [sshd.target("ssh", device)], "known_hosts": str(sshd.known_hosts),
+            "identity": str(sshd.folder / "user_key"), "ssh_config": str(sshd.ssh_config), **extra}
+
+
+def test_compress_run_ends_with_the_deploy_stage_and_the_device_numbers_in_the_report(sshd, run_dir, tmp_path,
+                                                                                       capsys):
+    device = tmp_path / "device"
+    pipeline, run = with_deploy_stage(run_dir, tmp_path, ssh_section(sshd, device))
+    assert main(["run", str(pipeline), "--run-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "[report] cached" in out and "[deploy] running" in out and "[deploy] summary:" in out
+    first = current_release(device)
+    assert first is not None and releases(device) == [first]
+    outputs = read_json(run / "run.json")["stages"]["deploy"]["outputs"]
+    (deployed,) = outputs["deployed"]
+    device_results = read_json(run / deployed["results"])
+    assert device_results["release"] == first and device_results["artifact"] == "student.onnxruntime.fp32"
+    assert device_results["rows"] and all(r["latency_ms"]["p50"] > 0 for r in device_results["rows"])
+    report = (run / "report.md").read_text()
+    assert "## Device results" in report and f"127.0.0.1:{sshd.port}" in report and first in report
+
+    # Unchanged: nothing is shipped again.
+    assert main(["run", str(pipeline), "--run-dir", str(run)]) == 0
+    assert "[deploy] cached" in capsys.readouterr().out and releases(device) == [first]
+
+    # Results a `compress deploy` wrote for another device survive the stage's rerun.
+    other = tmp_path / "other-device"
+    assert deploy(run, "--target", f"local:{other}", quiet=True) == 0
+    other_results = next(p for p in (run / "stages" / "deploy").glob("local-*/results.json"))
+    section = ssh_section(sshd, device, val_samples=64)
+    pipeline.write_text(pipeline.read_text().replace("ssh_config:", "val_samples: 64\n    ssh_config:"))
+    assert main(["--quiet", "run", str(pipeline), "--run-dir", str(run)]) == 0
+    assert section["val_samples"] == 64 and len(releases(device)) == 2 and current_release(device) != first
+    assert other_results.is_file() and str(other) in (run / "report.md").read_text()
+
+
+def test_a_run_whose_gates_fail_is_not_deployed(run_dir, tmp_path, capsys):
+    device = tmp_path / "device"
+    pipeline, run = with_deploy_stage(run_dir, tmp_path, {"targets": [f"local:{device}"]}, gates={"min_speedup": 1e6})
+    assert main(["run", str(pipeline), "--run-dir", str(run)]) == 3
+    captured = capsys.readouterr()
+    assert "[deploy] not deployed: gate(s) failed (min_speedup)" in captured.out and "min_speedup" in captured.err
+    assert not device.exists()
+    assert read_json(run / "run.json")["stages"]["deploy"]["outputs"]["skipped"] == "gates failed: min_speedup"
+
+
+def test_an_unknown_artifact_is_a_config_error_before_any_device_is_touched(run_dir, tmp_path, capsys):
+    device = tmp_path / "device"
+    pipeline, run = with_deploy_stage(run_dir, tmp_path, {"targets": [f"local:{device}"],
+                                                          "artifact": "student.tflite.fp32"})
+    assert main(["--quiet", "run", str(pipeline), "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {pipeline}: stages.deploy.artifact: no artifact 'student.tflite.fp32'")
+    assert len(err.splitlines()) == 1 and not device.exists()
+    stages = read_json(run / "run.json")["stages"]
+    assert stages["report"]["status"] == "done" and stages["deploy"]["status"] == "failed"
+    assert (run / "report.html").is_file()  # what was built before is kept
+
+
+@pytest.mark.parametrize("section, field, message", [
+    ({"targets": ["ftp://host/x"]}, "targets", "ftp://host/x: unknown target scheme 'ftp'"),
+    ({"targets": []}, "targets", "at least 1 item"),
+    ({"targets": ["ssh://127.0.0.1"]}, "targets", "no folder on the device"),
+    ({"targets": ["local:/tmp/a", "local:/tmp/a/"]}, "targets", "the same device folder"),
+    ({"targets": ["local:/tmp/a"], "runtime": "tflite"}, "runtime", "unknown runtime 'tflite'"),
+    ({"targets": ["local:/tmp/a"], "known_hosts": "no_such_known_hosts"}, "known_hosts", "file not found"),
+    ({"targets": ["local:/tmp/a"], "ssh_options": ["-oProxyCommand=sh"]}, "ssh_options", "Key=Value"),
+    ({"targets": ["local:/tmp/a"], "bwlimit": 0}, "bwlimit", "greater than or equal to 1"),
+    ({"targets": ["local:/tmp/a"], "colour": "red"}, "colour", "unknown field"),
+])
+def test_a_bad_deploy_section_is_one_line_naming_the_field(tiny_config, write_pipeline, capsys, section, field,
+                                                           message):
+    tiny_config["stages"]["deploy"] = section
+    path = write_pipeline(tiny_config)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {path}: stages.deploy.{field}: ") and message in err, err
+    assert len(err.splitlines()) == 1
+
+
+def test_a_deploy_runtime_without_a_built_engine_is_refused(tiny_config, write_pipeline, capsys):
+    tiny_config["stages"]["deploy"] = {"targets": ["local:/tmp/a"], "runtime": "openvino"}
+    assert main(["validate", str(write_pipeline(tiny_config))]) == 2
+    assert ("stages.deploy.runtime: local:/tmp/a runs openvino, but no openvino engine is built: add openvino:fp32 "
+            "to stages.build.targets") in capsys.readouterr().err
+    tiny_config["stages"]["deploy"] = {"targets": ["jetson://nvidia@orin/opt/models"]}  # built on the device
+    assert main(["validate", str(write_pipeline(tiny_config))]) == 0

@@ -18,6 +18,6 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
     return cls
 
 
-from compress.stages import teacher, baseline, distill, quantize, export, build, benchmark, report  # noqa: E402,F401
+from compress.stages import teacher, baseline, distill, quantize, export, build, benchmark, report, deploy  # noqa: E402,F401,I001
 
 __all__ = ["ORDER", "STAGES", "Stage", "StageContext", "register_stage"]

@@ -52,6 +52,9 @@ class Stage:
     optional: ClassVar[bool] = False
     # Upstream stages whose outputs this stage reads; only those present in the pipeline count.
     reads: ClassVar[tuple[str, ...]] = ()
+    # A stage whose folder also holds what other commands wrote (deploy: device results of
+    # `compress deploy`) keeps it when it reruns; every other stage starts from an empty folder.
+    keeps_dir: ClassVar[bool] = False
     # Under torchrun, a distributed stage runs on every rank (it trains with DDP); others on rank 0 only.
     distributed: ClassVar[bool] = False
 

@@ -1,0 +1,131 @@
+"""deploy (optional): the recommended artifact to every device of `targets`, measured there.
+
+The same steps as `compress deploy RUN_DIR --target ...` (bundle with checksums, upload over SSH
+with strict host key checking, verify, build the TensorRT engine on a Jetson, smoke test,
+benchmark, atomic switch of `current`), run as the last stage of `compress run`, so one file and
+one command go from the teacher to a deployed student. The device results are folded into the
+report. A run whose gates failed is not deployed unless `require_gates: false`.
+
+Its folder, stages/deploy, is shared with `compress deploy` (bundles and each device's results),
+so the runner keeps it when the stage reruns: device results of earlier releases stay until the
+same device is deployed again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from compress.config import PipelineConfig, Strict
+from compress.errors import ConfigError, UsageError
+from compress.stages import register_stage
+from compress.stages.base import Stage, StageContext
+
+
+class DeployConfig(Strict):
+    targets: list[str] = Field(min_length=1, description="local:/path, ssh://user@host[:port]/path or "
+                                                          "jetson://user@host[:port]/path")
+    runtime: str | None = Field(None, description="onnxruntime | openvino | tensorrt (default: onnxruntime; "
+                                                  "tensorrt for jetson://)")
+    artifact: str | None = Field(None, description="model.backend.precision (default: the recommended one)")
+    known_hosts: Path | None = Field(None, description="check host keys against this file only")
+    identity: Path | None = Field(None, description="ssh private key")
+    ssh_config: Path | None = Field(None, description="ssh -F FILE instead of ~/.ssh/config")
+    ssh_options: list[str] = Field(default_factory=list, description="ssh -o Key=Value")
+    bwlimit: int | None = Field(None, ge=1, description="upload limit in KB/s")
+    val_samples: int = Field(256, ge=1, description="labelled val samples shipped for the device's top-1")
+    require_gates: bool = Field(True, description="deploy only when every gate passed")
+
+    def resolve_paths(self, base: Path) -> None:
+        """Key files are relative to pipeline.yaml, like every other path in it."""
+        for name in ("known_hosts", "identity", "ssh_config"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, (base / value).expanduser().resolve())
+
+    def check(self, pipeline: PipelineConfig):
+        from deploy.bundle import RUNTIMES
+        from deploy.release import check_slugs
+
+        if self.runtime is not None and self.runtime not in RUNTIMES:
+            return "runtime", f"unknown runtime '{self.runtime}'; known: {', '.join(RUNTIMES)}"
+        for name in ("known_hosts", "identity", "ssh_config"):
+            value = getattr(self, name)
+            if value is not None and not value.is_file():
+                return name, f"file not found: {value}"
+        for option in self.ssh_options:
+            if "=" not in option or option.startswith("-"):
+                return "ssh_options", f"'{option}': write it as Key=Value"
+        try:
+            targets = self.parsed_targets()
+            check_slugs(targets)
+        except UsageError as error:
+            return "targets", str(error).removeprefix("--target ")
+        built = {target.split(":")[0] for target in pipeline.stages["build"].targets}
+        for target in targets:  # TensorRT engines are built on the device from the ONNX; the others ship built
+            runtime = self.runtime or target.default_runtime
+            if runtime != "tensorrt" and runtime not in built:
+                field = "runtime" if self.runtime else "targets"
+                return field, (f"{target.label} runs {runtime}, but no {runtime} engine is built: "
+                               f"add {runtime}:fp32 to stages.build.targets")
+        return None
+
+    def parsed_targets(self) -> list:
+        from deploy.targets import SshOptions, parse_target
+
+        ssh = SshOptions(*(str(v) if v else None for v in (self.known_hosts, self.identity)), list(self.ssh_options),
+                         str(self.ssh_config) if self.ssh_config else None)
+        return [parse_target(spec, ssh) for spec in self.targets]
+
+
+class StageConsole:
+    """The deploy command's console, speaking through the stage's log."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def __call__(self, message: str) -> None:
+        self.log(message)
+
+    def error(self, message: str) -> None:
+        self.log(f"error: {message}")
+
+
+@register_stage
+class DeployStage(Stage):
+    name = "deploy"
+    Config = DeployConfig
+    optional = True
+    reads = ("build", "benchmark", "report")
+    keeps_dir = True
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        from deploy.bundle import choose, read_run
+        from deploy.cli import deploy_command
+        from deploy.targets import DeviceError
+
+        cfg: DeployConfig = ctx.config
+        report = ctx.outputs.get("report") or {}
+        if cfg.require_gates and report.get("gates_passed") is False:
+            failed = ", ".join(g["gate"] for g in report.get("gates", []) if not g["passed"])
+            ctx.log(f"not deployed: gate(s) failed ({failed}); stages.deploy.require_gates: false deploys anyway")
+            return {"deployed": [], "skipped": f"gates failed: {failed}"}
+        targets = cfg.parsed_targets()
+        record = read_run(ctx.run_dir)
+        for target in targets:  # an unknown artifact or runtime is a config error, before any device is touched
+            try:
+                choose(ctx.run_dir, record, cfg.runtime, cfg.artifact, target.default_runtime)
+            except UsageError as error:
+                field = "artifact" if cfg.artifact else "runtime"
+                raise ConfigError(ctx.pipeline.source_file, f"stages.deploy.{field}",
+                                  str(error).split(": ", 1)[-1]) from None
+        failed = deploy_command(ctx.run_dir, targets, StageConsole(ctx.log), cfg.runtime, cfg.artifact,
+                                cfg.val_samples, cfg.bwlimit)
+        if failed:
+            raise DeviceError(f"deploy failed on {len(failed)} of {len(targets)} target(s): {', '.join(failed)}; "
+                              "the others are deployed and in the report")
+        return {"deployed": [{"target": t.label,
+                              "results": ctx.relative(ctx.stage_dir / t.slug / "results.json")} for t in targets]}
+
