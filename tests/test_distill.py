@@ -153,13 +153,16 @@ def test_bad_transfer_config_is_one_line_with_exit_2(tiny_config, write_pipeline
     assert len(err.splitlines()) == 1 and f"{path}: " in err and words in err
 
 
-def test_a_wrong_feature_path_stops_the_run_with_exit_2_and_keeps_the_teacher(tiny_config, write_pipeline, tmp_path,
-                                                                             capsys):
-    tiny_config["teacher"]["train"]["epochs"] = 1
+def test_a_wrong_feature_path_is_refused_by_validate_before_anything_trains(tiny_config, write_pipeline, tmp_path,
+                                                                            capsys):
     tiny_config["stages"]["distill"] = {"epochs": 1, "losses": [
         {"name": "kd"}, {"name": "at", "student": "features.9", "teacher": "layers.2"}]}
-    run_dir = tmp_path / "run"
-    assert main(["--quiet", "run", str(write_pipeline(tiny_config)), "--run-dir", str(run_dir)]) == 2
+    path = write_pipeline(tiny_config)
+    expected = "stages.distill.losses.1.student: student: no module 'features.9'; modules: features, features.0"
+    assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "stages.distill.losses.1.student: student: no module 'features.9'; modules: features, features.0" in err
-    assert (run_dir / "stages" / "teacher" / "teacher.pt").is_file()
+    assert expected in err and len(err.splitlines()) == 1
+    run_dir = tmp_path / "run"
+    assert main(["--quiet", "run", str(path), "--run-dir", str(run_dir)]) == 2
+    assert expected in capsys.readouterr().err
+    assert not (run_dir / "stages" / "teacher").exists()  # refused before the teacher trained

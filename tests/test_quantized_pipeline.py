@@ -106,8 +106,10 @@ def test_a_bad_ignored_scope_name_is_one_line_exit_2_and_keeps_earlier_stages(qa
     assert run(config, path, work / "run") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {path}: stages.quantize.ignored_scope[1]: no module 'layers.99'")
+    assert "its modules: " in err[0] and "fc" in err[0]
+    assert main(["validate", str(path)]) == 2  # refused at load, before any stage runs
     state = statuses(work / "run")
-    assert state["teacher"] == state["distill"] == "done" and state["quantize"] == "failed"
+    assert state["teacher"] == state["distill"] == state["quantize"] == "done"
     assert teacher_pt.stat().st_mtime_ns == before
 
 
@@ -130,6 +132,8 @@ def test_a_student_nncf_cannot_quantize_is_one_line_exit_2(tiny_config, write_pi
     ({"target": "gpu"}, "stages.quantize.target", "'cpu' or 'tensorrt'"),
     ({"calibration_size": 0}, "stages.quantize.calibration_size", "greater than or equal to 1"),
     ({"ignored_scope": ["fc", "fc"]}, "stages.quantize.ignored_scope", "listed twice"),
+    ({"ignored_scope": ["fc", "head"]}, "stages.quantize.ignored_scope[1]",
+     "no module 'head' in student 'mlp'; its modules: features, features.0, features.1, features.2, fc"),
 ])
 def test_bad_quantize_options_name_the_field(tiny_config, section, path, words):
     tiny_config["stages"]["quantize"] = section

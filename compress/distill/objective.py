@@ -78,6 +78,25 @@ def check_loss_specs(specs: list[LossSpec]) -> tuple[str, str] | None:
     return None
 
 
+def check_feature_paths(specs: list[LossSpec], pipeline) -> tuple[str, str] | None:
+    """(field, message) for the first feature-loss module path that the configured model lacks."""
+    from compress.models import model_outline
+
+    outlines: dict[str, Any] = {}
+    for i, spec in enumerate(specs):
+        for role in ("student", "teacher"):
+            path = spec.options.get(role)
+            if not isinstance(path, str):
+                continue
+            if role not in outlines:
+                role_cfg = getattr(pipeline, role)
+                outlines[role] = model_outline(role_cfg.model, role_cfg.kwargs)
+            problem = missing_path(outlines[role], path) if outlines[role] is not None else None
+            if problem:
+                return f"losses.{i}.{role}", f"{role}: {problem}"
+    return None
+
+
 class Objective:
     """Callable loss for `fit`: (student_logits, Batch) -> (total, {part: value})."""
 

@@ -93,6 +93,23 @@ def build_model(spec: ModelSpec):
         raise UsageError(f"model '{spec.name}': bad kwargs: {error}") from None
 
 
+def model_outline(name: str, kwargs: dict[str, Any]):
+    """The model a config names, built on torch's meta device (no weights in memory, no data read).
+
+    For `compress validate` to check the module paths a config names (feature losses, NNCF's
+    ignored scope) before anything runs. The geometry is a placeholder (3 channels, 10 classes,
+    32 px): module paths do not depend on it. None when the model cannot be built that way; the
+    stage checks again on the real model when it starts.
+    """
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return build_model(ModelSpec(name, 3, 10, 32, dict(kwargs)))
+    except Exception:
+        return None
+
+
 def save_checkpoint(path: str | Path, model, spec: ModelSpec, extra: dict[str, Any] | None = None) -> None:
     """state_dict + spec: plain tensors and plain types, loadable with weights_only=True."""
     import torch

@@ -12,7 +12,7 @@ import numpy as np
 from pydantic import Field
 
 from compress.config import PipelineConfig, TrainConfig
-from compress.distill.objective import LossSpec, Objective, check_loss_specs, default_losses
+from compress.distill.objective import LossSpec, Objective, check_feature_paths, check_loss_specs, default_losses
 from compress.distill.train import NO_LABEL, accuracy, fit, is_main_process
 from compress.models import build_model, load_model, save_checkpoint
 from compress.stages import register_stage
@@ -33,7 +33,7 @@ class DistillConfig(TrainConfig):
     def check(self, pipeline: PipelineConfig) -> tuple[str, str] | None:
         if self.losses is not None and "alpha" in self.model_fields_set:
             return "alpha", "alpha weighs the default KD + CE; with `losses` give each loss a weight instead"
-        return check_loss_specs(self.loss_specs())
+        return check_loss_specs(self.loss_specs()) or check_feature_paths(self.loss_specs(), pipeline)
 
 
 def training_inputs(data) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ from compress.config import PipelineConfig, TrainConfig
 from compress.distill.objective import Objective, default_losses
 from compress.distill.train import accuracy, fit
 from compress.errors import ConfigError
-from compress.models import load_model
+from compress.models import load_model, model_outline
 from compress.quantize.calibration import calibration_samples
 from compress.stages import register_stage
 from compress.stages.base import Stage, StageContext
@@ -49,6 +49,13 @@ class QuantizeConfig(TrainConfig):
             return "preset", "target tensorrt needs symmetric activations: use preset performance or leave it out"
         if len(set(self.ignored_scope)) != len(self.ignored_scope):
             return "ignored_scope", "a module is listed twice"
+        student = model_outline(pipeline.student.model, pipeline.student.kwargs) if self.ignored_scope else None
+        if student is not None:
+            modules = [name for name, _ in student.named_modules() if name]
+            for index, name in enumerate(self.ignored_scope):
+                if name not in modules:
+                    return (f"ignored_scope[{index}]", f"no module '{name}' in student '{pipeline.student.model}'; "
+                                                       f"its modules: {', '.join(modules)}")
         return None
 
 
