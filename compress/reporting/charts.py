@@ -49,14 +49,24 @@ def latency_vs_accuracy(report: dict[str, Any]) -> bytes | None:
     backends = sorted({r["backend"] for r in rows})
     recommended = (report["headline"] or {}).get("recommended")
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    for row in rows:
+    same_accuracy: dict[float, int] = {}
+    for row in sorted(rows, key=lambda r: r["latency_ms"]["p50"]):
         ident = f"{row['model']}.{row['backend']}.{row['precision']}"
         x, y = row["latency_ms"]["p50"], row["accuracy"]["top1"] * 100
-        ax.scatter(x, y, s=140 if row["model"] == "teacher" else 70, color=_color(backends, row["backend"]),
+        color = _color(backends, row["backend"])
+        spread = row["latency_ms"].get("p50_spread")
+        if spread:  # how far a rerun's p50 may land; clipped above zero on the log axis
+            ax.errorbar(x, y, xerr=[[min(spread, 0.9 * x)], [spread]], fmt="none", ecolor=color, elinewidth=1,
+                        capsize=2, alpha=0.7, zorder=2)
+        ax.scatter(x, y, s=140 if row["model"] == "teacher" else 70, color=color,
                    marker=MARKERS.get(row["model"], "s"), zorder=3, edgecolor="white", linewidth=0.8)
         if ident == recommended:
             ax.scatter(x, y, s=320, facecolor="none", edgecolor="#111827", linewidth=1.6, zorder=4)
-        ax.annotate(ident, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=7.5, color="#374151")
+        # Backends of one model often share a top-1: alternate their labels above and below the line.
+        nth = same_accuracy.get(round(y, 3), 0)
+        same_accuracy[round(y, 3)] = nth + 1
+        offset = (6, 5 + 9 * (nth // 2)) if nth % 2 == 0 else (6, -12 - 9 * (nth // 2))
+        ax.annotate(ident, (x, y), textcoords="offset points", xytext=offset, fontsize=7.5, color="#374151")
     front = [r for ident in report["pareto"] for r in rows
              if f"{r['model']}.{r['backend']}.{r['precision']}" == ident]
     if front:
@@ -72,7 +82,7 @@ def latency_vs_accuracy(report: dict[str, Any]) -> bytes | None:
     for backend in backends:
         ax.scatter([], [], color=_color(backends, backend), label=backend)
     ax.set_xscale("log")
-    ax.set_xlabel(f"p50 latency at batch {batch} (ms, log scale)")
+    ax.set_xlabel(f"p50 latency at batch {batch} (ms, log scale; bars: ± of a rerun)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title("Latency vs accuracy (up and to the left is better)")
     _grid(ax)
