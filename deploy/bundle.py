@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 import yaml
 
+from compress import bench as bench_module
 from compress.errors import UsageError
 from compress.fileio import read_json, sha256_file, sha256_json, write_json, write_text
 from deploy.runner import RUNNER_PATH
+from deploy.runner.runner import HARNESS
 
 RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
 VAL_SAMPLE = "val_sample.npz"
@@ -166,6 +168,7 @@ def make_bundle(run_dir: Path, choice: Choice, out_root: Path, val_samples: int 
         (staging / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, staging / name)
     shutil.copyfile(RUNNER_PATH, staging / "runner.py")
+    shutil.copyfile(bench_module.__file__, staging / HARNESS)  # the host's harness, so the device is timed alike
     np.savez_compressed(staging / VAL_SAMPLE, **sample)
     model_input = onnx_input(run_dir / export["onnx"])
     batch_sizes = bench.get("batch_sizes") or [1]
@@ -190,7 +193,8 @@ def make_bundle(run_dir: Path, choice: Choice, out_root: Path, val_samples: int 
         "preprocessing": data.preprocessing(), "labels": list(data.class_names),
         "val_sample": VAL_SAMPLE,
         "bench": {"batch_sizes": batch_sizes, "runs": bench.get("runs", 30), "warmup": bench.get("warmup", 5),
-                  "min_seconds": bench.get("min_seconds", 0.5)},
+                  "warmup_seconds": bench.get("warmup_seconds", 0.2), "min_seconds": bench.get("min_seconds", 0.5),
+                  "rounds": bench.get("rounds", 3)},
         "params": host.get("params"), "macs": host.get("macs"),
         "host": {"top1": (host.get("accuracy") or {}).get("top1"), "backend": host.get("backend")},
         "source": {"run_dir": str(run_dir), "name": record.get("name"),

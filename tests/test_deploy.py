@@ -167,8 +167,12 @@ def test_deploy_over_ssh_benchmarks_on_the_device_then_status_and_rollback(sshd,
     assert {r["batch_size"] for r in results["rows"]} == {1, 8}
     host_rows = read_json(run_dir / "stages" / "benchmark" / "results.json")["rows"]
     host_top1 = next(r for r in host_rows if r["backend"] == "onnxruntime")["accuracy"]["top1"]
+    assert (device / "current" / "bench.py").read_bytes() == (ROOT / "compress" / "bench.py").read_bytes()
     for row in results["rows"]:
         assert row["backend"] == "onnxruntime" and row["latency_ms"]["p50"] > 0 and row["throughput_per_s"] > 0
+        # Timed by the host's harness, shipped in the bundle: rounds of fresh loads and the p50's ±.
+        assert row["rounds"] == 3 and len(row["latency_ms"]["round_p50s"]) == 3 and row["latency_ms"]["p50_spread"] > 0
+        assert row["timer"] == "runner"
         assert row["accuracy"]["agreement_with_host"] == 1.0  # same ONNX, same predictions on the device
         assert abs(row["accuracy"]["top1"] - host_top1) < 0.1 and row["params"] > 0
     report = (run_dir / "report.md").read_text()
@@ -314,7 +318,7 @@ def test_an_openvino_engine_deploys_and_runs_on_openvino(run_dir, tmp_path):
     device = tmp_path / "device"
     assert deploy(run, "--target", f"local:{device}", "--runtime", "openvino", quiet=True) == 0
     assert sorted(read_json(device / "current" / "manifest.json")["files"]) == [
-        "engine.json", "model.bin", "model.xml", "runner.py", "val_sample.npz"]
+        "bench.py", "engine.json", "model.bin", "model.xml", "runner.py", "val_sample.npz"]
     rows = read_json(run / "stages" / "deploy" / parse_target(f"local:{device}").slug / "results.json")["rows"]
     assert {r["backend"] for r in rows} == {"openvino"}
     assert all(r["accuracy"]["agreement_with_host"] == 1.0 and r["latency_ms"]["p50"] > 0 for r in rows)

@@ -142,7 +142,8 @@ def device_sections(devices: list[dict], host_rows: list[dict]) -> list[dict[str
             lat = row.get("latency_ms") or {}
             match = host.get(tuple(row.get(k) for k in SAME_ARTIFACT))
             rows.append({**row, "id": f"{row.get('model', '?')}.{row.get('backend', '?')}.{row.get('precision', '?')}",
-                         "p50": lat.get("p50"), "p90": lat.get("p90"), "std": lat.get("std"),
+                         "p50": lat.get("p50"), "p50_spread": lat.get("p50_spread"), "p90": lat.get("p90"),
+                         "std": lat.get("std"),
                          "top1": (row.get("accuracy") or {}).get("top1"),
                          "host_p50": match["latency_ms"]["p50"] if match else None})
         info = device["device"] if isinstance(device["device"], dict) else {"info": device["device"]}

@@ -130,11 +130,11 @@ def render_markdown(report: dict[str, Any]) -> str:
             if dev["device"]:
                 out += ["- " + ", ".join(f"{k}: {v}" for k, v in dev["device"].items() if v not in (None, ""))]
                 out.append("")
-            out += table(["artifact", "batch", "p50 ms", "p90 ms", "std ms", "throughput/s", "top-1",
+            out += table(["artifact", "batch", "p50 ms", "± ms", "p90 ms", "std ms", "throughput/s", "top-1",
                           "host p50 ms"],
-                         [[r["id"], r.get("batch_size", "-"), ms(r["p50"]), ms(r["p90"]), ms(r["std"]),
-                           num(r.get("throughput_per_s"), ".1f"), pct(r["top1"]), ms(r["host_p50"])]
-                          for r in dev["rows"]], "lrrrrrrr")
+                         [[r["id"], r.get("batch_size", "-"), ms(r["p50"]), ms(r.get("p50_spread")), ms(r["p90"]),
+                           ms(r["std"]), num(r.get("throughput_per_s"), ".1f"), pct(r["top1"]), ms(r["host_p50"])]
+                          for r in dev["rows"]], "lrrrrrrrr")
             out.append("")
 
     out += ["## Measurement notes", ""]

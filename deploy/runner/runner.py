@@ -2,7 +2,8 @@
 """On-device runner shipped in every bundle: Python 3.8+, numpy and whichever runtime the device has.
 
 No torch, no import of the toolchain: this file is copied to the device and also piped to
-`python3 -` over SSH for the release steps. Every command prints one JSON document on the last
+`python3 -` over SSH for the release steps. The one toolchain file it uses, the numpy-only latency
+harness (compress/bench.py), travels in the bundle as bench.py, so the device is timed as the host is. Every command prints one JSON document on the last
 line of stdout (`{"error": ...}` and exit 1 on failure); progress goes to stderr.
 
   python3 runner.py infer  RELEASE_DIR INPUT.npy [--output OUT.npy] [--preprocessed]
@@ -32,6 +33,7 @@ MANIFEST = "manifest.json"
 RELEASES = "releases"
 CURRENT = "current"
 INCOMING_PREFIX = ".incoming-"
+HARNESS = "bench.py"
 # Files a release gains on the device after verification (never uploaded, never in the manifest).
 DEVICE_FILES = ("model.engine", "build.log", "device.json")
 TRT_DEFAULT_DIRS = ("/usr/src/tensorrt/bin",)
@@ -220,8 +222,23 @@ def probe(sysroot: str | None, tools: str | None) -> dict:
 # ---------------------------------------------------------------- sessions
 
 
-class OnnxRuntimeSession:
-    def __init__(self, path: Path, threads: int | None):
+class RunnerSession:
+    """A loaded model; a context manager, so the harness can load one afresh per round."""
+
+    providers: list[str] = []
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class OnnxRuntimeSession(RunnerSession):
+    def __init__(self, path: Path, threads: int | None, precision: str | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -238,11 +255,20 @@ class OnnxRuntimeSession:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
-class OpenVinoSession:
-    def __init__(self, path: Path, threads: int | None):
+# As on the host (deploy/engines/openvino.py): the CPU plugin would compute an fp32 model in bf16
+# on CPUs that have it, so fp32 and int8 ask for f32.
+OPENVINO_PRECISION = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
+
+
+class OpenVinoSession(RunnerSession):
+    def __init__(self, path: Path, threads: int | None, precision: str | None = None):
         import openvino as ov
 
-        config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+        config = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        if precision in OPENVINO_PRECISION:
+            config["INFERENCE_PRECISION_HINT"] = OPENVINO_PRECISION[precision]
         self.compiled = ov.Core().compile_model(str(path), "CPU", config)
         self.output = self.compiled.output(0)
         self.providers = ["CPU"]
@@ -253,10 +279,10 @@ class OpenVinoSession:
         return self.compiled([np.ascontiguousarray(x, dtype=np.float32)])[self.output]
 
 
-class TensorRtSession:
+class TensorRtSession(RunnerSession):
     """A built engine run with the TensorRT Python API and CUDA runtime bindings (cuda-python)."""
 
-    def __init__(self, path: Path, threads: int | None):
+    def __init__(self, path: Path, threads: int | None, precision: str | None = None):
         import tensorrt as trt
 
         try:
@@ -314,7 +340,7 @@ def open_session(release: Path, manifest: dict, threads: int | None = None):
     if not model.is_file():
         raise RunnerError(f"{model}: not found" + (" (run build_engine.sh first)" if runtime == "tensorrt" else ""))
     try:
-        return SESSIONS[runtime](model, threads)
+        return SESSIONS[runtime](model, threads, manifest.get("precision"))
     except ImportError as error:
         raise RunnerError(f"runtime {runtime} cannot be imported on this device: {error}") from None
 
@@ -441,31 +467,21 @@ class PowerSampler:
 # ---------------------------------------------------------------- benchmark
 
 
-def percentiles(times_ms) -> dict:
-    import numpy as np
+def load_harness(release: Path):
+    """The toolchain's latency harness (compress/bench.py, numpy only), shipped in the bundle as bench.py.
 
-    ms = np.asarray(times_ms, dtype=np.float64)
-    return {"mean": float(ms.mean()), "std": float(ms.std()), "min": float(ms.min()),
-            "p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
-            "p99": float(np.percentile(ms, 99)), "runs": int(len(ms))}
+    The device is timed by the same code as the host: warm-up, rounds of fresh loads, the p50's ±.
+    """
+    import importlib.util
 
-
-def time_session(session, shape, batch: int, warmup: int, runs: int, min_seconds: float) -> dict:
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    pool = [rng.standard_normal((batch, *shape)).astype(np.float32) for _ in range(4)]
-    for i in range(warmup):
-        session.infer(pool[i % 4])
-    times = []
-    started = time.perf_counter()
-    while len(times) < runs or time.perf_counter() - started < min_seconds:
-        x = pool[len(times) % 4]
-        t0 = time.perf_counter()
-        session.infer(x)
-        times.append((time.perf_counter() - t0) * 1000.0)
-    stats = percentiles(times)
-    return {"latency_ms": stats, "throughput_per_s": batch * 1000.0 / stats["p50"], "timer": "runner"}
+    path = release / HARNESS
+    if not path.is_file():
+        raise RunnerError(f"{path}: not found (this release predates the shared harness; deploy it again)")
+    spec = importlib.util.spec_from_file_location("compress_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
 
 
 TRTEXEC_LATENCY = re.compile(r"(?:^|\]\s*)Latency: min = ([\d.e+-]+) ms, max = ([\d.e+-]+) ms, mean = ([\d.e+-]+) ms, "
@@ -515,22 +531,24 @@ def tail(text: str, lines: int = 3) -> str:
 
 
 def bench(release: Path, batch_sizes: list[int] | None, runs: int | None, warmup: int | None,
-          min_seconds: float | None, tools: str | None, threads: int | None) -> dict:
+          min_seconds: float | None, tools: str | None, threads: int | None, rounds: int | None = None) -> dict:
     manifest = read_manifest(release)
     settings = manifest.get("bench", {})
     batch_sizes = batch_sizes or settings.get("batch_sizes") or [1]
     runs = runs if runs is not None else settings.get("runs", 30)
     warmup = warmup if warmup is not None else settings.get("warmup", 5)
     min_seconds = min_seconds if min_seconds is not None else settings.get("min_seconds", 0.5)
+    rounds = rounds if rounds is not None else settings.get("rounds", 3)
     runtime = manifest["runtime"]
     sample = load_sample(release, manifest)
     model_file = manifest["engine"]["file"] if runtime == "tensorrt" else manifest["model_file"]
     size_mb = round((release / model_file).stat().st_size / 1e6, 4)
-    acc, providers, session = None, None, None
+    harness = load_harness(release) if runtime != "tensorrt" else None
+    acc, providers = None, None
     try:
-        session = open_session(release, manifest, threads)
-        providers = session.providers
-        acc = accuracy(predict(session, sample["x"]), sample["y"], sample["host_top1"])
+        with open_session(release, manifest, threads) as session:
+            providers = session.providers
+            acc = accuracy(predict(session, sample["x"]), sample["y"], sample["host_top1"])
     except RunnerError as error:
         if runtime != "tensorrt":
             raise
@@ -543,7 +561,11 @@ def bench(release: Path, batch_sizes: list[int] | None, runs: int | None, warmup
             if runtime == "tensorrt":
                 timing = time_trtexec(release, manifest, batch, tools, max(min_seconds, 1.0))
             else:
-                timing = time_session(session, manifest["input"]["shape"][1:], batch, warmup, runs, min_seconds)
+                latency = harness.LatencySettings(warmup=warmup, warmup_seconds=settings.get("warmup_seconds", 0.2),
+                                                  runs=runs, min_seconds=min_seconds)
+                ((timing,),) = harness.measure_rounds([lambda: open_session(release, manifest, threads)],
+                                                      tuple(manifest["input"]["shape"][1:]), [batch], latency, rounds)
+                timing["timer"] = "runner"
         row = {"model": manifest["model"], "artifact": manifest["artifact"], "backend": runtime,
                "precision": manifest["precision"], "batch_size": batch, **timing, "accuracy": acc,
                "params": manifest.get("params"), "macs": manifest.get("macs"), "size_mb": size_mb,
@@ -551,7 +573,8 @@ def bench(release: Path, batch_sizes: list[int] | None, runs: int | None, warmup
         if row["power"]:
             row["energy_mj_per_sample"] = row["power"]["mean_mw"] * row["latency_ms"]["p50"] / 1000.0 / batch
         rows.append(row)
-        log(f"b{batch}: p50 {timing['latency_ms']['p50']:.3f} ms")
+        spread = timing["latency_ms"].get("p50_spread")
+        log(f"b{batch}: p50 {timing['latency_ms']['p50']:.3f} ms" + (f" ± {spread:.3f}" if spread is not None else ""))
     return {"rows": rows}
 
 
@@ -679,6 +702,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--runs", type=int)
     p.add_argument("--warmup", type=int)
     p.add_argument("--min-seconds", type=float)
+    p.add_argument("--rounds", type=int, help="fresh loads per batch size (default: the pipeline's, 3)")
     p.add_argument("--threads", type=int)
     for name in ("smoke", "build-engine"):
         sub.add_parser(name).add_argument("release")
@@ -723,7 +747,8 @@ def dispatch(args: argparse.Namespace) -> dict:
         return build_engine(release, args.tools)
     if command == "infer":
         return infer(release, Path(args.input), Path(args.output) if args.output else None, args.preprocessed)
-    return bench(release, args.batch_sizes, args.runs, args.warmup, args.min_seconds, args.tools, args.threads)
+    return bench(release, args.batch_sizes, args.runs, args.warmup, args.min_seconds, args.tools, args.threads,
+                 args.rounds)
 
 
 def main(argv: list[str] | None = None) -> int:
