@@ -93,11 +93,16 @@ def repeat_spread(round_times: list[list[float]]) -> float:
     rounds' p50 estimate that variance: t(R-1) * s * sqrt(2/R). One round cannot see it, so with R=1
     (and as a floor) it is the sampling error of the pooled median alone, times sqrt(2).
     """
-    floor = np.sqrt(2) * median_halfwidth(np.concatenate([np.asarray(t, dtype=np.float64) for t in round_times]))
-    if len(round_times) < 2:
-        return float(floor)
-    p50s = np.array([np.percentile(t, 50) for t in round_times])
+    pooled = np.concatenate([np.asarray(t, dtype=np.float64) for t in round_times])
+    return _spread(np.array([np.percentile(t, 50) for t in round_times]), pooled)
+
+
+def _spread(p50s: np.ndarray, pooled: np.ndarray) -> float:
+    """`repeat_spread` from the rounds' p50 and every round's runs pooled."""
+    floor = np.sqrt(2) * median_halfwidth(pooled)
     rounds = len(p50s)
+    if rounds < 2:
+        return float(floor)
     t95 = T95[rounds - 2] if rounds - 1 <= len(T95) else 1.96
     return float(max(t95 * p50s.std(ddof=1) * np.sqrt(2 / rounds), floor))
 
@@ -129,9 +134,11 @@ def latency_stats(times_ms: list[float] | np.ndarray) -> dict:
 
 def round_stats(round_times: list[list[float]]) -> dict:
     """Statistics over the timed runs of every round pooled, with each round's p50 and the repeat spread."""
-    stats = latency_stats(np.concatenate([np.asarray(t, dtype=np.float64) for t in round_times]))
-    stats["round_p50s"] = [float(np.percentile(t, 50)) for t in round_times]
-    stats["p50_spread"] = repeat_spread(round_times)
+    pooled = np.concatenate([np.asarray(t, dtype=np.float64) for t in round_times])
+    p50s = np.array([np.percentile(t, 50) for t in round_times])
+    stats = latency_stats(pooled)
+    stats["round_p50s"] = [float(p) for p in p50s]
+    stats["p50_spread"] = _spread(p50s, pooled)
     stats["noisy"] = bool(stats["noisy"] or stats["p50_spread"] > NOISY_SPREAD * stats["p50"])
     return stats
 
@@ -189,7 +196,7 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_mb() -> float | None:
+def peak_rss_mb() -> float:
     """Peak resident memory of this process since start or the last reset, in MB."""
     kb = _status_kb("VmHWM")
     if kb is None:
@@ -241,7 +248,7 @@ def measure_rounds(openers: Sequence[Callable[[], Any]], input_shape: tuple[int,
     """
     timed = [[[] for _ in batch_sizes] for _ in openers]
     warmups = [[0] * len(batch_sizes) for _ in openers]
-    peaks: list[list[float | None]] = [[None] * len(batch_sizes) for _ in openers]
+    peaks = [[0.0] * len(batch_sizes) for _ in openers]
     for r in range(rounds):
         round_settings = replace(settings, seed=settings.seed + 1000 * r)
         for i, open_ in enumerate(openers):
@@ -253,8 +260,7 @@ def measure_rounds(openers: Sequence[Callable[[], Any]], input_shape: tuple[int,
                     times, warm = time_runs(session.infer, input_shape, batch, round_settings)
                     timed[i][j].append(times)
                     warmups[i][j] += warm
-                    peak = peak_rss_mb()
-                    peaks[i][j] = peak if peaks[i][j] is None or peak is None else max(peaks[i][j], peak)
+                    peaks[i][j] = max(peaks[i][j], peak_rss_mb())
         if on_round is not None:
             on_round(r)
     return [[{**latency_row(batch, timed[i][j], warmups[i][j]), "peak_rss_mb": peaks[i][j]}

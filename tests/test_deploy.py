@@ -563,3 +563,9 @@ def test_a_deploy_runtime_without_a_built_engine_is_refused(tiny_config, write_p
             "to stages.build.targets") in capsys.readouterr().err
     tiny_config["stages"]["deploy"] = {"targets": ["jetson://nvidia@orin/opt/models"]}  # built on the device
     assert main(["validate", str(write_pipeline(tiny_config))]) == 0
+
+
+def test_the_device_runner_asks_openvino_for_the_precision_the_host_does():
+    from deploy.engines.openvino import INFERENCE_PRECISION
+
+    assert device_runner.OPENVINO_PRECISION == INFERENCE_PRECISION  # the runner cannot import it: keep the copies equal

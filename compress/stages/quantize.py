@@ -50,12 +50,16 @@ class QuantizeConfig(TrainConfig):
         if len(set(self.ignored_scope)) != len(self.ignored_scope):
             return "ignored_scope", "a module is listed twice"
         student = model_outline(pipeline.student.model, pipeline.student.kwargs) if self.ignored_scope else None
-        if student is not None:
-            modules = [name for name, _ in student.named_modules() if name]
-            for index, name in enumerate(self.ignored_scope):
-                if name not in modules:
-                    return (f"ignored_scope[{index}]", f"no module '{name}' in student '{pipeline.student.model}'; "
-                                                       f"its modules: {', '.join(modules)}")
+        return self.scope_problem(student, pipeline.student.model) if student is not None else None
+
+    def scope_problem(self, student: torch.nn.Module, model_name: str) -> tuple[str, str] | None:
+        """(field, message) for the first `ignored_scope` name that is not a module of `student`."""
+        from compress.quantize.nncf_quant import missing_modules
+
+        for index, name in enumerate(self.ignored_scope):
+            if missing_modules(student, [name]):
+                modules = ", ".join(n for n, _ in student.named_modules() if n)
+                return f"ignored_scope[{index}]", f"no module '{name}' in student '{model_name}'; its modules: {modules}"
         return None
 
 
@@ -70,17 +74,14 @@ class QuantizeStage(Stage):
         return {"data": pipeline.data.model_dump(mode="json"), "seed": pipeline.seed}
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from compress.quantize.nncf_quant import (NotQuantizable, missing_modules, quantize_model, quantizers,
-                                                  quiet_nncf, save_quantized)
+        from compress.quantize.nncf_quant import NotQuantizable, quantize_model, quantizers, quiet_nncf, save_quantized
 
         cfg: QuantizeConfig = ctx.config
         data = ctx.data
         student, spec = load_model(ctx.path(ctx.outputs["distill"]["checkpoint"]))
-        for index, name in enumerate(cfg.ignored_scope):
-            if name in missing_modules(student, [name]):
-                modules = ", ".join(n for n, _ in student.named_modules() if n)
-                raise ConfigError(ctx.pipeline.source_file, f"stages.quantize.ignored_scope[{index}]",
-                                  f"no module '{name}' in student '{spec.name}'; its modules: {modules}")
+        problem = cfg.scope_problem(student, spec.name)  # validate checked the config's outline; this, the model
+        if problem:
+            raise ConfigError(ctx.pipeline.source_file, f"stages.quantize.{problem[0]}", problem[1])
         quiet_nncf()
         calibration = calibration_samples(data.x_train, cfg.calibration_size, ctx.pipeline.seed)
         ctx.log(f"NNCF int8 PTQ ({cfg.target}) calibrating on {len(calibration)} training samples")
