@@ -31,6 +31,16 @@ def init_from_env() -> bool:
     return True
 
 
+def shutdown() -> None:
+    """Leave the process group before the interpreter exits.
+
+    Without this, Gloo's worker threads may still hold work objects with Python references while the
+    interpreter is torn down, and a run that finished may still die with SIGABRT.
+    """
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 

@@ -63,10 +63,17 @@ class Runner:
     def run(self) -> dict[str, Any]:
         # Under torchrun only rank 0 takes the lock and writes run.json; the other ranks follow it
         # (compress/distributed.py) and train alongside it in the distributed stages.
-        if distributed.init_from_env():
+        if not distributed.init_from_env():
+            return self._run_as_leader()
+        try:
             if distributed.rank() != 0:
                 return distributed.follow(self)
             self.peers = distributed.Peers(True)
+            return self._run_as_leader()
+        finally:
+            distributed.shutdown()
+
+    def _run_as_leader(self) -> dict[str, Any]:
         lock = DirLock(self.run_dir)
         if not lock.acquire():
             message = f"{self.run_dir}: another run (pid {lock.holder()}) is writing this run dir"
