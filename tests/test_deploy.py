@@ -210,6 +210,40 @@ def test_deploy_over_ssh_benchmarks_on_the_device_then_status_and_rollback(sshd,
     assert current_release(device) == first
 
 
+# JetPack 5 ships Python 3.8: the device side (runner.py, bench.py) must run there. .ci/run makes a
+# Python 3.8 venv with numpy and onnxruntime when the machine has a 3.8 interpreter and names it here.
+DEVICE_PYTHON = os.environ.get("COMPRESS_TEST_DEVICE_PYTHON")
+
+
+@pytest.mark.skipif(not DEVICE_PYTHON, reason="COMPRESS_TEST_DEVICE_PYTHON not set (.ci/run sets it)")
+def test_the_device_side_runs_on_jetpack_5s_python_3_8(sshd, run_dir, tmp_path, capsys):
+    version = subprocess.run([DEVICE_PYTHON, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert version == "3.8", f"{DEVICE_PYTHON} is Python {version}"
+    device = tmp_path / "device"
+    target = sshd.target("ssh", device, python=DEVICE_PYTHON)
+    assert deploy(run_dir, "--target", target, *sshd.client_args(), quiet=True) == 0
+
+    results = read_json(run_dir / "stages" / "deploy" / parse_target(target).slug / "results.json")
+    assert results["device"]["python"].startswith("3.8.") and results["current"] == current_release(device)
+    for row in results["rows"]:
+        assert row["timer"] == "runner" and row["rounds"] == 3 and row["latency_ms"]["p50_spread"] > 0
+        assert row["accuracy"]["agreement_with_host"] == 1.0
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    sample = tmp_path / "digits.npy"
+    np.save(sample, (load_digits().images[:10] / 16.0).astype(np.float32)[:, None])
+    out = subprocess.run([DEVICE_PYTHON, str(device / "current" / "runner.py"), "infer", str(device / "current"),
+                          str(sample)], capture_output=True, text=True, check=True)
+    assert len(json.loads(out.stdout)["predictions"]) == 10
+
+    capsys.readouterr()
+    assert deploy(run_dir, "--target", target, "--status", *sshd.client_args()) == 0
+    assert f"* {current_release(device)}" in capsys.readouterr().out
+
+
 def test_two_targets_deploy_in_parallel(sshd, run_dir, tmp_path, capsys):
     devices = [tmp_path / "edge-a", tmp_path / "edge-b"]
     targets = [sshd.target("ssh", d) for d in devices]
