@@ -1,7 +1,7 @@
 """`compress benchmark FILE`: one ONNX, OpenVINO IR, TensorRT plan or checkpoint, measured ad hoc.
 
 Same harness and same row schema as the pipeline's benchmark stage, without accuracy (there is
-no dataset here): latency, throughput, peak memory, size.
+no dataset here): latency, throughput, memory (alone in a fresh process), size.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 from compress.artifacts import detect_backend, input_shape, open_session, resolve
 from compress.bench import LatencySettings, measure_rounds
 from compress.errors import UsageError
+from compress.footprint import measure_footprint
 from compress.reporting.fmt import ms, num, text_table
 
 
@@ -30,7 +31,8 @@ def parse_ints(text: str, option: str, count: int | None = None) -> list[int]:
 
 
 def benchmark_file(path: str | Path, backend: str | None, batch_sizes: list[int], shape: list[int] | None,
-                   threads: int | None, settings: LatencySettings, rounds: int = 3) -> dict[str, Any]:
+                   threads: int | None, settings: LatencySettings, rounds: int = 3,
+                   memory: bool = True) -> dict[str, Any]:
     """Measure one artifact in `rounds` rounds, loading it afresh for each (see `measure_rounds`)."""
     from compress.stages.benchmark import artifact_mb, environment
 
@@ -66,18 +68,21 @@ def benchmark_file(path: str | Path, backend: str | None, batch_sizes: list[int]
     with load() as session:  # the shape is needed before the rounds start
         check(session)
     (timings,) = measure_rounds([load], sample_shape, batch_sizes, settings, rounds)
+    footprint = measure_footprint(artifact, backend, sample_shape, max(batch_sizes), threads) if memory else None
     precision = sidecar.get("precision") or "fp32"
     rows = [{"model": artifact.stem, "artifact": str(artifact), "backend": backend, "precision": precision, **t,
-             "size_mb": artifact_mb(artifact), "threads": threads} for t in timings]
-    return {"env": environment(threads), "input_shape": list(sample_shape), "rows": rows}
+             "size_mb": artifact_mb(artifact), "threads": threads, **({"memory": footprint} if footprint else {})}
+            for t in timings]
+    return {"env": environment(threads), "input_shape": list(sample_shape), "rows": rows, "memory": footprint}
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
     return text_table(
         ["backend", "precision", "batch", "p50 ms", "± ms (95%, rerun)", "mean ms", "std ms", "p90 ms",
-         "p99 ms", "runs", "samples/s", "peak RSS MB", "size MB"],
+         "p99 ms", "runs", "samples/s", "memory MB", "size MB"],
         [[r["backend"], r["precision"], r["batch_size"], ms(r["latency_ms"]["p50"]), ms(r["latency_ms"].get("p50_spread")),
           ms(r["latency_ms"]["mean"]), ms(r["latency_ms"]["std"]), ms(r["latency_ms"]["p90"]),
           ms(r["latency_ms"]["p99"]), r["latency_ms"]["runs"],
-          num(r["throughput_per_s"], ".1f"), num(r.get("peak_rss_mb"), ".0f"), num(r["size_mb"], ".3f")]
+          num(r["throughput_per_s"], ".1f"), num((r.get("memory") or {}).get("peak_mb"), ".0f"),
+          num(r["size_mb"], ".3f")]
          for r in rows])

@@ -177,7 +177,8 @@ def measure_latency(infer: Infer, input_shape: tuple[int, ...], batch_size: int,
 
 # --- memory ---------------------------------------------------------------------------------------
 
-def _status_kb(field: str) -> int | None:
+def proc_status_kb(field: str) -> int | None:
+    """A field of /proc/self/status in kB (VmRSS, VmHWM); None where the system has no /proc."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -198,7 +199,7 @@ def reset_peak_rss() -> bool:
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process since start or the last reset, in MB."""
-    kb = _status_kb("VmHWM")
+    kb = proc_status_kb("VmHWM")
     if kb is None:
         import resource
 

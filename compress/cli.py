@@ -85,15 +85,18 @@ def cmd_benchmark(args: argparse.Namespace, console: Console) -> int:
     from compress.adhoc_bench import benchmark_file, format_rows, parse_ints
     from compress.bench import LatencySettings
     from compress.fileio import write_json
+    from compress.footprint import describe
 
     settings = LatencySettings(args.warmup, args.warmup_seconds, args.runs, args.min_seconds)
     shape = parse_ints(args.shape, "--shape") if args.shape else None
     result = benchmark_file(args.model, args.backend, parse_ints(args.batch, "--batch"), shape, args.threads, settings,
-                            args.rounds)
+                            args.rounds, memory=not args.no_memory)
     print(format_rows(result["rows"]))
     for row in result["rows"]:
         if row.get("note"):
             print(f"note: batch {row['batch_size']}: {row['note']}")
+    if result.get("memory"):
+        print(f"memory: {describe(result['memory'])}")
     if args.json:
         write_json(args.json, result)
     return 0
@@ -157,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=3,
                        help="load and time the artifact afresh this many times (default: 3); the rounds give the "
                             "p50's ± (how far a rerun may land, 95%%); 1 shows within-run sampling error only")
+    bench.add_argument("--no-memory", action="store_true",
+                       help="skip the memory measurement (the artifact alone in a fresh process)")
     bench.add_argument("--json", help="also write the rows (results.json schema) to this file")
     bench.set_defaults(func=cmd_benchmark)
 

@@ -105,6 +105,8 @@ class GatesConfig(Strict):
     min_speedup: float | None = Field(None, gt=0)
     max_latency_ms: float | dict[int, float] | None = None
     max_size_mb: float | None = Field(None, gt=0)
+    max_memory_mb: float | None = Field(None, gt=0, description="peak resident memory of the recommended artifact "
+                                                                "alone in a fresh process, at the largest batch")
 
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

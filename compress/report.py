@@ -10,6 +10,7 @@ from typing import Any
 
 from compress.bench import within_noise
 from compress.config import GatesConfig
+from compress.footprint import describe
 
 
 def teacher_rows(rows: list[dict]) -> dict[int, dict]:
@@ -96,6 +97,11 @@ def evaluate_gates(rows: list[dict], gates: GatesConfig, choice: dict | None) ->
     if gates.max_size_mb is not None:
         verdict("max_size_mb", gates.max_size_mb, choice["size_mb"], choice["size_mb"] <= gates.max_size_mb,
                 f"{choice['size_mb']:.3f} MB on disk")
+    if gates.max_memory_mb is not None:
+        memory = choice.get("memory") or {"error": "stages.benchmark.memory was off"}
+        peak = memory.get("peak_mb")
+        verdict("max_memory_mb", gates.max_memory_mb, peak, peak is not None and peak <= gates.max_memory_mb,
+                describe(memory))
     return verdicts
 
 

@@ -52,4 +52,5 @@ gates:                    # a failed gate makes `compress run` exit 3 (after wri
   # min_speedup: 2.0
   # max_latency_ms: {1: 5.0}
   # max_size_mb: 1.0
+  # max_memory_mb: 200    # peak resident memory of the artifact alone in a fresh process
 """

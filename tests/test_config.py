@@ -38,6 +38,10 @@ def test_absent_core_stages_get_defaults(tiny_config):
     (lambda c: c["stages"]["benchmark"].update(batch_sizes=[]), "stages.benchmark.batch_sizes", "at least 1"),
     (lambda c: c["stages"]["benchmark"].update(rounds=0), "stages.benchmark.rounds", "greater than or equal to 1"),
     (lambda c: c["stages"]["benchmark"].update(rounds="many"), "stages.benchmark.rounds", "valid integer"),
+    (lambda c: c["stages"]["benchmark"].update(memory="sometimes"), "stages.benchmark.memory", "valid boolean"),
+    (lambda c: c.setdefault("gates", {}).update(max_memory_mb=0), "gates.max_memory_mb", "greater than 0"),
+    (lambda c: (c["stages"]["benchmark"].update(memory=False), c.setdefault("gates", {}).update(max_memory_mb=64)),
+     "stages.benchmark.memory", "gates.max_memory_mb needs each artifact's memory measured"),
 ])
 def test_bad_field_names_file_and_path(tiny_config, tmp_path, mutate, path, words):
     mutate(tiny_config)

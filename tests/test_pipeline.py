@@ -21,6 +21,8 @@ def statuses(run_dir: Path) -> dict[str, str]:
 
 def test_tiny_pipeline_end_to_end(tiny_config, write_pipeline, tmp_path, capsys):
     run_dir = tmp_path / "run"
+    tiny_config["stages"]["benchmark"]["memory"] = True
+    tiny_config["gates"] = {"max_memory_mb": 4096}
     path = write_pipeline(tiny_config)
     assert run(path, run_dir) == 0
     assert set(statuses(run_dir).values()) == {"done"}
@@ -34,6 +36,11 @@ def test_tiny_pipeline_end_to_end(tiny_config, write_pipeline, tmp_path, capsys)
         assert 0.5 < row["accuracy"]["top1"] <= 1 and row["params"] > 0 and row["macs"] > 0 and row["size_mb"] > 0
     student_rows = [r for r in results["rows"] if r["model"] == "student"]
     assert len({r["accuracy"]["top1"] for r in student_rows}) == 1  # torch and ONNX agree on every val sample
+    # Memory: each artifact alone in a fresh process, at the largest batch; ONNX Runtime's process has no torch.
+    memory = {(r["model"], r["backend"]): r["memory"] for r in results["rows"]}
+    assert all(m["batch_size"] == 8 and m["peak_mb"] >= m["runtime_mb"] > 0 for m in memory.values())
+    assert [m["torch_imported"] for m in memory.values()] == [True, True, False]
+    assert memory[("student", "onnxruntime")]["peak_mb"] < memory[("student", "torch")]["runtime_mb"]
 
     parity = read_json(run_dir / "stages" / "export" / "parity.json")
     assert parity["passed"] and parity["max_abs_error"] < 1e-3 and parity["top1_agreement"] == 1.0
@@ -42,6 +49,7 @@ def test_tiny_pipeline_end_to_end(tiny_config, write_pipeline, tmp_path, capsys)
     assert "Recommended artifact" in report and "| student | onnxruntime | fp32 | 1 |" in report
     assert "<img" in (run_dir / "report.html").read_text()
     assert read_json(run_dir / "report.json")["headline"]["recommended"] == "student.onnxruntime.fp32"
+    assert "| max_memory_mb | 4096.0 |" in report and "- Memory: " in report
     sidecar = read_json(run_dir / "stages" / "build" / "student.onnxruntime.fp32" / "engine.json")
     assert sidecar["backend"] == "onnxruntime" and len(sidecar["source_onnx_sha256"]) == 64
     assert (run_dir / "pipeline.yaml").exists()

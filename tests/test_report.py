@@ -39,7 +39,15 @@ def row(model: str, backend: str, precision: str, batch: int, p50: float, top1: 
             "accuracy": {"top1": top1, "top5": min(1.0, top1 + 0.05), "agreement_with_teacher": 0.97,
                          "per_class": per_class},
             "params": 100_000 if model == "teacher" else 10_000, "macs": 5_000_000 if model == "teacher" else 300_000,
-            "size_mb": size_mb, "threads": 2, "peak_rss_mb": 400.0, **extra}
+            "size_mb": size_mb, "threads": 2, "peak_rss_mb": 400.0, "memory": memory(backend, size_mb), **extra}
+
+
+def memory(backend: str, size_mb: float) -> dict:
+    """A footprint as compress/footprint.py writes it: torch's runtime is the heavy part."""
+    runtime = {"torch": 500.0, "onnxruntime": 50.0, "openvino": 55.0}[backend]
+    model = round(2 * size_mb + 5, 1)
+    return {"peak_mb": runtime + model, "runtime_mb": runtime, "model_mb": model, "batch_size": 8,
+            "torch_imported": backend == "torch"}
 
 
 def rows_for(batch: int, scale: float) -> list[dict]:
@@ -251,6 +259,33 @@ def test_gates_pass_and_fail_on_the_recommended_artifact():
                         "max_latency_ms[b32]": False}
     assert "not benchmarked" in next(g["detail"] for g in failing["gates"] if g["gate"] == "max_latency_ms[b32]")
     assert "within noise" not in next(g["detail"] for g in failing["gates"] if g["gate"] == "max_latency_ms[b1]")
+
+
+def test_memory_alone_is_in_the_summary_the_table_and_the_memory_gate(tmp_path, capsys):
+    run_dir = write_run(tmp_path / "r1", gates={"max_accuracy_drop": 0.03, "max_memory_mb": 100})
+    assert main(["--quiet", "report", str(run_dir)]) == 0
+    md = (run_dir / "report.md").read_text()
+    # Recommended: student.openvino.int8, 55 MB runtime + 5.2 MB; the teacher on torch 513 MB.
+    assert ("- Memory: 60 MB peak resident, alone in a fresh process (runtime 55 MB + 5 MB to load and run at batch 8); "
+            "the teacher 513 MB") in md
+    assert "| size MB | memory MB |" in md and "| 0.120 | 60 |" in md
+    assert "| max_memory_mb | 100.0 | 60.2 | PASS | 60 MB peak resident, alone in a fresh process" in md
+    html = (run_dir / "report.html").read_text()
+    assert "Memory alone" in html and "vs 513 MB for the teacher" in html
+
+    write_run(tmp_path / "r2", gates={"max_accuracy_drop": 0.03, "max_memory_mb": 50})
+    assert main(["report", str(tmp_path / "r2")]) == 0
+    assert "gate max_memory_mb: FAIL (60 MB peak resident, alone" in capsys.readouterr().out
+
+    rows = [{k: v for k, v in r.items() if k != "memory"} for r in rows_for(1, 1.0)]  # stages.benchmark.memory off
+    unmeasured = summary({"rows": rows}, GatesConfig(max_memory_mb=100))["gates"]
+    assert unmeasured == [{"gate": "max_memory_mb", "limit": 100, "value": None, "passed": False,
+                           "detail": "not measured: stages.benchmark.memory was off"}]
+    failed_child = rows_for(1, 1.0)
+    for r in failed_child:
+        r["memory"] = {"error": "MemoryError"}
+    assert summary({"rows": failed_child}, GatesConfig(max_memory_mb=100))["gates"][0]["detail"] == \
+        "not measured: MemoryError"
 
 
 def test_a_latency_gate_within_the_noise_of_its_limit_says_a_rerun_may_flip_it():

@@ -173,6 +173,8 @@ def analyze(facts: RunFacts) -> dict[str, Any]:
             "size_mb": choice["size_mb"], "teacher_size_mb": teacher["size_mb"] if teacher else None,
             "size_reduction": teacher["size_mb"] / choice["size_mb"] if teacher and choice["size_mb"] else None,
             "agreement_with_teacher": choice["accuracy"].get("agreement_with_teacher"),
+            "memory": choice.get("memory") if "peak_mb" in (choice.get("memory") or {}) else None,
+            "teacher_memory_mb": ((teacher or {}).get("memory") or {}).get("peak_mb"),
             "within_noise": info["within_noise"],
         }
     noisy = [{"artifact": artifact_id(r), "batch_size": r["batch_size"], "note": r.get("note") or "spread is high"}

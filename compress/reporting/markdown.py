@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from compress.footprint import describe
 from compress.reporting.analysis import QUIET
 from compress.reporting.fmt import count, ms, num, pct, plus_minus, pts, table, times
 
 RESULT_HEADERS = ["model", "backend", "precision", "batch", "p50 ms", "± ms", "p90 ms", "p99 ms", "std ms",
                   "throughput/s", "top-1", "top-5", "agreement", "Δ top-1", "speedup", "params", "MACs",
-                  "size MB", "peak RSS MB"]
+                  "size MB", "memory MB"]
+MEMORY_NOTE = ("memory MB is the peak resident memory of a fresh process that loads only that artifact and its "
+               "runtime and runs it at the largest batch (`stages.benchmark.memory`).")
+
+
+def memory_line(h: dict[str, Any]) -> str | None:
+    """The summary's memory line: the recommended artifact alone in a fresh process, against the teacher."""
+    if not h.get("memory"):
+        return None
+    teacher = h.get("teacher_memory_mb")
+    return f"Memory: {describe(h['memory'])}" + (f"; the teacher {teacher:.0f} MB" if teacher else "")
 
 
 def result_cells(r: dict[str, Any]) -> list[str]:
@@ -20,7 +31,7 @@ def result_cells(r: dict[str, Any]) -> list[str]:
             ms(lat["p99"]), ms(lat.get("std")) + (" ⚠" if lat.get("noisy") else ""), num(r["throughput_per_s"], ".1f"),
             pct(acc["top1"]), pct(acc.get("top5")), pct(acc.get("agreement_with_teacher")),
             pts(None if delta is None else delta * 100), times(r.get("speedup_vs_teacher")), count(r.get("params")),
-            count(r.get("macs")), num(r.get("size_mb"), ".3f"), num(r.get("peak_rss_mb"), ".0f")]
+            count(r.get("macs")), num(r.get("size_mb"), ".3f"), num((r.get("memory") or {}).get("peak_mb"), ".0f")]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -38,6 +49,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"(**{pts(h['top1_delta_pts'])}**); agreement with the teacher {pct(h['agreement_with_teacher'])}",
                 f"- Size: {num(h['size_mb'], '.3f')} MB vs {num(h['teacher_size_mb'], '.3f')} MB "
                 f"(**{times(h['size_reduction'])} smaller**)"]
+        if memory_line(h):
+            out.append(f"- {memory_line(h)}")
         if h.get("within_noise"):
             out.append("- Within noise of it (a rerun could rank these first): " + ", ".join(
                 f"`{w['artifact']}` {ms(w['p50'])}{plus_minus(w['p50_spread'])} ms" for w in h["within_noise"]))
@@ -73,7 +86,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += ["## All results", ""]
     out += table(RESULT_HEADERS, [result_cells(r) for r in report["rows"]], "llll" + "r" * 15)
     out += ["", "± is how far a rerun's p50 may land (95%); ⚠ marks a noisy measurement (see Measurement notes). "
-            "Speedup and Δ top-1 are against the teacher (torch) at the same batch size.", ""]
+            "Speedup and Δ top-1 are against the teacher (torch) at the same batch size. " + MEMORY_NOTE, ""]
 
     if report["int8_vs_fp32"]:
         out += ["## INT8 vs FP32", ""]

@@ -76,6 +76,7 @@ def compare_runs(a: Path, b: Path) -> str:
               ("teacher top-1", lambda h, r: pct(h.get("teacher_top1"))),
               ("Δ top-1 vs teacher", lambda h, r: pts(h.get("top1_delta_pts"))),
               ("size MB", lambda h, r: num(h.get("size_mb"), ".3f")),
+              ("memory MB (alone)", lambda h, r: num((h.get("memory") or {}).get("peak_mb"), ".0f")),
               ("KD gain", lambda h, r: pts((r["kd_gain"] or {}).get("kd_gain_pts"))),
               ("gates", lambda h, r: "-" if not r["gates"] else "pass" if r["gates_passed"] else
                "FAIL: " + ", ".join(g["gate"] for g in r["gates"] if not g["passed"])),

@@ -19,6 +19,7 @@ from compress.artifacts import TorchSession, open_session
 from compress.bench import LatencySettings, accuracy_report, measure_rounds, predict
 from compress.config import PipelineConfig, Strict
 from compress.fileio import write_json
+from compress.footprint import describe, measure_footprint
 from compress.stages import register_stage
 from compress.stages.base import Stage, StageContext
 
@@ -32,8 +33,12 @@ class BenchmarkConfig(Strict):
     rounds: int = Field(3, ge=1, description="fresh loads per artifact, interleaved across artifacts; the p50's "
                                             "repeat spread comes from them (1: within-run sampling error only)")
     threads: int | None = Field(None, ge=1, description="intra-op threads; default: all cores")
+    memory: bool = Field(True, description="measure each artifact's memory alone in a fresh process "
+                                           "(compress/footprint.py); needed by gates.max_memory_mb")
 
     def check(self, pipeline: PipelineConfig):
+        if not self.memory and pipeline.gates.max_memory_mb is not None:
+            return "memory", "is false, but gates.max_memory_mb needs each artifact's memory measured"
         bad = [b for b in self.batch_sizes if b < 1]
         if bad:
             return "batch_sizes", f"must be positive integers, got {bad[0]}"
@@ -155,12 +160,15 @@ class BenchmarkStage(Stage):
         timings = measure_rounds([a.load for a in artifacts], shape, cfg.batch_sizes, settings, cfg.rounds,
                                  on_first_load=score,
                                  on_round=lambda r: ctx.log(f"round {r + 1}/{cfg.rounds} timed"))
+        memory = [self.measure_memory(ctx, a, shape, max(cfg.batch_sizes), threads) if cfg.memory else None
+                  for a in artifacts]
         rows: list[dict[str, Any]] = []
-        for a, acc, per_batch in zip(artifacts, accuracy, timings):
+        for a, acc, per_batch, footprint in zip(artifacts, accuracy, timings, memory):
             for timing in per_batch:
                 rows.append({"model": a.model, "artifact": a.artifact, "backend": a.backend, "precision": a.precision,
                              **timing, "accuracy": acc, "params": a.params, "macs": a.macs,
-                             "size_mb": artifact_mb(ctx.path(a.artifact)), "threads": threads})
+                             "size_mb": artifact_mb(ctx.path(a.artifact)), "threads": threads,
+                             **({"memory": footprint} if footprint else {})})
                 lat = timing["latency_ms"]
                 ctx.log(f"{a.model:8s} {a.backend:12s} {a.precision:5s} b{timing['batch_size']:<3d} p50 "
                         f"{lat['p50']:8.3f} ms ±{lat['p50_spread']:.3f} (std {lat['std']:.3f})"
@@ -170,3 +178,10 @@ class BenchmarkStage(Stage):
         path = ctx.stage_dir / "results.json"
         write_json(path, results)
         return {"results": ctx.relative(path)}
+
+    @staticmethod
+    def measure_memory(ctx: StageContext, a: Measured, shape: tuple[int, ...], batch: int, threads: int) -> dict:
+        """The artifact alone in a fresh process (after the timing, so it never competes with it)."""
+        footprint = measure_footprint(ctx.path(a.artifact), a.backend, shape, batch, threads)
+        ctx.log(f"{a.model:8s} {a.backend:12s} {a.precision:5s} memory {describe(footprint)}")
+        return footprint

@@ -1,0 +1,95 @@
+"""Memory an artifact needs on its own: a fresh process that loads only it and its runtime.
+
+The benchmark times every artifact in one process that also holds torch, the dataset and the other
+artifacts, so its peak resident memory says little about what a device must have free for one
+ONNX model. Here a child process (`python -m compress.footprint`) imports the artifact's runtime
+and nothing else, notes its resident memory, loads the artifact, runs it on fresh random inputs at
+the largest batch size, and reports:
+
+- `runtime_mb`: resident memory with the runtime imported, before the artifact is loaded;
+- `model_mb`: what loading and running the artifact added on top (weights, arenas, activations);
+- `peak_mb`: the process's peak resident memory, what the whole deployment needs.
+
+Host memory only: a TensorRT engine's GPU memory is not resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# The module each backend imports when it loads an artifact: imported before the artifact so its
+# cost is counted as the runtime's, not the model's.
+RUNTIME_MODULES = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
+RUNS = 3
+
+
+def measure_in_this_process(path: Path, backend: str, input_shape: tuple[int, ...], batch_size: int,
+                            threads: int | None) -> dict:
+    import importlib
+
+    from compress.artifacts import open_session
+    from compress.bench import proc_status_kb, random_inputs, reset_peak_rss
+
+    importlib.import_module(RUNTIME_MODULES.get(backend, backend))
+    runtime_kb, import_peak_kb = proc_status_kb("VmRSS"), proc_status_kb("VmHWM")
+    if runtime_kb is None or import_peak_kb is None:
+        raise SystemExit("resident memory is read from /proc/self/status, which this system lacks")
+    reset_peak_rss()  # from here VmHWM is the peak of loading and running (where the kernel allows a reset)
+    with open_session(path, backend, threads) as session:
+        for batch in random_inputs(input_shape, batch_size, seed=batch_size, count=RUNS):
+            session.infer(batch)
+        run_peak_kb = proc_status_kb("VmHWM") or 0
+    return {"peak_mb": round(max(import_peak_kb, run_peak_kb) / 1024, 1), "runtime_mb": round(runtime_kb / 1024, 1),
+            "model_mb": round(max(run_peak_kb - runtime_kb, 0) / 1024, 1), "batch_size": batch_size,
+            "torch_imported": "torch" in sys.modules}
+
+
+def measure_footprint(path: str | os.PathLike, backend: str, input_shape: tuple[int, ...], batch_size: int,
+                      threads: int | None = None, timeout: float = 600) -> dict:
+    """`measure_in_this_process` in a fresh Python; {"error": ...} when the child fails."""
+    # Run from the folder that holds this package, so `-m` finds this very package and not a `compress`
+    # folder that happens to lie in the caller's working directory.
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    command = [sys.executable, "-m", "compress.footprint", backend, str(Path(path).resolve()),
+               "--shape", ",".join(str(d) for d in input_shape), "--batch", str(batch_size)]
+    if threads:
+        command += ["--threads", str(threads)]
+    try:
+        done = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit code {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def describe(footprint: dict) -> str:
+    """One line for logs and reports: '65 MB peak resident, alone in a fresh process (runtime 52 MB + 13 MB ...)'."""
+    if "error" in footprint:
+        return f"not measured: {footprint['error']}"
+    return (f"{footprint['peak_mb']:.0f} MB peak resident, alone in a fresh process (runtime {footprint['runtime_mb']:.0f} MB "
+            f"+ {footprint['model_mb']:.0f} MB to load and run at batch {footprint['batch_size']})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m compress.footprint", description=__doc__.splitlines()[0])
+    parser.add_argument("backend")
+    parser.add_argument("path", type=Path)
+    parser.add_argument("--shape", required=True, help="per-sample input shape, e.g. 1,8,8")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int)
+    args = parser.parse_args(argv)
+    shape = tuple(int(d) for d in args.shape.split(","))
+    print(json.dumps(measure_in_this_process(args.path, args.backend, shape, args.batch, args.threads)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
