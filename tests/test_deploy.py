@@ -385,6 +385,9 @@ def test_jetson_probe_builds_the_engine_on_the_device_and_samples_power(sshd, ru
         assert row["throughput_per_s"] == pytest.approx(2000.5 * row["batch_size"])
         assert row["power"]["rail"] == "VDD_IN" and row["power"]["mean_mw"] == 5123 and row["power"]["samples"] >= 1
         assert row["accuracy"]["top1"] is None and "tensorrt" in row["accuracy"]["skipped"]  # no TensorRT Python here
+        assert row["energy_mj_per_sample"] == pytest.approx(5123 * 0.48 / 1000 / row["batch_size"])
+    report = (run_dir / "report.md").read_text()
+    assert "| 5.12 | 2.459 |" in report and "Power: mean of tegrastats' VDD_IN rail" in report  # b1: 5.123 W, 2.459 mJ
 
 
 def test_a_jetson_without_trtexec_is_told_to_use_onnxruntime(sshd, run_dir, tmp_path, capsys):

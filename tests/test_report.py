@@ -111,7 +111,9 @@ def write_run(run_dir: Path, gates: dict | None = None, baseline: bool = True, d
     if device:
         target = stages / "deploy" / "jetson-orin"
         target.mkdir(parents=True)
-        device_rows = [dict(row("student", "openvino", "int8", 1, 2.5, 0.95, 0.12))]
+        device_rows = [dict(row("student", "openvino", "int8", 1, 2.5, 0.95, 0.12),
+                            power={"rail": "VDD_IN", "mean_mw": 5000.0, "max_mw": 6100.0, "samples": 12},
+                            energy_mj_per_sample=12.5)]
         (target / "results.json").write_text(json.dumps(
             {"target": "jetson://nvidia@orin/opt/models", "device": {"model": "Orin Nano", "jetpack": "6.1"},
              "rows": device_rows}))
@@ -158,6 +160,8 @@ def test_every_section_is_written_to_markdown_html_and_json(tmp_path):
     assert "KD gain: **+3.00 pts**" in md and "closes 60% of the gap" in md
     assert "| onnxruntime | student.onnxruntime.fp32 | student.onnxruntime.int8 | 96.00% | 95.50% | -0.50 pts |" in md
     assert "jetson://nvidia@orin/opt/models" in md and "Orin Nano" in md
+    assert "| host p50 ms | peak RSS MB | power W | mJ/sample |" in md and "| 0.500 | 400 | 5.00 | 12.500 |" in md
+    assert "Power: mean of tegrastats' VDD_IN rail" in md
     assert "compress deploy RUN --target jetson://... --runtime tensorrt" in md
     assert "| max_latency_ms[b8] | 20.0 | 2 | PASS |" in md
     assert "(0.500 ± 0.020 ms vs 10.00 ms p50)" in md  # the recommended p50 with how far a rerun may land

@@ -145,10 +145,14 @@ def device_sections(devices: list[dict], host_rows: list[dict]) -> list[dict[str
                          "p50": lat.get("p50"), "p50_spread": lat.get("p50_spread"), "p90": lat.get("p90"),
                          "std": lat.get("std"),
                          "top1": (row.get("accuracy") or {}).get("top1"),
-                         "host_p50": match["latency_ms"]["p50"] if match else None})
+                         "host_p50": match["latency_ms"]["p50"] if match else None,
+                         "power_w": power["mean_mw"] / 1000 if isinstance(power := row.get("power"), dict)
+                         and isinstance(power.get("mean_mw"), (int, float)) else None,
+                         "energy_mj": row.get("energy_mj_per_sample")})
         info = device["device"] if isinstance(device["device"], dict) else {"info": device["device"]}
         sections.append({"target": device["target"], "device": info, "rows": rows, "path": device.get("path"),
-                         "release": release_line(device.get("release"))})
+                         "release": release_line(device.get("release")),
+                         "power_rail": next((r["power"].get("rail") for r in rows if r["power_w"] is not None), None)})
     return sections
 
 

@@ -143,11 +143,17 @@ def render_markdown(report: dict[str, Any]) -> str:
             if dev["device"]:
                 out += ["- " + ", ".join(f"{k}: {v}" for k, v in dev["device"].items() if v not in (None, ""))]
                 out.append("")
+            power = ["power W", "mJ/sample"] if dev["power_rail"] else []
             out += table(["artifact", "batch", "p50 ms", "± ms", "p90 ms", "std ms", "throughput/s", "top-1",
-                          "host p50 ms"],
+                          "host p50 ms", "peak RSS MB", *power],
                          [[r["id"], r.get("batch_size", "-"), ms(r["p50"]), ms(r.get("p50_spread")), ms(r["p90"]),
-                           ms(r["std"]), num(r.get("throughput_per_s"), ".1f"), pct(r["top1"]), ms(r["host_p50"])]
-                          for r in dev["rows"]], "lrrrrrrrr")
+                           ms(r["std"]), num(r.get("throughput_per_s"), ".1f"), pct(r["top1"]), ms(r["host_p50"]),
+                           num(r.get("peak_rss_mb"), ".0f"),
+                           *([num(r["power_w"], ".2f"), num(r["energy_mj"], ".3f")] if power else [])]
+                          for r in dev["rows"]], "l" + "r" * (9 + len(power)))
+            if power:
+                out += ["", f"Power: mean of tegrastats' {dev['power_rail']} rail while the batch ran; energy per "
+                            "sample = power × p50 / batch."]
             out.append("")
 
     out += ["## Measurement notes", ""]
