@@ -350,6 +350,7 @@ def test_runs_lists_headlines_and_compare_shows_two_runs_side_by_side(tmp_path, 
     fast_line = next(line for line in out.splitlines() if line.startswith("fast"))
     slow_line = next(line for line in out.splitlines() if line.startswith("slow"))
     assert "student.openvino.int8" in fast_line and "20.00x" in fast_line and "pass" in fast_line
+    assert re.search(r"0\.120\s+60\s+pass", fast_line)  # size MB, memory MB alone (55 + 5.2)
     assert "student.openvino.fp32" in slow_line and "11.11x" in slow_line and "FAIL" in slow_line
 
     results = slow / "stages" / "benchmark" / "results.json"
@@ -365,6 +366,7 @@ def test_runs_lists_headlines_and_compare_shows_two_runs_side_by_side(tmp_path, 
     out = capsys.readouterr().out
     assert re.search(r"recommended\s+student\.openvino\.int8\s+student\.openvino\.fp32", out)
     assert re.search(r"gates\s+pass\s+FAIL: min_speedup", out)
+    assert re.search(r"memory MB \(alone\)\s+60\s+61", out)  # openvino int8 vs fp32: 55 + 5.2 and 55 + 5.8
     assert re.search(r"student\.openvino\.int8\s+8\s+2\.000 ± 0\.080\s+2\.500 ± 0\.100\s+1\.25x\s+slower by 25%", out)
     assert re.search(r"student\.openvino\.fp32\s+8\s+3\.600 ± 0\.144\s+3\.700 ± 0\.144\s+1\.03x\s+within noise", out)
     assert re.search(r"teacher\.torch\.fp32\s+1\s+10\.00 ± 0\.400\s+10\.00 ± 0\.400\s+1\.00x\s+within noise", out)

@@ -50,12 +50,13 @@ def list_runs(root: Path) -> str:
         h = (report or {}).get("headline") or {}
         gates = "-" if not report or not report["gates"] else ("pass" if report["gates_passed"] else "FAIL")
         rows.append([run_dir.name, run_state(run_dir), h.get("recommended", "-"), times(h.get("speedup")),
-                     pct(h.get("top1")), pts(h.get("top1_delta_pts")), num(h.get("size_mb"), ".3f"), gates,
+                     pct(h.get("top1")), pts(h.get("top1_delta_pts")), num(h.get("size_mb"), ".3f"),
+                     num((h.get("memory") or {}).get("peak_mb"), ".0f"), gates,
                      time.strftime("%Y-%m-%d %H:%M", time.localtime((run_dir / "run.json").stat().st_mtime))])
     if not rows:
         return f"no runs under {root}"
-    return text_table(["run", "state", "recommended", "speedup", "top-1", "Δ top-1", "size MB", "gates", "updated"],
-                      rows)
+    return text_table(["run", "state", "recommended", "speedup", "top-1", "Δ top-1", "size MB", "memory MB", "gates",
+                       "updated"], rows)
 
 
 def compare_runs(a: Path, b: Path) -> str:
