@@ -74,8 +74,9 @@ def describe(footprint: dict) -> str:
     """One line for logs and reports: '65 MB peak resident, alone in a fresh process (runtime 52 MB + 13 MB ...)'."""
     if "error" in footprint:
         return f"not measured: {footprint['error']}"
-    return (f"{footprint['peak_mb']:.0f} MB peak resident, alone in a fresh process (runtime {footprint['runtime_mb']:.0f} MB "
-            f"+ {footprint['model_mb']:.0f} MB to load and run at batch {footprint['batch_size']})")
+    return (f"{footprint['peak_mb']:.0f} MB peak resident, alone in a fresh process "
+            f"(runtime {footprint['runtime_mb']:.0f} MB + {footprint['model_mb']:.0f} MB to load and run "
+            f"at batch {footprint['batch_size']})")
 
 
 def main(argv: list[str] | None = None) -> int:
