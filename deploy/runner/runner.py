@@ -25,6 +25,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -488,6 +489,9 @@ TRTEXEC_LATENCY = re.compile(r"(?:^|\]\s*)Latency: min = ([\d.e+-]+) ms, max = (
                              r"median = ([\d.e+-]+) ms(.*)")
 
 
+TRTEXEC_WARMUP_MS = 200
+
+
 def parse_trtexec_timing(text: str, batch: int) -> dict:
     """The `=== Performance summary ===` of `trtexec --loadEngine` (latency per enqueued batch)."""
     summary = text.split("=== Performance summary ===")[-1]
@@ -509,7 +513,9 @@ def parse_trtexec_timing(text: str, batch: int) -> dict:
 
 
 def time_trtexec(release: Path, manifest: dict, batch: int, tools: str | None, seconds: float,
-                 iterations: int | None = None) -> dict:
+                 iterations: int | None = None, export_times: Path | None = None) -> dict:
+    """One `trtexec --loadEngine` run (a fresh load); its summary, and each inference's latency in
+    `export_times` when given."""
     trtexec = which("trtexec", tools)
     if not trtexec:
         raise RunnerError("trtexec not found on this device")
@@ -519,11 +525,48 @@ def time_trtexec(release: Path, manifest: dict, batch: int, tools: str | None, s
     if iterations:
         argv += ["--warmUp=0", "--duration=0", f"--iterations={iterations}"]
     else:
-        argv += ["--warmUp=200", f"--duration={max(1, int(round(seconds)))}"]
+        argv += [f"--warmUp={TRTEXEC_WARMUP_MS}", f"--duration={max(1, int(round(seconds)))}"]
+    if export_times is not None:
+        argv.append(f"--exportTimes={export_times}")
     done = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, PATH=tool_path(tools)))
     if done.returncode != 0:
         raise RunnerError(f"trtexec --loadEngine failed (exit {done.returncode}): {tail(done.stdout + done.stderr)}")
     return parse_trtexec_timing(done.stdout, batch)
+
+
+def exported_latencies(path: Path) -> list[float]:
+    """Per-inference `latencyMs` of a `trtexec --exportTimes` trace (a JSON list of timing records)."""
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return [float(r["latencyMs"]) for r in records
+            if isinstance(r, dict) and isinstance(r.get("latencyMs"), (int, float))]
+
+
+def time_trtexec_rounds(release: Path, manifest: dict, batch: int, tools: str | None, seconds: float, rounds: int,
+                        harness) -> dict:
+    """`rounds` trtexec runs, each loading the engine afresh, timed like every other row.
+
+    Each run's per-inference latencies (`--exportTimes`) go through the host's harness, so a TensorRT
+    row has the same p50/p90/p99, rounds and ± as an ONNX Runtime one. A trtexec that writes no trace
+    leaves the row as its summary says, without a ±.
+    """
+    round_times, throughputs = [], []
+    with tempfile.TemporaryDirectory(prefix="trtexec-") as folder:
+        for index in range(rounds):
+            trace = Path(folder) / f"times-{index}.json"
+            summary = time_trtexec(release, manifest, batch, tools, seconds, export_times=trace)
+            times = exported_latencies(trace)
+            if not times:
+                log("trtexec wrote no --exportTimes trace: latency from its summary, without a ±")
+                return summary
+            round_times.append(times)
+            throughputs.append(summary["throughput_per_s"])
+    row = harness.latency_row(batch, round_times, None)
+    row.update(throughput_per_s=sorted(throughputs)[len(throughputs) // 2], timer="trtexec",
+               warmup_ms=TRTEXEC_WARMUP_MS)
+    return row
 
 
 def tail(text: str, lines: int = 3) -> str:
@@ -543,7 +586,7 @@ def bench(release: Path, batch_sizes: list[int] | None, runs: int | None, warmup
     sample = load_sample(release, manifest)
     model_file = manifest["engine"]["file"] if runtime == "tensorrt" else manifest["model_file"]
     size_mb = round((release / model_file).stat().st_size / 1e6, 4)
-    harness = load_harness(release) if runtime != "tensorrt" else None
+    harness = load_harness(release)
     acc, providers = None, None
     try:
         with open_session(release, manifest, threads) as session:
@@ -559,7 +602,7 @@ def bench(release: Path, batch_sizes: list[int] | None, runs: int | None, warmup
     for batch in batch_sizes:
         with PowerSampler(tegrastats) as power:
             if runtime == "tensorrt":
-                timing = time_trtexec(release, manifest, batch, tools, max(min_seconds, 1.0))
+                timing = time_trtexec_rounds(release, manifest, batch, tools, max(min_seconds, 1.0), rounds, harness)
             else:
                 latency = harness.LatencySettings(warmup=warmup, warmup_seconds=settings.get("warmup_seconds", 0.2),
                                                   runs=runs, min_seconds=min_seconds)
