@@ -98,7 +98,8 @@ def evaluate_gates(rows: list[dict], gates: GatesConfig, choice: dict | None) ->
         verdict("max_size_mb", gates.max_size_mb, choice["size_mb"], choice["size_mb"] <= gates.max_size_mb,
                 f"{choice['size_mb']:.3f} MB on disk")
     if gates.max_memory_mb is not None:
-        memory = choice.get("memory") or {"error": "stages.benchmark.memory was off"}
+        memory = choice.get("memory") or {
+            "error": "no memory in the results (stages.benchmark.memory off, or measured before it existed)"}
         peak = memory.get("peak_mb")
         verdict("max_memory_mb", gates.max_memory_mb, peak, peak is not None and peak <= gates.max_memory_mb,
                 describe(memory))

@@ -284,7 +284,8 @@ def test_memory_alone_is_in_the_summary_the_table_and_the_memory_gate(tmp_path, 
     rows = [{k: v for k, v in r.items() if k != "memory"} for r in rows_for(1, 1.0)]  # stages.benchmark.memory off
     unmeasured = summary({"rows": rows}, GatesConfig(max_memory_mb=100))["gates"]
     assert unmeasured == [{"gate": "max_memory_mb", "limit": 100, "value": None, "passed": False,
-                           "detail": "not measured: stages.benchmark.memory was off"}]
+                           "detail": "not measured: no memory in the results (stages.benchmark.memory off, or measured "
+                                     "before it existed)"}]
     failed_child = rows_for(1, 1.0)
     for r in failed_child:
         r["memory"] = {"error": "MemoryError"}
