@@ -119,6 +119,19 @@ def within_noise(a: dict, b: dict) -> bool | None:
     return abs(a["p50"] - b["p50"]) <= max(spreads)
 
 
+def order_uncertain(a: dict, b: dict) -> bool | None:
+    """Whether two artifacts timed in the same benchmark are too close to say which is faster.
+
+    Each ± is for a rerun of its own artifact (the difference of two benchmarks of it, see
+    `repeat_spread`); the difference of two artifacts within one benchmark has the two errors once
+    each, so its 95% interval is √((±a² + ±b²) / 2). Tighter than `within_noise`'s larger ±: a very
+    noisy slow artifact is not called a match for a fast, steady one. None without spreads.
+    """
+    if a.get("p50_spread") is None or b.get("p50_spread") is None:
+        return None
+    return abs(a["p50"] - b["p50"]) <= float(np.sqrt((a["p50_spread"] ** 2 + b["p50_spread"] ** 2) / 2))
+
+
 def latency_stats(times_ms: list[float] | np.ndarray) -> dict:
     ms = np.asarray(times_ms, dtype=np.float64)
     p50 = float(np.percentile(ms, 50))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from compress.bench import within_noise
+from compress.bench import order_uncertain
 from compress.config import GatesConfig
 from compress.footprint import describe
 
@@ -55,11 +55,12 @@ def recommend(rows: list[dict], gates: GatesConfig) -> dict | None:
 
 
 def runners_up(rows: list[dict], gates: GatesConfig, choice: dict | None) -> list[dict]:
-    """Other candidates whose p50 is within noise of the recommended one's: a rerun could rank them first."""
+    """Other candidates too close to the recommended one to tell apart (`order_uncertain`): a rerun could rank
+    them first."""
     if choice is None:
         return []
     return sorted((r for r in candidates(rows, gates) if artifact_id(r) != artifact_id(choice)
-                   and within_noise(r["latency_ms"], choice["latency_ms"])), key=lambda r: r["latency_ms"]["p50"])
+                   and order_uncertain(r["latency_ms"], choice["latency_ms"])), key=lambda r: r["latency_ms"]["p50"])
 
 
 def evaluate_gates(rows: list[dict], gates: GatesConfig, choice: dict | None) -> list[dict[str, Any]]:

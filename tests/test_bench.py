@@ -12,8 +12,8 @@ import torch
 
 from compress.artifacts import open_session
 from compress.bench import (LatencySettings, accuracy_report, latency_row, latency_stats, measure_latency,
-                            measure_rounds, median_halfwidth, noise_note, peak_rss_mb, predict, repeat_spread, reset_peak_rss,
-                            round_stats, within_noise)
+                            measure_rounds, median_halfwidth, noise_note, order_uncertain, peak_rss_mb, predict,
+                            repeat_spread, reset_peak_rss, round_stats, within_noise)
 from compress.cli import main
 from compress.export import export_onnx
 from compress.models import ModelSpec, build_model, save_checkpoint
@@ -273,6 +273,15 @@ def test_two_simulated_benchmarks_agree_within_the_spread_only_when_it_comes_fro
     one_round = sum(within_noise(benchmark(1), benchmark(1)) for _ in range(pairs)) / pairs
     assert with_rounds >= 0.93
     assert one_round < 0.6
+
+
+def test_two_artifacts_are_told_apart_by_the_interval_of_their_difference():
+    # ±a and ±b are each for a rerun of one artifact; their difference's interval is √((±a² + ±b²) / 2).
+    assert order_uncertain({"p50": 1.0, "p50_spread": 0.1}, {"p50": 1.09, "p50_spread": 0.1}) is True
+    assert order_uncertain({"p50": 1.0, "p50_spread": 0.1}, {"p50": 1.11, "p50_spread": 0.1}) is False
+    steady, noisy = {"p50": 0.016, "p50_spread": 0.012}, {"p50": 0.109, "p50_spread": 0.096}
+    assert order_uncertain(steady, noisy) is False and within_noise(steady, noisy) is True  # 0.093 vs 0.068 / 0.096
+    assert order_uncertain({"p50": 1.0}, {"p50": 1.0, "p50_spread": 0.1}) is None
 
 
 def test_within_noise_compares_the_difference_with_the_larger_spread():

@@ -205,6 +205,13 @@ def test_a_candidate_within_noise_of_the_recommended_one_is_named_beside_it(tmp_
     assert json.loads((run_dir / "report.json").read_text())["headline"]["within_noise"] == []
     assert "Within noise of it" not in (run_dir / "report.md").read_text()
 
+    # Very noisy and 0.04 ms slower: inside its own ± (0.05) but not inside the difference's
+    # √((0.02² + 0.05²) / 2) = 0.038 ms, so the steady, faster artifact stands alone.
+    close["latency_ms"].update(p50=0.54, p50_spread=0.05)
+    results.write_text(json.dumps(saved))
+    assert main(["--quiet", "report", str(run_dir)]) == 0
+    assert json.loads((run_dir / "report.json").read_text())["headline"]["within_noise"] == []
+
 
 def test_html_is_self_contained_with_every_chart_an_embedded_png(tmp_path):
     run_dir = write_run(tmp_path / "r1", gates={"max_accuracy_drop": 0.03})
