@@ -132,6 +132,18 @@ def order_uncertain(a: dict, b: dict) -> bool | None:
     return abs(a["p50"] - b["p50"]) <= float(np.sqrt((a["p50_spread"] ** 2 + b["p50_spread"] ** 2) / 2))
 
 
+def tail_is_wide(stats: dict) -> bool:
+    """p90 more than NOISY_TAIL above p50, or p99 more than NOISY_P99 times p50: the machine was busy."""
+    p50 = stats["p50"]
+    return p50 > 0 and ((stats["p90"] - p50) / p50 > NOISY_TAIL or stats["p99"] > NOISY_P99 * p50)
+
+
+def spread_is_wide(stats: dict) -> bool:
+    """The p50's ± over NOISY_SPREAD of itself: a rerun may well rank artifacts otherwise."""
+    spread = stats.get("p50_spread")
+    return spread is not None and spread > NOISY_SPREAD * stats["p50"]
+
+
 def latency_stats(times_ms: list[float] | np.ndarray) -> dict:
     ms = np.asarray(times_ms, dtype=np.float64)
     p50 = float(np.percentile(ms, 50))
@@ -140,8 +152,7 @@ def latency_stats(times_ms: list[float] | np.ndarray) -> dict:
         "p50": p50, "p90": float(np.percentile(ms, 90)), "p99": float(np.percentile(ms, 99)),
         "iqr": float(np.percentile(ms, 75) - np.percentile(ms, 25)), "runs": int(len(ms)),
     }
-    tail = (stats["p90"] - p50) / p50 if p50 > 0 else 0.0
-    stats["noisy"] = bool(tail > NOISY_TAIL or stats["p99"] > NOISY_P99 * p50)
+    stats["noisy"] = tail_is_wide(stats)
     return stats
 
 
@@ -152,7 +163,7 @@ def round_stats(round_times: list[list[float]]) -> dict:
     stats = latency_stats(pooled)
     stats["round_p50s"] = [float(p) for p in p50s]
     stats["p50_spread"] = _spread(p50s, pooled)
-    stats["noisy"] = bool(stats["noisy"] or stats["p50_spread"] > NOISY_SPREAD * stats["p50"])
+    stats["noisy"] = stats["noisy"] or spread_is_wide(stats)
     return stats
 
 
@@ -162,14 +173,13 @@ def noise_note(stats: dict) -> str | None:
         return None
     p50 = stats["p50"]
     notes = []
-    if (stats["p90"] - p50) / p50 > NOISY_TAIL or stats["p99"] > NOISY_P99 * p50:
+    if tail_is_wide(stats):
         notes.append(f"p90 is {(stats['p90'] / p50 - 1) * 100:.0f}% above p50 and p99 is "
                      f"{stats['p99'] / p50:.1f}x p50: the machine was busy")
-    spread = stats.get("p50_spread")
-    if spread is not None and spread > NOISY_SPREAD * p50:
+    if spread_is_wide(stats):
         rounds = stats.get("round_p50s") or []
         ranged = f" (the rounds' p50 ranged {min(rounds):.3g} to {max(rounds):.3g} ms)" if len(rounds) > 1 else ""
-        notes.append(f"a rerun may land up to ±{spread / p50 * 100:.0f}% away{ranged}")
+        notes.append(f"a rerun may land up to ±{stats['p50_spread'] / p50 * 100:.0f}% away{ranged}")
     return "; ".join(notes) + "; compare medians and rerun before trusting small differences"
 
 

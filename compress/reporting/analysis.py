@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from compress.bench import NOISY_P99, NOISY_SPREAD, NOISY_TAIL
 from compress.report import artifact_id, enrich, summary
 from compress.reporting.collect import RunFacts
 
 SAME_ARTIFACT = ("model", "backend", "precision", "batch_size")
-QUIET = "Every measurement's spread was small (p90 within 25% of p50, p99 within 2x p50, ± within 10% of p50)."
+QUIET = (f"Every measurement's spread was small (p90 within {NOISY_TAIL:.0%} of p50, p99 within {NOISY_P99:g}x p50, "
+         f"± within {NOISY_SPREAD:.0%} of p50).")
 
 
 def harness_line(settings: dict[str, Any], env: dict[str, Any], val_samples: int | None) -> str | None:
@@ -135,24 +137,29 @@ def device_sections(devices: list[dict], host_rows: list[dict]) -> list[dict[str
     host = {tuple(r[k] for k in SAME_ARTIFACT): r for r in host_rows}
     sections = []
     for device in devices:
-        rows = []
+        rows, rail = [], None
         for row in device["rows"]:
             if not isinstance(row, dict):
                 continue
             lat = row.get("latency_ms") or {}
+            power = row.get("power") if isinstance(row.get("power"), dict) else {}
+            mean_mw = power.get("mean_mw")
             match = host.get(tuple(row.get(k) for k in SAME_ARTIFACT))
             rows.append({**row, "id": f"{row.get('model', '?')}.{row.get('backend', '?')}.{row.get('precision', '?')}",
                          "p50": lat.get("p50"), "p50_spread": lat.get("p50_spread"), "p90": lat.get("p90"),
                          "std": lat.get("std"),
                          "top1": (row.get("accuracy") or {}).get("top1"),
                          "host_p50": match["latency_ms"]["p50"] if match else None,
-                         "power_w": power["mean_mw"] / 1000 if isinstance(power := row.get("power"), dict)
-                         and isinstance(power.get("mean_mw"), (int, float)) else None,
+                         "power_w": mean_mw / 1000 if isinstance(mean_mw, (int, float)) else None,
                          "energy_mj": row.get("energy_mj_per_sample")})
+            if rail is None and rows[-1]["power_w"] is not None:
+                rail = power.get("rail")
         info = device["device"] if isinstance(device["device"], dict) else {"info": device["device"]}
         sections.append({"target": device["target"], "device": info, "rows": rows, "path": device.get("path"),
-                         "release": release_line(device.get("release")),
-                         "power_rail": next((r["power"].get("rail") for r in rows if r["power_w"] is not None), None)})
+                         "release": release_line(device.get("release")), "power_rail": rail,
+                         "power_note": None if rail is None else (
+                             f"Power: mean of tegrastats' {rail} rail while the batch ran; energy per sample = "
+                             "power × p50 / batch.")})
     return sections
 
 

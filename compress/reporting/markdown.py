@@ -152,8 +152,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                            *([num(r["power_w"], ".2f"), num(r["energy_mj"], ".3f")] if power else [])]
                           for r in dev["rows"]], "l" + "r" * (9 + len(power)))
             if power:
-                out += ["", f"Power: mean of tegrastats' {dev['power_rail']} rail while the batch ran; energy per "
-                            "sample = power × p50 / batch."]
+                out += ["", dev["power_note"]]
             out.append("")
 
     out += ["## Measurement notes", ""]

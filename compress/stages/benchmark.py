@@ -15,7 +15,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 from pydantic import Field
 
-from compress.artifacts import TorchSession, open_session
+from compress.artifacts import open_session
 from compress.bench import LatencySettings, accuracy_report, measure_rounds, predict
 from compress.config import PipelineConfig, Strict
 from compress.fileio import write_json
@@ -133,16 +133,14 @@ class BenchmarkStage(Stage):
         s_params, s_macs = count_params(student), count_macs(student, shape)
         del teacher, student
 
-        def torch_loader(path: str) -> Callable[[], TorchSession]:
-            return lambda: TorchSession(load_model(ctx.path(path))[0], threads)
-
-        def engine_loader(artifact: str, backend: str) -> Callable[[], Any]:
+        def loader(artifact: str, backend: str) -> Callable[[], Any]:
             return lambda: open_session(ctx.path(artifact), backend, threads)
 
-        artifacts = [Measured("teacher", teacher_path, "torch", "fp32", torch_loader(teacher_path), t_params, t_macs),
-                     Measured("student", student_path, "torch", "fp32", torch_loader(student_path), s_params, s_macs)]
+        artifacts = [
+            Measured("teacher", teacher_path, "torch", "fp32", loader(teacher_path, "torch"), t_params, t_macs),
+            Measured("student", student_path, "torch", "fp32", loader(student_path, "torch"), s_params, s_macs)]
         artifacts += [Measured(e["model"], e["artifact"], e["backend"], e["precision"],
-                               engine_loader(e["artifact"], e["backend"]), s_params, s_macs)
+                               loader(e["artifact"], e["backend"]), s_params, s_macs)
                       for e in ctx.outputs.get("build", {}).get("engines", [])]
         accuracy: list[dict] = []
         teacher_top1: np.ndarray | None = None
