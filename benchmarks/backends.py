@@ -5,7 +5,7 @@ batch 1 and 32, medians over interleaved rounds, all in one process so ratios co
 both ways the pipeline builds it: from an NNCF Q/DQ ONNX (what the quantize stage exports) and from
 the fp32 ONNX quantized by the engine (ORT static quantization, NNCF PTQ of the OpenVINO model).
 Weights are random (latency does not depend on them); calibration uses random normal inputs.
-The recommendation is `compress.report.recommend` over these rows (no accuracy gate: random weights).
+The recommendation is `compress.reporting.verdict.recommend` over these rows (no accuracy gate: random weights).
 
     python benchmarks/backends.py [--rounds 3] [--runs 30] [--min-seconds 0.2] [--json out.json]
 """
@@ -26,12 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compress.artifacts import TorchSession  # noqa: E402
-from compress.bench import LatencySettings, measure_latency  # noqa: E402
+from compress.measuring.artifacts import TorchSession  # noqa: E402
+from deploy.runner.harness import LatencySettings, measure_latency  # noqa: E402
 from compress.config import GatesConfig  # noqa: E402
-from compress.export import export_onnx, simplify_onnx  # noqa: E402
+from compress.exporting.torch_to_onnx import export_onnx, simplify_onnx  # noqa: E402
 from compress.models import ModelSpec, build_model  # noqa: E402
-from compress.report import recommend  # noqa: E402
+from compress.reporting.verdict import recommend  # noqa: E402
 from deploy.engines import get_engine  # noqa: E402
 
 SHAPE = (3, 32, 32)
@@ -108,7 +108,7 @@ def main() -> None:
         print(f"| {r['model']} | {r['backend']} | {r['precision']} | {r['source']} | {r['latency_ms']['p50']:.3f} "
               f"| {b32['latency_ms']['p50']:.3f} | {teacher_b1['latency_ms']['p50'] / r['latency_ms']['p50']:.1f}x |")
     speedup = teacher_b1["latency_ms"]["p50"] / choice["latency_ms"]["p50"]
-    print(f"\nrecommended (compress.report.recommend): {choice['artifact']} p50 {choice['latency_ms']['p50']:.3f} ms "
+    print(f"\nrecommended (compress.reporting.verdict.recommend): {choice['artifact']} p50 {choice['latency_ms']['p50']:.3f} ms "
           f"at batch 1: {speedup:.1f}x faster than the teacher in torch eager; "
           f"{choice['latency_ms']['p50'] / fastest:.3f}x the fastest student artifact")
     if args.json:

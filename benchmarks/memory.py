@@ -23,12 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compress.artifacts import open_session  # noqa: E402
-from compress.bench import peak_rss_mb, random_inputs, reset_peak_rss  # noqa: E402
-from compress.export import export_onnx, simplify_onnx  # noqa: E402
-from compress.footprint import measure_footprint  # noqa: E402
+from compress.measuring.artifacts import open_session  # noqa: E402
+from deploy.runner.harness import peak_rss_mb, random_inputs, reset_peak_rss  # noqa: E402
+from compress.exporting.torch_to_onnx import export_onnx, simplify_onnx  # noqa: E402
+from compress.measuring.footprint import measure_footprint  # noqa: E402
 from compress.models import ModelSpec, build_model, save_checkpoint  # noqa: E402
-from compress.stages.benchmark import artifact_mb  # noqa: E402
+from compress.measuring.environment import artifact_mb  # noqa: E402
 from deploy.engines import get_engine  # noqa: E402
 
 SHAPE = (3, 32, 32)

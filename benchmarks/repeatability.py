@@ -3,7 +3,7 @@
 Each artifact is benchmarked twice in a row, A then B, and the pair agrees when
 |p50 A - p50 B| <= max(± A, ± B), where ± (`latency_ms.p50_spread`) is what every benchmark
 reports with its p50: how far a rerun's p50 may land, 95%, from its rounds (see
-`compress.bench.repeat_spread`). Two kinds of benchmark are checked:
+`deploy.runner.harness.repeat_spread`). Two kinds of benchmark are checked:
 
 - `compress benchmark FILE` (the ad-hoc command): a resnet8x4 student (3x32x32 input, random
   weights: latency does not depend on them) as a torch checkpoint and as ONNX, at each thread count;
@@ -29,8 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from compress.adhoc_bench import benchmark_file, parse_ints  # noqa: E402
-from compress.bench import LatencySettings, within_noise  # noqa: E402
+from compress.measuring.adhoc import benchmark_file, parse_ints  # noqa: E402
+from deploy.runner.harness import LatencySettings, within_noise  # noqa: E402
 
 HEADER = ("| benchmark | artifact | threads | batch | A p50 ms | A ± | B p50 ms | B ± | Δ p50 | Δ / ± | agree |\n"
           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
@@ -39,7 +39,7 @@ HEADER = ("| benchmark | artifact | threads | batch | A p50 ms | A ± | B p50 ms
 def default_artifacts(folder: Path) -> list[Path]:
     import torch
 
-    from compress.export import export_onnx
+    from compress.exporting.torch_to_onnx import export_onnx
     from compress.models import ModelSpec, build_model, save_checkpoint
 
     torch.manual_seed(0)

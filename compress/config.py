@@ -1,19 +1,20 @@
-"""pipeline.yaml as pydantic models.
+"""pipeline.yaml as pydantic models: the schema only.
 
 Every error is reported as one line, `FILE: yaml.path.of.field: message`. Stage sections are
-validated against the config model each stage registers, so a stage owns its own options.
+validated against the config model of each stage, handed in by the loader (compress.runner), so a
+stage owns its own options and this module imports none of them.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from compress.errors import ConfigError
+from compress.core.errors import ConfigError
 
 
 class Strict(BaseModel):
@@ -157,16 +158,15 @@ def _raise_first(file: str, error: ValidationError, prefix: tuple = ()) -> None:
     raise ConfigError(file, _format_loc(loc), message) from None
 
 
-def _validate_stages(file: str, raw: dict[str, Any]) -> dict[str, BaseModel]:
-    from compress.stages import STAGES
-
+def _validate_stages(file: str, raw: dict[str, Any], stages: Mapping[str, Any]) -> dict[str, BaseModel]:
+    """Each section of `stages:` against its stage's `Config`; `stages` maps name -> stage class, in order."""
     if not isinstance(raw, dict):
         raise ConfigError(file, "stages", "must be a mapping of stage name to options")
-    unknown = sorted(set(raw) - set(STAGES))
+    unknown = sorted(set(raw) - set(stages))
     if unknown:
-        raise ConfigError(file, f"stages.{unknown[0]}", f"unknown stage; known: {', '.join(STAGES)}")
+        raise ConfigError(file, f"stages.{unknown[0]}", f"unknown stage; known: {', '.join(stages)}")
     validated = {}
-    for name, stage_cls in STAGES.items():
+    for name, stage_cls in stages.items():
         if name not in raw and stage_cls.optional:
             continue
         section = raw.get(name) or {}
@@ -197,17 +197,21 @@ def _check_files(file: str, cfg: PipelineConfig) -> None:
         raise ConfigError(file, "teacher.checkpoint", f"file not found: {cfg.teacher.checkpoint}")
 
 
-def _check_models(file: str, cfg: PipelineConfig) -> None:
-    from compress.models import check_model_name
-
+def _check_models(file: str, cfg: PipelineConfig, check_model: Callable[[str], str | None]) -> None:
     for role in ("teacher", "student"):
-        problem = check_model_name(getattr(cfg, role).model)
+        problem = check_model(getattr(cfg, role).model)
         if problem:
             raise ConfigError(file, f"{role}.model", problem)
 
 
-def parse_config(raw: Any, file: str = "pipeline.yaml", base: Path | None = None) -> PipelineConfig:
-    """Validate an already-loaded YAML document."""
+def parse_config(raw: Any, file: str = "pipeline.yaml", base: Path | None = None, *,
+                 stages: Mapping[str, Any], check_model: Callable[[str], str | None] | None = None) -> PipelineConfig:
+    """Validate an already-loaded YAML document.
+
+    The schema knows no stage: `stages` (name -> a class with `Config` and `optional`, in pipeline
+    order) and `check_model` (a model name -> the problem with it, or None) are handed in by whoever
+    loads a pipeline (compress.runner), so this module stays below everything it configures.
+    """
     if not isinstance(raw, dict):
         raise ConfigError(file, "", "the top level must be a mapping (name, data, teacher, student, stages, gates)")
     raw = dict(raw)
@@ -216,11 +220,12 @@ def parse_config(raw: Any, file: str = "pipeline.yaml", base: Path | None = None
         cfg = PipelineConfig.model_validate(raw)
     except ValidationError as error:
         _raise_first(file, error)
-    cfg.stages = _validate_stages(file, stages_raw)
+    cfg.stages = _validate_stages(file, stages_raw, stages)
     cfg._source_file = file
     _resolve_paths(cfg, base or Path.cwd())
     _check_files(file, cfg)
-    _check_models(file, cfg)
+    if check_model is not None:
+        _check_models(file, cfg, check_model)
     for stage_cfg in cfg.stages.values():
         resolve = getattr(stage_cfg, "resolve_paths", None)
         if resolve is not None:
@@ -235,7 +240,8 @@ def parse_config(raw: Any, file: str = "pipeline.yaml", base: Path | None = None
     return cfg
 
 
-def load_config(path: str | Path) -> PipelineConfig:
+def read_yaml(path: str | Path) -> Any:
+    """The YAML document of a pipeline file (safe_load); a missing file or bad YAML is one line."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(str(path), "", "file not found")
@@ -245,7 +251,7 @@ def load_config(path: str | Path) -> PipelineConfig:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "yaml"
         raise ConfigError(str(path), where, f"not valid YAML: {getattr(error, 'problem', error)}") from None
-    return parse_config(raw, str(path), path.parent.resolve())
+    return raw
 
 
 def dump_config(cfg: PipelineConfig) -> dict[str, Any]:

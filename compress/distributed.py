@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from compress.errors import StageFailed
+from compress.core.errors import StageFailed
 
 
 def init_from_env() -> bool:
@@ -64,8 +64,6 @@ def receive() -> tuple[str, str | None, Any]:
 
 def follow(runner) -> dict[str, Any]:
     """A follower's whole run: mirror rank 0's decisions, run the distributed stages alongside it."""
-    from compress.stages import STAGES
-
     outputs: dict[str, dict[str, Any]] = {}
     while True:
         kind, name, payload = receive()
@@ -75,5 +73,5 @@ def follow(runner) -> dict[str, Any]:
             outputs[name] = payload
         elif kind == "failed":
             raise StageFailed(name, f"failed on rank 0: {payload}")
-        elif kind == "run" and STAGES[name].distributed:
+        elif kind == "run" and runner.runs_on_every_rank(name):
             runner.run_stage_as_follower(name, outputs)

@@ -1,4 +1,4 @@
-"""Runs the stages in order with a content-keyed cache, resume and a run-dir lock.
+"""Loads a pipeline and runs its stages in order with a content-keyed cache, resume and a run-dir lock.
 
 Cache key of a stage = hash(stage name, its config, what else it depends on, the keys of the
 stages it reads, the package version). A stage whose key is unchanged and whose outputs exist is
@@ -17,10 +17,22 @@ from typing import Any, Callable
 import yaml
 
 from compress import __version__, distributed
-from compress.config import PipelineConfig, dump_config
-from compress.errors import CompressError, StageFailed, UsageError
-from compress.fileio import DirLock, read_json, sha256_json, write_json, write_text
+from compress.config import PipelineConfig, dump_config, parse_config, read_yaml
+from compress.core.errors import CompressError, StageFailed, UsageError
+from compress.core.fileio import DirLock, read_json, sha256_json, write_json, write_text
+from compress.models import check_model_name
 from compress.stages import STAGES, StageContext
+
+
+def parse_pipeline(raw: Any, file: str = "pipeline.yaml", base: Path | None = None) -> PipelineConfig:
+    """Validate a loaded pipeline document against the schema, the stages' own configs and the model zoo."""
+    return parse_config(raw, file, base, stages=STAGES, check_model=check_model_name)
+
+
+def load_pipeline(path: str | Path) -> PipelineConfig:
+    """Read and validate a pipeline.yaml; relative paths in it are relative to its folder."""
+    path = Path(path)
+    return parse_pipeline(read_yaml(path), str(path), path.parent.resolve())
 
 
 class Runner:
@@ -146,6 +158,10 @@ class Runner:
         write_json(self.run_json_path, record)
         self.log(f"[{name}] done in {entry['seconds']:.1f}s")
         return produced
+
+    def runs_on_every_rank(self, name: str) -> bool:
+        """Whether stage `name` trains on every torchrun rank (the others run on rank 0 alone)."""
+        return STAGES[name].distributed
 
     def run_stage_as_follower(self, name: str, outputs: dict) -> None:
         """A non-zero torchrun rank's share of a distributed stage: train, write nothing."""

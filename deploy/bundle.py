@@ -12,20 +12,18 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import yaml
 
-from compress import bench as bench_module
-from compress.errors import UsageError
-from compress.fileio import read_json, sha256_file, sha256_json, write_json, write_text
-from deploy.runner import RUNNER_PATH
-from deploy.runner.runner import HARNESS
+from compress.core.errors import UsageError
+from compress.core.fileio import read_json, sha256_file, sha256_json, write_json, write_text
+from deploy.engines.trtexec import build_script
+from deploy.runner import RUNNER_DIR, RUNNER_FILES
 
 RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
 VAL_SAMPLE = "val_sample.npz"
-MAX_SAMPLE_BYTES = 8 << 20
 
 
 @dataclass
@@ -38,6 +36,23 @@ class Choice:
     precision: str
     files: dict[str, Path]  # bundle name -> source file
     model_file: str
+
+
+@dataclass
+class ValSample:
+    """What the device scores itself on: preprocessed, labelled val inputs with the host's top-1.
+
+    Made by whoever knows the run's data (the compress side: its data sources and splits), so the
+    deploy package never reads a dataset itself.
+    """
+
+    arrays: dict[str, np.ndarray]  # x (preprocessed), y, host_top1
+    preprocessing: dict[str, Any]  # what the device applies to raw inputs
+    labels: list[str]
+
+
+# (run dir, the run's fp32 ONNX, at most this many samples) -> the val sample of the bundle.
+SampleMaker = Callable[[Path, Path, int], ValSample]
 
 
 @dataclass
@@ -122,27 +137,6 @@ def onnx_input(path: Path) -> dict[str, Any]:
     return {"name": first.name, "shape": dims, "dtype": dtype}
 
 
-def val_sample(run_dir: Path, onnx_path: Path, limit: int) -> tuple[dict[str, np.ndarray], Any]:
-    """A seeded slice of the run's val split (already preprocessed) with the host's fp32 predictions."""
-    import onnxruntime as ort
-
-    from compress.config import DataConfig
-    from compress.data import load_dataset
-
-    # The run's own resolved pipeline.yaml; only its data section is needed (no model code, no torch).
-    pipeline = yaml.safe_load((run_dir / "pipeline.yaml").read_text())
-    seed = pipeline.get("seed", 0)
-    data = load_dataset(DataConfig.model_validate(pipeline["data"]), seed)
-    per_sample = int(np.prod(data.x_val.shape[1:])) * 4
-    count = max(1, min(limit, len(data.y_val), MAX_SAMPLE_BYTES // per_sample))
-    order = np.random.default_rng(seed).permutation(len(data.y_val))[:count]
-    x, y = data.x_val[order].astype(np.float32), data.y_val[order].astype(np.int64)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    host_top1 = np.concatenate([session.run(None, {name: x[i:i + 64]})[0].argmax(1) for i in range(0, len(x), 64)])
-    return {"x": x, "y": y, "host_top1": host_top1.astype(np.int64)}, data
-
-
 def host_row(run_dir: Path, record: dict[str, Any], choice: Choice) -> dict[str, Any]:
     results = record["stages"].get("benchmark", {}).get("outputs", {}).get("results")
     if not results or not (run_dir / results).is_file():
@@ -153,13 +147,15 @@ def host_row(run_dir: Path, record: dict[str, Any], choice: Choice) -> dict[str,
     return (same or torch_row or [{}])[0]
 
 
-def make_bundle(run_dir: Path, choice: Choice, out_root: Path, val_samples: int = 256) -> Bundle:
+def make_bundle(run_dir: Path, choice: Choice, out_root: Path, make_sample: SampleMaker,
+                val_samples: int = 256) -> Bundle:
     run_dir = Path(run_dir).resolve()
     record = read_json(run_dir / "run.json")
     export = record["stages"].get("export", {}).get("outputs", {})
     if not export.get("onnx"):
         raise UsageError(f"{run_dir / 'run.json'}: stages.export: no ONNX model recorded")
-    sample, data = val_sample(run_dir, run_dir / export["onnx"], val_samples)
+    val = make_sample(run_dir, run_dir / export["onnx"], val_samples)
+    sample = val.arrays
     pipeline = yaml.safe_load((run_dir / "pipeline.yaml").read_text())
     bench = (pipeline.get("stages") or {}).get("benchmark") or {}
     staging = out_root / f".staging-{time.time_ns()}"
@@ -167,15 +163,13 @@ def make_bundle(run_dir: Path, choice: Choice, out_root: Path, val_samples: int 
     for name, source in choice.files.items():
         (staging / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, staging / name)
-    shutil.copyfile(RUNNER_PATH, staging / "runner.py")
-    shutil.copyfile(bench_module.__file__, staging / HARNESS)  # the host's harness, so the device is timed alike
+    for name in RUNNER_FILES:  # the host's sessions and harness too, so the device runs and is timed alike
+        shutil.copyfile(RUNNER_DIR / name, staging / name)
     np.savez_compressed(staging / VAL_SAMPLE, **sample)
     model_input = onnx_input(run_dir / export["onnx"])
     batch_sizes = bench.get("batch_sizes") or [1]
     engine = None
     if choice.runtime == "tensorrt":
-        from deploy.engines.trtexec import build_script
-
         chw = list(sample["x"].shape[1:])  # the data's shape, also where the ONNX leaves H/W dynamic
         shapes = [(b, *chw) for b in (1, batch_sizes[0], max(batch_sizes))]
         write_text(staging / "build_engine.sh",
@@ -190,7 +184,7 @@ def make_bundle(run_dir: Path, choice: Choice, out_root: Path, val_samples: int 
         "model": choice.model, "artifact": choice.name, "runtime": choice.runtime, "precision": choice.precision,
         "model_file": choice.model_file, "engine": engine,
         "input": {**model_input, "shape": [-1, *model_input["shape"][1:]]},
-        "preprocessing": data.preprocessing(), "labels": list(data.class_names),
+        "preprocessing": val.preprocessing, "labels": list(val.labels),
         "val_sample": VAL_SAMPLE,
         "bench": {"batch_sizes": batch_sizes, "runs": bench.get("runs", 30), "warmup": bench.get("warmup", 5),
                   "warmup_seconds": bench.get("warmup_seconds", 0.2), "min_seconds": bench.get("min_seconds", 0.5),

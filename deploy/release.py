@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from compress.errors import CompressError, UsageError
-from compress.fileio import read_json, sha256_file, write_json
+from compress.core.errors import CompressError, UsageError
+from compress.core.fileio import read_json, sha256_file, write_json
 from deploy.bundle import Bundle
 from deploy.runner.runner import INCOMING_PREFIX
 from deploy.targets import DeviceError, Target

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import onnx
 
-from compress.fileio import write_text
+from compress.core.fileio import write_text
 
 TRITON_TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
                 onnx.TensorProto.INT8: "TYPE_INT8", onnx.TensorProto.INT32: "TYPE_INT32",

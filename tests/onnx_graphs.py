@@ -9,7 +9,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from compress.export import export_onnx
+from compress.exporting.torch_to_onnx import export_onnx
 
 
 def cnn_onnx(path: Path, opset: int = 17) -> Path:

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from compress.artifacts import open_session
-from compress.bench import (LatencySettings, accuracy_report, latency_row, latency_stats, measure_latency,
+from compress.measuring.artifacts import open_session
+from deploy.runner.harness import (LatencySettings, accuracy_report, latency_row, latency_stats, measure_latency,
                             measure_rounds, median_halfwidth, noise_note, order_uncertain, peak_rss_mb, predict,
                             repeat_spread, reset_peak_rss, round_stats, within_noise)
 from compress.cli import main
-from compress.export import export_onnx
+from compress.exporting.torch_to_onnx import export_onnx
 from compress.models import ModelSpec, build_model, save_checkpoint
 from deploy.engines import ENGINES, Engine, Session
 

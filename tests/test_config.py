@@ -3,12 +3,12 @@ from pathlib import Path
 import pytest
 
 from compress.cli import main
-from compress.config import load_config, parse_config
-from compress.errors import ConfigError
+from compress.runner import load_pipeline, parse_pipeline
+from compress.core.errors import ConfigError
 
 
 def test_tiny_config_is_valid(tiny_config):
-    cfg = parse_config(tiny_config)
+    cfg = parse_pipeline(tiny_config)
     assert list(cfg.stages) == ["teacher", "distill", "export", "build", "benchmark", "report"]
     assert cfg.stage("distill").temperature == 4.0
     assert cfg.stage("build").targets == ["onnxruntime:fp32"]
@@ -16,7 +16,7 @@ def test_tiny_config_is_valid(tiny_config):
 
 def test_absent_core_stages_get_defaults(tiny_config):
     tiny_config["stages"] = {}
-    cfg = parse_config(tiny_config)
+    cfg = parse_pipeline(tiny_config)
     assert cfg.stage("benchmark").batch_sizes == [1, 32]
     assert cfg.stage("distill").alpha == 0.9
 
@@ -46,7 +46,7 @@ def test_absent_core_stages_get_defaults(tiny_config):
 def test_bad_field_names_file_and_path(tiny_config, tmp_path, mutate, path, words):
     mutate(tiny_config)
     with pytest.raises(ConfigError) as info:
-        parse_config(tiny_config, "pipeline.yaml", tmp_path)
+        parse_pipeline(tiny_config, "pipeline.yaml", tmp_path)
     assert info.value.path == path
     assert words in info.value.message
     assert str(info.value).startswith(f"pipeline.yaml: {path}: ")
@@ -75,7 +75,7 @@ def test_relative_paths_resolve_against_the_yaml(tiny_config, tmp_path):
     (tmp_path / "sub").mkdir()
     np.savez(tmp_path / "sub" / "d.npz", x=np.zeros((20, 4, 4), np.float32), y=np.arange(20) % 2)
     tiny_config["data"] = {"source": "npz", "path": "sub/d.npz"}
-    cfg = parse_config(tiny_config, "p.yaml", tmp_path)
+    cfg = parse_pipeline(tiny_config, "p.yaml", tmp_path)
     assert cfg.data.path == (tmp_path / "sub" / "d.npz").resolve()
 
 
@@ -83,12 +83,12 @@ def test_init_writes_a_valid_commented_example(tmp_path):
     target = tmp_path / "pipeline.yaml"
     assert main(["init", str(target)]) == 0
     assert "# compress pipeline" in target.read_text()
-    assert load_config(target).name == "digits"
+    assert load_pipeline(target).name == "digits"
     assert main(["init", str(target)]) == 2  # no silent overwrite
 
 
 def test_example_pipeline_matches_init_template():
-    from compress.template import PIPELINE_TEMPLATE
+    from compress.cli.template import PIPELINE_TEMPLATE
 
     example = Path(__file__).parents[1] / "examples" / "digits" / "pipeline.yaml"
     assert example.read_text() == PIPELINE_TEMPLATE

@@ -4,7 +4,7 @@ import torch
 
 from compress.config import DataConfig
 from compress.data import load_dataset
-from compress.errors import UsageError
+from compress.core.errors import UsageError
 from compress.models import ModelSpec, build_model, count_macs, load_model, save_checkpoint
 
 

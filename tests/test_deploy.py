@@ -21,10 +21,12 @@ from pathlib import Path
 import pytest
 
 from compress.cli import main
-from compress.fileio import read_json
+from compress.core.fileio import read_json
 from deploy.engines import get_engine
+from compress.stages.deploy import make_val_sample
 from deploy.bundle import choose, make_bundle, read_run
 from deploy.release import deploy_bundle, probe
+from deploy.runner import device_bench
 from deploy.runner import runner as device_runner
 from deploy.targets import DeviceError, SshOptions, parse_target
 
@@ -167,7 +169,8 @@ def test_deploy_over_ssh_benchmarks_on_the_device_then_status_and_rollback(sshd,
     assert {r["batch_size"] for r in results["rows"]} == {1, 8}
     host_rows = read_json(run_dir / "stages" / "benchmark" / "results.json")["rows"]
     host_top1 = next(r for r in host_rows if r["backend"] == "onnxruntime")["accuracy"]["top1"]
-    assert (device / "current" / "bench.py").read_bytes() == (ROOT / "compress" / "bench.py").read_bytes()
+    for shared in ("harness.py", "sessions.py"):  # the host's own harness and sessions, byte for byte
+        assert (device / "current" / shared).read_bytes() == (ROOT / "deploy" / "runner" / shared).read_bytes()
     for row in results["rows"]:
         assert row["backend"] == "onnxruntime" and row["latency_ms"]["p50"] > 0 and row["throughput_per_s"] > 0
         # Timed by the host's harness, shipped in the bundle: rounds of fresh loads and the p50's ±.
@@ -277,7 +280,7 @@ def test_a_tampered_file_fails_the_checksum_and_current_stays(sshd, run_dir, dep
 
     target = parse_target(target_spec, sshd.options())
     record = read_run(run_dir)
-    bundle = make_bundle(run_dir, choose(run_dir, record, None, None), tmp_path / "bundles", 32)
+    bundle = make_bundle(run_dir, choose(run_dir, record, None, None), tmp_path / "bundles", make_val_sample, 32)
     with open(bundle.directory / "model.onnx", "r+b") as fh:  # one flipped byte after the manifest was written
         fh.seek(100)
         byte = fh.read(1)
@@ -337,7 +340,7 @@ def test_an_unknown_or_changed_host_key_is_refused(sshd, run_dir, tmp_path, caps
 
 def test_an_openvino_engine_deploys_and_runs_on_openvino(run_dir, tmp_path):
     ov = pytest.importorskip("openvino")
-    from compress.fileio import write_json
+    from compress.core.fileio import write_json
 
     run = Path(shutil.copytree(run_dir, tmp_path / "run"))
     engine_dir = run / "stages" / "build" / "student.openvino.fp32"
@@ -352,7 +355,8 @@ def test_an_openvino_engine_deploys_and_runs_on_openvino(run_dir, tmp_path):
     device = tmp_path / "device"
     assert deploy(run, "--target", f"local:{device}", "--runtime", "openvino", quiet=True) == 0
     assert sorted(read_json(device / "current" / "manifest.json")["files"]) == [
-        "bench.py", "engine.json", "model.bin", "model.xml", "runner.py", "val_sample.npz"]
+        "device_bench.py", "engine.json", "harness.py", "inference.py", "model.bin", "model.xml", "preprocess.py",
+        "runner.py", "sessions.py", "val_sample.npz"]
     rows = read_json(run / "stages" / "deploy" / parse_target(f"local:{device}").slug / "results.json")["rows"]
     assert {r["backend"] for r in rows} == {"openvino"}
     assert all(r["accuracy"]["agreement_with_host"] == 1.0 and r["latency_ms"]["p50"] > 0 for r in rows)
@@ -476,19 +480,19 @@ def test_runner_reads_jetson_facts():
                "max = 11.7442 ms, mean = 9.81005 ms, median = 9.76404 ms, percentile(90%) = 10.1075 ms, "
                "percentile(95%) = 10.1624 ms, percentile(99%) = 11.4742 ms\n[I] Enqueue Time: min = 0.5 ms, "
                "max = 0.6 ms, mean = 0.53 ms, median = 0.52 ms, percentile(90%) = 0.54 ms\n")
-    timing = device_runner.parse_trtexec_timing(summary, batch=4)
+    timing = device_bench.parse_trtexec_timing(summary, batch=4)
     assert timing["latency_ms"]["p50"] == 9.76404 and timing["latency_ms"]["p90"] == 10.1075
     assert timing["latency_ms"]["p99"] == 11.4742 and timing["throughput_per_s"] == pytest.approx(4 * 120.699)
 
 
 def test_trtexec_rounds_read_each_inference_from_the_trace_or_fall_back_to_the_summary(tmp_path):
-    import compress.bench as harness
+    import deploy.runner.harness as harness
 
     release = tmp_path / "release"
     release.mkdir()
     (release / "model.engine").write_text("fake-engine\n")
     manifest = {"engine": {"file": "model.engine"}, "input": {"name": "input", "shape": [-1, 1, 8, 8]}}
-    row = device_runner.time_trtexec_rounds(release, manifest, 2, str(FAKE_JETSON / "bin"), 1, 2, harness)
+    row = device_bench.time_trtexec_rounds(release, manifest, 2, str(FAKE_JETSON / "bin"), 1, 2, harness)
     assert row["rounds"] == 2 and row["latency_ms"]["runs"] == 400 and row["latency_ms"]["p50_spread"] > 0
     assert row["timer"] == "trtexec" and row["throughput_per_s"] == pytest.approx(2 * 2000.5)
 
@@ -500,11 +504,11 @@ def test_trtexec_rounds_read_each_inference_from_the_trace_or_fall_back_to_the_s
         f"sys.exit(subprocess.call([{str(FAKE_JETSON / 'bin' / 'trtexec')!r}] + "
         "[a for a in sys.argv[1:] if not a.startswith('--exportTimes')]))\n")
     (untraced / "trtexec").chmod(0o755)
-    row = device_runner.time_trtexec_rounds(release, manifest, 2, str(untraced), 1, 2, harness)
+    row = device_bench.time_trtexec_rounds(release, manifest, 2, str(untraced), 1, 2, harness)
     assert row["latency_ms"]["p50"] == 0.48 and "p50_spread" not in row["latency_ms"]
-    assert device_runner.exported_latencies(tmp_path / "missing.json") == []
+    assert device_bench.exported_latencies(tmp_path / "missing.json") == []
     (tmp_path / "junk.json").write_text("[{ \"latencyMs\" : ")
-    assert device_runner.exported_latencies(tmp_path / "junk.json") == []
+    assert device_bench.exported_latencies(tmp_path / "junk.json") == []
 
 
 def test_tensorrt_artifacts_come_from_the_export_onnx_and_deferred_builds(tmp_path):
@@ -635,7 +639,17 @@ def test_a_deploy_runtime_without_a_built_engine_is_refused(tiny_config, write_p
     assert main(["validate", str(write_pipeline(tiny_config))]) == 0
 
 
-def test_the_device_runner_asks_openvino_for_the_precision_the_host_does():
-    from deploy.engines.openvino import INFERENCE_PRECISION
+def test_host_and_device_run_one_session_per_backend():
+    """The host's engines load the device runner's sessions: one OpenVINO precision table, one of each class."""
+    import deploy.engines.onnxruntime as ort_engine
+    import deploy.engines.openvino as ov_engine
+    import deploy.engines.tensorrt as trt_engine
+    from deploy.runner import sessions
 
-    assert device_runner.OPENVINO_PRECISION == INFERENCE_PRECISION  # the runner cannot import it: keep the copies equal
+    assert ov_engine.OpenVinoSession is sessions.OpenVinoSession and ov_engine.OPENVINO_PRECISION is sessions.OPENVINO_PRECISION
+    assert ort_engine.OnnxRuntimeSession is sessions.OnnxRuntimeSession
+    assert trt_engine.TensorRtSession is sessions.TensorRtSession
+    sources = [p.read_text() for p in (ROOT / "deploy").rglob("*.py")] + [p.read_text() for p in (ROOT / "compress").rglob("*.py")]
+    definitions = [line for text in sources for line in text.splitlines()
+                   if line.startswith(("OPENVINO_PRECISION =", "INFERENCE_PRECISION ="))]
+    assert definitions == ['OPENVINO_PRECISION = {"fp32": "f32", "fp16": "f16", "int8": "f32"}']

@@ -13,7 +13,7 @@ from compress.config import DataConfig, TrainConfig, TransferConfig
 from compress.data import load_dataset
 from compress.distill.objective import LossSpec, Objective
 from compress.distill.train import NO_LABEL, Batch, augment, fit, lr_factor
-from compress.errors import ConfigError
+from compress.core.errors import ConfigError
 from compress.models import ModelSpec, build_model
 
 

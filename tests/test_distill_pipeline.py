@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from compress.fileio import read_json
+from compress.core.fileio import read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

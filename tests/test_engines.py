@@ -14,8 +14,8 @@ import torch
 from compress.config import DataConfig, TrainConfig
 from compress.data import load_dataset
 from compress.distill.train import fit
-from compress.export import export_onnx, simplify_onnx
-from compress.fileio import sha256_file
+from compress.exporting.torch_to_onnx import export_onnx, simplify_onnx
+from compress.core.fileio import sha256_file
 from compress.models import ModelSpec, build_model
 from compress.quantize.nncf_quant import quantize_model, quiet_nncf, strip
 from deploy.engines import ENGINES, get_engine
@@ -117,10 +117,10 @@ def test_an_engine_that_is_not_installed_is_a_config_error(tiny_config, write_pi
     ("openvino:int4", "openvino builds fp32, fp16, int8, not 'int4'"),
 ])
 def test_a_precision_an_engine_cannot_build_is_a_config_error(tiny_config, target, words):
-    from compress.config import parse_config
-    from compress.errors import ConfigError
+    from compress.runner import parse_pipeline
+    from compress.core.errors import ConfigError
 
     tiny_config["stages"]["build"]["targets"] = [target]
     with pytest.raises(ConfigError) as error:
-        parse_config(tiny_config, "p.yaml")
+        parse_pipeline(tiny_config, "p.yaml")
     assert error.value.path == "stages.build.targets" and words in error.value.message

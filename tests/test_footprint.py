@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compress.cli import main
-from compress.footprint import describe, measure_footprint
+from compress.measuring.footprint import describe, measure_footprint
 
 WIDTH = 1024
 

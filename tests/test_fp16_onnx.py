@@ -8,8 +8,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from onnx_graphs import cnn_onnx
 
-from compress.fp16_onnx import convert_to_fp16, write_fp16_copy
-from compress.trt_lint import lint
+from compress.exporting.fp16 import convert_to_fp16, write_fp16_copy
+from compress.exporting.trt_lint import lint
 
 
 def run(path, x):

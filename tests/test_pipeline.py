@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from compress.cli import main
-from compress.fileio import DirLock, read_json
+from compress.core.fileio import DirLock, read_json
 
 
 def run(path: Path, run_dir: Path, *extra: str) -> int:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from compress.errors import UsageError
-from compress.export import export_onnx
+from compress.core.errors import UsageError
+from compress.exporting.torch_to_onnx import export_onnx
 from compress.models import ModelSpec, build_model
-from compress.quantize.export import qdq_form
+from compress.exporting.qdq_form import qdq_form
 from compress.quantize.fold import fold_batchnorm
 from compress.quantize.nncf_quant import (NotQuantizable, load_quantized, quantize_model, quantizers, quiet_nncf,
                                           save_quantized, strip, weight_quantizers)

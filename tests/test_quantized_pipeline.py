@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from compress.cli import main
-from compress.config import parse_config
-from compress.errors import ConfigError
-from compress.fileio import read_json
+from compress.runner import parse_pipeline
+from compress.core.errors import ConfigError
+from compress.core.fileio import read_json
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits" / "quantized.yaml"
 
@@ -68,7 +68,7 @@ def test_qat_int8_students_stay_within_one_point_of_fp32(qat_run):
 
 def test_an_interrupted_qat_resumes_from_its_last_epoch(qat_run, capsys):
     """As if the run died after the last QAT epoch: the rerun resumes from last.pt instead of retraining."""
-    from compress.fileio import write_json
+    from compress.core.fileio import write_json
 
     config, work = qat_run
     record = read_json(work / "run/run.json")
@@ -138,7 +138,7 @@ def test_a_student_nncf_cannot_quantize_is_one_line_exit_2(tiny_config, write_pi
 def test_bad_quantize_options_name_the_field(tiny_config, section, path, words):
     tiny_config["stages"]["quantize"] = section
     with pytest.raises(ConfigError) as error:
-        parse_config(tiny_config, "p.yaml")
+        parse_pipeline(tiny_config, "p.yaml")
     assert error.value.path == path and words in error.value.message
 
 

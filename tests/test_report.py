@@ -23,7 +23,7 @@ from PIL import Image
 
 from compress.cli import main
 from compress.config import GatesConfig
-from compress.report import summary
+from compress.reporting.verdict import summary
 
 CLASSES = [str(c) for c in range(10)]
 

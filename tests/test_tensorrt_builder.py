@@ -15,8 +15,8 @@ from fake_tensorrt import called, make_fake_tensorrt
 from onnx_graphs import cnn_onnx
 from test_trtexec import fake_trtexec
 
-from compress.fileio import sha256_file
-from compress.fp16_onnx import write_fp16_copy
+from compress.core.fileio import sha256_file
+from compress.exporting.fp16 import write_fp16_copy
 from deploy.engines import EngineUnavailable, get_engine, read_sidecar
 from deploy.engines import tensorrt as trt_engine
 

@@ -12,7 +12,7 @@ import pytest
 from compress.cli import main
 from compress.config import DataConfig
 from compress.data import load_dataset
-from compress.fileio import read_json
+from compress.core.fileio import read_json
 from deploy.engines import get_engine, read_sidecar
 from deploy.engines.tensorrt import TensorRTEngine, cuda_gpu
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from compress.cli import main
-from compress.fileio import read_json
+from compress.core.fileio import read_json
 from deploy.engines.tensorrt import TensorRTEngine
 
 no_gpu_here = pytest.mark.skipif(TensorRTEngine.available(), reason="TensorRT builds for real on this machine")

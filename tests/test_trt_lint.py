@@ -8,7 +8,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 from onnx_graphs import cnn_onnx, qdq_conv_graph
 
-from compress.trt_lint import lint, summary_line
+from compress.exporting.trt_lint import lint, summary_line
 
 
 def checks(report: dict) -> list[str]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from compress.config import DataConfig, TransferConfig
-from compress.errors import UsageError
+from compress.core.errors import UsageError
+from compress.data.sources import read_source
 
 
 def split_labels(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
@@ -30,8 +31,6 @@ def split_labels(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
 
 
 def read_transfer_inputs(cfg: TransferConfig) -> np.ndarray:
-    from compress.data import read_source
-
     source = DataConfig(source=cfg.source, path=cfg.path, image_size=cfg.image_size, grayscale=cfg.grayscale,
                         kwargs=cfg.kwargs)
     x, _, _ = read_source(source)

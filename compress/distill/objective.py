@@ -22,7 +22,7 @@ from compress.config import TrainConfig
 from compress.distill.features import FeatureTaps, missing_path
 from compress.distill.losses import LOSSES, FeatureLoss, KDBatch, KDLoss
 from compress.distill.train import Batch, augments, training_device
-from compress.errors import ConfigError
+from compress.core.errors import ConfigError
 
 CACHE_LIMIT_BYTES = 4 << 30  # above this the teacher runs per batch even when inputs do not change
 

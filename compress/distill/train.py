@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from compress.config import TrainConfig
-from compress.fileio import atomic_path
+from compress.core.fileio import atomic_path
 
 NO_LABEL = -1
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compress.errors import UsageError
+from compress.core.errors import UsageError
 
 
 @dataclass
@@ -114,7 +114,7 @@ def save_checkpoint(path: str | Path, model, spec: ModelSpec, extra: dict[str, A
     """state_dict + spec: plain tensors and plain types, loadable with weights_only=True."""
     import torch
 
-    from compress.fileio import atomic_path
+    from compress.core.fileio import atomic_path
 
     payload = {"state_dict": model.state_dict(), "model": spec.to_dict(), **(extra or {})}
     with atomic_path(path) as tmp:

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.errors import UsageError
-from compress.fileio import atomic_path
+from compress.core.errors import UsageError
+from compress.core.fileio import atomic_path
 from compress.models import ModelSpec, build_model
 from compress.quantize.fold import fold_batchnorm
 

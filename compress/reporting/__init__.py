@@ -13,7 +13,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from compress.fileio import write_json, write_text
+from compress.core.fileio import write_json, write_text
 from compress.reporting import fmt
 from compress.reporting.analysis import QUIET, analyze
 from compress.reporting.charts import data_uri, render_charts
@@ -62,3 +62,9 @@ def write_report(run_dir: str | Path, outputs: dict[str, dict] | None = None,
         write_json(folder / "report.json", json.loads(json.dumps(report, default=str)))
         paths += [folder / "report.md", folder / "report.html", folder / "report.json"]
     return WrittenReport(report, paths)
+
+
+def rewrite_report(run_dir: str | Path) -> WrittenReport:
+    """Rebuild a run's report from its saved files, keeping the report stage's copies in step."""
+    stage_dir = Path(run_dir) / "stages" / "report"
+    return write_report(run_dir, copy_to=stage_dir if stage_dir.is_dir() else None)

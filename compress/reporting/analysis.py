@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from compress.bench import NOISY_P99, NOISY_SPREAD, NOISY_TAIL
-from compress.report import artifact_id, enrich, summary
+from deploy.runner.harness import NOISY_P99, NOISY_SPREAD, NOISY_TAIL
+from compress.reporting.verdict import artifact_id, enrich, summary
 from compress.reporting.collect import RunFacts
 
 SAME_ARTIFACT = ("model", "backend", "precision", "batch_size")

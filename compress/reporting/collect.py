@@ -15,8 +15,8 @@ import yaml
 from pydantic import ValidationError
 
 from compress.config import GatesConfig
-from compress.errors import UsageError
-from compress.fileio import read_json
+from compress.core.errors import UsageError
+from compress.core.fileio import read_json
 
 TRAINING_STAGES = ("teacher", "baseline", "distill", "quantize")
 

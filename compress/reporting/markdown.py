@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from compress.footprint import describe
+from compress.measuring.footprint import describe
 from compress.reporting.analysis import QUIET
 from compress.reporting.fmt import count, ms, num, pct, plus_minus, pts, table, times
 

@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from compress.bench import within_noise
-from compress.errors import UsageError
-from compress.fileio import read_json
+from deploy.runner.harness import within_noise
+from compress.core.errors import UsageError
+from compress.core.fileio import read_json
 from compress.reporting.analysis import analyze
 from compress.reporting.collect import collect
 from compress.reporting.fmt import ms, num, pct, plus_minus, pts, text_table, times

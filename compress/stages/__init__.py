@@ -1,23 +1,25 @@
-"""Stage registry, in pipeline order."""
+"""The stages, in pipeline order: the one list the runner walks.
+
+Each stage module imports only the stage contract (compress.stages.contract) and the libraries it
+uses; this package imports the implementations and lists them, so the order is written once, here.
+"""
 
 from __future__ import annotations
 
-from compress.stages.base import Stage, StageContext
+from compress.stages.baseline import BaselineStage
+from compress.stages.benchmark import BenchmarkStage
+from compress.stages.build import BuildStage
+from compress.stages.contract import Stage, StageContext
+from compress.stages.deploy import DeployStage
+from compress.stages.distill import DistillStage
+from compress.stages.export import ExportStage
+from compress.stages.quantize import QuantizeStage
+from compress.stages.report import ReportStage
+from compress.stages.teacher import TeacherStage
 
-ORDER = ("teacher", "baseline", "distill", "quantize", "export", "build", "benchmark", "report", "deploy")
-STAGES: dict[str, type[Stage]] = {}
+PIPELINE_ORDER: tuple[type[Stage], ...] = (TeacherStage, BaselineStage, DistillStage, QuantizeStage, ExportStage,
+                                           BuildStage, BenchmarkStage, ReportStage, DeployStage)
+STAGES: dict[str, type[Stage]] = {stage.name: stage for stage in PIPELINE_ORDER}
+ORDER = tuple(STAGES)
 
-
-def register_stage(cls: type[Stage]) -> type[Stage]:
-    if cls.name not in ORDER:
-        raise ValueError(f"stage {cls.name} has no place in ORDER")
-    STAGES[cls.name] = cls
-    ordered = sorted(STAGES.items(), key=lambda item: ORDER.index(item[0]))
-    STAGES.clear()
-    STAGES.update(ordered)
-    return cls
-
-
-from compress.stages import teacher, baseline, distill, quantize, export, build, benchmark, report, deploy  # noqa: E402,F401,I001
-
-__all__ = ["ORDER", "STAGES", "Stage", "StageContext", "register_stage"]
+__all__ = ["ORDER", "PIPELINE_ORDER", "STAGES", "Stage", "StageContext"]

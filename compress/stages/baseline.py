@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from compress.config import PipelineConfig, Strict
-from compress.stages import register_stage
-from compress.stages.base import Stage, StageContext
+from compress.stages.contract import Stage, StageContext
 from compress.stages.distill import train_student
 
 KD_ONLY_FIELDS = {"temperature", "alpha", "losses", "teacher_cache"}
@@ -26,7 +25,6 @@ def training_options(pipeline: PipelineConfig):
     return distill, {k: v for k, v in distill.model_dump(mode="json").items() if k not in KD_ONLY_FIELDS}
 
 
-@register_stage
 class BaselineStage(Stage):
     name = "baseline"
     Config = BaselineConfig

@@ -1,27 +1,24 @@
 """benchmark: latency, throughput, memory, accuracy and size of the teacher and every student artifact.
 
 Writes results.json, the contract read by report and deploy (see DESIGN.md). Every artifact goes
-through the same harness (`compress.bench`) and sees the same preprocessed validation arrays.
+through the same harness (`deploy.runner.harness`) and sees the same preprocessed validation arrays.
 """
 
 from __future__ import annotations
 
 import os
-import platform
-import time
-from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
 from pydantic import Field
 
-from compress.artifacts import open_session
-from compress.bench import LatencySettings, accuracy_report, measure_rounds, predict
+from compress.measuring.artifacts import open_session
+from deploy.runner.harness import LatencySettings, accuracy_report, measure_rounds, predict
 from compress.config import PipelineConfig, Strict
-from compress.fileio import write_json
-from compress.footprint import describe, measure_footprint
-from compress.stages import register_stage
-from compress.stages.base import Stage, StageContext
+from compress.core.fileio import write_json
+from compress.measuring.environment import artifact_mb, environment
+from compress.measuring.footprint import describe, measure_footprint
+from compress.stages.contract import Stage, StageContext
 
 
 class BenchmarkConfig(Strict):
@@ -47,55 +44,6 @@ class BenchmarkConfig(Strict):
         return None
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment(threads: int) -> dict[str, Any]:
-    """Machine and library versions, so a number can be traced to where it was measured."""
-    import torch
-
-    from compress import __version__
-
-    def version(module: str) -> str | None:
-        try:
-            return __import__(module).__version__
-        except Exception:
-            return None
-
-    return {
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "threads": threads,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "compress": __version__,
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "onnx": version("onnx"),
-        "onnxruntime": version("onnxruntime"),
-        "openvino": version("openvino"),
-        "nncf": version("nncf"),
-        "tensorrt": version("tensorrt"),
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-def artifact_mb(path: str | os.PathLike) -> float:
-    """Size on disk of an artifact with its companion files (an IR's .bin, an ONNX's external data)."""
-    path = Path(path)
-    companions = [p for p in path.parent.glob(f"{path.stem}.*")
-                  if p.is_file() and p != path and p.name != "engine.json" and p.suffix in (".bin", ".data")]
-    return round(sum(p.stat().st_size for p in [path, *companions]) / 1e6, 4)
-
-
 class Measured(NamedTuple):
     """One artifact of the table; `load` runs once per round, so every round times a fresh load."""
 
@@ -108,7 +56,6 @@ class Measured(NamedTuple):
     macs: int
 
 
-@register_stage
 class BenchmarkStage(Stage):
     name = "benchmark"
     Config = BenchmarkConfig

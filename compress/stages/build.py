@@ -8,9 +8,8 @@ from pydantic import Field, field_validator
 
 from compress.config import PipelineConfig, Strict
 from compress.quantize.calibration import calibration_samples
-from compress.stages import register_stage
-from compress.stages.base import Stage, StageContext
-from compress.trt_targets import (EXPORT_TARGETS, TensorRTOptions, check_targets, defer_tensorrt, export_sources,
+from compress.stages.contract import Stage, StageContext
+from compress.stages.tensorrt_targets import (EXPORT_TARGETS, TensorRTOptions, check_targets, defer_tensorrt, export_sources,
                                   tensorrt_build_options, write_triton)
 
 
@@ -52,7 +51,6 @@ class BuildConfig(Strict):
         return check_targets(pipeline, self.targets, self.tensorrt)
 
 
-@register_stage
 class BuildStage(Stage):
     name = "build"
     Config = BuildConfig

@@ -16,12 +16,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import yaml
 from pydantic import Field
 
-from compress.config import PipelineConfig, Strict
-from compress.errors import ConfigError, UsageError
-from compress.stages import register_stage
-from compress.stages.base import Stage, StageContext
+from compress.config import DataConfig, PipelineConfig, Strict
+from compress.core.console import Console
+from compress.core.errors import CompressError, ConfigError, UsageError
+from compress.data import load_dataset
+from compress.reporting import rewrite_report
+from compress.stages.contract import Stage, StageContext
+from deploy.bundle import RUNTIMES, ValSample, choose, read_run
+from deploy.fleet import deploy_command
+from deploy.release import check_slugs
+from deploy.runner import harness
+from deploy.runner.sessions import OnnxRuntimeSession
+from deploy.targets import DeviceError, SshOptions, parse_target
+
+MAX_SAMPLE_BYTES = 8 << 20
 
 
 class DeployConfig(Strict):
@@ -46,9 +58,6 @@ class DeployConfig(Strict):
                 setattr(self, name, (base / value).expanduser().resolve())
 
     def check(self, pipeline: PipelineConfig):
-        from deploy.bundle import RUNTIMES
-        from deploy.release import check_slugs
-
         if self.runtime is not None and self.runtime not in RUNTIMES:
             return "runtime", f"unknown runtime '{self.runtime}'; known: {', '.join(RUNTIMES)}"
         for name in ("known_hosts", "identity", "ssh_config"):
@@ -73,11 +82,36 @@ class DeployConfig(Strict):
         return None
 
     def parsed_targets(self) -> list:
-        from deploy.targets import SshOptions, parse_target
-
         ssh = SshOptions(*(str(v) if v else None for v in (self.known_hosts, self.identity)), list(self.ssh_options),
                          str(self.ssh_config) if self.ssh_config else None)
         return [parse_target(spec, ssh) for spec in self.targets]
+
+
+def make_val_sample(run_dir: Path, onnx_path: Path, limit: int) -> ValSample:
+    """A seeded slice of the run's val split (already preprocessed) with the host's fp32 predictions.
+
+    Read from the run's own resolved pipeline.yaml; only its data section is needed (no model code).
+    """
+    pipeline = yaml.safe_load((run_dir / "pipeline.yaml").read_text())
+    seed = pipeline.get("seed", 0)
+    data = load_dataset(DataConfig.model_validate(pipeline["data"]), seed)
+    per_sample = int(np.prod(data.x_val.shape[1:])) * 4
+    count = max(1, min(limit, len(data.y_val), MAX_SAMPLE_BYTES // per_sample))
+    order = np.random.default_rng(seed).permutation(len(data.y_val))[:count]
+    x, y = data.x_val[order].astype(np.float32), data.y_val[order].astype(np.int64)
+    with OnnxRuntimeSession(onnx_path, providers=["CPUExecutionProvider"]) as session:
+        host_top1 = harness.predict(session.infer, x).argmax(1)
+    return ValSample({"x": x, "y": y, "host_top1": host_top1.astype(np.int64)}, data.preprocessing(),
+                     list(data.class_names))
+
+
+def refresh_report(run_dir: Path) -> None:
+    """Fold the device results into the run's report (when the run has a benchmark to report)."""
+    if (run_dir / "stages" / "benchmark" / "results.json").is_file():
+        try:
+            rewrite_report(run_dir)
+        except CompressError as error:
+            Console.error(str(error))
 
 
 class StageConsole:
@@ -93,7 +127,6 @@ class StageConsole:
         self.log(f"error: {message}")
 
 
-@register_stage
 class DeployStage(Stage):
     name = "deploy"
     Config = DeployConfig
@@ -102,10 +135,6 @@ class DeployStage(Stage):
     keeps_dir = True
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from deploy.bundle import choose, read_run
-        from deploy.cli import deploy_command
-        from deploy.targets import DeviceError
-
         cfg: DeployConfig = ctx.config
         report = ctx.outputs.get("report") or {}
         if cfg.require_gates and report.get("gates_passed") is False:
@@ -121,8 +150,8 @@ class DeployStage(Stage):
                 field = "artifact" if cfg.artifact else "runtime"
                 raise ConfigError(ctx.pipeline.source_file, f"stages.deploy.{field}",
                                   str(error).split(": ", 1)[-1]) from None
-        failed = deploy_command(ctx.run_dir, targets, StageConsole(ctx.log), cfg.runtime, cfg.artifact,
-                                cfg.val_samples, cfg.bwlimit)
+        failed = deploy_command(ctx.run_dir, targets, StageConsole(ctx.log), make_val_sample, refresh_report,
+                                cfg.runtime, cfg.artifact, cfg.val_samples, cfg.bwlimit)
         if failed:
             raise DeviceError(f"deploy failed on {len(failed)} of {len(targets)} target(s): {', '.join(failed)}; "
                               "the others are deployed and in the report")

@@ -15,8 +15,7 @@ from compress.config import PipelineConfig, TrainConfig
 from compress.distill.objective import LossSpec, Objective, check_feature_paths, check_loss_specs, default_losses
 from compress.distill.train import NO_LABEL, accuracy, fit, is_main_process
 from compress.models import build_model, load_model, save_checkpoint
-from compress.stages import register_stage
-from compress.stages.base import Stage, StageContext
+from compress.stages.contract import Stage, StageContext
 from compress.stages.teacher import model_spec
 
 
@@ -70,7 +69,6 @@ def train_student(ctx: StageContext, cfg: TrainConfig, x: np.ndarray, y: np.ndar
             "metrics": ctx.relative(ctx.stage_dir / "metrics.jsonl")}
 
 
-@register_stage
 class DistillStage(Stage):
     name = "distill"
     Config = DistillConfig

@@ -8,13 +8,12 @@ from pydantic import Field
 
 from compress.config import Strict
 from compress.distill.train import predict_logits
-from compress.errors import StageFailed
-from compress.export import export_onnx, onnx_logits, parity, simplify_onnx
-from compress.fileio import sha256_file, write_json
+from compress.core.errors import StageFailed
+from compress.exporting.torch_to_onnx import export_onnx, onnx_logits, parity, simplify_onnx
+from compress.core.fileio import sha256_file, write_json
 from compress.models import load_model
-from compress.stages import register_stage
-from compress.stages.base import Stage, StageContext
-from compress.trt_export import export_for_tensorrt, tensorrt_key_material
+from compress.stages.contract import Stage, StageContext
+from compress.stages.tensorrt_checks import export_for_tensorrt, tensorrt_key_material
 
 
 class ExportConfig(Strict):
@@ -26,7 +25,6 @@ class ExportConfig(Strict):
     min_top1_agreement: float = Field(0.99, ge=0, le=1)
 
 
-@register_stage
 class ExportStage(Stage):
     name = "export"
     Config = ExportConfig
@@ -48,7 +46,7 @@ class ExportStage(Stage):
         report["passed"] = report["max_abs_error"] <= cfg.atol and report["top1_agreement"] >= cfg.min_top1_agreement
         outputs = {}
         if ctx.has("quantize"):  # Q/DQ ONNX of the quantized student, parity vs its fake-quantized model
-            from compress.quantize.export import export_qdq
+            from compress.quantize.strip_to_onnx import export_qdq
 
             qdq_path = ctx.stage_dir / "student.qdq.onnx"
             report["qdq"] = export_qdq(ctx.path(ctx.outputs["quantize"]["checkpoint"]), qdq_path, x, cfg.opset,

@@ -15,11 +15,10 @@ from pydantic import Field
 from compress.config import PipelineConfig, TrainConfig
 from compress.distill.objective import Objective, default_losses
 from compress.distill.train import accuracy, fit
-from compress.errors import ConfigError
+from compress.core.errors import ConfigError
 from compress.models import load_model, model_outline
 from compress.quantize.calibration import calibration_samples
-from compress.stages import register_stage
-from compress.stages.base import Stage, StageContext
+from compress.stages.contract import Stage, StageContext
 
 TRAINING_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "schedule",
                    "temperature", "alpha")
@@ -63,7 +62,6 @@ class QuantizeConfig(TrainConfig):
         return None
 
 
-@register_stage
 class QuantizeStage(Stage):
     name = "quantize"
     Config = QuantizeConfig

@@ -6,11 +6,9 @@ from typing import Any
 
 from compress.config import PipelineConfig
 from compress.reporting import write_report
-from compress.stages import register_stage
-from compress.stages.base import Stage, StageContext
+from compress.stages.contract import Stage, StageContext
 
 
-@register_stage
 class ReportStage(Stage):
     name = "report"
     reads = ("benchmark", "teacher", "baseline", "distill", "quantize", "export", "build")

@@ -8,10 +8,9 @@ import torch
 
 from compress.config import PipelineConfig
 from compress.distill.train import accuracy, fit
-from compress.fileio import sha256_file
+from compress.core.fileio import sha256_file
 from compress.models import ModelSpec, build_model, load_model, save_checkpoint
-from compress.stages import register_stage
-from compress.stages.base import Stage, StageContext
+from compress.stages.contract import Stage, StageContext
 
 
 def model_spec(role_cfg, data) -> ModelSpec:
@@ -19,7 +18,6 @@ def model_spec(role_cfg, data) -> ModelSpec:
     return ModelSpec(role_cfg.model, channels, data.num_classes, height, dict(role_cfg.kwargs))
 
 
-@register_stage
 class TeacherStage(Stage):
     name = "teacher"
 

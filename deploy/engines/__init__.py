@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deploy.engines.base import BuiltEngine, Engine, EngineUnavailable, Session, read_sidecar
+from deploy.engines.interface import BuiltEngine, Engine, EngineUnavailable, Session, read_sidecar
 from deploy.engines.onnxruntime import OnnxRuntimeEngine
 from deploy.engines.openvino import OpenVinoEngine
 from deploy.engines.tensorrt import TensorRTEngine

@@ -13,22 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from deploy.engines.base import Engine, EngineUnavailable, Session
-
-
-class OnnxRuntimeSession(Session):
-    def __init__(self, path: Path, threads: int | None = None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+from deploy.engines.interface import Engine, EngineUnavailable, Session
+from deploy.runner.sessions import OnnxRuntimeSession
 
 
 def static_quantize(onnx_path: Path, out_path: Path, calibration: np.ndarray, batch_size: int = 32) -> None:
@@ -80,4 +66,4 @@ class OnnxRuntimeEngine(Engine):
         return artifact, extra
 
     def load(self, artifact: Path, threads: int | None = None) -> Session:
-        return OnnxRuntimeSession(artifact, threads)
+        return OnnxRuntimeSession(artifact, threads, providers=["CPUExecutionProvider"])

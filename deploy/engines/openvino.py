@@ -1,7 +1,8 @@
 """OpenVINO engine (CPU plugin): IR from `openvino.convert_model` + `save_model`.
 
 fp32 keeps fp32 weights; fp16 stores fp16-compressed weights (the CPU plugin decompresses them);
-a session runs at the precision of its artifact (engine.json), not at the plugin's default;
+a session runs at the precision of its artifact (engine.json), not at the plugin's default
+(deploy.runner.sessions.OPENVINO_PRECISION);
 int8 converts the quantize stage's Q/DQ ONNX when there is one, otherwise runs NNCF PTQ on the
 OpenVINO model with the `calibration` samples.
 """
@@ -15,32 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from compress.fileio import read_json
-from deploy.engines.base import SIDECAR, Engine, EngineUnavailable, Session
-
-
-# The CPU plugin computes in bf16 by default where the CPU has it (AVX512-BF16, AMX): an "fp32" artifact
-# must ask for f32. fp16 asks for f16, which the plugin serves as bf16 on CPUs without fp16 arithmetic.
-# int8 keeps its non-quantized ops in f32, as ONNX Runtime does.
-INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
-
-
-class OpenVinoSession(Session):
-    def __init__(self, path: Path, threads: int | None = None, precision: str | None = None):
-        import openvino as ov
-
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        if precision in INFERENCE_PRECISION:
-            config["INFERENCE_PRECISION_HINT"] = INFERENCE_PRECISION[precision]
-        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
-        self.inference_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        self.request = self.compiled.create_infer_request()
-
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        result = self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
-        return np.array(result[self.compiled.output(0)])
+from compress.core.fileio import read_json
+from deploy.engines.interface import SIDECAR, Engine, EngineUnavailable, Session
+from deploy.runner.sessions import OPENVINO_PRECISION, OpenVinoSession
 
 
 def nncf_quantize_ir(model, calibration: np.ndarray, batch_size: int = 32):
@@ -69,7 +47,7 @@ class OpenVinoEngine(Engine):
         import openvino as ov
 
         model = ov.convert_model(str(onnx_path))
-        extra: dict[str, Any] = {"device": "CPU", "inference_precision_hint": INFERENCE_PRECISION[precision]}
+        extra: dict[str, Any] = {"device": "CPU", "inference_precision_hint": OPENVINO_PRECISION[precision]}
         if precision == "int8" and not (options.get("sources") or {}).get("qdq"):
             calibration = options.get("calibration")
             if calibration is None or not len(calibration):

@@ -14,10 +14,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from compress.fileio import atomic_path
-from deploy.engines.base import Engine, EngineUnavailable, Session
+from compress.core.fileio import atomic_path
+from deploy.engines.interface import Engine, EngineUnavailable, Session
+from deploy.runner.sessions import SessionError, TensorRtSession
 from deploy.engines.trtexec import DEFAULT_WORKSPACE_MB, find_trtexec, run_trtexec, trtexec_args
 
 PLAN_NAME = "model.plan"
@@ -130,48 +130,6 @@ def trtexec_version(log_text: str) -> str | None:
     return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
 
 
-class TensorRTSession(Session):
-    """Runs a plan with the name-based tensor API (execute_async_v3) on torch CUDA buffers."""
-
-    def __init__(self, plan_path: Path):
-        import tensorrt as trt
-        import torch
-
-        self.torch = torch
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
-        if self.engine is None:
-            raise EngineUnavailable(f"{plan_path}: TensorRT could not load this plan (built by another TensorRT "
-                                    "version or for another GPU?)")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.input_name, self.output_names = inputs[0], [n for n in names if n not in inputs]
-        self.dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
-                       trt.int8: torch.int8, trt.bool: torch.bool}
-
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        torch = self.torch
-        stream = torch.cuda.current_stream()
-        x_device = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).cuda()
-        self.context.set_input_shape(self.input_name, tuple(x_device.shape))
-        self.context.set_tensor_address(self.input_name, x_device.data_ptr())
-        outputs = []
-        for name in self.output_names:
-            shape = tuple(self.context.get_tensor_shape(name))
-            out = torch.empty(shape, dtype=self.dtypes[self.engine.get_tensor_dtype(name)], device="cuda")
-            self.context.set_tensor_address(name, out.data_ptr())
-            outputs.append(out)
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execute_async_v3 failed")
-        stream.synchronize()
-        return outputs[0].float().cpu().numpy()
-
-    def close(self) -> None:
-        self.context = self.engine = self.runtime = None
-
-
 class TensorRTEngine(Engine):
     backend = "tensorrt"
     precisions = ("fp32", "fp16", "int8")
@@ -235,4 +193,7 @@ class TensorRTEngine(Engine):
         }
 
     def load(self, artifact: Path, threads: int | None = None) -> Session:
-        return TensorRTSession(artifact)
+        try:
+            return TensorRtSession(artifact, threads)
+        except SessionError as error:
+            raise EngineUnavailable(str(error)) from None

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from compress.errors import UsageError
-from deploy.targets.base import DeviceError, Target, slugify
+from compress.core.errors import UsageError
+from deploy.targets.target import DeviceError, Target, slugify
 from deploy.targets.jetson import JetsonTarget, describe
 from deploy.targets.local import LocalTarget
 from deploy.targets.ssh import SshOptions, SshTarget

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from compress.errors import UsageError
+from compress.core.errors import UsageError
 from deploy.targets.ssh import SshTarget
 
 

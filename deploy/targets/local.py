@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from deploy.targets.base import Target
+from deploy.targets.target import Target
 
 
 class LocalTarget(Target):

@@ -13,8 +13,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compress.errors import UsageError
-from deploy.targets.base import DeviceError, Target, tail
+from compress.core.errors import UsageError
+from deploy.targets.target import DeviceError, Target, tail
 
 HOST_KEY_FAILURES = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED",
                      "No matching host key", "host key for", "Host key for")

@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from compress.errors import StageFailed
-from compress.export import onnx_logits, parity
-from compress.fileio import write_json
-from compress.fp16_onnx import write_fp16_copy
-from compress.trt_lint import lint, summary_line
+from compress.core.errors import StageFailed
+from compress.exporting.torch_to_onnx import onnx_logits, parity
+from compress.core.fileio import write_json
+from compress.exporting.fp16 import write_fp16_copy
+from compress.exporting.trt_lint import lint, summary_line
 
 
 def tensorrt_targets(pipeline) -> list[str]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from compress.bench import order_uncertain
+from deploy.runner.harness import order_uncertain
 from compress.config import GatesConfig
-from compress.footprint import describe
+from compress.measuring.footprint import describe
 
 
 def teacher_rows(rows: list[dict]) -> dict[int, dict]:

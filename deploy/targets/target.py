@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compress.errors import CompressError, UsageError
+from compress.core.errors import CompressError, UsageError
 from deploy.runner import runner_source
 
 

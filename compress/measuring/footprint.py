@@ -2,7 +2,7 @@
 
 The benchmark times every artifact in one process that also holds torch, the dataset and the other
 artifacts, so its peak resident memory says little about what a device must have free for one
-ONNX model. Here a child process (`python -m compress.footprint`) imports the artifact's runtime
+ONNX model. Here a child process (`python -m compress.measuring.footprint`) imports the artifact's runtime
 and nothing else, notes its resident memory, loads the artifact, runs it on fresh random inputs at
 the largest batch size, and reports:
 
@@ -32,8 +32,8 @@ def measure_in_this_process(path: Path, backend: str, input_shape: tuple[int, ..
                             threads: int | None) -> dict:
     import importlib
 
-    from compress.artifacts import open_session
-    from compress.bench import proc_status_kb, random_inputs, reset_peak_rss
+    from compress.measuring.artifacts import open_session
+    from deploy.runner.harness import proc_status_kb, random_inputs, reset_peak_rss
 
     importlib.import_module(RUNTIME_MODULES.get(backend, backend))
     runtime_kb, import_peak_kb = proc_status_kb("VmRSS"), proc_status_kb("VmHWM")
@@ -56,7 +56,7 @@ def measure_footprint(path: str | os.PathLike, backend: str, input_shape: tuple[
     # folder that happens to lie in the caller's working directory.
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    command = [sys.executable, "-m", "compress.footprint", backend, str(Path(path).resolve()),
+    command = [sys.executable, "-m", "compress.measuring.footprint", backend, str(Path(path).resolve()),
                "--shape", ",".join(str(d) for d in input_shape), "--batch", str(batch_size)]
     if threads:
         command += ["--threads", str(threads)]
@@ -80,7 +80,7 @@ def describe(footprint: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m compress.footprint", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m compress.measuring.footprint", description=__doc__.splitlines()[0])
     parser.add_argument("backend")
     parser.add_argument("path", type=Path)
     parser.add_argument("--shape", required=True, help="per-sample input shape, e.g. 1,8,8")

@@ -6,32 +6,16 @@ Exit codes: 0 ok, 1 a stage failed, 2 bad usage / config / input, 3 a gate faile
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from compress.errors import CompressError, GateFailed, UsageError
-
-
-class Console:
-    """Prints progress lines unless quiet; errors always go to stderr."""
-
-    def __init__(self, quiet: bool = False):
-        self.quiet = quiet
-
-    def __call__(self, message: str) -> None:
-        if not self.quiet:
-            print(message, flush=True)
-
-    @staticmethod
-    def error(message: str) -> None:
-        print(f"error: {message}", file=sys.stderr, flush=True)
+from compress.core.console import Console
+from compress.core.errors import CompressError, GateFailed, UsageError
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from compress.config import load_config
-    from compress.runner import Runner
+    from compress.runner import Runner, load_pipeline
 
-    cfg = load_config(args.pipeline)
+    cfg = load_pipeline(args.pipeline)
     if args.quiet:
         from compress.distill import train
 
@@ -52,15 +36,15 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, console: Console) -> int:
-    from compress.config import load_config
+    from compress.runner import load_pipeline
 
-    cfg = load_config(args.pipeline)
+    cfg = load_pipeline(args.pipeline)
     console(f"{args.pipeline}: ok (stages: {', '.join(cfg.stages)})")
     return 0
 
 
 def cmd_init(args: argparse.Namespace, console: Console) -> int:
-    from compress.template import PIPELINE_TEMPLATE
+    from compress.cli.template import PIPELINE_TEMPLATE
 
     path = Path(args.path)
     if path.exists() and not args.overwrite:
@@ -71,10 +55,9 @@ def cmd_init(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
-    from compress.reporting import write_report
+    from compress.reporting import rewrite_report
 
-    stage_dir = Path(args.run_dir) / "stages" / "report"  # keep the report stage's copies in step
-    written = write_report(Path(args.run_dir), copy_to=stage_dir if stage_dir.is_dir() else None)
+    written = rewrite_report(Path(args.run_dir))
     for gate in written.failed_gates:
         console(f"gate {gate['gate']}: FAIL ({gate['detail']})")
     console(f"report: {Path(args.run_dir) / 'report.html'} (and report.md, report.json)")
@@ -82,10 +65,10 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace, console: Console) -> int:
-    from compress.adhoc_bench import benchmark_file, format_rows, parse_ints
-    from compress.bench import LatencySettings
-    from compress.fileio import write_json
-    from compress.footprint import describe
+    from compress.measuring.adhoc import benchmark_file, format_rows, parse_ints
+    from deploy.runner.harness import LatencySettings
+    from compress.core.fileio import write_json
+    from compress.measuring.footprint import describe
 
     settings = LatencySettings(args.warmup, args.warmup_seconds, args.runs, args.min_seconds)
     shape = parse_ints(args.shape, "--shape") if args.shape else None
@@ -117,9 +100,10 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace, console: Console) -> int:
+    from compress.stages.deploy import make_val_sample, refresh_report
     from deploy.cli import run_deploy
 
-    return run_deploy(args, console)
+    return run_deploy(args, console, make_val_sample, refresh_report)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,8 @@
 
 `build` turns an ONNX file into an artifact folder with an `engine.json` sidecar (metadata never
 goes into the engine file itself); `load` opens that folder as a `Session` whose `infer` maps a
-float32 NCHW batch to logits.
+float32 NCHW batch to logits. The sessions are the device runner's (deploy/runner/sessions.py):
+one implementation per backend, on the host and on the device.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-
-from compress.fileio import read_json, sha256_file, write_json
+from compress.core.fileio import read_json, sha256_file, write_json
+from deploy.runner.sessions import Session
 
 SIDECAR = "engine.json"
 
@@ -33,20 +33,6 @@ class BuiltEngine:
     @property
     def artifact(self) -> Path:
         return self.directory / self.sidecar["artifact"]
-
-
-class Session(ABC):
-    @abstractmethod
-    def infer(self, x: np.ndarray) -> np.ndarray: ...
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> "Session":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class Engine(ABC):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.errors import UsageError
-from deploy.engines.base import Session
+from compress.core.errors import UsageError
+from deploy.engines.interface import Session
 
 SUFFIX_BACKENDS = {".pt": "torch", ".pth": "torch", ".onnx": "onnxruntime", ".xml": "openvino",
                    ".plan": "tensorrt", ".engine": "tensorrt", ".trt": "tensorrt"}

@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from compress.artifacts import detect_backend, input_shape, open_session, resolve
-from compress.bench import LatencySettings, measure_rounds
-from compress.errors import UsageError
-from compress.footprint import measure_footprint
+from compress.measuring.artifacts import detect_backend, input_shape, open_session, resolve
+from deploy.runner.harness import LatencySettings, measure_rounds
+from compress.core.errors import UsageError
+from compress.measuring.environment import artifact_mb, environment
+from compress.measuring.footprint import measure_footprint
 from compress.reporting.fmt import ms, num, text_table
 
 
@@ -34,8 +35,6 @@ def benchmark_file(path: str | Path, backend: str | None, batch_sizes: list[int]
                    threads: int | None, settings: LatencySettings, rounds: int = 3,
                    memory: bool = True) -> dict[str, Any]:
     """Measure one artifact in `rounds` rounds, loading it afresh for each (see `measure_rounds`)."""
-    from compress.stages.benchmark import artifact_mb, environment
-
     if settings.runs < 1 or settings.warmup < 0 or settings.min_seconds < 0 or settings.warmup_seconds < 0:
         raise UsageError("--runs: must be >= 1 (and --warmup, --warmup-seconds, --min-seconds >= 0)")
     if rounds < 1:

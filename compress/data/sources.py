@@ -1,0 +1,101 @@
+"""Readers of every data source: `digits`, `npz`, `imagefolder`, `module:function` -> (x, y, class names).
+
+Every source yields float32 images (N, C, H, W) and int64 labels.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.config import DataConfig
+from compress.core.errors import UsageError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
+    return x, bunch.target.astype(np.int64), [str(c) for c in bunch.target_names]
+
+
+def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    try:
+        arrays = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{path}: cannot read npz: {error}") from None
+    missing = [k for k in ("x", "y") if k not in arrays.files]
+    if missing:
+        raise UsageError(f"{path}: npz needs arrays 'x' and 'y', missing {', '.join(missing)}")
+    x, y = arrays["x"].astype(np.float32), arrays["y"].astype(np.int64)
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    if x.ndim != 4 or len(x) != len(y):
+        raise UsageError(f"{path}: x must be (N,H,W), (N,C,H,W) or (N,H,W,C) with N == len(y); got {x.shape}, {y.shape}")
+    names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays.files else None
+    return x, y, names or [str(i) for i in range(int(y.max()) + 1)]
+
+
+def _imagefolder(path: Path, image_size: int | None, grayscale: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from PIL import Image
+
+    classes = sorted(d.name for d in path.iterdir() if d.is_dir())
+    if not classes:
+        raise UsageError(f"{path}: imagefolder needs one sub-folder per class")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for file in sorted((path / name).iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            with Image.open(file) as img:
+                img = img.convert("L" if grayscale else "RGB")
+                if image_size:
+                    img = img.resize((image_size, image_size), Image.BILINEAR)
+                images.append(np.asarray(img, dtype=np.float32) / 255.0)
+            labels.append(label)
+    if not images:
+        raise UsageError(f"{path}: no images found")
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise UsageError(f"{path}: images differ in size {sorted(shapes)[:2]}; set data.image_size")
+    x = np.stack(images)
+    x = x[:, None] if grayscale else x.transpose(0, 3, 1, 2)
+    return x, np.asarray(labels, dtype=np.int64), classes
+
+
+def _user_function(source: str, kwargs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    module_name, _, attr = source.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as error:
+        raise UsageError(f"data source '{source}': {error}") from None
+    result = function(**kwargs)
+    if isinstance(result, dict):
+        x, y, names = result["x"], result["y"], result.get("class_names")
+    else:
+        x, y, *rest = result
+        names = rest[0] if rest else None
+    x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
+    if x.ndim == 3:
+        x = x[:, None]
+    return x, y, [str(n) for n in names] if names is not None else [str(i) for i in range(int(y.max()) + 1)]
+
+
+def read_source(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    if cfg.source == "digits":
+        return _digits()
+    if cfg.source == "npz":
+        return _npz(cfg.path)
+    if cfg.source == "imagefolder":
+        return _imagefolder(cfg.path, cfg.image_size, cfg.grayscale)
+    return _user_function(cfg.source, cfg.kwargs)
+
+

@@ -1,0 +1,1 @@
+"""Measurement: open any artifact as a session, its memory alone, the environment, ad-hoc benchmarks."""
