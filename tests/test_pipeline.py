@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from compress.cli import main
 from compress.core.fileio import DirLock, read_json
+from compress.models import ModelSpec, build_model
 
 
 def run(path: Path, run_dir: Path, *extra: str) -> int:
@@ -84,9 +86,30 @@ def test_force_reruns_from_the_named_stage(tiny_config, write_pipeline, tmp_path
     assert main(["run", str(path), "--run-dir", str(run_dir), "--force", "nosuch"]) == 2
 
 
+class ShiftedWhenExported(torch.nn.Module):
+    """A model whose exported graph adds 1e-4 to every logit, as a model with an export-only branch does.
+
+    The gap does not depend on the CPU's kernels (on some CPUs ONNX Runtime and torch agree to the
+    bit), so a parity tolerance below it fails everywhere and the default 1e-3 passes everywhere.
+    """
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        logits = self.inner(x)
+        return logits + 1e-4 if torch.onnx.is_in_onnx_export() else logits
+
+
+def export_shifted_mlp(in_channels: int, num_classes: int, input_size: int, hidden: list[int]):
+    return ShiftedWhenExported(build_model(ModelSpec("mlp", in_channels, num_classes, input_size, {"hidden": hidden})))
+
+
 def test_a_failed_stage_keeps_finished_ones_and_resumes(tiny_config, write_pipeline, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    tiny_config["stages"]["export"] = {"atol": 1e-30}  # parity cannot pass
+    tiny_config["student"] = {"model": "tests.test_pipeline:export_shifted_mlp", "kwargs": {"hidden": [32]}}
+    tiny_config["stages"]["export"] = {"atol": 1e-5}  # the exported graph is 1e-4 away: parity cannot pass
     assert run(write_pipeline(tiny_config), run_dir) == 1
     assert "stage export failed: ONNX parity outside tolerance" in capsys.readouterr().err
     state = statuses(run_dir)
