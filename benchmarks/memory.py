@@ -1,6 +1,6 @@
 """Memory of resnet32x4 (teacher) and resnet8x4 (student) artifacts, each alone in a fresh process.
 
-What `stages.benchmark.memory` measures (compress/footprint.py), over the artifacts the build stage
+What `stages.benchmark.memory` measures (compress/measuring/footprint.py), over the artifacts the build stage
 makes: torch checkpoint, ONNX Runtime fp32/int8, OpenVINO fp32/int8 (int8 by the engine's own
 PTQ from the fp32 ONNX). Each is measured `--repeats` times at batch 1 and 32; the table gives the
 median and the range, so the number's own repeatability shows. For contrast, the last column is
