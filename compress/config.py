@@ -8,19 +8,37 @@ stage owns its own options and this module imports none of them.
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from compress.core.errors import ConfigError
+
+
+# Marks an option added after run dirs were made with this schema: while it is at its default it is
+# left out of the dumped config, and so of every stage's cache key, so an upgrade reruns nothing.
+ADDED_LATER = {"omit_when_default": True}
 
 
 class Strict(BaseModel):
     """Unknown keys are errors: a typo must not silently fall back to a default."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    @model_serializer(mode="wrap")
+    def _leave_out_later_options_at_default(self, handler):
+        data = handler(self)
+        if isinstance(data, dict):
+            for name, field in type(self).model_fields.items():
+                extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+                if extra.get("omit_when_default") and name in data \
+                        and getattr(self, name) == field.get_default(call_default_factory=True):
+                    del data[name]
+        return data
 
 
 class TransferConfig(Strict):
@@ -48,6 +66,10 @@ class DataConfig(Strict):
     source: str = Field("digits", description="digits | npz | imagefolder | package.module:function")
     path: Path | None = None
     val_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float | None = Field(None, gt=0, lt=1, json_schema_extra=ADDED_LATER, description="hold out this part of the data as a test "
+                                        "split: epochs are chosen on val, the report's top-1 is on test")
+    test_path: Path | None = Field(None, json_schema_extra=ADDED_LATER, description="a separate labelled test set of the same source kind "
+                                                     "(npz file, or imagefolder folder such as images/test)")
     normalize: bool = True
     image_size: int | None = Field(None, ge=1, description="imagefolder: resize to this square size")
     grayscale: bool = False
@@ -63,6 +85,21 @@ class DataConfig(Strict):
                 f"unknown data source '{self.source}': use digits, npz, imagefolder or package.module:function"
             )
         return self
+
+    @model_validator(mode="after")
+    def _one_test_split(self) -> "DataConfig":
+        if self.test_fraction is not None and self.test_path is not None:
+            raise ValueError("give test_fraction (a part of data.path) or test_path (a separate test set), not both")
+        if self.test_path is not None and self.source not in ("npz", "imagefolder"):
+            raise ValueError(f"test_path needs an npz or imagefolder source; for '{self.source}' use test_fraction")
+        if self.test_fraction is not None and self.test_fraction + self.val_fraction >= 0.9:
+            raise ValueError(f"test_fraction {self.test_fraction:g} + val_fraction {self.val_fraction:g} leave under "
+                             "10% of the data to train on")
+        return self
+
+
+# Beyond any training budget of this tool: more epochs than this is a typo (an extra zero or two), not a plan.
+MAX_EPOCHS = 10_000
 
 
 class TrainConfig(Strict):
@@ -83,6 +120,14 @@ class TrainConfig(Strict):
     crop_padding: int = Field(0, ge=0, description="random crop after zero padding by this many pixels")
     flip: bool = Field(False, description="random horizontal flip")
     progress: bool = Field(True, description="a progress bar per epoch when the console is a terminal")
+
+    @field_validator("epochs")
+    @classmethod
+    def _sane_budget(cls, epochs: int) -> int:
+        """Also holds in subclasses that redefine `epochs` (distill, quantize): validators are inherited."""
+        if epochs > MAX_EPOCHS:
+            raise ValueError(f"{epochs} epochs is beyond any training budget (at most {MAX_EPOCHS:,}); a typo?")
+        return epochs
 
 
 class ModelConfig(Strict):
@@ -109,8 +154,41 @@ class GatesConfig(Strict):
     max_memory_mb: float | None = Field(None, gt=0, description="peak resident memory of the recommended artifact "
                                                                 "alone in a fresh process, at the largest batch")
 
+    @field_validator("max_latency_ms", mode="before")
+    @classmethod
+    def _latency_limits(cls, value: Any) -> Any:
+        """A positive number, or {batch size: positive number}; a bad key or limit is named, not a union's dump."""
+        if value is None:
+            return None
+        if isinstance(value, dict):
+            return {_batch_key(key): _positive_ms(limit, f"batch {key}") for key, limit in value.items()}
+        return _positive_ms(value, "")
+
+
+def _batch_key(key: Any) -> int:
+    text = str(key).strip()
+    if isinstance(key, bool) or not text.isdigit() or int(text) < 1:
+        raise ValueError(f"batch '{key}' is not a batch size: use positive integers as keys, e.g. {{1: 5.0, 32: 60.0}}")
+    return int(text)
+
+
+def _positive_ms(limit: Any, where: str) -> float:
+    prefix = f"{where}: " if where else ""
+    try:
+        ms = float(limit) if not isinstance(limit, bool) else None
+    except (TypeError, ValueError):
+        ms = None
+    if ms is None:
+        raise ValueError(f"{prefix}'{limit}' is not a number of milliseconds")
+    if not ms > 0:
+        raise ValueError(f"{prefix}must be > 0 ms, got {limit}")
+    return ms
+
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# File systems allow 255 bytes per name; the run folder is named after the pipeline, and Triton's
+# model folder after `<name>_<precision>` (5 more).
+MAX_NAME_BYTES = 250
 
 
 class PipelineConfig(Strict):
@@ -133,6 +211,9 @@ class PipelineConfig(Strict):
     def _safe_name(cls, value: str) -> str:
         if not NAME_PATTERN.match(value):
             raise ValueError("use letters, digits, '.', '_' and '-' (it names the run folder)")
+        if len(value.encode()) > MAX_NAME_BYTES:
+            raise ValueError(f"{len(value.encode())} bytes long; at most {MAX_NAME_BYTES} (it names the run folder, "
+                             "and file systems allow 255 bytes per name)")
         return value
 
     def stage(self, name: str) -> BaseModel:
@@ -144,12 +225,46 @@ def _format_loc(loc: tuple) -> str:
     return ".".join(str(part) for part in loc)
 
 
-def _raise_first(file: str, error: ValidationError, prefix: tuple = ()) -> None:
+def _section_model(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The model of the section at `loc` inside `model`, following fields, optionals, lists and dicts."""
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        model = _model_in(field.annotation)
+    return model
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in reversed(typing.get_args(annotation)):  # X | None, list[X], dict[K, X]
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _unknown_field(loc: tuple, model: type[BaseModel]) -> str:
+    """'unknown field val_path; data takes: source, path, ...': the valid names, so a typo shows its fix."""
+    section = _section_model(model, loc[:-1])
+    if section is None:
+        return f"unknown field {loc[-1]}"
+    where = str(loc[-2]) if len(loc) > 1 else "the top level"
+    return f"unknown field {loc[-1]}; {where} takes: {', '.join(section.model_fields)}"
+
+
+def _raise_first(file: str, error: ValidationError, prefix: tuple = (),
+                 model: type[BaseModel] | None = None) -> None:
     first = error.errors()[0]
     loc = prefix + tuple(first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        message = "unknown field"
+        message = _unknown_field(tuple(first["loc"]), model or PipelineConfig)
+        if prefix and len(first["loc"]) == 1:  # a stage section: name it as the stage
+            message = message.replace("the top level takes", f"{prefix[-1]} takes")
     if first["type"] == "missing":
         message = "field required"
     more = len(error.errors()) - 1
@@ -173,7 +288,7 @@ def _validate_stages(file: str, raw: dict[str, Any], stages: Mapping[str, Any]) 
         try:
             validated[name] = stage_cls.Config.model_validate(section)
         except ValidationError as error:
-            _raise_first(file, error, ("stages", name))
+            _raise_first(file, error, ("stages", name), stage_cls.Config)
     return validated
 
 
@@ -181,6 +296,8 @@ def _resolve_paths(cfg: PipelineConfig, base: Path) -> None:
     """Relative paths in the YAML are relative to the YAML file, then must exist."""
     if cfg.data.path is not None:
         cfg.data.path = (base / cfg.data.path).resolve()
+    if cfg.data.test_path is not None:
+        cfg.data.test_path = (base / cfg.data.test_path).resolve()
     if cfg.teacher.checkpoint is not None:
         cfg.teacher.checkpoint = (base / cfg.teacher.checkpoint).resolve()
     if cfg.data.transfer is not None and cfg.data.transfer.path is not None:
@@ -190,6 +307,8 @@ def _resolve_paths(cfg: PipelineConfig, base: Path) -> None:
 def _check_files(file: str, cfg: PipelineConfig) -> None:
     if cfg.data.path is not None and not cfg.data.path.exists():
         raise ConfigError(file, "data.path", f"file not found: {cfg.data.path}")
+    if cfg.data.test_path is not None and not cfg.data.test_path.exists():
+        raise ConfigError(file, "data.test_path", f"file not found: {cfg.data.test_path}")
     transfer = cfg.data.transfer
     if transfer is not None and transfer.path is not None and not transfer.path.exists():
         raise ConfigError(file, "data.transfer.path", f"file not found: {transfer.path}")
@@ -246,7 +365,17 @@ def read_yaml(path: str | Path) -> Any:
     if not path.is_file():
         raise ConfigError(str(path), "", "file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(str(path), "", f"cannot read: {error.strerror or error}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise ConfigError(str(path), f"line {line}", f"not UTF-8 text (byte 0x{data[error.start]:02x}); "
+                                                     "save the file as UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "yaml"

@@ -126,6 +126,15 @@ def choose(run_dir: Path, record: dict[str, Any], runtime: str | None, artifact:
     return (preferred or of_runtime)[0]
 
 
+def prune_bundles(out_root: Path, keep: int, in_use: set[str]) -> list[str]:
+    """Remove all but the `keep` newest bundles (names start with their UTC time), never one in `in_use`."""
+    names = sorted(p.name for p in out_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    pruned = [name for name in names[:-keep] if name not in in_use]
+    for name in pruned:
+        shutil.rmtree(out_root / name, ignore_errors=True)
+    return pruned
+
+
 def onnx_input(path: Path) -> dict[str, Any]:
     import onnx
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from compress.core.errors import UsageError
 from deploy.bundle import SampleMaker
-from deploy.fleet import Console, ReportRefresher, deploy_command, releases_command
+from deploy.fleet import KEEP, Console, ReportRefresher, deploy_command, releases_command
 from deploy.release import check_slugs
 from deploy.targets import SshOptions, parse_target
+from deploy.targets.ssh import unsafe_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE", help="ssh -o, repeatable")
     parser.add_argument("--bwlimit", type=int, metavar="KBPS", help="upload bandwidth limit in KB/s")
     parser.add_argument("--val-samples", type=int, default=256, help="labelled val samples shipped for top-1")
+    parser.add_argument("--keep", type=int, default=KEEP, metavar="N",
+                        help=f"releases kept on each device and bundles on this machine (default {KEEP}); older "
+                             "ones are removed after a switch, never the current one nor the one --rollback goes to")
 
 
 def ssh_options(args: argparse.Namespace) -> SshOptions:
@@ -39,6 +43,8 @@ def ssh_options(args: argparse.Namespace) -> SshOptions:
     for flag, value in files:
         if value is not None and not Path(value).is_file():
             raise UsageError(f"{flag} {value}: file not found")
+        if value is not None and flag != "--ssh-config" and unsafe_path(str(Path(value).resolve())):
+            raise UsageError(f"{flag} {value}: {unsafe_path(str(Path(value).resolve()))}")
     for option in args.ssh_option:
         if "=" not in option or option.startswith("-"):
             raise UsageError(f"--ssh-option {option}: write it as Key=Value")
@@ -55,9 +61,11 @@ def run_deploy(args: argparse.Namespace, console: Console, make_sample: SampleMa
     check_slugs(targets)
     if args.bwlimit is not None and args.bwlimit < 1:
         raise UsageError(f"--bwlimit {args.bwlimit}: must be >= 1 KB/s")
+    if args.keep < 1:
+        raise UsageError(f"--keep {args.keep}: must be >= 1")
     if args.status or args.rollback:
         return releases_command(targets, "status" if args.status else "rollback", console, Path(args.run_dir),
                                 refresh_report)
     failed = deploy_command(Path(args.run_dir), targets, console, make_sample, refresh_report, args.runtime,
-                            args.artifact, args.val_samples, args.bwlimit)
+                            args.artifact, args.val_samples, args.bwlimit, args.keep)
     return 1 if failed else 0

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from compress.core.errors import UsageError
-from deploy.bundle import SampleMaker, choose, make_bundle, read_run
+from deploy.bundle import SampleMaker, choose, make_bundle, prune_bundles, read_run
 from deploy.release import (deploy_bundle, in_parallel, note_current, probe, refuse_usage_errors, save_results,
                             summary_line)
 from deploy.targets import Target, describe
 
 ReportRefresher = Callable[[Path], None]
+KEEP = 5  # releases kept on each device and bundles on the host (`--keep`, stages.deploy.keep)
 
 
 class Console(Protocol):
@@ -49,17 +50,24 @@ def releases_command(targets: list[Target], command: str, console: Console, run_
             console(f"  {mark} {release['version']}  {release['artifact']}  {release['runtime']}  {release['created']}")
         for name in answer.get("incomplete_uploads", []):
             console(f"    {name}  (incomplete upload, never current)")
+        if answer.get("deploying") is not None:
+            holder = answer["deploying"]
+            console(f"  a deploy is in progress (pid {holder.get('pid', '?')} on the device, since "
+                    f"{holder.get('since', '?')})")
+        if answer.get("rollback_to"):
+            console(f"  --rollback goes back to {answer['rollback_to']}")
     return 1 if failed else 0
 
 
 def deploy_command(run_dir: Path, targets: list[Target], console: Console, make_sample: SampleMaker,
                    refresh_report: ReportRefresher, runtime: str | None = None, artifact: str | None = None,
-                   val_samples: int = 256, bwlimit: int | None = None) -> list[str]:
+                   val_samples: int = 256, bwlimit: int | None = None, keep: int = KEEP) -> list[str]:
     """Deploy one artifact of the run to every target at once; returns the labels of the targets that failed.
 
     Bad input (an unknown runtime or artifact, a device that cannot run it) raises UsageError before
     any device is changed. The device results land in stages/deploy/<target>/results.json and the
     run's report is rebuilt with them (`refresh_report`); `make_sample` makes each bundle's val sample.
+    After a switch, each device and the run's bundles/ keep their newest `keep` releases.
     """
     run_dir = run_dir.resolve()
     record = read_run(run_dir)
@@ -82,7 +90,7 @@ def deploy_command(run_dir: Path, targets: list[Target], console: Console, make_
 
     def ship(target: Target) -> dict[str, Any]:
         log = lambda message: console(f"{target.label}: {message}")  # noqa: E731
-        results = deploy_bundle(target, bundles[choices[target.spec].name], devices[target.spec], log, bwlimit)
+        results = deploy_bundle(target, bundles[choices[target.spec].name], devices[target.spec], log, bwlimit, keep)
         save_results(run_dir, target, results)
         return results
 
@@ -97,5 +105,9 @@ def deploy_command(run_dir: Path, targets: list[Target], console: Console, make_
             console.error(f"{target.label}: FAILED, current unchanged: {str(error).removeprefix(target.label + ': ')}")
         else:
             console(f"  {target.label}: ok, {summary_line(results)}")
+    if len(failed) < len(probes):  # something was switched: the older bundles may go
+        pruned = prune_bundles(out_root, keep, {bundle.version for bundle in bundles.values()})
+        if pruned:
+            console(f"removed {len(pruned)} old bundle(s) from {out_root}, keeping the newest {keep}")
     refresh_report(run_dir)
     return failed

@@ -1,13 +1,16 @@
 """Release steps on a device: probe, upload, verify, (build engine), smoke, benchmark, switch.
 
 A release is uploaded under `releases/.incoming-<version>`, checked and measured there, then
-renamed to `releases/<version>` and `current` is switched with one symlink rename. A failure at any
-step discards the upload; `current` only ever changes in that last rename.
+checked again, renamed to `releases/<version>` and `current` is switched with one symlink rename,
+in one device step. A failure at any step discards the upload; `current` only ever changes in that
+last rename. The whole sequence holds the device folder's deploy lock (see deploy/runner/releases.py),
+so two deploys to one device never interleave, and the releases beyond the newest `keep` are pruned.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -15,7 +18,7 @@ from typing import Any, Callable
 from compress.core.errors import CompressError, UsageError
 from compress.core.fileio import read_json, sha256_file, write_json
 from deploy.bundle import Bundle
-from deploy.runner.runner import INCOMING_PREFIX
+from deploy.runner.releases import INCOMING_PREFIX
 from deploy.targets import DeviceError, Target
 
 Log = Callable[[str], None]
@@ -29,26 +32,52 @@ def probe(target: Target, runtime: str) -> dict[str, Any]:
     return info
 
 
+class StepTimer:
+    """Seconds per deploy step, for the device's results."""
+
+    def __init__(self):
+        self.started, self.seconds = time.perf_counter(), {}
+
+    def __call__(self, name: str, work: Callable[[], Any]) -> Any:
+        begin = time.perf_counter()
+        result = work()
+        self.seconds[name] = round(time.perf_counter() - begin, 3)
+        return result
+
+
 def deploy_bundle(target: Target, bundle: Bundle, device: dict[str, Any], log: Log,
-                  bwlimit_kbps: int | None = None) -> dict[str, Any]:
-    """Upload, verify, build the engine (TensorRT), smoke-test, benchmark, then switch `current`."""
+                  bwlimit_kbps: int | None = None, keep: int | None = None) -> dict[str, Any]:
+    """Lock the device folder, then upload, verify, build, smoke-test, benchmark, check again and switch."""
+    manifest, step, token = bundle.manifest, StepTimer(), uuid.uuid4().hex
+    lock = step("prepare", lambda: target.hold("prepare", target.root, token))
+    if lock.answer.get("removed_stale"):
+        log(f"removed upload(s) of deploys that no longer run: {', '.join(lock.answer['removed_stale'])}")
+    try:
+        engine, measured, switched = ship(target, bundle, log, step, token, bwlimit_kbps, keep)
+    finally:
+        lock.end()
+    if switched.get("pruned"):
+        log(f"removed {len(switched['pruned'])} old release(s), keeping the newest {keep}: "
+            f"{', '.join(switched['pruned'])}")
+    if switched.get("warning"):
+        log(f"warning: {switched['warning']}")
+    return {"target": target.label, "target_url": target.spec, "device": device, "release": bundle.version, "previous": switched.get("previous"),
+            "artifact": manifest["artifact"], "runtime": manifest["runtime"], "precision": manifest["precision"],
+            "engine_build": engine, "deployed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": round(time.perf_counter() - step.started, 3), "step_seconds": step.seconds,
+            "current": bundle.version, "rows": measured["rows"], "pruned": switched.get("pruned", [])}
+
+
+def ship(target: Target, bundle: Bundle, log: Log, step: StepTimer, token: str, bwlimit_kbps: int | None,
+         keep: int | None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The steps inside the deploy lock `token`: (engine build, benchmark, switch); any failure discards the upload."""
     manifest = bundle.manifest
     incoming = INCOMING_PREFIX + bundle.version
     remote = f"{target.releases_dir()}/{incoming}"
-    started = time.perf_counter()
-    steps: dict[str, float] = {}
-
-    def step(name: str, work: Callable[[], Any]) -> Any:
-        begin = time.perf_counter()
-        result = work()
-        steps[name] = round(time.perf_counter() - begin, 3)
-        return result
-
-    step("prepare", lambda: target.runner("prepare", target.root))
+    digest = sha256_file(bundle.directory / "manifest.json")
     try:
-        log(f"upload {bundle.version} to {target.releases_dir()}/{incoming}")
+        log(f"upload {bundle.version} to {remote}")
         step("upload", lambda: target.upload(bundle.directory, remote, bwlimit_kbps))
-        digest = sha256_file(bundle.directory / "manifest.json")
         step("verify", lambda: target.runner("verify", remote, "--manifest-sha256", digest))
         engine = None
         if manifest["runtime"] == "tensorrt":
@@ -57,17 +86,16 @@ def deploy_bundle(target: Target, bundle: Bundle, device: dict[str, Any], log: L
         smoke = step("smoke", lambda: target.runner("smoke", remote))
         log(f"smoke inference ok ({', '.join(smoke.get('providers') or [])}); benchmarking on the device")
         measured = step("bench", lambda: target.runner("bench", remote, timeout=3600))
-        switched = step("switch", lambda: target.runner("activate", target.root, incoming, bundle.version))
+        # Every file is checked again in the step that switches: nothing changed since verify goes live.
+        switch = ["activate", target.root, incoming, bundle.version, "--token", token, "--manifest-sha256", digest]
+        switched = step("switch", lambda: target.runner(*switch, *(["--keep", str(keep)] if keep else [])))
     except BaseException:
         try:
-            target.runner("discard", target.root, incoming, timeout=60)
+            target.runner("discard", target.root, incoming, "--token", token, timeout=60)
         except Exception:
             pass
         raise
-    return {"target": target.label, "target_url": target.spec, "device": device, "release": bundle.version, "previous": switched.get("previous"),
-            "artifact": manifest["artifact"], "runtime": manifest["runtime"], "precision": manifest["precision"],
-            "engine_build": engine, "deployed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "seconds": round(time.perf_counter() - started, 3), "step_seconds": steps, "current": bundle.version, "rows": measured["rows"]}
+    return engine, measured, switched
 
 
 def in_parallel(targets: list[Target], work: Callable[[Target], Any]) -> list[tuple[Target, Any, BaseException | None]]:

@@ -322,3 +322,66 @@ def test_benchmark_command_loads_the_artifact_afresh_for_each_round(artifacts, t
     assert len(p50s) == 3 and row["rounds"] == 3 and row["latency_ms"]["runs"] >= 15
     assert min(p50s) <= row["latency_ms"]["p50"] <= max(p50s)  # over the runs of every round
     assert row["latency_ms"]["p50_spread"] > 0
+
+
+def test_measuring_rounds_leaves_the_process_peak_memory_alone():
+    """No /proc/self/clear_refs: `/usr/bin/time -v` and the like must still see the run's real peak."""
+    from deploy.runner.harness import proc_status_kb
+
+    if proc_status_kb("VmHWM") is None:
+        pytest.skip("no /proc/self/status here")
+    block = np.ones(96 * 2 ** 20 // 8)  # 96 MB touched, then given back: the peak stays above what is resident
+    del block
+    peak_before = proc_status_kb("VmHWM")
+
+    class Identity(Session):
+        def infer(self, x: np.ndarray) -> np.ndarray:
+            return x
+
+    (rows,) = measure_rounds([Identity], SHAPE, [1], QUICK, rounds=2)
+    assert proc_status_kb("VmHWM") >= peak_before
+    assert rows[0]["peak_rss_mb"] >= round(peak_before / 1024, 1)  # the process peak so far
+
+
+def openvino_default_precision(path: Path, hint: str | None = None) -> str:
+    """What OpenVINO's CPU plugin computes this model in, asked for `hint` or not, in the toolchain's words."""
+    import openvino as ov
+
+    config = {"INFERENCE_PRECISION_HINT": hint} if hint else {}
+    chosen = ov.Core().compile_model(str(path), "CPU", config).get_property("INFERENCE_PRECISION_HINT")
+    return {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}[chosen.get_type_name()]
+
+
+def test_adhoc_openvino_rows_say_the_precision_that_ran_and_take_one_asked_for(artifacts):
+    """On a CPU with AMX or AVX512-BF16 an ONNX file runs in bf16 unless fp32 is asked for: the row says so."""
+    pytest.importorskip("openvino")
+    from compress.measuring.adhoc import benchmark_file
+
+    onnx_path = artifacts["onnxruntime"]
+    (row,) = benchmark_file(onnx_path, "openvino", [1], None, 1, QUICK, rounds=1, memory=False)["rows"]
+    assert row["precision"] == openvino_default_precision(onnx_path)
+    (row,) = benchmark_file(onnx_path, "openvino", [1], None, 1, QUICK, rounds=1, memory=False,
+                            precision="fp32")["rows"]
+    assert row["precision"] == "fp32"
+    (row,) = benchmark_file(onnx_path, "openvino", [1], None, 1, QUICK, rounds=1, memory=False,
+                            precision="bf16")["rows"]
+    assert row["precision"] == openvino_default_precision(onnx_path, "bf16")
+
+
+def test_an_openvino_session_says_what_it_computes_in(artifacts):
+    """What the benchmark stage labels a row with when the plugin ran something else than the artifact's precision."""
+    pytest.importorskip("openvino")
+    from deploy.runner.sessions import OpenVinoSession
+
+    xml = artifacts["openvino"]
+    assert OpenVinoSession(xml, 1, "fp32").precision == "fp32"
+    assert OpenVinoSession(xml, 1, "fp16").precision == openvino_default_precision(xml, "f16")
+    assert OpenVinoSession(xml, 1, "int8").precision == "int8"  # quantized ops stay int8 whatever the rest runs in
+    assert OpenVinoSession(xml, 1).inference_precision in ("f32", "bf16", "f16")
+
+
+def test_benchmark_command_precision_is_for_openvino_only(artifacts, capsys):
+    assert main(["benchmark", str(artifacts["onnxruntime"]), "--precision", "bf16", "--no-memory", "--rounds", "1",
+                 "--runs", "2", "--min-seconds", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--precision: only openvino" in err[0], err

@@ -425,3 +425,36 @@ def test_report_html_draws_every_chart_in_a_headless_browser(chromium, tmp_path)
                    capture_output=True, timeout=120)
     with Image.open(shot) as image:
         assert image.size == (1280, 2400) and sum(1 for n in image.convert("L").histogram() if n) > 50  # not blank
+
+
+def layout_at(chromium: str, html: str, width: int, tmp_path: Path) -> dict:
+    """What a reader's browser lays out at `width` px: page overflow, and each table's scroll box."""
+    probe = ("<script>addEventListener('load', () => { const tables = [...document.querySelectorAll('table')].map(t => {"
+             " const box = t.closest('.scroll'); const main = document.querySelector('main').getBoundingClientRect();"
+             " return box ? {id: t.closest('section').id, scrolls: getComputedStyle(box).overflowX,"
+             " wider: box.scrollWidth > box.clientWidth, inside: box.getBoundingClientRect().right <= main.right + 0.5,"
+             " bar: box.offsetHeight - box.clientHeight - 2}"
+             " : {id: t.closest('section').id, scrolls: 'none'}; });"
+             " document.body.setAttribute('data-layout', JSON.stringify({page: document.documentElement.scrollWidth,"
+             " view: window.innerWidth, tables: tables})); });</script></body>")
+    page = tmp_path / f"layout{width}.html"
+    page.write_text(html.replace("</body>", probe))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--virtual-time-budget=5000",
+             f"--window-size={width},2000"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    found = re.search(r'data-layout="([^"]*)"', dom.stdout)
+    assert found, dom.stderr[-2000:]
+    return json.loads(found.group(1).replace("&quot;", '"'))
+
+
+def test_report_tables_scroll_inside_their_boxes_at_1280_and_390_px(chromium, tmp_path):
+    run_dir = write_run(tmp_path / "r1", gates={"max_accuracy_drop": 0.03, "max_latency_ms": {1: 5.0}})
+    assert main(["--quiet", "report", str(run_dir)]) == 0
+    html = (run_dir / "report.html").read_text()
+    for width in (1280, 390):
+        layout = layout_at(chromium, html, width, tmp_path)
+        assert layout["page"] <= layout["view"], f"the page itself scrolls sideways at {width} px"
+        assert all(t["scrolls"] == "auto" and t["inside"] for t in layout["tables"]), (width, layout["tables"])
+        results = next(t for t in layout["tables"] if t["id"] == "results")
+        assert results["wider"], f"the full table fits at {width} px: no scrolling to check"
+        assert results["bar"] >= 6, "the scrollbar takes room under the table: a reader sees that it scrolls"

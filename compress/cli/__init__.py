@@ -6,6 +6,9 @@ Exit codes: 0 ok, 1 a stage failed, 2 bad usage / config / input, 3 a gate faile
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import sys
 from pathlib import Path
 
 from compress.core.console import Console
@@ -55,9 +58,21 @@ def cmd_init(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from compress.core.fileio import DirLock, ensure_writable_dir
     from compress.reporting import rewrite_report
 
-    written = rewrite_report(Path(args.run_dir))
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "pipeline.yaml").is_file():  # what is read first: a folder that is no run dir says so
+        raise UsageError(f"{run_dir / 'pipeline.yaml'}: not found (not a run dir?)")
+    ensure_writable_dir(run_dir, create=False)  # a read-only folder: one line, before any work
+    lock = DirLock(run_dir)  # a run's report stage writes the same files, from results that may be half made
+    if not lock.acquire():
+        raise UsageError(f"{run_dir}: a run (pid {lock.holder()}) is in progress in this run dir: its report stage "
+                         "writes the report; to rebuild it, wait until the run has ended")
+    try:
+        written = rewrite_report(run_dir)
+    finally:
+        lock.release()
     for gate in written.failed_gates:
         console(f"gate {gate['gate']}: FAIL ({gate['detail']})")
     console(f"report: {Path(args.run_dir) / 'report.html'} (and report.md, report.json)")
@@ -73,7 +88,7 @@ def cmd_benchmark(args: argparse.Namespace, console: Console) -> int:
     settings = LatencySettings(args.warmup, args.warmup_seconds, args.runs, args.min_seconds)
     shape = parse_ints(args.shape, "--shape") if args.shape else None
     result = benchmark_file(args.model, args.backend, parse_ints(args.batch, "--batch"), shape, args.threads, settings,
-                            args.rounds, memory=not args.no_memory)
+                            args.rounds, memory=not args.no_memory, precision=args.precision)
     print(format_rows(result["rows"]))
     for row in result["rows"]:
         if row.get("note"):
@@ -106,10 +121,24 @@ def cmd_deploy(args: argparse.Namespace, console: Console) -> int:
     return run_deploy(args, console, make_val_sample, refresh_report)
 
 
+GLOBAL_OPTIONS = (("--quiet", "no progress output"),
+                  ("--debug", "show tracebacks, and the libraries' warnings on the console too"))
+
+
+def add_global_options(parser: argparse.ArgumentParser, after_command: bool = False) -> None:
+    """--quiet / --debug, before the sub-command or after it (where users type them).
+
+    After it they default to SUPPRESS, so a sub-command that does not see the flag leaves the value
+    given before it in place.
+    """
+    default = {"default": argparse.SUPPRESS} if after_command else {}
+    for flag, text in GLOBAL_OPTIONS:
+        parser.add_argument(flag, action="store_true", help=text, **default)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compress", description=__doc__.splitlines()[0])
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_global_options(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a pipeline.yaml")
@@ -137,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch", default="1", help="batch sizes, comma-separated (default: 1)")
     bench.add_argument("--shape", help="per-sample input shape C,H,W when the file does not record it")
     bench.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    bench.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
+                       help="openvino: the precision to compute in (default: the plugin's, bf16 on CPUs with AMX or "
+                            "AVX512-BF16); the table says what ran")
     bench.add_argument("--warmup", type=int, default=5)
     bench.add_argument("--warmup-seconds", type=float, default=0.2)
     bench.add_argument("--runs", type=int, default=30)
@@ -163,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     deploy = sub.add_parser("deploy", help="ship a run's artifact to devices: verify, benchmark, switch, roll back")
     add_deploy_arguments(deploy)
     deploy.set_defaults(func=cmd_deploy)
+    for command in sub.choices.values():
+        add_global_options(command, after_command=True)
     return parser
 
 
@@ -172,15 +206,83 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("quiet", "debug"):  # accepted before or after the sub-command
         setattr(args, name, getattr(args, name, False))
     console = Console(args.quiet)
-    try:
-        return args.func(args, console)
-    except CompressError as error:
-        if args.debug:
-            import traceback
+    with library_messages(run_log_path(args) if args.command == "run" else None, args.debug):
+        try:
+            return args.func(args, console)
+        except CompressError as error:
+            if args.debug:
+                import traceback
 
-            traceback.print_exc()
-        Console.error(str(error))
-        return error.exit_code
-    except KeyboardInterrupt:
-        Console.error("interrupted")
-        return 130
+                traceback.print_exc()
+            Console.error(str(error))
+            return error.exit_code
+        except KeyboardInterrupt:
+            Console.error("interrupted")
+            return 130
+
+
+def run_log_path(args: argparse.Namespace) -> Path | None:
+    """runs/<name>/run.log (or under --run-dir): the run's name is read from the YAML before it is validated;
+    None when the file cannot tell it (cmd_run then says what is wrong)."""
+    if args.run_dir:
+        return Path(args.run_dir) / "run.log"
+    from compress.config import NAME_PATTERN, read_yaml
+
+    try:
+        name = (read_yaml(args.pipeline) or {}).get("name")
+    except (CompressError, AttributeError):
+        return None
+    return Path("runs") / name / "run.log" if isinstance(name, str) and NAME_PATTERN.match(name) else None
+
+
+class RunLog(logging.FileHandler):
+    """A log file opened at its first record, its folder made then: a run that logs nothing leaves no file."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, delay=True, encoding="utf-8")
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def _open(self):
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+
+@contextlib.contextmanager
+def library_messages(log_path: Path | None, debug: bool):
+    """A run's console carries the toolchain's own lines: the libraries' warnings and log records
+    (torch's CUDA_HOME and pytree notes, Python warnings) go to `log_path` instead, and with --debug
+    to stderr as well. Without a log file (commands other than run) nothing changes.
+    """
+    if log_path is None:
+        yield
+        return
+    handlers: list[logging.Handler] = [RunLog(log_path)] + ([logging.StreamHandler(sys.stderr)] if debug else [])
+    import torch  # noqa: F401  (torch gives its loggers console handlers when imported; a run imports it anyway)
+
+    loggers = [logging.getLogger(), logging.getLogger("torch")]
+    taken = {logger.name: [h for h in logger.handlers if _writes_to_console(h)] for logger in loggers}
+    root_level = logging.getLogger().level
+    logging.captureWarnings(True)
+    logging.getLogger().setLevel(logging.WARNING)
+    for logger in loggers:
+        for handler in taken[logger.name]:
+            logger.removeHandler(handler)
+        for handler in handlers:
+            logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            for handler in handlers:
+                logger.removeHandler(handler)
+            for handler in taken[logger.name]:
+                logger.addHandler(handler)
+        for handler in handlers:
+            handler.close()
+        logging.captureWarnings(False)
+        logging.getLogger().setLevel(root_level)
+
+
+def _writes_to_console(handler: logging.Handler) -> bool:
+    streams = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+    return not isinstance(handler, logging.FileHandler) and getattr(handler, "stream", None) in streams

@@ -7,9 +7,15 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from compress.core.errors import UsageError
+
+# Kernel file systems: a run dir there cannot hold files, whatever the permissions say.
+KERNEL_FILE_SYSTEMS = (Path("/proc"), Path("/sys"))
 
 
 @contextlib.contextmanager
@@ -22,10 +28,35 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _mode_for(path))
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _mode_for(path: Path) -> int:
+    """The mode a plain open() would give: an existing file keeps its own; a new one gets 0666 less the umask.
+
+    mkstemp makes its file 0600, which would leave every atomically written file unreadable to the group.
+    """
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask, read without setting it (os.umask sets it, racing other threads that create files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -51,6 +82,37 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def sha256_json(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def ensure_writable_dir(path: str | os.PathLike, create: bool = True) -> None:
+    """Refuse, in one line, a folder that cannot hold the files a command is about to write.
+
+    Checked before anything is written, so that a bad --run-dir is a usage error (exit 2), not a
+    traceback from the first write halfway through a run.
+    """
+    path = Path(path)
+    absolute = Path(os.path.abspath(path))
+    for root in KERNEL_FILE_SYSTEMS:
+        if absolute == root or root in absolute.parents:
+            raise UsageError(f"{path}: lies under {root}, a kernel file system that cannot hold these files")
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path}: is a file, not a folder")
+    blocker = next((p for p in absolute.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UsageError(f"{path}: lies under {blocker}, which is a file, not a folder")
+    if not path.exists():
+        if not create:
+            raise UsageError(f"{path}: no such folder")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UsageError(f"{path}: cannot create this folder: {error.strerror or error}") from None
+    try:  # what every atomic write does: a new file in the folder (root ignores modes, not chattr +i)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
+    except OSError as error:
+        raise UsageError(f"{path}: cannot write files in this folder: {error.strerror or error}") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 class DirLock:

@@ -1,6 +1,7 @@
 """Readers of every data source: `digits`, `npz`, `imagefolder`, `module:function` -> (x, y, class names).
 
-Every source yields float32 images (N, C, H, W) and int64 labels.
+Every source yields float32 images (N, C, H, W) and int64 labels 0..K-1 of at least two classes:
+a bad file or label is refused here, naming it, before any stage has trained on it.
 """
 
 from __future__ import annotations
@@ -41,12 +42,15 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if x.ndim != 4 or len(x) != len(y):
         raise UsageError(f"{path}: x must be (N,H,W), (N,C,H,W) or (N,H,W,C) with N == len(y); got {x.shape}, {y.shape}")
     names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays.files else None
-    return x, y, names or [str(i) for i in range(int(y.max()) + 1)]
+    return x, y, names or numbered_classes(y)
+
+
+def numbered_classes(y: np.ndarray) -> list[str]:
+    """Class names "0".."K-1" when the source gives none."""
+    return [str(i) for i in range(int(y.max()) + 1)] if len(y) else []
 
 
 def _imagefolder(path: Path, image_size: int | None, grayscale: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from PIL import Image
-
     classes = sorted(d.name for d in path.iterdir() if d.is_dir())
     if not classes:
         raise UsageError(f"{path}: imagefolder needs one sub-folder per class")
@@ -55,11 +59,7 @@ def _imagefolder(path: Path, image_size: int | None, grayscale: bool) -> tuple[n
         for file in sorted((path / name).iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            with Image.open(file) as img:
-                img = img.convert("L" if grayscale else "RGB")
-                if image_size:
-                    img = img.resize((image_size, image_size), Image.BILINEAR)
-                images.append(np.asarray(img, dtype=np.float32) / 255.0)
+            images.append(_read_image(file, image_size, grayscale))
             labels.append(label)
     if not images:
         raise UsageError(f"{path}: no images found")
@@ -69,6 +69,33 @@ def _imagefolder(path: Path, image_size: int | None, grayscale: bool) -> tuple[n
     x = np.stack(images)
     x = x[:, None] if grayscale else x.transpose(0, 3, 1, 2)
     return x, np.asarray(labels, dtype=np.int64), classes
+
+
+def _read_image(file: Path, image_size: int | None, grayscale: bool) -> np.ndarray:
+    """One image as float32 in [0, 1]; a corrupt or truncated file is named, not a traceback."""
+    from PIL import Image
+
+    try:
+        with Image.open(file) as img:
+            img = img.convert("L" if grayscale else "RGB")
+            if image_size:
+                img = img.resize((image_size, image_size), Image.BILINEAR)
+            return np.asarray(img, dtype=np.float32) / 255.0
+    except (OSError, ValueError, Image.DecompressionBombError) as error:  # UnidentifiedImageError is an OSError
+        raise UsageError(f"{file}: not a readable image ({error}); fix or remove it") from None
+
+
+def check_labels(where: str, y: np.ndarray, names: list[str]) -> None:
+    """Labels are class indices of at least two classes: one class would score top-1 1.0 and mean nothing."""
+    if len(y) and int(y.min()) < 0:
+        raise UsageError(f"{where}: label {int(y.min())} is negative; labels are class indices 0..K-1")
+    if len(y) and int(y.max()) >= len(names):
+        raise UsageError(f"{where}: label {int(y.max())} but only {len(names)} class names ({', '.join(names[:5])}"
+                         f"{', ...' if len(names) > 5 else ''})")
+    present = np.unique(y)
+    if len(present) < 2:
+        only = f"only class '{names[int(present[0])]}'" if len(present) else "no labels"
+        raise UsageError(f"{where}: {only}; a classifier needs at least two classes")
 
 
 def _user_function(source: str, kwargs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -86,10 +113,11 @@ def _user_function(source: str, kwargs: dict[str, Any]) -> tuple[np.ndarray, np.
     x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
     if x.ndim == 3:
         x = x[:, None]
-    return x, y, [str(n) for n in names] if names is not None else [str(i) for i in range(int(y.max()) + 1)]
+    return x, y, [str(n) for n in names] if names is not None else numbered_classes(y)
 
 
 def read_source(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Inputs and labels as the source holds them (the transfer set's labels, if any, are not read)."""
     if cfg.source == "digits":
         return _digits()
     if cfg.source == "npz":
@@ -99,3 +127,10 @@ def read_source(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return _user_function(cfg.source, cfg.kwargs)
 
 
+def read_labelled(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The labelled data set: `read_source` with its labels checked, naming the file."""
+    x, y, names = read_source(cfg)
+    where = {"npz": f"{cfg.path}: y", "imagefolder": f"{cfg.path}: class folders"}.get(
+        cfg.source, f"data source '{cfg.source}': y")
+    check_labels(where, y, names)
+    return x, y, names

@@ -141,24 +141,39 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 
 # `compress --quiet` turns progress bars off for the whole process.
 SHOW_PROGRESS = True
+# Off a terminal (CI, `| tee`, nohup) a progress line every this many seconds instead of a bar.
+PROGRESS_SECONDS = 30.0
 
 
 class ProgressBar:
-    """A transient rich progress bar per epoch, only on a terminal and only on rank 0."""
+    """Progress inside an epoch, only on rank 0: a transient rich bar on a terminal; elsewhere a log
+    line every PROGRESS_SECONDS, so a long epoch is not minutes of silence in a CI log."""
 
-    def __init__(self, enabled: bool, total: int, description: str):
+    def __init__(self, enabled: bool, total: int, description: str, log: Callable[[str], None] | None = None):
         self.progress = None
-        if enabled and SHOW_PROGRESS and sys.stdout.isatty():
+        self.log = None
+        self.total, self.done, self.description = total, 0, description
+        if not (enabled and SHOW_PROGRESS):
+            return
+        if sys.stdout.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
             self.progress = Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                                      transient=True)
             self.progress.start()
             self.task = self.progress.add_task(description, total=total)
+        elif log is not None:
+            self.log = log
+            self.started = self.last = time.monotonic()
 
     def advance(self) -> None:
+        self.done += 1
         if self.progress is not None:
             self.progress.advance(self.task)
+        elif self.log is not None and self.done < self.total and time.monotonic() - self.last >= PROGRESS_SECONDS:
+            self.last = time.monotonic()
+            self.log(f"{self.description}: {self.done}/{self.total} batches ({self.done / self.total:.0%}), "
+                     f"{self.last - self.started:.0f}s")
 
     def close(self) -> None:
         if self.progress is not None:
@@ -234,7 +249,7 @@ def fit(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np.nd
             extra.train()
         sums: dict[str, float] = {}
         seen = 0
-        bar = ProgressBar(cfg.progress and main, steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}")
+        bar = ProgressBar(cfg.progress and main, steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", log)
         for step in range(steps_per_epoch):
             idx = order[step * batch_size:(step + 1) * batch_size]
             if len(idx) == 0:

@@ -33,8 +33,12 @@ def parse_ints(text: str, option: str, count: int | None = None) -> list[int]:
 
 def benchmark_file(path: str | Path, backend: str | None, batch_sizes: list[int], shape: list[int] | None,
                    threads: int | None, settings: LatencySettings, rounds: int = 3,
-                   memory: bool = True) -> dict[str, Any]:
-    """Measure one artifact in `rounds` rounds, loading it afresh for each (see `measure_rounds`)."""
+                   memory: bool = True, precision: str | None = None) -> dict[str, Any]:
+    """Measure one artifact in `rounds` rounds, loading it afresh for each (see `measure_rounds`).
+
+    `precision` asks OpenVINO for a compute precision; each row is labelled with the one that ran
+    (OpenVINO's compiled model tells: bf16 by default on a CPU with AMX), not with a guess.
+    """
     if settings.runs < 1 or settings.warmup < 0 or settings.min_seconds < 0 or settings.warmup_seconds < 0:
         raise UsageError("--runs: must be >= 1 (and --warmup, --warmup-seconds, --min-seconds >= 0)")
     if rounds < 1:
@@ -46,15 +50,18 @@ def benchmark_file(path: str | Path, backend: str | None, batch_sizes: list[int]
 
     def load() -> Any:
         try:
-            return open_session(artifact, backend, threads)
+            return open_session(artifact, backend, threads, precision)
         except UsageError:
             raise
         except Exception as error:  # a corrupt or foreign file: name it, one line
             raise UsageError(f"{artifact}: cannot be loaded by {backend}: {str(error).splitlines()[0]}") from None
 
+    ran = None
+
     def check(session: Any) -> None:
         """Before any timing: the input shape is known and one batch runs, or the user hears why not."""
-        nonlocal sample_shape
+        nonlocal sample_shape, ran
+        ran = getattr(session, "precision", None)
         sample_shape = sample_shape or input_shape(artifact, backend, sidecar)
         if sample_shape is None:
             raise UsageError(f"{artifact}: the input shape is not recorded in the file; pass --shape C,H,W")
@@ -67,9 +74,10 @@ def benchmark_file(path: str | Path, backend: str | None, batch_sizes: list[int]
     with load() as session:  # the shape is needed before the rounds start
         check(session)
     (timings,) = measure_rounds([load], sample_shape, batch_sizes, settings, rounds)
-    footprint = measure_footprint(artifact, backend, sample_shape, max(batch_sizes), threads) if memory else None
-    precision = sidecar.get("precision") or "fp32"
-    rows = [{"model": artifact.stem, "artifact": str(artifact), "backend": backend, "precision": precision, **t,
+    footprint = measure_footprint(artifact, backend, sample_shape, max(batch_sizes), threads,
+                                  precision=precision) if memory else None
+    label = ran or sidecar.get("precision") or "fp32"
+    rows = [{"model": artifact.stem, "artifact": str(artifact), "backend": backend, "precision": label, **t,
              "size_mb": artifact_mb(artifact), "threads": threads, **({"memory": footprint} if footprint else {})}
             for t in timings]
     return {"env": environment(threads), "input_shape": list(sample_shape), "rows": rows, "memory": footprint}

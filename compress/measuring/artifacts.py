@@ -63,8 +63,15 @@ def detect_backend(path: Path, sidecar: dict) -> str:
     return backend
 
 
-def open_session(path: Path, backend: str, threads: int | None = None):
-    """A Session whose `infer(float32 NCHW batch) -> logits`, for any backend the registry knows."""
+def open_session(path: Path, backend: str, threads: int | None = None, precision: str | None = None):
+    """A Session whose `infer(float32 NCHW batch) -> logits`, for any backend the registry knows.
+
+    `precision` asks OpenVINO to compute in fp32, fp16 or bf16 (default: the artifact's engine.json,
+    else the plugin's choice); the session's `precision` says what it chose.
+    """
+    if precision is not None and backend != "openvino":
+        raise UsageError(f"--precision: only openvino computes in a precision asked for; {backend} runs the "
+                         "types stored in the model")
     if backend == "torch":
         from compress.models import load_model
 
@@ -78,6 +85,10 @@ def open_session(path: Path, backend: str, threads: int | None = None):
         raise UsageError(f"--backend: {error}") from None
     if not engine.available():
         raise UsageError(f"--backend: {backend} is not installed on this machine")
+    if precision is not None:
+        from deploy.runner.sessions import OpenVinoSession
+
+        return OpenVinoSession(path, threads, precision)
     return engine.load(path, threads)
 
 

@@ -29,7 +29,7 @@ RUNS = 3
 
 
 def measure_in_this_process(path: Path, backend: str, input_shape: tuple[int, ...], batch_size: int,
-                            threads: int | None) -> dict:
+                            threads: int | None, precision: str | None = None) -> dict:
     import importlib
 
     from compress.measuring.artifacts import open_session
@@ -40,7 +40,7 @@ def measure_in_this_process(path: Path, backend: str, input_shape: tuple[int, ..
     if runtime_kb is None or import_peak_kb is None:
         raise SystemExit("resident memory is read from /proc/self/status, which this system lacks")
     reset_peak_rss()  # from here VmHWM is the peak of loading and running (where the kernel allows a reset)
-    with open_session(path, backend, threads) as session:
+    with open_session(path, backend, threads, precision) as session:
         for batch in random_inputs(input_shape, batch_size, seed=batch_size, count=RUNS):
             session.infer(batch)
         run_peak_kb = proc_status_kb("VmHWM") or 0
@@ -50,7 +50,7 @@ def measure_in_this_process(path: Path, backend: str, input_shape: tuple[int, ..
 
 
 def measure_footprint(path: str | os.PathLike, backend: str, input_shape: tuple[int, ...], batch_size: int,
-                      threads: int | None = None, timeout: float = 600) -> dict:
+                      threads: int | None = None, timeout: float = 600, precision: str | None = None) -> dict:
     """`measure_in_this_process` in a fresh Python; {"error": ...} when the child fails."""
     # Run from the folder that holds this package, so `-m` finds this very package and not a `compress`
     # folder that happens to lie in the caller's working directory.
@@ -60,6 +60,11 @@ def measure_footprint(path: str | os.PathLike, backend: str, input_shape: tuple[
                "--shape", ",".join(str(d) for d in input_shape), "--batch", str(batch_size)]
     if threads:
         command += ["--threads", str(threads)]
+    if precision:
+        command += ["--precision", precision]
+    # A torch checkpoint of a `module:factory` model needs the module: the child appends this
+    # process's import path to its own (appended: the child's own packages come first).
+    command += ["--import-path", os.pathsep.join(p for p in sys.path if p)]
     try:
         done = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -86,9 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", required=True, help="per-sample input shape, e.g. 1,8,8")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--precision", help="openvino: the precision to compute in")
+    parser.add_argument("--import-path", default="", help="folders to append to sys.path, os.pathsep-separated")
     args = parser.parse_args(argv)
+    sys.path.extend(p for p in args.import_path.split(os.pathsep) if p and p not in sys.path)
     shape = tuple(int(d) for d in args.shape.split(","))
-    print(json.dumps(measure_in_this_process(args.path, args.backend, shape, args.batch, args.threads)))
+    print(json.dumps(measure_in_this_process(args.path, args.backend, shape, args.batch, args.threads, args.precision)))
     return 0
 
 

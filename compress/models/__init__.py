@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,11 @@ def check_model_name(name: str) -> str | None:
     return None
 
 
+# What the toolchain passes to every model itself, from the data: never part of `kwargs`.
+GEOMETRY = ("in_channels", "num_classes", "input_size")
+GEOMETRY_NOTE = "set from the data (the toolchain passes in_channels, num_classes and input_size itself); remove it"
+
+
 def _call_with_supported(factory, kwargs: dict[str, Any], geometry: dict[str, Any]):
     """Pass in_channels/num_classes/input_size only if the factory accepts them."""
     params = inspect.signature(factory).parameters
@@ -70,16 +77,38 @@ def _call_with_supported(factory, kwargs: dict[str, Any], geometry: dict[str, An
     return factory(**extra, **kwargs)
 
 
+def _kwargs_error(name: str, error: TypeError) -> UsageError | None:
+    """A TypeError about a keyword argument as one line, or None when it is about something else."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    if "keyword argument" not in text:
+        return None
+    return UsageError(f"model '{name}': bad kwargs: {text}")
+
+
 def build_model(spec: ModelSpec):
     problem = check_model_name(spec.name)
     if problem:
         raise UsageError(problem)
+    given = [k for k in GEOMETRY if k in spec.kwargs]
+    if given:
+        raise UsageError(f"model '{spec.name}': kwargs.{given[0]}: {GEOMETRY_NOTE}")
     geometry = {"in_channels": spec.in_channels, "num_classes": spec.num_classes, "input_size": spec.input_size}
+    try:
+        return _build(spec, geometry)
+    except TypeError as error:
+        usage = _kwargs_error(spec.name, error)
+        if usage is None:
+            raise
+        raise usage from None
+
+
+def _build(spec: ModelSpec, geometry: dict[str, Any]):
     if spec.name.startswith("torchvision:"):
         import torchvision.models as tvm
 
         if spec.in_channels != 3:
-            raise UsageError(f"{spec.name} expects 3 input channels, the data has {spec.in_channels}")
+            raise UsageError(f"{spec.name} takes 3-channel images, the data has {spec.in_channels}: set "
+                             "data.grayscale: false, or use a built-in model or a module:factory that takes in_channels")
         return tvm.get_model(spec.name.split(":", 1)[1], weights=None, num_classes=spec.num_classes, **spec.kwargs)
     if ":" in spec.name:
         module_name, _, attr = spec.name.partition(":")
@@ -87,10 +116,83 @@ def build_model(spec: ModelSpec):
         return _call_with_supported(factory, spec.kwargs, geometry)
     from compress.models.zoo import ZOO
 
+    return ZOO[spec.name](**geometry, **spec.kwargs)
+
+
+def _factory(name: str):
+    """The callable `name` builds with (zoo entry, torchvision builder, user factory)."""
+    if name.startswith("torchvision:"):
+        import torchvision.models as tvm
+
+        return tvm.get_model_builder(name.split(":", 1)[1])
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+    from compress.models.zoo import ZOO
+
+    return ZOO[name]
+
+
+def _keyword_params(function, with_default_only: bool = False) -> tuple[list[str], bool]:
+    """(names that can be passed by keyword, whether it also takes **kwargs)."""
     try:
-        return ZOO[spec.name](**geometry, **spec.kwargs)
-    except TypeError as error:
-        raise UsageError(f"model '{spec.name}': bad kwargs: {error}") from None
+        params = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return [], True
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"
+             and not (with_default_only and p.default is p.empty)]
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def accepted_kwargs(name: str) -> tuple[list[str], bool]:
+    """The kwargs model `name` takes (the geometry aside) and whether it may take others (**kwargs).
+
+    A torchvision builder hands its **kwargs to its model class, whose optional arguments are the
+    ones to name; the builder may take more (vit's image_size), so only building it can tell.
+    """
+    factory = _factory(name)
+    names, open_ended = _keyword_params(factory)
+    if name.startswith("torchvision:"):
+        import typing
+
+        names = [n for n in names if n not in ("weights", "progress")]
+        model_class = typing.get_type_hints(factory).get("return")
+        if isinstance(model_class, type):
+            names += _keyword_params(model_class.__init__, with_default_only=True)[0]
+    return [n for n in dict.fromkeys(names) if n not in GEOMETRY], open_ended
+
+
+def kwargs_problem(name: str, kwargs: dict[str, Any]) -> tuple[str, str] | None:
+    """(the kwarg at fault, why) when model `name` cannot take `kwargs`; None when it can or cannot be told.
+
+    For `compress validate`: a signature says most of it; a factory with **kwargs is built on torch's
+    meta device (no weights in memory) to see whether it refuses one.
+    """
+    given = [k for k in GEOMETRY if k in kwargs]
+    if given:
+        return given[0], GEOMETRY_NOTE
+    try:
+        names, open_ended = accepted_kwargs(name)
+    except Exception:
+        return None
+    takes = f"it takes {', '.join(names)}" if names else "it takes no kwargs"
+    unknown = [k for k in kwargs if k not in names]
+    if unknown and not open_ended:
+        return unknown[0], f"{name} does not take '{unknown[0]}'; {takes}"
+    if not open_ended or not kwargs:
+        return None
+    import torch
+
+    try:
+        with torch.device("meta"):
+            build_model(ModelSpec(name, 3, 10, 32, dict(kwargs)))
+    except UsageError as error:
+        quoted = re.findall(r"argument '(\w+)'", str(error))
+        if "keyword argument" in str(error) and quoted and quoted[0] in kwargs:
+            return quoted[0], f"{name} does not take '{quoted[0]}'; {takes}"
+    except Exception:
+        return None
+    return None
 
 
 def model_outline(name: str, kwargs: dict[str, Any]):
@@ -121,19 +223,135 @@ def save_checkpoint(path: str | Path, model, spec: ModelSpec, extra: dict[str, A
         torch.save(payload, tmp)
 
 
+class CheckpointError(UsageError):
+    """A checkpoint that cannot be used, with the reason alone (`reason`) for callers that name the field."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
 def load_state_dict(path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Returns (state_dict, spec dict or None). Accepts our checkpoints and bare state_dicts."""
     import torch
 
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on a pickle protocol it may not read: the reason below says more
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for foreign pickles
-        raise UsageError(f"{path}: cannot load checkpoint with weights_only=True: {str(error).splitlines()[0]}") from None
-    if isinstance(payload, dict) and "state_dict" in payload:
-        return payload["state_dict"], payload.get("model")
-    if isinstance(payload, dict):
-        return payload, None
-    raise UsageError(f"{path}: not a state_dict or checkpoint")
+        raise CheckpointError(path, unreadable_reason(Path(path), error)) from None
+    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+        payload, spec = payload["state_dict"], payload.get("model")
+    else:
+        spec = None
+    if not isinstance(payload, dict):
+        raise CheckpointError(path, f"not a state_dict or checkpoint: it holds a {type(payload).__name__}")
+    return payload, spec if isinstance(spec, dict) else None
+
+
+def _pickle_streams(path: Path):
+    """The pickles a checkpoint file holds: each `*.pkl` record of a torch zip archive, or the file itself."""
+    import io
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if name.endswith(".pkl"):
+                    yield io.BytesIO(archive.read(name))
+        return
+    with open(path, "rb") as fh:
+        yield fh
+
+
+DOTTED_NAME = re.compile(r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$")
+
+
+def _globals_called(stream) -> list[str]:
+    """`module.name` of every global a pickle would import and call, read without unpickling anything.
+
+    Several pickles may follow each other (torch's legacy format); reading stops at the first byte
+    that is not a pickle opcode.
+    """
+    import pickletools
+
+    found: list[str] = []
+    for _pickle in range(8):
+        strings: list[str] = []
+        memo: dict[int, Any] = {}
+        try:
+            for opcode, arg, _ in pickletools.genops(stream):
+                if opcode.name == "GLOBAL":
+                    found.append(arg.replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str) and ("UNICODE" in opcode.name or "STRING" in opcode.name):
+                    strings.append(str(arg))
+                elif opcode.name == "MEMOIZE" and strings:
+                    memo[len(memo)] = strings[-1]
+                elif opcode.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
+                    memo[int(arg)] = strings[-1]
+                elif opcode.name in ("BINGET", "LONG_BINGET", "GET") and isinstance(memo.get(int(arg)), str):
+                    strings.append(memo[int(arg)])
+        except Exception:  # not (or no longer) a pickle
+            break
+    return [name for name in found if DOTTED_NAME.match(name)]
+
+
+def foreign_global(path: Path) -> str | None:
+    """The first global in the checkpoint's pickles that torch's safe loader does not allow, if any."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = set(_get_allowed_globals())
+    except (ImportError, AttributeError):  # a private helper: fall back to torch's own modules
+        allowed = set()
+    plain = {"torch", "torch._utils", "torch._tensor", "collections"}
+    try:
+        for stream in _pickle_streams(path):
+            for name in _globals_called(stream):
+                if name not in allowed and name.rpartition(".")[0] not in plain:
+                    return name
+    except Exception:  # a damaged archive: the caller says so
+        return None
+    return None
+
+
+def unreadable_reason(path: Path, error: Exception) -> str:
+    """Why torch's safe loader refused `path`, in our words: torch's own text advises
+    `weights_only=False`, which for a file that asks to run code is the one thing not to do."""
+    if path.stat().st_size == 0:
+        return "not a checkpoint: the file is empty"
+    call = foreign_global(path)
+    if call:
+        hint = "; it holds a pickled object, not a state_dict: save model.state_dict()" \
+            if call.rpartition(".")[2][:1].isupper() else ""
+        return f"refused: the file asks to call {call}, which a weights_only load never runs{hint}"
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head == b"PK\x03\x04":
+        return "not a checkpoint: a damaged or truncated torch archive"
+    detail = str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()
+    detail = [line for line in detail if line.strip() and "weights_only" not in line and "operand" not in line]
+    return "not a checkpoint (neither a torch archive nor a pickle of tensors)" + (f": {detail[0]}" if detail else "")
+
+
+def weights_problem(model, state: dict[str, Any], shown: int = 3) -> str | None:
+    """Which keys and shapes of `state` do not fit `model` (the first few of each); None when they all do."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {list(state[k].shape)} vs {list(own[k].shape)}" for k in own if k in state
+              and hasattr(own[k], "shape") and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
+
+    def part(what: str, items: list[str]) -> str:
+        more = f", ... ({len(items) - shown} more)" if len(items) > shown else ""
+        return f"{what} ({len(items)}): {', '.join(items[:shown])}{more}"
+
+    parts = [part(w, i) for w, i in (("missing keys", missing), ("unexpected keys", unexpected),
+                                     ("shape mismatches, checkpoint vs model", shapes)) if i]
+    return "; ".join(parts) or None
 
 
 def load_model(path: str | Path, spec: ModelSpec | None = None):
@@ -143,10 +361,10 @@ def load_model(path: str | Path, spec: ModelSpec | None = None):
     if spec is None:
         raise UsageError(f"{path}: the checkpoint has no model spec; name the model in the config")
     model = build_model(spec)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise UsageError(f"{path}: weights do not fit model '{spec.name}': {str(error).splitlines()[0]}") from None
+    problem = weights_problem(model, state)
+    if problem:
+        raise CheckpointError(path, f"weights do not fit model '{spec.name}': {problem}")
+    model.load_state_dict(state)
     return model.eval(), spec
 
 

@@ -96,8 +96,9 @@ class CifarResNet(nn.Module):
 
 
 def _resnet(depth: int, widths: list[int]) -> Callable[..., nn.Module]:
-    def build(in_channels: int, num_classes: int, input_size: int, **kwargs) -> nn.Module:
-        return CifarResNet(depth, widths, in_channels, num_classes, input_size, **kwargs)
+    # No **kwargs: the signature is what `compress validate` reads to tell a user which kwargs exist.
+    def build(in_channels: int, num_classes: int, input_size: int) -> nn.Module:
+        return CifarResNet(depth, widths, in_channels, num_classes, input_size)
 
     build.__doc__ = f"CIFAR ResNet-{depth}, widths {widths}"
     return build

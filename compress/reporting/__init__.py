@@ -19,6 +19,7 @@ from compress.reporting.analysis import QUIET, analyze
 from compress.reporting.charts import data_uri, render_charts
 from compress.reporting.collect import collect
 from compress.reporting.markdown import MEMORY_NOTE, RESULT_HEADERS, render_markdown, result_cells
+from compress.reporting.uncertainty import noise_phrase
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -38,7 +39,7 @@ def render_html(report: dict[str, Any], charts: dict[str, bytes]) -> str:
                       trim_blocks=True, lstrip_blocks=True)
     template = env.get_template("report.html.j2")
     return template.render(r=report, f=fmt, charts={k: data_uri(v) for k, v in charts.items()},
-                           headers=RESULT_HEADERS, cells=result_cells, quiet=QUIET,
+                           headers=RESULT_HEADERS, cells=result_cells, quiet=QUIET, noise=noise_phrase,
                            memory_note=MEMORY_NOTE.replace("`", ""))
 
 

@@ -8,15 +8,37 @@ from __future__ import annotations
 from typing import Any
 
 from deploy.runner.harness import NOISY_P99, NOISY_SPREAD, NOISY_TAIL
-from compress.reporting.verdict import artifact_id, enrich, summary
 from compress.reporting.collect import RunFacts
+from compress.reporting.distillation import kd_gain
+from compress.reporting.uncertainty import paired, top1_interval
+from compress.reporting.verdict import artifact_id, enrich, summary
 
 SAME_ARTIFACT = ("model", "backend", "precision", "batch_size")
 QUIET = (f"Every measurement's spread was small (p90 within {NOISY_TAIL:.0%} of p50, p99 within {NOISY_P99:g}x p50, "
          f"± within {NOISY_SPREAD:.0%} of p50).")
 
 
-def harness_line(settings: dict[str, Any], env: dict[str, Any], val_samples: int | None) -> str | None:
+STUDENT_NAMES = {"student": "the student with KD", "baseline": "the student trained alone"}
+SPLIT_NAMES = {"test": "held-out test", "val": "validation"}
+
+
+def accuracy_source(results: dict[str, Any]) -> dict[str, Any]:
+    """Which split every top-1 of the benchmark comes from, and what that means for reading it."""
+    split, samples = results.get("accuracy_split") or "val", results.get("val_samples")
+    if split == "test":
+        note = (f"Every top-1 of the benchmark (summary, gates, tables, charts) is on the held-out test split "
+                f"({samples} samples), which neither trained a model nor chose an epoch; the Training table's best "
+                "val top-1 is on the validation split that chose each best epoch.")
+    else:
+        note = (f"Every top-1 is on the validation split ({samples} samples), the same split that chose each model's "
+                "best epoch, so it flatters them a little; set data.test_fraction (or data.test_path) for a held-out "
+                "test split.")
+    note += " Intervals are 95% (Wilson for one top-1; paired tests on the same images for a difference)."
+    return {"split": split, "split_name": SPLIT_NAMES.get(split, split), "samples": samples, "note": note}
+
+
+def harness_line(settings: dict[str, Any], env: dict[str, Any], val_samples: int | None,
+                 split: str = "val") -> str | None:
     """How the numbers were taken, in one sentence a reader can check them against."""
     if not settings:
         return None
@@ -28,8 +50,8 @@ def harness_line(settings: dict[str, Any], env: dict[str, Any], val_samples: int
             f"≥ {settings.get('runs')} timed runs and ≥ {settings.get('min_seconds')} s per batch size, in "
             f"{rounds} round(s), each a fresh load, interleaved across artifacts; p50, p90, p99 and std are over "
             f"the runs of every round; {spread}. Fresh random inputs (never zeros); {env.get('threads', '-')} "
-            f"intra-op threads; accuracy on {val_samples} validation samples with the same preprocessing for "
-            f"every backend.")
+            f"intra-op threads; accuracy on {val_samples} {SPLIT_NAMES.get(split, split)} samples with the same "
+            f"preprocessing for every backend.")
 
 
 def pareto_front(rows: list[dict]) -> list[str]:
@@ -54,7 +76,12 @@ def latency_by_batch(rows: list[dict]) -> dict[str, dict[int, dict[str, float]]]
     return table
 
 
-def int8_vs_fp32(rows: list[dict], batch: int) -> list[dict[str, Any]]:
+INT8_LARGER = ("the int8 file is larger than its fp32: a Q/DQ ONNX adds quantize/dequantize nodes with their scales "
+               "and zero points (and from QAT may keep fp32 weights beside them), which can outweigh the weight bytes "
+               "saved; compare memory MB, which is what running it costs")
+
+
+def int8_vs_fp32(rows: list[dict], batch: int, labels: Any = None) -> list[dict[str, Any]]:
     """Each INT8 artifact against the FP32 artifact of the same model and backend."""
     at_batch = {(r["model"], r["backend"], r["precision"]): r for r in rows if r["batch_size"] == batch}
     pairs = []
@@ -75,25 +102,10 @@ def int8_vs_fp32(rows: list[dict], batch: int) -> list[dict[str, Any]]:
             "fp32_p50": fp32["latency_ms"]["p50"], "int8_p50": row["latency_ms"]["p50"],
             "speedup": fp32["latency_ms"]["p50"] / row["latency_ms"]["p50"],
             "fp32_size_mb": fp32["size_mb"], "int8_size_mb": row["size_mb"],
+            "paired": paired(row.get("predictions"), fp32.get("predictions"), labels),
+            "size_note": INT8_LARGER if (row["size_mb"] or 0) > (fp32["size_mb"] or 0) else None,
         })
     return pairs
-
-
-def kd_gain(outputs: dict[str, dict], teacher_top1: float | None) -> dict[str, Any] | None:
-    """Student with KD minus the same student trained alone, next to the gap each leaves to the teacher."""
-    baseline, distill = outputs.get("baseline") or {}, outputs.get("distill") or {}
-    if baseline.get("val_top1") is None or distill.get("val_top1") is None:
-        return None
-    kd, alone = distill["val_top1"], baseline["val_top1"]
-    teacher = teacher_top1 if teacher_top1 is not None else (outputs.get("teacher") or {}).get("val_top1")
-    return {
-        "teacher_top1": teacher, "student_kd_top1": kd, "student_alone_top1": alone,
-        "kd_gain_pts": (kd - alone) * 100,
-        "teacher_gap_kd_pts": (teacher - kd) * 100 if teacher is not None else None,
-        "teacher_gap_alone_pts": (teacher - alone) * 100 if teacher is not None else None,
-        "gap_closed": (kd - alone) / (teacher - alone) if teacher is not None and teacher != alone else None,
-        "student_kd_best_epoch": distill.get("best_epoch"), "student_alone_best_epoch": baseline.get("best_epoch"),
-    }
 
 
 def training_summary(metrics: dict[str, list[dict]]) -> list[dict[str, Any]]:
@@ -166,7 +178,8 @@ def device_sections(devices: list[dict], host_rows: list[dict]) -> list[dict[str
 def analyze(facts: RunFacts) -> dict[str, Any]:
     """The report as data: every section's numbers, ready for report.json, markdown and HTML."""
     results = facts.results
-    rows = enrich(results["rows"])
+    samples, labels = results.get("val_samples"), results.get("labels")
+    rows = [{**r, "top1_interval": top1_interval(r["accuracy"]["top1"], samples)} for r in enrich(results["rows"])]
     info = summary(results, facts.gates)
     choice = info["recommended_row"]
     batches = sorted({r["batch_size"] for r in rows})
@@ -187,6 +200,10 @@ def analyze(facts: RunFacts) -> dict[str, Any]:
             "memory": choice.get("memory") if "peak_mb" in (choice.get("memory") or {}) else None,
             "teacher_memory_mb": ((teacher or {}).get("memory") or {}).get("peak_mb"),
             "within_noise": info["within_noise"],
+            "student": STUDENT_NAMES.get(choice["model"], choice["model"]),
+            "top1_interval": top1_interval(choice["accuracy"]["top1"], samples),
+            "teacher_top1_interval": top1_interval(teacher["accuracy"]["top1"], samples) if teacher else None,
+            "vs_teacher": paired(choice.get("predictions"), teacher.get("predictions"), labels) if teacher else None,
         }
     noisy = [{"artifact": artifact_id(r), "batch_size": r["batch_size"], "note": r.get("note") or "spread is high"}
              for r in rows if r["latency_ms"].get("noisy")]
@@ -198,19 +215,23 @@ def analyze(facts: RunFacts) -> dict[str, Any]:
         "gates": info["gates"],
         "gates_passed": info["gates_passed"],
         "gate_limits": facts.gates.model_dump(mode="json"),
+        "accuracy_budget": info["accuracy_budget"],
+        "unrecommended": info["unrecommended"],
+        "accuracy": accuracy_source(results),
         "batches": batches,
         "pareto_batch": first_batch,
         "pareto": pareto_front([r for r in rows if r["batch_size"] == first_batch]),
-        "rows": rows,
+        "rows": [{k: v for k, v in r.items() if k != "predictions"} for r in rows],
         "latency_by_batch": latency_by_batch(rows),
-        "int8_vs_fp32": int8_vs_fp32(rows, first_batch) if first_batch is not None else [],
-        "kd_gain": kd_gain(facts.outputs, teacher["accuracy"]["top1"] if teacher else None),
+        "int8_vs_fp32": int8_vs_fp32(rows, first_batch, labels) if first_batch is not None else [],
+        "kd_gain": kd_gain(rows, results, facts.outputs, facts.pipeline, info["recommended"]),
         "training": training_summary(facts.metrics),
         "per_class": per_class(rows, choice, results.get("class_names")),
         "deferred": [d for d in build.get("deferred") or [] if isinstance(d, dict)],
         "devices": device_sections(facts.devices, rows),
         "noisy": noisy,
-        "harness": harness_line(results.get("settings") or {}, results.get("env") or {}, results.get("val_samples")),
+        "harness": harness_line(results.get("settings") or {}, results.get("env") or {}, samples,
+                                results.get("accuracy_split") or "val"),
         "env": results.get("env") or {},
         "settings": results.get("settings") or {},
         "val_samples": results.get("val_samples"),

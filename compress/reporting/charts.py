@@ -10,7 +10,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
+import matplotlib.transforms  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"]
 MARKERS = {"teacher": "*", "student": "o"}
@@ -41,7 +42,56 @@ def _color(backends: list[str], backend: str) -> str:
     return PALETTE[backends.index(backend) % len(PALETTE)]
 
 
-def latency_vs_accuracy(report: dict[str, Any]) -> bytes | None:
+# Where a point's label may go, in points from the point, tried in order: beside it first, then further away.
+LABEL_SPOTS = [(dx, dy) for dy in (4, -11, 13, -20, 22, -29, 31, -38) for dx in (7, -7)]
+
+
+def _overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def place_labels(ax, points: list[tuple[float, float, str]], ringed: str | None = None) -> list:
+    """Label every point where the label overlaps no other label, marker or the `ringed` point's ring.
+
+    Artifacts of one model often share a top-1 and sit close in latency, so fixed offsets pile their
+    labels up; this tries LABEL_SPOTS in display space and keeps the first free one (or, when all are
+    taken, the one that overlaps least).
+    """
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    to_display = ax.transData.transform
+    markers, rings = [], []
+    for x, y, text in points:
+        px, py = to_display((x, y))
+        markers.append(matplotlib.transforms.Bbox([[px - 5, py - 5], [px + 5, py + 5]]))
+        if text == ringed:
+            rings.append(matplotlib.transforms.Bbox([[px - 13, py - 13], [px + 13, py + 13]]))
+    frame = ax.get_window_extent(renderer)
+    placed, labels = [], []
+    for i, (x, y, text) in enumerate(points):
+        obstacles = placed + rings + [m for j, m in enumerate(markers) if j != i]
+        best = None
+        for dx, dy in LABEL_SPOTS:
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7.5,
+                                color="#374151", ha="left" if dx > 0 else "right", va="bottom")
+            box = label.get_window_extent(renderer)
+            cost = sum(_overlap(box, o) for o in obstacles) * 10 + (0 if frame.contains(box.x0, box.y0)
+                                                                    and frame.contains(box.x1, box.y1) else 1)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, label, box)
+            else:
+                label.remove()
+            if cost == 0:
+                break
+        placed.append(best[2])
+        labels.append(best[1])
+    return labels
+
+
+def tradeoff_figure(report: dict[str, Any]):
+    """Latency vs top-1 of every artifact at the first batch: ± of a rerun across, the 95% interval of top-1 up."""
     batch = report["pareto_batch"]
     rows = [r for r in report["rows"] if r["batch_size"] == batch]
     if not rows:
@@ -49,24 +99,22 @@ def latency_vs_accuracy(report: dict[str, Any]) -> bytes | None:
     backends = sorted({r["backend"] for r in rows})
     recommended = (report["headline"] or {}).get("recommended")
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    same_accuracy: dict[float, int] = {}
+    points = []
     for row in sorted(rows, key=lambda r: r["latency_ms"]["p50"]):
         ident = f"{row['model']}.{row['backend']}.{row['precision']}"
         x, y = row["latency_ms"]["p50"], row["accuracy"]["top1"] * 100
         color = _color(backends, row["backend"])
         spread = row["latency_ms"].get("p50_spread")
-        if spread:  # how far a rerun's p50 may land; clipped above zero on the log axis
-            ax.errorbar(x, y, xerr=[[min(spread, 0.9 * x)], [spread]], fmt="none", ecolor=color, elinewidth=1,
-                        capsize=2, alpha=0.7, zorder=2)
+        interval = row.get("top1_interval")
+        if spread or interval:  # how far a rerun's p50 may land (clipped above zero on the log axis); top-1's 95%
+            ax.errorbar(x, y, xerr=[[min(spread, 0.9 * x)], [spread]] if spread else None,
+                        yerr=[[y - interval[0] * 100], [interval[1] * 100 - y]] if interval else None,
+                        fmt="none", ecolor=color, elinewidth=1, capsize=2, alpha=0.55, zorder=2)
         ax.scatter(x, y, s=140 if row["model"] == "teacher" else 70, color=color,
                    marker=MARKERS.get(row["model"], "s"), zorder=3, edgecolor="white", linewidth=0.8)
         if ident == recommended:
             ax.scatter(x, y, s=320, facecolor="none", edgecolor="#111827", linewidth=1.6, zorder=4)
-        # Backends of one model often share a top-1: alternate their labels above and below the line.
-        nth = same_accuracy.get(round(y, 3), 0)
-        same_accuracy[round(y, 3)] = nth + 1
-        offset = (6, 5 + 9 * (nth // 2)) if nth % 2 == 0 else (6, -12 - 9 * (nth // 2))
-        ax.annotate(ident, (x, y), textcoords="offset points", xytext=offset, fontsize=7.5, color="#374151")
+        points.append((x, y, ident))
     front = [r for ident in report["pareto"] for r in rows
              if f"{r['model']}.{r['backend']}.{r['precision']}" == ident]
     if front:
@@ -82,12 +130,20 @@ def latency_vs_accuracy(report: dict[str, Any]) -> bytes | None:
     for backend in backends:
         ax.scatter([], [], color=_color(backends, backend), label=backend)
     ax.set_xscale("log")
-    ax.set_xlabel(f"p50 latency at batch {batch} (ms, log scale; bars: ± of a rerun)")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))  # ticks even when the artifacts span < 10x
+    ax.set_xlabel(f"p50 latency at batch {batch} (ms, log scale; bars: ± of a rerun, 95% interval of top-1)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title("Latency vs accuracy (up and to the left is better)")
     _grid(ax)
-    ax.legend(fontsize=8, loc="lower right")
-    return _png(fig)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside: never on a label
+    fig.canvas.draw()  # the scales and limits are final: labels can be placed in display space
+    place_labels(ax, points, recommended)
+    return fig
+
+
+def latency_vs_accuracy(report: dict[str, Any]) -> bytes | None:
+    fig = tradeoff_figure(report)
+    return _png(fig) if fig is not None else None
 
 
 def latency_per_batch(report: dict[str, Any]) -> bytes | None:
@@ -147,7 +203,7 @@ def training_curves(metrics: dict[str, list[dict]]) -> bytes | None:
     return _png(fig)
 
 
-def per_class_accuracy(per_class: dict[str, Any] | None) -> bytes | None:
+def per_class_accuracy(per_class: dict[str, Any] | None, split_name: str = "validation") -> bytes | None:
     if not per_class:
         return None
     import numpy as np
@@ -162,7 +218,7 @@ def per_class_accuracy(per_class: dict[str, Any] | None) -> bytes | None:
     low = min([v for v in per_class["teacher"] + per_class["recommended"] if v is not None] or [0])
     ax.set_ylim(max(0, low * 100 - 5), 100.5)
     ax.set_ylabel("top-1 (%)")
-    ax.set_title("Per-class accuracy on the validation set")
+    ax.set_title(f"Per-class accuracy on the {split_name} split")
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.25)
     return _png(fig)
@@ -173,6 +229,6 @@ def render_charts(report: dict[str, Any], metrics: dict[str, list[dict]]) -> dic
         "latency_vs_accuracy": latency_vs_accuracy(report),
         "latency_per_batch": latency_per_batch(report),
         "training_curves": training_curves(metrics),
-        "per_class": per_class_accuracy(report["per_class"]),
+        "per_class": per_class_accuracy(report["per_class"], report["accuracy"]["split_name"]),
     }
     return {name: png for name, png in charts.items() if png}

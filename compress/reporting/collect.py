@@ -30,6 +30,9 @@ class RunFacts:
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     devices: list[dict[str, Any]] = field(default_factory=list)
+    # The saved pipeline.yaml as plain data, read leniently: the report only names options from it
+    # (distill temperature, teacher epochs) when it suggests what to try next.
+    pipeline: dict[str, Any] = field(default_factory=dict)
 
 
 def read_gates(pipeline_yaml: Path) -> tuple[str, GatesConfig]:
@@ -47,6 +50,12 @@ def read_gates(pipeline_yaml: Path) -> tuple[str, GatesConfig]:
         where = ".".join(str(p) for p in ("gates", *first["loc"]))
         raise UsageError(f"{pipeline_yaml}: {where}: {first['msg']}") from None
     return str(raw.get("name") or pipeline_yaml.parent.name), gates
+
+
+def read_pipeline(pipeline_yaml: Path) -> dict[str, Any]:
+    """The saved pipeline.yaml as a mapping ({} when it is not one; read_gates has already judged the file)."""
+    raw = yaml.safe_load(pipeline_yaml.read_text())
+    return raw if isinstance(raw, dict) else {}
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -102,4 +111,4 @@ def collect(run_dir: str | Path, outputs: dict[str, dict[str, Any]] | None = Non
         raise UsageError(f"{results_path}: rows: missing or not a list")
     metrics = {stage: _metrics_of(run_dir, stage, outputs[stage] or {}) for stage in TRAINING_STAGES if stage in outputs}
     return RunFacts(run_dir, name, gates, results, outputs, {k: v for k, v in metrics.items() if v},
-                    read_devices(run_dir))
+                    read_devices(run_dir), read_pipeline(run_dir / "pipeline.yaml"))

@@ -9,8 +9,16 @@ def num(value: Any, spec: str = ".3f", suffix: str = "") -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "-"
     if isinstance(value, (int, float)):
-        return format(value, spec) + suffix
+        return unsigned_zero(format(value, spec), spec) + suffix
     return str(value)
+
+
+def unsigned_zero(text: str, spec: str) -> str:
+    """'-0', '-0.00' (a tiny negative, or IEEE's -0.0) read as zero: no sign, or '+' when the spec asks for one."""
+    mantissa = text.split("e")[0]
+    if text.startswith("-") and not any(digit in mantissa for digit in "123456789"):
+        return ("+" if "+" in spec else "") + text[1:]
+    return text
 
 
 def pct(value: Any, digits: int = 2) -> str:
@@ -21,6 +29,22 @@ def pct(value: Any, digits: int = 2) -> str:
 def pts(value: Any) -> str:
     """Accuracy points with a sign: +0.28 pts."""
     return num(value, "+.2f", " pts")
+
+
+def pct_interval(interval: Any, digits: int = 1) -> str:
+    """A 95% interval of a fraction as percent: '92.3–96.8%', '-' when unknown."""
+    if not interval:
+        return "-"
+    low, high = (num(v * 100, f".{digits}f") for v in interval)
+    return f"{low}–{high}%"
+
+
+def pts_interval(interval: Any) -> str:
+    """A 95% interval of a difference of fractions as points: '-1.20 to +3.40 pts', '-' when unknown."""
+    if not interval:
+        return "-"
+    low, high = (num(v * 100, "+.2f") for v in interval)
+    return f"{low} to {high} pts"
 
 
 def times(value: Any) -> str:

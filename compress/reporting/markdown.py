@@ -6,11 +6,12 @@ from typing import Any
 
 from compress.measuring.footprint import describe
 from compress.reporting.analysis import QUIET
-from compress.reporting.fmt import count, ms, num, pct, plus_minus, pts, table, times
+from compress.reporting.fmt import count, ms, num, pct, pct_interval, plus_minus, pts, pts_interval, table, times
+from compress.reporting.uncertainty import noise_phrase
 
 RESULT_HEADERS = ["model", "backend", "precision", "batch", "p50 ms", "± ms", "p90 ms", "p99 ms", "std ms",
-                  "throughput/s", "top-1", "top-5", "agreement", "Δ top-1", "speedup", "params", "MACs",
-                  "size MB", "memory MB"]
+                  "throughput/s", "top-1", "top-1 95% CI", "top-5", "agreement", "Δ top-1", "speedup", "params",
+                  "MACs", "size MB", "memory MB"]
 MEMORY_NOTE = ("memory MB is the peak resident memory of a fresh process that loads only that artifact and its "
                "runtime and runs it at the largest batch (`stages.benchmark.memory`).")
 
@@ -29,9 +30,46 @@ def result_cells(r: dict[str, Any]) -> list[str]:
     return [r["model"], r["backend"], r["precision"], str(r["batch_size"]), ms(lat["p50"]), ms(lat.get("p50_spread")),
             ms(lat["p90"]),
             ms(lat["p99"]), ms(lat.get("std")) + (" ⚠" if lat.get("noisy") else ""), num(r["throughput_per_s"], ".1f"),
-            pct(acc["top1"]), pct(acc.get("top5")), pct(acc.get("agreement_with_teacher")),
+            pct(acc["top1"]), pct_interval(r.get("top1_interval")), pct(acc.get("top5")),
+            pct(acc.get("agreement_with_teacher")),
             pts(None if delta is None else delta * 100), times(r.get("speedup_vs_teacher")), count(r.get("params")),
             count(r.get("macs")), num(r.get("size_mb"), ".3f"), num((r.get("memory") or {}).get("peak_mb"), ".0f")]
+
+
+def top1_line(h: dict[str, Any], split: str) -> str:
+    """The recommended top-1 and the teacher's, each with its interval, and the paired verdict on their difference."""
+    paired = h.get("vs_teacher")
+    on = f"; paired, on the {split} split: {noise_phrase(paired)}" if paired else ""
+    return (f"Top-1: {pct(h['top1'])} (95% CI {pct_interval(h.get('top1_interval'))}) vs teacher "
+            f"{pct(h['teacher_top1'])} ({pct_interval(h.get('teacher_top1_interval'))}) "
+            f"(**{pts(h['top1_delta_pts'])}**{on}); agreement with the teacher {pct(h['agreement_with_teacher'])}")
+
+
+def budget_line(budget: dict[str, Any]) -> str:
+    source = ("gates.max_accuracy_drop" if budget["source"] != "default"
+              else "the default, as gates.max_accuracy_drop is not set")
+    return f"Accuracy budget: at most {budget['limit'] * 100:g} points top-1 below the teacher ({source})"
+
+
+def kd_section(kd: dict[str, Any]) -> list[str]:
+    """What distillation bought: the teacher's own standing first, then KD against the student alone."""
+    out = ["## What distillation bought", ""]
+    if kd["teacher_note"]:
+        out += [f"**First, the teacher.** {kd['teacher_note']}", ""]
+    ci = kd["intervals"]
+    out += table(["", f"top-1 ({kd['split']})", "95% CI", "gap to teacher", "best epoch"],
+                 [["teacher", pct(kd["teacher_top1"]), pct_interval(ci["teacher"]), "-", "-"],
+                  ["student with KD", pct(kd["student_kd_top1"]), pct_interval(ci["kd"]), pts(kd["teacher_gap_kd_pts"]),
+                   num(kd["student_kd_best_epoch"], "d")],
+                  ["student alone (baseline)", pct(kd["student_alone_top1"]), pct_interval(ci["alone"]),
+                   pts(kd["teacher_gap_alone_pts"]), num(kd["student_alone_best_epoch"], "d")]], "lrrrr")
+    line = kd["headline"]
+    out += ["", f"{line['lead']} **{line['value']}**{line['rest']}", ""]
+    if kd["better_student"]:
+        out += [kd["better_student"], ""]
+    if kd["try"]:
+        out += ["What to try next:", "", *(f"- {idea}" for idea in kd["try"]), ""]
+    return out
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -42,11 +80,12 @@ def render_markdown(report: dict[str, Any]) -> str:
 
     out += ["## Summary", ""]
     if h:
-        out += [f"- Recommended artifact: **{h['recommended']}** (`{h['artifact']}`)",
+        alone = " (the student trained alone: the more accurate student on this engine)" \
+            if h.get("student") == "the student trained alone" else ""
+        out += [f"- Recommended artifact: **{h['recommended']}** (`{h['artifact']}`){alone}",
                 f"- Speedup vs teacher at batch {h['batch_size']}: **{times(h['speedup'])}** "
                 f"({ms(h['p50_ms'])}{plus_minus(h.get('p50_spread_ms'))} ms vs {ms(h['teacher_p50_ms'])} ms p50)",
-                f"- Top-1: {pct(h['top1'])} vs teacher {pct(h['teacher_top1'])} "
-                f"(**{pts(h['top1_delta_pts'])}**); agreement with the teacher {pct(h['agreement_with_teacher'])}",
+                f"- {top1_line(h, report['accuracy']['split'])}",
                 f"- Size: {num(h['size_mb'], '.3f')} MB vs {num(h['teacher_size_mb'], '.3f')} MB "
                 f"(**{times(h['size_reduction'])} smaller**)"]
         if memory_line(h):
@@ -54,8 +93,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         if h.get("within_noise"):
             out.append("- Within noise of it (a rerun could rank these first): " + ", ".join(
                 f"`{w['artifact']}` {ms(w['p50'])}{plus_minus(w['p50_spread'])} ms" for w in h["within_noise"]))
+    elif report["unrecommended"]:
+        out.append(f"- **Nothing recommended**: {report['unrecommended']}.")
     else:
         out.append("- No student artifact was benchmarked: nothing to recommend.")
+    out += [f"- {budget_line(report['accuracy_budget'])}", f"- {report['accuracy']['note']}"]
+    if report["kd_gain"] and report["kd_gain"]["summary"]:
+        out.append(f"- **{report['kd_gain']['summary']}**")
     if report["gates"]:
         verdict = "all gates pass" if report["gates_passed"] else "**GATES FAILED**: " + ", ".join(
             g["gate"] for g in report["gates"] if not g["passed"])
@@ -84,31 +128,27 @@ def render_markdown(report: dict[str, Any]) -> str:
     out.append("")
 
     out += ["## All results", ""]
-    out += table(RESULT_HEADERS, [result_cells(r) for r in report["rows"]], "llll" + "r" * 15)
+    out += table(RESULT_HEADERS, [result_cells(r) for r in report["rows"]], "llll" + "r" * (len(RESULT_HEADERS) - 4))
     out += ["", "± is how far a rerun's p50 may land (95%); ⚠ marks a noisy measurement (see Measurement notes). "
             "Speedup and Δ top-1 are against the teacher (torch) at the same batch size. " + MEMORY_NOTE, ""]
 
     if report["int8_vs_fp32"]:
         out += ["## INT8 vs FP32", ""]
-        out += table(["backend", "fp32", "int8", "fp32 top-1", "int8 top-1", "Δ top-1", "fp32 p50 ms",
+        out += table(["backend", "fp32", "int8", "fp32 top-1", "int8 top-1", "Δ top-1", "Δ 95% CI", "fp32 p50 ms",
                       "int8 p50 ms", "speedup", "size MB fp32 → int8"],
                      [[p["backend"], p["fp32"], p["int8"], pct(p["fp32_top1"]), pct(p["int8_top1"]),
-                       pts(p["top1_delta_pts"]), ms(p["fp32_p50"]), ms(p["int8_p50"]), times(p["speedup"]),
-                       f"{num(p['fp32_size_mb'])} → {num(p['int8_size_mb'])}"] for p in report["int8_vs_fp32"]],
-                     "lllrrrrrrr")
+                       pts(p["top1_delta_pts"]), pts_interval((p["paired"] or {}).get("interval")), ms(p["fp32_p50"]),
+                       ms(p["int8_p50"]), times(p["speedup"]),
+                       f"{num(p['fp32_size_mb'])} → {num(p['int8_size_mb'])}" + (" ⚠" if p["size_note"] else "")]
+                      for p in report["int8_vs_fp32"]], "lllrrrrrrrr")
+        out.append("")
+        out += [f"- ⚠ {p['int8']}: {p['size_note']}." for p in report["int8_vs_fp32"] if p["size_note"]]
+        out += [f"- {p['int8']} against {p['fp32']}: {noise_phrase(p['paired'])}." for p in report["int8_vs_fp32"]
+                if p["paired"]]
         out.append("")
 
-    kd = report["kd_gain"]
-    if kd:
-        out += ["## What distillation bought", ""]
-        out += table(["", "top-1", "gap to teacher"],
-                     [["teacher", pct(kd["teacher_top1"]), "-"],
-                      ["student with KD", pct(kd["student_kd_top1"]), pts(kd["teacher_gap_kd_pts"])],
-                      ["student alone (baseline)", pct(kd["student_alone_top1"]), pts(kd["teacher_gap_alone_pts"])]],
-                     "lrr")
-        closed = f"; it closes {kd['gap_closed'] * 100:.0f}% of the gap to the teacher" \
-            if kd.get("gap_closed") is not None else ""
-        out += ["", f"KD gain: **{pts(kd['kd_gain_pts'])}** top-1 over the same student trained alone{closed}.", ""]
+    if report["kd_gain"]:
+        out += kd_section(report["kd_gain"])
 
     if report["training"]:
         out += ["## Training", ""]

@@ -11,6 +11,11 @@ from typing import Any
 from deploy.runner.harness import order_uncertain
 from compress.config import GatesConfig
 from compress.measuring.footprint import describe
+from compress.reporting.fmt import num
+from compress.reporting.uncertainty import paired
+
+# Without gates.max_accuracy_drop, the recommendation may lose at most this much top-1 to the teacher.
+DEFAULT_ACCURACY_BUDGET = 0.03
 
 
 def teacher_rows(rows: list[dict]) -> dict[int, dict]:
@@ -36,17 +41,61 @@ def enrich(rows: list[dict]) -> list[dict]:
     return out
 
 
+def accuracy_budget(gates: GatesConfig) -> dict[str, Any]:
+    """The top-1 drop a recommendation may cost: the gate's, or the default one when no gate sets it."""
+    if gates.max_accuracy_drop is not None:
+        return {"limit": gates.max_accuracy_drop, "source": "gates.max_accuracy_drop"}
+    return {"limit": DEFAULT_ACCURACY_BUDGET, "source": "default"}
+
+
+def better_students(rows: list[dict]) -> list[dict]:
+    """On each engine, the more accurate of the students benchmarked there (the KD student on a tie).
+
+    The KD student and the student alone share one architecture, so their speeds differ by noise
+    only: latency cannot choose between them, accuracy can.
+    """
+    best: dict[tuple, dict] = {}
+    for row in rows:
+        key = (row["backend"], row["precision"], row["batch_size"])
+        held = best.get(key)
+        if held is None or (row["accuracy"]["top1"], row["model"] == "student") > \
+                (held["accuracy"]["top1"], held["model"] == "student"):
+            best[key] = row
+    kept = {id(r) for r in best.values()}
+    return [r for r in rows if id(r) in kept]
+
+
+def within_budget(row: dict, limit: float) -> bool:
+    return -row.get("top1_delta_vs_teacher", 0.0) <= limit + 1e-12
+
+
 def candidates(rows: list[dict], gates: GatesConfig) -> list[dict]:
-    """Student artifacts at the smallest batch, those within the accuracy gate when any are."""
-    students = [r for r in enrich(rows) if r["model"] != "teacher"]
+    """Student artifacts at the smallest batch within the accuracy budget.
+
+    With gates.max_accuracy_drop and none within it, all of them (the gate then fails and says so);
+    with the default budget and none within it, none: nothing is recommended blindly.
+    """
+    students = better_students([r for r in enrich(rows) if r["model"] != "teacher"])
     if not students:
         return []
     batch = min(r["batch_size"] for r in students)
     at_batch = [r for r in students if r["batch_size"] == batch]
-    if gates.max_accuracy_drop is not None:
-        within = [r for r in at_batch if -r.get("top1_delta_vs_teacher", 0.0) <= gates.max_accuracy_drop + 1e-12]
-        at_batch = within or at_batch
-    return at_batch
+    if not any("top1_delta_vs_teacher" in r for r in at_batch):
+        return at_batch  # no teacher measured: nothing to hold the accuracy against
+    within = [r for r in at_batch if within_budget(r, accuracy_budget(gates)["limit"])]
+    return within or (at_batch if gates.max_accuracy_drop is not None else [])
+
+
+def unrecommended(rows: list[dict], gates: GatesConfig) -> str | None:
+    """Why nothing is recommended although students were benchmarked (the default budget left none)."""
+    students = [r for r in enrich(rows) if r["model"] != "teacher" and "top1_delta_vs_teacher" in r]
+    if not students or candidates(rows, gates):
+        return None
+    closest = max(students, key=lambda r: r["top1_delta_vs_teacher"])
+    return (f"no student artifact is within the default accuracy budget of {DEFAULT_ACCURACY_BUDGET * 100:g} points "
+            f"top-1 below the teacher (gates.max_accuracy_drop is not set): the closest, {artifact_id(closest)}, is "
+            f"{-closest['top1_delta_vs_teacher'] * 100:.2f} points down. Improve the student, or set "
+            "gates.max_accuracy_drop to the drop you accept")
 
 
 def recommend(rows: list[dict], gates: GatesConfig) -> dict | None:
@@ -63,11 +112,34 @@ def runners_up(rows: list[dict], gates: GatesConfig, choice: dict | None) -> lis
                    and order_uncertain(r["latency_ms"], choice["latency_ms"])), key=lambda r: r["latency_ms"]["p50"])
 
 
-def evaluate_gates(rows: list[dict], gates: GatesConfig, choice: dict | None) -> list[dict[str, Any]]:
+def drop_interval(teacher: dict | None, choice: dict, labels: Any) -> dict[str, Any] | None:
+    """The teacher against the artifact on the same samples (a paired test), when both kept their predictions."""
+    if teacher is None:
+        return None
+    return paired(teacher.get("predictions"), choice.get("predictions"), labels)
+
+
+def accuracy_drop_detail(drop: float, limit: float, test: dict[str, Any] | None) -> str:
+    """The drop, how far it may move on other samples (paired 95% interval), and whether that crosses the limit."""
+    detail = f"top-1 drop vs teacher {num(drop * 100, '.2f')} points"
+    if test is None:
+        return detail
+    low, high = test["interval"]
+    detail += f" (95% interval {num(low * 100, '.2f')} to {num(high * 100, '.2f')} on {test['n']} paired samples)"
+    if low <= limit <= high:  # the verdict stands on the measured drop; other samples may land across the limit
+        detail += "; within noise of the limit: a rerun on other samples may " + ("fail" if drop <= limit else "pass")
+    return detail
+
+
+def evaluate_gates(rows: list[dict], gates: GatesConfig, choice: dict | None,
+                   labels: Any = None) -> list[dict[str, Any]]:
     """One verdict per configured gate, judged on the recommended artifact."""
     verdicts: list[dict[str, Any]] = []
-    if choice is None:
-        return verdicts
+    if choice is None:  # nothing is within the accuracy budget: no gate can pass on nothing
+        budget = accuracy_budget(gates)["limit"] * 100
+        detail = f"no student artifact is within the accuracy budget ({budget:g} pts top-1): nothing to judge"
+        return [{"gate": name, "limit": limit, "value": None, "passed": False, "detail": detail}
+                for name, limit in gates.model_dump().items() if limit is not None]
     rows = enrich(rows)
     same_artifact = [r for r in rows if artifact_id(r) == artifact_id(choice)]
 
@@ -77,7 +149,8 @@ def evaluate_gates(rows: list[dict], gates: GatesConfig, choice: dict | None) ->
     if gates.max_accuracy_drop is not None:
         drop = -choice.get("top1_delta_vs_teacher", 0.0)
         verdict("max_accuracy_drop", gates.max_accuracy_drop, drop, drop <= gates.max_accuracy_drop + 1e-12,
-                f"top-1 drop vs teacher {drop * 100:.2f} points")
+                accuracy_drop_detail(drop, gates.max_accuracy_drop,
+                                     drop_interval(teacher_rows(rows).get(choice["batch_size"]), choice, labels)))
     if gates.min_speedup is not None:
         speedup = choice.get("speedup_vs_teacher", 0.0)
         verdict("min_speedup", gates.min_speedup, speedup, speedup >= gates.min_speedup,
@@ -110,10 +183,12 @@ def evaluate_gates(rows: list[dict], gates: GatesConfig, choice: dict | None) ->
 def summary(results: dict, gates: GatesConfig) -> dict[str, Any]:
     rows = results["rows"]
     choice = recommend(rows, gates)
-    verdicts = evaluate_gates(rows, gates, choice)
+    verdicts = evaluate_gates(rows, gates, choice, results.get("labels"))
     return {
         "recommended": artifact_id(choice) if choice else None,
         "recommended_row": choice,
+        "accuracy_budget": accuracy_budget(gates),
+        "unrecommended": unrecommended(rows, gates),
         "within_noise": [{"artifact": artifact_id(r), "p50": r["latency_ms"]["p50"],
                           "p50_spread": r["latency_ms"].get("p50_spread")} for r in runners_up(rows, gates, choice)],
         "gates": verdicts,

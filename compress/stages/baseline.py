@@ -1,8 +1,11 @@
 """baseline: the same student trained alone (cross-entropy on the labels, no teacher).
 
 Same architecture, seed and training options as `distill` (its section), so the report can show
-what distillation bought: KD gain = distill val top-1 - baseline val top-1. The transfer set has
-no labels, so the student alone cannot learn from it.
+what distillation bought: the benchmark scores both checkpoints on the same images (the test split
+when there is one) and the report tests their difference image by image. With
+`stages.export.recommend_from: [distill, baseline]` its checkpoint is exported, built and benchmarked
+too, and recommended where it is the more accurate student. The transfer set has no labels, so the
+student alone cannot learn from it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """benchmark: latency, throughput, memory, accuracy and size of the teacher and every student artifact.
 
 Writes results.json, the contract read by report and deploy (see DESIGN.md). Every artifact goes
-through the same harness (`deploy.runner.harness`) and sees the same preprocessed validation arrays.
+through the same harness (`deploy.runner.harness`) and sees the same preprocessed arrays: the test
+split when the data has one, else the validation split. Each row keeps its per-sample predictions
+(and results.json the labels once), so the report can compare two artifacts on the same images.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 from pydantic import Field
 
 from compress.measuring.artifacts import open_session
+from compress.reporting.uncertainty import encode
 from deploy.runner.harness import LatencySettings, accuracy_report, measure_rounds, predict
 from compress.config import PipelineConfig, Strict
 from compress.core.fileio import write_json
@@ -31,7 +34,7 @@ class BenchmarkConfig(Strict):
                                             "repeat spread comes from them (1: within-run sampling error only)")
     threads: int | None = Field(None, ge=1, description="intra-op threads; default: all cores")
     memory: bool = Field(True, description="measure each artifact's memory alone in a fresh process "
-                                           "(compress/footprint.py); needed by gates.max_memory_mb")
+                                           "(compress/measuring/footprint.py); needed by gates.max_memory_mb")
 
     def check(self, pipeline: PipelineConfig):
         if not self.memory and pipeline.gates.max_memory_mb is not None:
@@ -41,6 +44,11 @@ class BenchmarkConfig(Strict):
             return "batch_sizes", f"must be positive integers, got {bad[0]}"
         if len(set(self.batch_sizes)) != len(self.batch_sizes):
             return "batch_sizes", "lists a batch size twice"
+        limits = pipeline.gates.max_latency_ms
+        unmeasured = sorted(set(limits) - set(self.batch_sizes)) if isinstance(limits, dict) else []
+        if unmeasured:  # the gate would fail after the whole run, "not benchmarked"
+            return "batch_sizes", (f"{self.batch_sizes} has no batch {unmeasured[0]}, but gates.max_latency_ms sets a "
+                                   f"limit for it: add it here or drop it from the gate")
         return None
 
 
@@ -59,7 +67,7 @@ class Measured(NamedTuple):
 class BenchmarkStage(Stage):
     name = "benchmark"
     Config = BenchmarkConfig
-    reads = ("teacher", "distill", "quantize", "export", "build")
+    reads = ("teacher", "baseline", "distill", "quantize", "export", "build")
 
     def key_material(self, pipeline: PipelineConfig) -> dict[str, Any]:
         return {"data": pipeline.data.model_dump(mode="json"), "seed": pipeline.seed}
@@ -86,40 +94,69 @@ class BenchmarkStage(Stage):
         artifacts = [
             Measured("teacher", teacher_path, "torch", "fp32", loader(teacher_path, "torch"), t_params, t_macs),
             Measured("student", student_path, "torch", "fp32", loader(student_path, "torch"), s_params, s_macs)]
+        baseline_path = (ctx.outputs.get("baseline") or {}).get("checkpoint")
+        shipped_alone = baseline_path is not None and "baseline_onnx" in (ctx.outputs.get("export") or {})
+        if shipped_alone:  # stages.export.recommend_from lists baseline: the student alone is a candidate too
+            artifacts.append(Measured("baseline", baseline_path, "torch", "fp32", loader(baseline_path, "torch"),
+                                      s_params, s_macs))
         artifacts += [Measured(e["model"], e["artifact"], e["backend"], e["precision"],
                                loader(e["artifact"], e["backend"]), s_params, s_macs)
                       for e in ctx.outputs.get("build", {}).get("engines", [])]
+        split, x_scored, y_scored = data.scored_split()
         accuracy: list[dict] = []
+        predictions: list[str] = []
         teacher_top1: np.ndarray | None = None
 
-        def score(index: int, session: Any) -> None:
-            """Accuracy on the val set, right after the artifact's first load; the teacher comes first."""
+        def scored(session: Any) -> tuple[dict, str]:
+            """Accuracy and predictions on the scored split; the teacher comes first (agreement is against it)."""
             nonlocal teacher_top1
-            logits = predict(session.infer, data.x_val)
+            logits = predict(session.infer, x_scored)
             if teacher_top1 is None:
                 teacher_top1 = logits.argmax(1)
-            accuracy.append(accuracy_report(logits, data.y_val, teacher_top1))
+            return accuracy_report(logits, y_scored, teacher_top1), encode(logits.argmax(1))
+
+        computed_in: dict[int, str] = {}  # artifact index -> what its backend computed in, where not its precision
+
+        def score(index: int, session: Any) -> None:
+            """Accuracy right after the artifact's first load; what the backend computes in, when it says."""
+            acc, predicted = scored(session)
+            accuracy.append(acc)
+            predictions.append(predicted)
             a = artifacts[index]
-            ctx.log(f"{a.model:8s} {a.backend:12s} {a.precision:5s} top-1 {accuracy[-1]['top1']:.4f}")
+            ran = getattr(session, "precision", None)
+            if ran and ran != a.precision:
+                computed_in[index] = ran
+            ran_as = f", ran as {ran}" if index in computed_in else ""
+            ctx.log(f"{a.model:8s} {a.backend:12s} {a.precision:5s} top-1 {accuracy[-1]['top1']:.4f} ({split}{ran_as})")
 
         timings = measure_rounds([a.load for a in artifacts], shape, cfg.batch_sizes, settings, cfg.rounds,
                                  on_first_load=score,
                                  on_round=lambda r: ctx.log(f"round {r + 1}/{cfg.rounds} timed"))
+        accuracy_only = []
+        if baseline_path is not None and not shipped_alone:  # scored for the report's KD comparison, not timed
+            with open_session(ctx.path(baseline_path), "torch", threads) as session:
+                acc, predicted = scored(session)
+            accuracy_only.append({"model": "baseline", "artifact": baseline_path, "backend": "torch",
+                                  "precision": "fp32", "accuracy": acc, "predictions": predicted})
         memory = [self.measure_memory(ctx, a, shape, max(cfg.batch_sizes), threads) if cfg.memory else None
                   for a in artifacts]
         rows: list[dict[str, Any]] = []
-        for a, acc, per_batch, footprint in zip(artifacts, accuracy, timings, memory):
+        for index, (a, acc, predicted, per_batch, footprint) in enumerate(zip(artifacts, accuracy, predictions,
+                                                                               timings, memory)):
+            ran = {"computed_in": computed_in[index]} if index in computed_in else {}
             for timing in per_batch:
                 rows.append({"model": a.model, "artifact": a.artifact, "backend": a.backend, "precision": a.precision,
-                             **timing, "accuracy": acc, "params": a.params, "macs": a.macs,
+                             **ran, **timing, "accuracy": acc, "params": a.params, "macs": a.macs,
                              "size_mb": artifact_mb(ctx.path(a.artifact)), "threads": threads,
-                             **({"memory": footprint} if footprint else {})})
+                             **({"memory": footprint} if footprint else {}), "predictions": predicted})
                 lat = timing["latency_ms"]
                 ctx.log(f"{a.model:8s} {a.backend:12s} {a.precision:5s} b{timing['batch_size']:<3d} p50 "
                         f"{lat['p50']:8.3f} ms ±{lat['p50_spread']:.3f} (std {lat['std']:.3f})"
                         f"{'  (noisy)' if lat['noisy'] else ''}")
-        results = {"env": environment(threads), "val_samples": int(len(data.y_val)),
-                   "class_names": list(data.class_names), "settings": cfg.model_dump(mode="json"), "rows": rows}
+        # val_samples counts the scored samples (test ones when accuracy_split is "test"), as it always has.
+        results = {"env": environment(threads), "val_samples": int(len(y_scored)), "accuracy_split": split,
+                   "class_names": list(data.class_names), "settings": cfg.model_dump(mode="json"),
+                   "labels": encode(y_scored), "accuracy_only": accuracy_only, "rows": rows}
         path = ctx.stage_dir / "results.json"
         write_json(path, results)
         return {"results": ctx.relative(path)}

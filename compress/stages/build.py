@@ -1,4 +1,9 @@
-"""build: one engine per `backend:precision` target, each in its own folder with engine.json."""
+"""build: one engine per `backend:precision` target, each in its own folder with engine.json.
+
+When the export made baseline.onnx (`stages.export.recommend_from` lists baseline), the student
+trained alone gets the engines this machine builds too (baseline.<backend>.<precision>), from its
+fp32 ONNX; TensorRT and Triton stay the KD student's.
+"""
 
 from __future__ import annotations
 
@@ -93,4 +98,27 @@ class BuildStage(Stage):
                 batch_sizes = getattr(ctx.pipeline.stages.get("benchmark"), "batch_sizes", [])
                 exports.append(write_triton(ctx, precision, sources, engines, ctx.config.tensorrt, batch_sizes))
                 ctx.log(f"triton {precision}: {exports[-1]['dir']} ({exports[-1]['format']})")
+        baseline_onnx = ctx.outputs["export"].get("baseline_onnx")
+        if baseline_onnx:
+            engines += build_baseline(ctx, ctx.path(baseline_onnx), calibration)
         return {"engines": engines, "deferred": deferred, "triton": exports}
+
+
+def build_baseline(ctx: StageContext, onnx_path, calibration) -> list[dict[str, Any]]:
+    """The student alone's engines: every target built here, from its own fp32 ONNX (int8 calibrated like PTQ)."""
+    from deploy.engines import get_engine
+
+    engines = []
+    for target in ctx.config.targets:
+        backend, precision = parse_target(target)
+        if backend in EXPORT_TARGETS or backend == "tensorrt":
+            ctx.log(f"baseline: {backend} {precision} is built for the KD student only")
+            continue
+        out_dir = ctx.stage_dir / f"baseline.{backend}.{precision}"
+        built = get_engine(backend).build(onnx_path, out_dir, precision, sources={"fp32": onnx_path},
+                                          calibration=calibration)
+        ctx.log(f"baseline {backend} {precision}: {ctx.relative(built.artifact)} in "
+                f"{built.sidecar['build_seconds']:.2f}s")
+        engines.append({"model": "baseline", "backend": backend, "precision": precision,
+                        "dir": ctx.relative(out_dir), "artifact": ctx.relative(built.artifact)})
+    return engines

@@ -58,6 +58,10 @@ class Stage:
     # Under torchrun, a distributed stage runs on every rank (it trains with DDP); others on rank 0 only.
     distributed: ClassVar[bool] = False
 
+    def reads_in(self, pipeline: PipelineConfig) -> tuple[str, ...]:
+        """The upstream stages whose keys are part of this stage's key in `pipeline` (default: `reads`)."""
+        return self.reads
+
     def key_material(self, pipeline: PipelineConfig) -> dict[str, Any]:
         """Everything outside the stage's own section that changes its result."""
         return {}

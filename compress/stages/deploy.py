@@ -20,18 +20,19 @@ import numpy as np
 import yaml
 from pydantic import Field
 
-from compress.config import DataConfig, PipelineConfig, Strict
+from compress.config import ADDED_LATER, DataConfig, PipelineConfig, Strict
 from compress.core.console import Console
 from compress.core.errors import CompressError, ConfigError, UsageError
 from compress.data import load_dataset
 from compress.reporting import rewrite_report
 from compress.stages.contract import Stage, StageContext
 from deploy.bundle import RUNTIMES, ValSample, choose, read_run
-from deploy.fleet import deploy_command
+from deploy.fleet import KEEP, deploy_command
 from deploy.release import check_slugs
 from deploy.runner import harness
 from deploy.runner.sessions import OnnxRuntimeSession
 from deploy.targets import DeviceError, SshOptions, parse_target
+from deploy.targets.ssh import unsafe_path
 
 MAX_SAMPLE_BYTES = 8 << 20
 
@@ -49,6 +50,8 @@ class DeployConfig(Strict):
     bwlimit: int | None = Field(None, ge=1, description="upload limit in KB/s")
     val_samples: int = Field(256, ge=1, description="labelled val samples shipped for the device's top-1")
     require_gates: bool = Field(True, description="deploy only when every gate passed")
+    keep: int = Field(KEEP, ge=1, json_schema_extra=ADDED_LATER, description="releases kept on each device and bundles in stages/deploy/bundles; "
+                                               "older ones go after a switch, never the current one nor the previous")
 
     def resolve_paths(self, base: Path) -> None:
         """Key files are relative to pipeline.yaml, like every other path in it."""
@@ -64,6 +67,8 @@ class DeployConfig(Strict):
             value = getattr(self, name)
             if value is not None and not value.is_file():
                 return name, f"file not found: {value}"
+            if value is not None and name != "ssh_config" and unsafe_path(str(value)):
+                return name, f"{value}: {unsafe_path(str(value))}"
         for option in self.ssh_options:
             if "=" not in option or option.startswith("-"):
                 return "ssh_options", f"'{option}': write it as Key=Value"
@@ -151,7 +156,7 @@ class DeployStage(Stage):
                 raise ConfigError(ctx.pipeline.source_file, f"stages.deploy.{field}",
                                   str(error).split(": ", 1)[-1]) from None
         failed = deploy_command(ctx.run_dir, targets, StageConsole(ctx.log), make_val_sample, refresh_report,
-                                cfg.runtime, cfg.artifact, cfg.val_samples, cfg.bwlimit)
+                                cfg.runtime, cfg.artifact, cfg.val_samples, cfg.bwlimit, cfg.keep)
         if failed:
             raise DeviceError(f"deploy failed on {len(failed)} of {len(targets)} target(s): {', '.join(failed)}; "
                               "the others are deployed and in the report")

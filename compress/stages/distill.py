@@ -64,9 +64,14 @@ def train_student(ctx: StageContext, cfg: TrainConfig, x: np.ndarray, y: np.ndar
     path = ctx.stage_dir / "student.pt"
     if is_main_process():
         save_checkpoint(path, student, spec)
-    ctx.log(f"student val top-1 {val_top1:.4f} (best epoch {result.best_epoch})")
+    # The epoch was chosen on val; a held-out test split (data.test_fraction / test_path) says what it is worth.
+    split, x_scored, y_scored = data.scored_split()
+    test_top1 = accuracy(student, x_scored, y_scored) if split == "test" else None
+    ctx.log(f"student val top-1 {val_top1:.4f} (best epoch {result.best_epoch})"
+            + (f", test top-1 {test_top1:.4f}" if test_top1 is not None else ""))
     return {"checkpoint": ctx.relative(path), "val_top1": val_top1, "best_epoch": result.best_epoch,
-            "metrics": ctx.relative(ctx.stage_dir / "metrics.jsonl")}
+            "metrics": ctx.relative(ctx.stage_dir / "metrics.jsonl"),
+            **({"test_top1": test_top1} if test_top1 is not None else {})}
 
 
 class DistillStage(Stage):

@@ -1,12 +1,17 @@
-"""export: ONNX (opset, dynamic batch), onnx.checker, simplify, parity against PyTorch."""
+"""export: ONNX (opset, dynamic batch), onnx.checker, simplify, parity against PyTorch.
+
+The KD student always; the student trained alone too when `recommend_from` lists baseline, so that
+build and benchmark make and measure its engines and the report can recommend it when it is the
+more accurate of the two.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
-from compress.config import Strict
+from compress.config import ADDED_LATER, PipelineConfig, Strict
 from compress.distill.train import predict_logits
 from compress.core.errors import StageFailed
 from compress.exporting.torch_to_onnx import export_onnx, onnx_logits, parity, simplify_onnx
@@ -23,12 +28,46 @@ class ExportConfig(Strict):
     parity_samples: int = Field(256, ge=1)
     atol: float = Field(1e-3, gt=0, description="max abs error of logits allowed against PyTorch")
     min_top1_agreement: float = Field(0.99, ge=0, le=1)
+    recommend_from: list[Literal["distill", "baseline"]] = Field(
+        json_schema_extra=ADDED_LATER,
+        default_factory=lambda: ["distill"], description="students that go on to build and benchmark, so the report "
+        "can recommend any of them: distill (the KD student), baseline (the student trained alone)")
+
+    def check(self, pipeline: PipelineConfig) -> tuple[str, str] | None:
+        if "distill" not in self.recommend_from:
+            return "recommend_from", "must list distill: the KD student is always exported (add baseline beside it)"
+        if len(set(self.recommend_from)) != len(self.recommend_from):
+            return "recommend_from", "lists a student twice"
+        if "baseline" in self.recommend_from and "baseline" not in pipeline.stages:
+            return "recommend_from", ("lists baseline, but the pipeline trains no student alone: add `baseline: {}` "
+                                      "to stages")
+        return None
+
+
+def export_baseline(ctx: StageContext, cfg: ExportConfig, x) -> dict[str, Any]:
+    """The student trained alone as baseline.onnx, with the same parity check as the KD student's."""
+    model, _ = load_model(ctx.path(ctx.outputs["baseline"]["checkpoint"]))
+    path = ctx.stage_dir / "baseline.onnx"
+    export_onnx(model, ctx.data.input_shape, path, cfg.opset, cfg.dynamic_batch)
+    if cfg.simplify:
+        simplify_onnx(path)
+    report = parity(predict_logits(model, x).numpy(), onnx_logits(path, x))
+    report["passed"] = report["max_abs_error"] <= cfg.atol and report["top1_agreement"] >= cfg.min_top1_agreement
+    ctx.log(f"baseline.onnx (the student alone): max abs error {report['max_abs_error']:.2e}, top-1 agreement "
+            f"{report['top1_agreement']:.4f}")
+    return {"path": path, "parity": report}
 
 
 class ExportStage(Stage):
     name = "export"
     Config = ExportConfig
-    reads = ("distill", "quantize")
+    reads = ("baseline", "distill", "quantize")
+
+    def reads_in(self, pipeline) -> tuple[str, ...]:
+        """The baseline's checkpoint is exported only when `recommend_from` names it."""
+        if "baseline" in pipeline.stage(self.name).recommend_from:
+            return self.reads
+        return tuple(r for r in self.reads if r != "baseline")
 
     def key_material(self, pipeline) -> dict[str, Any]:
         return tensorrt_key_material(pipeline)
@@ -55,6 +94,11 @@ class ExportStage(Stage):
                     f"{report['qdq']['top1_agreement']:.4f} with the fake-quantized model")
             report["passed"] = report["passed"] and report["qdq"]["passed"]
             outputs["onnx_qdq"] = ctx.relative(qdq_path)
+        if "baseline" in cfg.recommend_from:
+            baseline = export_baseline(ctx, cfg, x)
+            report["baseline"] = baseline["parity"]
+            report["passed"] = report["passed"] and baseline["parity"]["passed"]
+            outputs["baseline_onnx"] = ctx.relative(baseline["path"])
         write_json(ctx.stage_dir / "parity.json", report)
         ctx.log(f"student.onnx opset {cfg.opset}{' simplified' if simplified else ''}: max abs error "
                 f"{report['max_abs_error']:.2e}, top-1 agreement {report['top1_agreement']:.4f}")

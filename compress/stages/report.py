@@ -28,6 +28,12 @@ class ReportStage(Stage):
                     else f"recommended: {headline['recommended']}")
             if headline["within_noise"]:
                 ctx.log("within noise of it: " + ", ".join(w["artifact"] for w in headline["within_noise"]))
+        elif report["unrecommended"]:
+            ctx.log(f"nothing recommended: {report['unrecommended']}")
+        kd = report["kd_gain"]
+        if kd and kd["outcome"] == "lost":
+            ctx.log(f"KD lost to the student alone ({kd['kd_gain_pts']:+.2f} pts top-1 on {kd['split']}); "
+                    "see report.md, 'What distillation bought'")
         return {"report": ctx.relative(ctx.stage_dir / "report.md"),
                 "html": ctx.relative(ctx.stage_dir / "report.html"),
                 "json": ctx.relative(ctx.stage_dir / "report.json"),

@@ -1,21 +1,158 @@
-"""teacher: load the user's checkpoint, or train the teacher when `teacher.train` is given."""
+"""teacher: load the user's checkpoint, or train the teacher when `teacher.train` is given.
+
+A checkpoint must fit the config: the architecture `teacher.model` names, the data's classes,
+channels and input size. That is checked twice, by `check_models` when the pipeline is loaded
+(`compress validate`, before a run touches anything) as far as the data can be known without
+reading it, and against the real data when the stage starts, before anything is trained or saved.
+"""
 
 from __future__ import annotations
 
+import zipfile
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-from compress.config import PipelineConfig
+from compress.config import DataConfig, PipelineConfig
+from compress.core.errors import ConfigError
 from compress.distill.train import accuracy, fit
 from compress.core.fileio import sha256_file
-from compress.models import ModelSpec, build_model, load_model, save_checkpoint
+from compress.models import (CheckpointError, ModelSpec, build_model, kwargs_problem, load_state_dict,
+                             save_checkpoint, weights_problem)
 from compress.stages.contract import Stage, StageContext
 
 
 def model_spec(role_cfg, data) -> ModelSpec:
     channels, height, _ = data.input_shape
     return ModelSpec(role_cfg.model, channels, data.num_classes, height, dict(role_cfg.kwargs))
+
+
+@dataclass
+class Geometry:
+    """What the data will look like; None where it cannot be told without reading the data."""
+
+    in_channels: int | None = None
+    input_size: int | None = None
+    num_classes: int | None = None
+
+    @property
+    def known(self) -> bool:
+        return None not in (self.in_channels, self.input_size, self.num_classes)
+
+
+def declared_geometry(data: DataConfig) -> Geometry:
+    """The data's geometry from the config and file headers alone (cheap enough for every validate)."""
+    if data.source == "digits":
+        return Geometry(1, 8, 10)
+    if data.source == "imagefolder":
+        return Geometry(1 if data.grayscale else 3, data.image_size, None)
+    if data.source == "npz" and data.path is not None:
+        return _npz_geometry(data.path)
+    return Geometry()
+
+
+def _npz_geometry(path) -> Geometry:
+    """x's shape from its .npy header, the classes from y (small) or class_names; as compress.data reads them."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("x.npy") as fh:
+            version = np.lib.format.read_magic(fh)
+            npy = np.lib.format
+            shape = (npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0)(fh)[0]
+        arrays = np.load(path, allow_pickle=False)
+        classes = len(arrays["class_names"]) if "class_names" in arrays.files else int(arrays["y"].max()) + 1
+    except Exception:  # the data stage names what is wrong with the file
+        return Geometry()
+    if len(shape) == 3:
+        return Geometry(1, shape[1], classes)
+    if len(shape) != 4:
+        return Geometry()
+    channels_last = shape[-1] in (1, 3) and shape[1] not in (1, 3)
+    return Geometry(shape[-1], shape[1], classes) if channels_last else Geometry(shape[1], shape[2], classes)
+
+
+def check_models(pipeline: PipelineConfig) -> None:
+    """What the run would refuse about the models, found before it starts: kwargs, channels, checkpoint."""
+    file = pipeline.source_file
+    geometry = declared_geometry(pipeline.data)
+    for role in ("teacher", "student"):
+        cfg = getattr(pipeline, role)
+        problem = kwargs_problem(cfg.model, cfg.kwargs)
+        if problem:
+            raise ConfigError(file, f"{role}.kwargs.{problem[0]}", problem[1])
+        _check_channels(pipeline, role, geometry)
+    if pipeline.teacher.checkpoint is not None:
+        state, stored = _read_checkpoint(pipeline)
+        spec = _config_spec(pipeline, geometry, stored)
+        if spec is not None:
+            _check_fit(pipeline, spec, state, stored, geometry)
+
+
+def _check_channels(pipeline: PipelineConfig, role: str, geometry: Geometry) -> None:
+    model = getattr(pipeline, role).model
+    if not model.startswith("torchvision:") or geometry.in_channels in (None, 3):
+        return
+    file, data = pipeline.source_file, pipeline.data
+    if data.source == "imagefolder" and data.grayscale:
+        raise ConfigError(file, "data.grayscale", f"is true, but {role}.model {model} takes 3-channel images: set "
+                          "grayscale: false (gray images are then read as RGB), or use a built-in model or a "
+                          "module:factory that takes in_channels")
+    raise ConfigError(file, f"{role}.model", f"{model} takes 3-channel images, the data ({data.source}) has "
+                      f"{geometry.in_channels}: use a built-in model (any channels) or a module:factory that "
+                      "takes in_channels")
+
+
+def _read_checkpoint(pipeline: PipelineConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    path = pipeline.teacher.checkpoint
+    try:
+        return load_state_dict(path)
+    except CheckpointError as error:
+        raise ConfigError(pipeline.source_file, "teacher.checkpoint", f"{path.name}: {error.reason}") from None
+
+
+def _config_spec(pipeline: PipelineConfig, geometry: Geometry, stored: dict | None) -> ModelSpec | None:
+    """The teacher the config describes, at the data's geometry where known, else the checkpoint's; None when
+    neither tells it (a bare state_dict for data whose geometry shows only when it is read)."""
+    stored = stored or {}
+    values = [getattr(geometry, k) if getattr(geometry, k) is not None else stored.get(k)
+              for k in ("in_channels", "num_classes", "input_size")]
+    if None in values:
+        return None
+    teacher = pipeline.teacher
+    return ModelSpec(teacher.model, *values, dict(teacher.kwargs))
+
+
+def spec_differences(stored: dict[str, Any] | None, spec: ModelSpec, geometry: Geometry) -> list[str]:
+    """What a checkpoint's stored spec says against the config and the data (only what is known)."""
+    if not stored:
+        return []
+    found = []
+    if stored.get("name") != spec.name:
+        found.append(f"it holds a '{stored.get('name')}', teacher.model is '{spec.name}'")
+    for key, what in (("num_classes", "classes"), ("in_channels", "input channels"), ("input_size", "px inputs")):
+        have, want = stored.get(key), getattr(geometry, key)
+        if want is not None and have is not None and have != want:
+            found.append(f"it is for {have} {what}, the data has {want}" if key != "input_size"
+                         else f"it takes {have}x{have} inputs, the data is {want}x{want}")
+    return found
+
+
+def _check_fit(pipeline: PipelineConfig, spec: ModelSpec, state: dict, stored: dict | None,
+               geometry: Geometry) -> None:
+    """Refuse a checkpoint whose spec or weights do not fit the config (on torch's meta device: no memory)."""
+    path, file = pipeline.teacher.checkpoint, pipeline.source_file
+    differences = spec_differences(stored, spec, geometry)
+    if not differences:
+        with torch.device("meta"):
+            model = build_model(spec)
+        problem = weights_problem(model, state)
+        if problem:
+            kwargs = f" with kwargs {spec.kwargs}" if spec.kwargs else ""
+            differences = [f"its weights do not fit {spec.name}{kwargs}: {problem}"]
+    if differences:
+        raise ConfigError(file, "teacher.checkpoint",
+                          f"{path.name} does not match the config: {'; '.join(differences)}")
 
 
 class TeacherStage(Stage):
@@ -35,7 +172,7 @@ class TeacherStage(Stage):
         spec = model_spec(cfg, data)
         if cfg.checkpoint is not None:
             ctx.log(f"loading {cfg.checkpoint}")
-            model, _ = load_model(cfg.checkpoint, spec)
+            model = self.load_checkpoint(ctx.pipeline, spec)
             best_epoch = None
         else:
             torch.manual_seed(ctx.pipeline.seed)
@@ -49,3 +186,18 @@ class TeacherStage(Stage):
         save_checkpoint(path, model, spec)
         ctx.log(f"teacher val top-1 {val_top1:.4f}")
         return {"checkpoint": ctx.relative(path), "val_top1": val_top1, "best_epoch": best_epoch}
+
+    @staticmethod
+    def load_checkpoint(pipeline: PipelineConfig, spec: ModelSpec):
+        """teacher.checkpoint as the model the config names, refused (exit 2) where it does not fit the data."""
+        model = build_model(spec)
+        model.load_state_dict(checked_checkpoint(pipeline, spec))
+        return model.eval()
+
+
+def checked_checkpoint(pipeline: PipelineConfig, spec: ModelSpec) -> dict[str, Any]:
+    """The state_dict of teacher.checkpoint once it is known to fit `spec` (the config's model at the data's
+    real geometry); a ConfigError naming teacher.checkpoint and what differs otherwise."""
+    state, stored = _read_checkpoint(pipeline)
+    _check_fit(pipeline, spec, state, stored, Geometry(spec.in_channels, spec.input_size, spec.num_classes))
+    return state

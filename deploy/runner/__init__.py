@@ -1,16 +1,18 @@
-"""The device side: `runner.py` and the files it loads from a release, copied into every bundle.
+"""The device side: the two device programs and the modules they load from a release, in every bundle.
 
 Torch-free and Python 3.8-compatible, importing nothing of the toolchain: the host's engines and
 benchmark use `sessions` and `harness` from here too, so host and device run and time a model
-with the same code. runner.py is also piped to `python3 -` for the release steps.
+with the same code. The host pipes `releases.py` to `python3 -` for the release steps (verify,
+lock, activate, rollback, status) and `runner.py` for probe, smoke, bench and build-engine.
 """
 
 from pathlib import Path
 
 RUNNER_DIR = Path(__file__).parent
 RUNNER_PATH = RUNNER_DIR / "runner.py"
-# Every file a bundle carries beside its model, in the order runner.py needs them.
-RUNNER_FILES = ("runner.py", "sessions.py", "harness.py", "preprocess.py", "inference.py", "device_bench.py")
+# Every file a bundle carries beside its model: the device programs, then the modules runner.py loads.
+RUNNER_FILES = ("runner.py", "releases.py", "sessions.py", "harness.py", "preprocess.py", "inference.py",
+                "device_bench.py")
 
 
 def runner_source() -> bytes:

@@ -212,7 +212,12 @@ def proc_status_kb(field: str) -> int | None:
 
 
 def reset_peak_rss() -> bool:
-    """Reset the kernel's high-water mark of resident memory (Linux), so the next peak is per artifact."""
+    """Reset the kernel's high-water mark of resident memory (Linux).
+
+    Only for a process that exists to measure one thing (compress/measuring/footprint.py's child):
+    the reset also erases the process's earlier peak for every outside observer (`/usr/bin/time -v`,
+    a job scheduler's accounting), so the benchmark and the device runner never call it.
+    """
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
@@ -221,7 +226,7 @@ def reset_peak_rss() -> bool:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process since start or the last reset, in MB."""
+    """Peak resident memory of this process so far (since start, or a reset), in MB."""
     kb = proc_status_kb("VmHWM")
     if kb is None:
         import resource
@@ -267,8 +272,9 @@ def measure_rounds(openers: Sequence[Callable[[], Any]], input_shape: tuple[int,
     machine's slow drift (which the runs of one round cannot show, see `repeat_spread`), and every
     artifact meets the same drift, which keeps their ratios fair. `on_first_load(i, session)` runs
     once per artifact, right after its first load (accuracy, say). Returns, per artifact, one row
-    per batch size: statistics over all rounds' runs, each round's p50, the repeat spread and the
-    peak resident memory.
+    per batch size: statistics over all rounds' runs, each round's p50, the repeat spread and
+    `peak_rss_mb`, the process's peak resident memory once that batch size was timed. The peak is
+    never reset here: what one artifact needs alone is the fresh-process footprint's to measure.
     """
     timed = [[[] for _ in batch_sizes] for _ in openers]
     warmups = [[0] * len(batch_sizes) for _ in openers]
@@ -276,7 +282,6 @@ def measure_rounds(openers: Sequence[Callable[[], Any]], input_shape: tuple[int,
     for r in range(rounds):
         round_settings = replace(settings, seed=settings.seed + 1000 * r)
         for i, open_ in enumerate(openers):
-            reset_peak_rss()
             with open_() as session:
                 if r == 0 and on_first_load is not None:
                     on_first_load(i, session)

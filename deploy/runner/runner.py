@@ -2,18 +2,19 @@
 """On-device runner shipped in every bundle: Python 3.8+, numpy and whichever runtime the device has.
 
 No torch, no import of the toolchain: this file is copied to the device and also piped to
-`python3 -` over SSH for every step, so it alone holds the protocol, the probe, the checksums
-and the release switching. What runs a release's model travels in the bundle beside it and is
-loaded from the release folder (`release_module`): sessions.py (the one session per backend that
-the host uses too), harness.py (the host's latency harness), preprocess.py, inference.py and
-device_bench.py. Every command prints one JSON document on the last line of stdout
-(`{"error": ...}` and exit 1 on failure); progress goes to stderr.
+`python3 -` over SSH for the probe and the steps that run a release's model, so it alone holds
+the protocol and the probe. The steps on the device folder (checksums, the deploy lock, switching
+`current`, history, pruning) are releases.py's, piped alone in the same way. What runs a release's
+model travels in the bundle beside it and is loaded from the release folder (`release_module`):
+sessions.py (the one session per backend that the host uses too), harness.py (the host's latency
+harness), preprocess.py, inference.py and device_bench.py. Every command prints one JSON document
+on the last line of stdout (`{"error": ...}` and exit 1 on failure); progress goes to stderr.
 
   python3 runner.py infer  RELEASE_DIR INPUT.npy [--output OUT.npy] [--preprocessed]
   python3 runner.py bench  RELEASE_DIR [--batch-sizes 1,8] [--runs 30]
-  python3 runner.py verify RELEASE_DIR          (sha256 of every file against manifest.json)
+  python3 runner.py verify RELEASE_DIR          (sha256 of every file against manifest.json: releases.py's)
   python3 runner.py probe  [--sysroot DIR]      (host, arch, runtimes, Jetson L4T/TensorRT/power mode)
-  python3 runner.py status ROOT | rollback ROOT | activate ROOT INCOMING VERSION
+  python3 releases.py status ROOT | rollback ROOT   (and the deploy's own steps: see releases.py)
 """
 
 from __future__ import annotations
@@ -29,17 +30,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 MANIFEST = "manifest.json"
-RELEASES = "releases"
-CURRENT = "current"
-INCOMING_PREFIX = ".incoming-"
-# Files a release gains on the device after verification (never uploaded, never in the manifest).
-DEVICE_FILES = ("model.engine", "build.log", "device.json")
 TRT_DEFAULT_DIRS = ("/usr/src/tensorrt/bin",)
-STALE_INCOMING_SECONDS = 600
 # JetPack release of each L4T release (NVIDIA's Jetson archive); the longest matching prefix wins.
 JETPACK_OF_L4T = {"36.4.4": "6.2.1", "36.4.3": "6.2", "36.4": "6.1", "36.3": "6.0", "36.2": "6.0 DP",
                   "35.6": "5.1.4", "35.5": "5.1.3", "35.4": "5.1.2", "35.3": "5.1.1", "35.2": "5.1",
@@ -87,37 +81,16 @@ def release_module(release: Path, name: str):
     """A module the bundle carries beside runner.py (inference, device_bench, ...), from the release folder.
 
     This process's runner is registered as `runner` first, so the bundled modules share its
-    helpers and its RunnerError whether it was piped to `python3 -` or started as a file.
+    helpers and its RunnerError whether it was piped to `python3 -` or started as a file. No
+    __pycache__ is written: a release holds exactly its manifest's files, so `verify` keeps passing.
     """
     if not (release / f"{name}.py").is_file():
         raise RunnerError(f"{release / (name + '.py')}: not found (this release predates it; deploy it again)")
+    sys.dont_write_bytecode = True
     sys.modules.setdefault("runner", sys.modules[__name__])
     if str(release) not in sys.path:
         sys.path.insert(0, str(release))
     return importlib.import_module(name)
-
-
-# ---------------------------------------------------------------- verify
-
-
-def verify(release: Path, manifest_sha256: str | None = None) -> dict:
-    """Every manifest file present with its sha256; nothing unexpected beside them."""
-    manifest = read_manifest(release)
-    if manifest_sha256 and sha256_file(release / MANIFEST) != manifest_sha256:
-        raise RunnerError(f"checksum mismatch: {MANIFEST}")
-    expected = manifest["files"]
-    for name, digest in sorted(expected.items()):
-        path = release / name
-        if not path.is_file():
-            raise RunnerError(f"checksum: {name} is missing")
-        actual = sha256_file(path)
-        if actual != digest:
-            raise RunnerError(f"checksum mismatch: {name} (sha256 {actual[:12]}, manifest {digest[:12]})")
-    present = {str(p.relative_to(release)) for p in release.rglob("*") if p.is_file()}
-    extra = sorted(present - set(expected) - {MANIFEST} - set(DEVICE_FILES))
-    if extra:
-        raise RunnerError(f"checksum: unexpected file {extra[0]}")
-    return {"verified": len(expected)}
 
 
 # ---------------------------------------------------------------- probe
@@ -239,89 +212,6 @@ def probe(sysroot: str | None, tools: str | None) -> dict:
     }
 
 
-# ---------------------------------------------------------------- releases
-
-
-def releases_of(root: Path) -> list[str]:
-    folder = root / RELEASES
-    if not folder.is_dir():
-        return []
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def current_of(root: Path) -> str | None:
-    link = root / CURRENT
-    if not link.is_symlink():
-        return None
-    return Path(os.readlink(link)).name
-
-
-def switch(root: Path, version: str) -> None:
-    """Point `current` at releases/<version> with one rename: readers see the old or the new, never neither."""
-    if not (root / RELEASES / version / MANIFEST).is_file():
-        raise RunnerError(f"release {version} not found under {root / RELEASES}")
-    tmp = root / f".{CURRENT}.{os.getpid()}.tmp"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(os.path.join(RELEASES, version), tmp)
-    os.replace(tmp, root / CURRENT)
-
-
-def prepare(root: Path) -> dict:
-    """Create the layout and drop uploads abandoned long ago (an interrupted deploy leaves one)."""
-    (root / RELEASES).mkdir(parents=True, exist_ok=True)
-    removed = []
-    for path in (root / RELEASES).glob(INCOMING_PREFIX + "*"):
-        if time.time() - path.stat().st_mtime > STALE_INCOMING_SECONDS:
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path.name)
-    return {"root": str(root), "removed_stale": removed}
-
-
-def activate(root: Path, incoming: str, version: str) -> dict:
-    source = root / RELEASES / incoming
-    if not incoming.startswith(INCOMING_PREFIX) or not source.is_dir():
-        raise RunnerError(f"{source}: no such upload")
-    target = root / RELEASES / version
-    if target.exists():
-        raise RunnerError(f"release {version} already exists")
-    previous = current_of(root)
-    os.rename(source, target)
-    switch(root, version)
-    return {"current": version, "previous": previous}
-
-
-def discard(root: Path, incoming: str) -> dict:
-    path = root / RELEASES / incoming
-    if incoming.startswith(INCOMING_PREFIX) and path.is_dir():
-        shutil.rmtree(path)
-    return {"discarded": incoming}
-
-
-def rollback(root: Path) -> dict:
-    current = current_of(root)
-    older = [v for v in releases_of(root) if current is None or v < current]
-    if not older:
-        raise RunnerError(f"no release older than {current or 'none'} under {root / RELEASES}")
-    switch(root, older[-1])
-    return {"current": older[-1], "previous": current}
-
-
-def status(root: Path) -> dict:
-    current = current_of(root)
-    rows = []
-    for version in releases_of(root):
-        release = root / RELEASES / version
-        try:
-            manifest = read_manifest(release)
-        except (RunnerError, ValueError):
-            manifest = {}
-        rows.append({"version": version, "current": version == current, "artifact": manifest.get("artifact"),
-                     "runtime": manifest.get("runtime"), "created": manifest.get("created")})
-    incoming = sorted(p.name for p in (root / RELEASES).glob(INCOMING_PREFIX + "*")) if (root / RELEASES).is_dir() else []
-    return {"root": str(root), "current": current, "releases": rows, "incomplete_uploads": incoming}
-
-
 # ---------------------------------------------------------------- command line
 
 
@@ -349,15 +239,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--manifest-sha256", help="the sha256 manifest.json must have")
     p = sub.add_parser("probe")
     p.add_argument("--sysroot", help="read /etc/nv_tegra_release etc. under this folder")
-    for name in ("prepare", "status", "rollback"):
-        sub.add_parser(name).add_argument("root")
-    p = sub.add_parser("activate")
-    p.add_argument("root")
-    p.add_argument("incoming")
-    p.add_argument("version")
-    p = sub.add_parser("discard")
-    p.add_argument("root")
-    p.add_argument("incoming")
     return parser.parse_args(argv)
 
 
@@ -365,20 +246,9 @@ def dispatch(args: argparse.Namespace) -> dict:
     command = args.command
     if command == "probe":
         return probe(args.sysroot, args.tools)
-    if command in ("prepare", "status", "rollback", "activate", "discard"):
-        root = Path(args.root).expanduser()
-        if command == "prepare":
-            return prepare(root)
-        if command == "status":
-            return status(root)
-        if command == "rollback":
-            return rollback(root)
-        if command == "activate":
-            return activate(root, args.incoming, args.version)
-        return discard(root, args.incoming)
     release = Path(args.release).expanduser().resolve()
     if command == "verify":
-        return verify(release, args.manifest_sha256)
+        return release_module(release, "releases").verify(release, args.manifest_sha256)
     if command == "infer":
         return release_module(release, "inference").infer(release, Path(args.input),
                                                           Path(args.output) if args.output else None, args.preprocessed)

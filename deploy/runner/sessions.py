@@ -13,8 +13,11 @@ from pathlib import Path
 
 # The OpenVINO CPU plugin computes an fp32 model in bf16 where the CPU has it (AVX512-BF16, AMX):
 # an "fp32" artifact must ask for f32. fp16 asks for f16, which the plugin serves as bf16 on CPUs
-# without fp16 arithmetic. int8 keeps its non-quantized ops in f32, as ONNX Runtime does.
-OPENVINO_PRECISION = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
+# without fp16 arithmetic. int8 keeps its non-quantized ops in f32, as ONNX Runtime does. bf16 is
+# for `compress benchmark --precision bf16`.
+OPENVINO_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
+# OpenVINO's element types in the toolchain's words, for the label of what ran.
+OPENVINO_NAMES = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}
 
 
 class SessionError(RuntimeError):
@@ -25,6 +28,8 @@ class Session:
     """A loaded model; a context manager, so the harness can load one afresh per round."""
 
     providers: list = []
+    # The precision the backend computes in, where it can tell (OpenVINO); None: as the artifact is stored.
+    precision = None
 
     def infer(self, x):
         raise NotImplementedError
@@ -73,7 +78,11 @@ class OpenVinoSession(Session):
         if precision in OPENVINO_PRECISION:
             config["INFERENCE_PRECISION_HINT"] = OPENVINO_PRECISION[precision]
         self.compiled = ov.Core().compile_model(str(path), "CPU", config)
-        self.inference_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # what the plugin chose, asked or not
+        self.inference_precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        # An int8 model stays int8 in its quantized ops whatever the rest runs in.
+        self.precision = "int8" if precision == "int8" else \
+            OPENVINO_NAMES.get(self.inference_precision, self.inference_precision)
         self.request = self.compiled.create_infer_request()
         self.output = self.compiled.output(0)
         self.providers = ["CPU"]
