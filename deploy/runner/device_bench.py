@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 try:  # on the host: the deploy.runner package
-    from . import harness, inference, runner
+    from . import harness, inference, releases, runner
 except ImportError:  # on the device: loaded by runner.py from the release folder
     import harness
     import inference
+    import releases
     import runner
 
 
@@ -160,7 +161,7 @@ def time_trtexec_rounds(release: Path, manifest: dict, batch: int, tools: str | 
 def bench(release: Path, batch_sizes: list[int] | None, runs: int | None, warmup: int | None,
           min_seconds: float | None, tools: str | None, threads: int | None, rounds: int | None = None) -> dict:
     """Accuracy on the val sample, then latency per batch size in rounds of fresh loads, as on the host."""
-    manifest = runner.read_manifest(release)
+    manifest = releases.read_manifest(release)
     settings = manifest.get("bench", {})
     batch_sizes = batch_sizes or settings.get("batch_sizes") or [1]
     runs = runs if runs is not None else settings.get("runs", 30)
@@ -208,7 +209,7 @@ def smoke(release: Path, tools: str | None = None) -> dict:
     """One inference on two samples of the val sample: finite logits of the right shape."""
     import numpy as np
 
-    manifest = runner.read_manifest(release)
+    manifest = releases.read_manifest(release)
     sample = inference.load_sample(release, manifest)
     try:
         session = inference.open_release(release, manifest)
@@ -233,7 +234,7 @@ def smoke(release: Path, tools: str | None = None) -> dict:
 
 def build_engine(release: Path, tools: str | None) -> dict:
     """Run the bundle's build_engine.sh (trtexec): an engine is tied to the GPU and TensorRT that build it."""
-    manifest = runner.read_manifest(release)
+    manifest = releases.read_manifest(release)
     engine = manifest.get("engine")
     if not engine:
         raise runner.RunnerError("this bundle has no build_engine.sh (runtime is not tensorrt)")
@@ -249,7 +250,7 @@ def build_engine(release: Path, tools: str | None) -> dict:
     if code != 0 or not (release / engine["file"]).is_file():
         log_tail = runner.tail((release / "build.log").read_text())
         raise runner.RunnerError(f"trtexec engine build failed (exit {code}): {log_tail}")
-    return {"seconds": seconds, "engine_sha256": runner.sha256_file(release / engine["file"]),
+    return {"seconds": seconds, "engine_sha256": releases.sha256_file(release / engine["file"]),
             "engine_mb": round((release / engine["file"]).stat().st_size / 1e6, 4)}
 
 

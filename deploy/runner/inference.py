@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 try:  # on the host: the deploy.runner package
-    from . import harness, runner, sessions
+    from . import harness, releases, runner, sessions
     from .preprocess import preprocess
 except ImportError:  # on the device: loaded by runner.py from the release folder
     import harness
+    import releases
     import runner
     import sessions
     from preprocess import preprocess
@@ -62,7 +63,7 @@ def infer(release: Path, input_path: Path, output: Path | None, preprocessed: bo
     """Classify the inputs of a .npy file; raw inputs go through the recorded preprocessing first."""
     import numpy as np
 
-    manifest = runner.read_manifest(release)
+    manifest = releases.read_manifest(release)
     x = np.load(input_path, allow_pickle=False)
     x = x.astype(np.float32) if preprocessed else preprocess(x, manifest)
     with open_release(release, manifest) as session:

@@ -20,7 +20,6 @@ on the last line of stdout (`{"error": ...}` and exit 1 on failure); progress go
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import json
 import os
@@ -32,7 +31,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-MANIFEST = "manifest.json"
 TRT_DEFAULT_DIRS = ("/usr/src/tensorrt/bin",)
 # JetPack release of each L4T release (NVIDIA's Jetson archive); the longest matching prefix wins.
 JETPACK_OF_L4T = {"36.4.4": "6.2.1", "36.4.3": "6.2", "36.4": "6.1", "36.3": "6.0", "36.2": "6.0 DP",
@@ -46,21 +44,6 @@ class RunnerError(Exception):
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_manifest(release: Path) -> dict:
-    path = release / MANIFEST
-    if not path.is_file():
-        raise RunnerError(f"{path}: no manifest")
-    return json.loads(path.read_text())
 
 
 def tool_path(extra: str | None) -> str:
