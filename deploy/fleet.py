@@ -74,6 +74,11 @@ def deploy_command(run_dir: Path, targets: list[Target], console: Console, make_
     if val_samples < 1:
         raise UsageError(f"--val-samples {val_samples}: must be >= 1")
     choices = {t.spec: choose(run_dir, record, runtime, artifact, t.default_runtime) for t in targets}
+    report = record["stages"].get("report", {}).get("outputs", {})
+    if artifact is None and "recommended" in report and report["recommended"] is None:
+        chosen = ", ".join(sorted({c.name for c in choices.values()}))
+        console(f"note: the run's report recommends no artifact (none is within its accuracy budget); deploying "
+                f"{chosen}, the first built for the runtime: name the one you want with --artifact")
 
     probes = in_parallel(targets, lambda t: probe(t, choices[t.spec].runtime))
     refuse_usage_errors(probes)  # bad input: exit 2 before any device is changed

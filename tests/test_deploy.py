@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from compress.cli import main
-from compress.core.fileio import read_json
+from compress.core.fileio import read_json, write_json
 from deploy.engines import get_engine
 from compress.stages.deploy import make_val_sample
 from deploy.bundle import choose, make_bundle, read_run
@@ -653,3 +653,16 @@ def test_host_and_device_run_one_session_per_backend():
     definitions = [line for text in sources for line in text.splitlines()
                    if line.startswith(("OPENVINO_PRECISION =", "INFERENCE_PRECISION ="))]
     assert len(definitions) == 1 and definitions[0].startswith("OPENVINO_PRECISION = {")
+
+
+def test_a_run_whose_report_recommends_nothing_says_what_is_deployed_instead(run_dir, tmp_path, capsys):
+    run = Path(shutil.copytree(run_dir, tmp_path / "run", symlinks=True))
+    record = read_json(run / "run.json")
+    for recommended, noted in ((None, True), ("student.onnxruntime.fp32", False)):
+        record["stages"]["report"]["outputs"]["recommended"] = recommended
+        write_json(run / "run.json", record)
+        assert deploy(run, "--target", f"local:{tmp_path / str(noted)}") == 0
+        out = capsys.readouterr().out
+        assert ("note: the run's report recommends no artifact (none is within its accuracy budget); deploying "
+                "student.onnxruntime.fp32, the first built for the runtime" in out) is noted
+
