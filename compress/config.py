@@ -66,10 +66,12 @@ class DataConfig(Strict):
     source: str = Field("digits", description="digits | npz | imagefolder | package.module:function")
     path: Path | None = None
     val_fraction: float = Field(0.2, gt=0, lt=1)
-    test_fraction: float | None = Field(None, gt=0, lt=1, json_schema_extra=ADDED_LATER, description="hold out this part of the data as a test "
-                                        "split: epochs are chosen on val, the report's top-1 is on test")
-    test_path: Path | None = Field(None, json_schema_extra=ADDED_LATER, description="a separate labelled test set of the same source kind "
-                                                     "(npz file, or imagefolder folder such as images/test)")
+    test_fraction: float | None = Field(None, gt=0, lt=1, json_schema_extra=ADDED_LATER,
+                                        description="hold out this part of the data as a test split: epochs "
+                                                    "are chosen on val, the report's top-1 is on test")
+    test_path: Path | None = Field(None, json_schema_extra=ADDED_LATER,
+                                   description="a separate labelled test set of the same source kind "
+                                               "(npz file, or imagefolder folder such as images/test)")
     normalize: bool = True
     image_size: int | None = Field(None, ge=1, description="imagefolder: resize to this square size")
     grayscale: bool = False
@@ -131,8 +133,13 @@ class TrainConfig(Strict):
 
 
 class ModelConfig(Strict):
-    model: str
+    model: str = Field(description="built-in name, timm:NAME, hf:FOLDER, torchvision:NAME or module:factory")
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    def resolve_paths(self, base: Path) -> None:
+        """`hf:FOLDER` relative to the YAML file, like every other path in it."""
+        if self.model.startswith("hf:"):
+            self.model = f"hf:{(base / self.model.split(':', 1)[1]).resolve()}"
 
 
 class TeacherConfig(ModelConfig):
@@ -141,8 +148,9 @@ class TeacherConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _source_of_weights(self) -> "TeacherConfig":
-        if self.checkpoint is None and self.train is None:
-            raise ValueError("the teacher needs a checkpoint or a train section")
+        if self.checkpoint is None and self.train is None and not self.model.startswith("hf:"):
+            raise ValueError("the teacher needs a checkpoint or a train section (or an hf: folder, which has "
+                             "its weights)")
         return self
 
 
@@ -294,6 +302,8 @@ def _validate_stages(file: str, raw: dict[str, Any], stages: Mapping[str, Any]) 
 
 def _resolve_paths(cfg: PipelineConfig, base: Path) -> None:
     """Relative paths in the YAML are relative to the YAML file, then must exist."""
+    cfg.teacher.resolve_paths(base)
+    cfg.student.resolve_paths(base)
     if cfg.data.path is not None:
         cfg.data.path = (base / cfg.data.path).resolve()
     if cfg.data.test_path is not None:

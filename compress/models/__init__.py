@@ -1,4 +1,4 @@
-"""Model sources: the built-in zoo, `torchvision:NAME` and `package.module:factory`.
+"""Model sources: the built-in zoo, `timm:NAME`, `hf:PATH`, `torchvision:NAME` and `package.module:factory`.
 
 A model is described by a spec (source name, kwargs, input geometry) that is stored next to its
 weights, so a checkpoint can be rebuilt anywhere with `weights_only=True` loading.
@@ -41,6 +41,12 @@ def zoo_names() -> list[str]:
 
 def check_model_name(name: str) -> str | None:
     """None when `name` can be built here, else a one-line reason."""
+    from compress.models import external as sources
+
+    if name.startswith("timm:"):
+        return sources.check_timm(name.split(":", 1)[1])
+    if name.startswith("hf:"):
+        return sources.check_hf(name.split(":", 1)[1])
     if name.startswith("torchvision:"):
         try:
             import torchvision.models as tvm
@@ -60,7 +66,8 @@ def check_model_name(name: str) -> str | None:
             return f"module '{module_name}' has no callable '{attr}'"
         return None
     if name not in zoo_names():
-        return f"unknown model '{name}'; built-in: {', '.join(zoo_names())}, or torchvision:NAME, or module:factory"
+        return (f"unknown model '{name}'; built-in: {', '.join(zoo_names())}, or timm:NAME, hf:FOLDER, "
+                "torchvision:NAME, or module:factory")
     return None
 
 
@@ -103,6 +110,12 @@ def build_model(spec: ModelSpec):
 
 
 def _build(spec: ModelSpec, geometry: dict[str, Any]):
+    from compress.models import external as sources
+
+    if spec.name.startswith("timm:"):
+        return sources.build_timm(spec.name.split(":", 1)[1], spec.in_channels, spec.num_classes, spec.kwargs)
+    if spec.name.startswith("hf:"):
+        return sources.build_hf(spec.name.split(":", 1)[1], spec.in_channels, spec.num_classes, spec.kwargs)
     if spec.name.startswith("torchvision:"):
         import torchvision.models as tvm
 
@@ -120,7 +133,13 @@ def _build(spec: ModelSpec, geometry: dict[str, Any]):
 
 
 def _factory(name: str):
-    """The callable `name` builds with (zoo entry, torchvision builder, user factory)."""
+    """The callable `name` builds with (zoo entry, torchvision builder, timm entrypoint, user factory)."""
+    if name.startswith("timm:"):
+        import timm
+
+        return timm.model_entrypoint(name.split(":", 1)[1])
+    if name.startswith("hf:"):
+        raise ValueError("a Hugging Face config takes its own keys")  # kwargs_problem: cannot be told
     if name.startswith("torchvision:"):
         import torchvision.models as tvm
 
@@ -152,6 +171,8 @@ def accepted_kwargs(name: str) -> tuple[list[str], bool]:
     """
     factory = _factory(name)
     names, open_ended = _keyword_params(factory)
+    if name.startswith("timm:"):
+        names = [n for n in names if n != "pretrained"]
     if name.startswith("torchvision:"):
         import typing
 
@@ -232,9 +253,16 @@ class CheckpointError(UsageError):
 
 
 def load_state_dict(path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Returns (state_dict, spec dict or None). Accepts our checkpoints and bare state_dicts."""
+    """Returns (state_dict, spec dict or None). Accepts our checkpoints, bare state_dicts and .safetensors."""
     import torch
 
+    if Path(path).suffix == ".safetensors":
+        from compress.models.external import read_safetensors
+
+        try:
+            return read_safetensors(Path(path)), None
+        except ValueError as error:
+            raise CheckpointError(path, str(error)) from None
     try:
         with warnings.catch_warnings():  # torch's note on a pickle protocol it may not read: the reason below says more
             warnings.simplefilter("ignore", UserWarning)

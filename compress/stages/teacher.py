@@ -21,6 +21,7 @@ from compress.distill.train import accuracy, fit
 from compress.core.fileio import sha256_file
 from compress.models import (CheckpointError, ModelSpec, build_model, kwargs_problem, load_state_dict,
                              save_checkpoint, weights_problem)
+from compress.models.external import adapt_keys, head_keys, hf_state, hf_weights
 from compress.stages.contract import Stage, StageContext
 
 
@@ -82,7 +83,7 @@ def check_models(pipeline: PipelineConfig) -> None:
         if problem:
             raise ConfigError(file, f"{role}.kwargs.{problem[0]}", problem[1])
         _check_channels(pipeline, role, geometry)
-    if pipeline.teacher.checkpoint is not None:
+    if weights_path(pipeline) is not None:
         state, stored = _read_checkpoint(pipeline)
         spec = _config_spec(pipeline, geometry, stored)
         if spec is not None:
@@ -103,12 +104,25 @@ def _check_channels(pipeline: PipelineConfig, role: str, geometry: Geometry) -> 
                       "takes in_channels")
 
 
+def weights_path(pipeline: PipelineConfig):
+    """Where the teacher's weights come from: teacher.checkpoint, else the hf: folder's own weights, else None."""
+    return pipeline.teacher.checkpoint or hf_weights(pipeline.teacher.model)
+
+
+def weights_field(pipeline: PipelineConfig) -> str:
+    return "teacher.checkpoint" if pipeline.teacher.checkpoint is not None else "teacher.model"
+
+
 def _read_checkpoint(pipeline: PipelineConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    path = pipeline.teacher.checkpoint
+    path = weights_path(pipeline)
     try:
+        if pipeline.teacher.checkpoint is None:  # an hf: folder's own weights
+            return hf_state(str(path.parent)), None
         return load_state_dict(path)
     except CheckpointError as error:
-        raise ConfigError(pipeline.source_file, "teacher.checkpoint", f"{path.name}: {error.reason}") from None
+        raise ConfigError(pipeline.source_file, weights_field(pipeline), f"{path.name}: {error.reason}") from None
+    except ValueError as error:
+        raise ConfigError(pipeline.source_file, weights_field(pipeline), f"{path}: {error}") from None
 
 
 def _config_spec(pipeline: PipelineConfig, geometry: Geometry, stored: dict | None) -> ModelSpec | None:
@@ -139,20 +153,27 @@ def spec_differences(stored: dict[str, Any] | None, spec: ModelSpec, geometry: G
 
 
 def _check_fit(pipeline: PipelineConfig, spec: ModelSpec, state: dict, stored: dict | None,
-               geometry: Geometry) -> None:
-    """Refuse a checkpoint whose spec or weights do not fit the config (on torch's meta device: no memory)."""
-    path, file = pipeline.teacher.checkpoint, pipeline.source_file
-    differences = spec_differences(stored, spec, geometry)
+               geometry: Geometry) -> tuple[dict, list[str]]:
+    """Refuse a checkpoint whose spec or weights do not fit the config (on torch's meta device: no memory).
+
+    Returns the state_dict under the model's key names and the keys of a classifier head that is for another
+    class count: a bare state_dict (timm, Hugging Face, torchvision weights) gets a fresh head; one of our
+    checkpoints, made for some data, is refused instead (spec_differences)."""
+    path, file = weights_path(pipeline), pipeline.source_file
+    differences, head = spec_differences(stored, spec, geometry), []
     if not differences:
         with torch.device("meta"):
             model = build_model(spec)
-        problem = weights_problem(model, state)
+        state = adapt_keys(model, state)
+        head = head_keys(model, state) if stored is None and geometry.num_classes is not None else []
+        problem = weights_problem(model, {**state, **{key: model.state_dict()[key] for key in head}})
         if problem:
             kwargs = f" with kwargs {spec.kwargs}" if spec.kwargs else ""
             differences = [f"its weights do not fit {spec.name}{kwargs}: {problem}"]
     if differences:
-        raise ConfigError(file, "teacher.checkpoint",
+        raise ConfigError(file, weights_field(pipeline),
                           f"{path.name} does not match the config: {'; '.join(differences)}")
+    return state, head
 
 
 class TeacherStage(Stage):
@@ -162,7 +183,7 @@ class TeacherStage(Stage):
         teacher = pipeline.teacher
         return {
             "teacher": teacher.model_dump(mode="json", exclude={"checkpoint"}),
-            "checkpoint_sha256": sha256_file(teacher.checkpoint) if teacher.checkpoint else None,
+            "checkpoint_sha256": sha256_file(weights_path(pipeline)) if weights_path(pipeline) else None,
             "data": pipeline.data.model_dump(mode="json"),
             "seed": pipeline.seed,
         }
@@ -170,13 +191,13 @@ class TeacherStage(Stage):
     def run(self, ctx: StageContext) -> dict[str, Any]:
         cfg, data = ctx.pipeline.teacher, ctx.data
         spec = model_spec(cfg, data)
-        if cfg.checkpoint is not None:
-            ctx.log(f"loading {cfg.checkpoint}")
-            model = self.load_checkpoint(ctx.pipeline, spec)
-            best_epoch = None
-        else:
-            torch.manual_seed(ctx.pipeline.seed)
-            model = build_model(spec)
+        torch.manual_seed(ctx.pipeline.seed)
+        model, best_epoch, head = None, None, []
+        if weights_path(ctx.pipeline) is not None:
+            ctx.log(f"loading {weights_path(ctx.pipeline)}")
+            model, head = self.load_checkpoint(ctx.pipeline, spec, ctx.log)
+        if model is None or (head and cfg.train is not None):
+            model = build_model(spec) if model is None else model
             ctx.log(f"training {cfg.model} for {cfg.train.epochs} epochs")
             result = fit(model, data.x_train, data.y_train, data.x_val, data.y_val, cfg.train,
                          ctx.stage_dir, ctx.pipeline.seed, log=ctx.log)
@@ -188,16 +209,23 @@ class TeacherStage(Stage):
         return {"checkpoint": ctx.relative(path), "val_top1": val_top1, "best_epoch": best_epoch}
 
     @staticmethod
-    def load_checkpoint(pipeline: PipelineConfig, spec: ModelSpec):
-        """teacher.checkpoint as the model the config names, refused (exit 2) where it does not fit the data."""
+    def load_checkpoint(pipeline: PipelineConfig, spec: ModelSpec, log=print):
+        """The teacher's weights as the model the config names, refused (exit 2) where they do not fit the data;
+        a head for another class count is replaced (fresh weights), which the log says. (model, head keys)"""
         model = build_model(spec)
-        model.load_state_dict(checked_checkpoint(pipeline, spec))
-        return model.eval()
+        state, head = checked_checkpoint(pipeline, spec)
+        if head:
+            own = model.state_dict()
+            log(f"{weights_field(pipeline)}: {weights_path(pipeline).name} has a {state[head[0]].shape[0]}-class "
+                f"head, the data has {spec.num_classes} classes: {', '.join(head)} replaced (fresh weights"
+                f"{', trained by teacher.train' if pipeline.teacher.train else '; set teacher.train to train it'})")
+            state = {**state, **{key: own[key] for key in head}}
+        model.load_state_dict(state)
+        return model.eval(), head
 
 
-def checked_checkpoint(pipeline: PipelineConfig, spec: ModelSpec) -> dict[str, Any]:
-    """The state_dict of teacher.checkpoint once it is known to fit `spec` (the config's model at the data's
-    real geometry); a ConfigError naming teacher.checkpoint and what differs otherwise."""
+def checked_checkpoint(pipeline: PipelineConfig, spec: ModelSpec) -> tuple[dict[str, Any], list[str]]:
+    """The state_dict of the teacher's weights once it is known to fit `spec` (the config's model at the data's
+    real geometry) and the keys of a head to replace; a ConfigError naming the field and what differs otherwise."""
     state, stored = _read_checkpoint(pipeline)
-    _check_fit(pipeline, spec, state, stored, Geometry(spec.in_channels, spec.input_size, spec.num_classes))
-    return state
+    return _check_fit(pipeline, spec, state, stored, Geometry(spec.in_channels, spec.input_size, spec.num_classes))
