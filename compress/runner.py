@@ -14,6 +14,7 @@ resumed by a run of the same key.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -30,12 +31,16 @@ from compress import __version__, distributed
 from compress.config import PipelineConfig, dump_config, parse_config, read_yaml
 from compress.core.errors import CompressError, ConfigError, StageFailed, UsageError
 from compress.core.fileio import DirLock, ensure_writable_dir, read_json, sha256_json, write_json, write_text
+from compress.data.fingerprint import fingerprint
 from compress.models import build_model, check_model_name
 from compress.stages import STAGES, StageContext
 from compress.stages.teacher import check_models, model_spec
 
 # Stages that read only other stages' files: the data need not load before them.
 READS_NO_DATA = frozenset({"report", "deploy"})
+# Stages whose result the data files cannot change but through the stages they read (the deploy stage
+# ships a val sample of the data, so its key sees the files).
+READS_NO_FILES = frozenset({"report"})
 # Fewer validation samples than this in a class make its share of top-1 noise: the run says so.
 MIN_SAMPLES_PER_CLASS = 5
 
@@ -120,7 +125,14 @@ class Runner:
             "upstream": {up: keys[up] for up in stage.reads_in(self.pipeline) if up in keys},
             "version": __version__,
         }
+        if name not in READS_NO_FILES and self.data_fingerprint is not None:  # files added or replaced rerun it
+            material["data_files"] = self.data_fingerprint["sha256"]
         return sha256_json(material)[:16]
+
+    @functools.cached_property
+    def data_fingerprint(self) -> dict[str, Any] | None:
+        """The data files' fingerprint (names, sizes, mtimes), taken once per run; None without files."""
+        return fingerprint(self.pipeline.data)
 
     def run(self) -> dict[str, Any]:
         # Under torchrun only rank 0 takes the lock and writes run.json; the other ranks follow it

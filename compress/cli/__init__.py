@@ -41,8 +41,16 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 def cmd_validate(args: argparse.Namespace, console: Console) -> int:
     from compress.runner import load_pipeline
 
+    from compress.data.fingerprint import class_counts, fingerprint
+
     cfg = load_pipeline(args.pipeline)
     console(f"{args.pipeline}: ok (stages: {', '.join(cfg.stages)})")
+    files = fingerprint(cfg.data)
+    console(f"data: {cfg.data.source}" + (f", {files['files']} files, fingerprint {files['sha256']} (names, sizes "
+                                          "and times: a change reruns what reads the data)" if files else ""))
+    counts = class_counts(cfg.data)
+    if counts:
+        console(f"samples per class ({len(counts)} classes): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
 
 

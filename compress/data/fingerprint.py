@@ -1,0 +1,62 @@
+"""What the data files of a pipeline are, cheaply: a fingerprint for the cache keys, and counts per class.
+
+A stage's cache key sees its config, not the files that config names: without this, images added
+to or replaced in an image folder (or a rewritten npz) left every stage cached on the old data. The
+fingerprint hashes the list of files with their sizes and modification times (no file is read, so
+it stays cheap for hundreds of thousands of images); a source without files (digits, a
+`module:function`) has none, and its keys are what they always were.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.config import DataConfig
+from compress.core.fileio import sha256_json
+from compress.data.sources import IMAGE_SUFFIXES
+
+
+def data_paths(cfg: DataConfig) -> dict[str, Path]:
+    """The files and folders the data section names, by field."""
+    named = {"data.path": cfg.path, "data.test_path": cfg.test_path,
+             "data.transfer.path": cfg.transfer.path if cfg.transfer is not None else None}
+    return {field: Path(path) for field, path in named.items() if path is not None}
+
+
+def _entries(root: Path) -> list[tuple[str, int, int]]:
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    entries = []
+    for file in files:
+        stat = file.stat()
+        entries.append((str(file.relative_to(root)) if file != root else file.name, stat.st_size, stat.st_mtime_ns))
+    return entries
+
+
+def fingerprint(cfg: DataConfig) -> dict[str, Any] | None:
+    """{"sha256": of every file's name, size and mtime, "files": count}; None for a source without files."""
+    listed = {field: _entries(path) for field, path in data_paths(cfg).items() if path.exists()}
+    if not listed:
+        return None
+    return {"sha256": sha256_json(listed)[:16], "files": sum(len(entries) for entries in listed.values())}
+
+
+def class_counts(cfg: DataConfig) -> dict[str, int] | None:
+    """Samples per class of the main source, read without decoding anything; None where that needs the data."""
+    if cfg.source == "imagefolder" and cfg.path is not None and cfg.path.is_dir():
+        return {d.name: sum(1 for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+                for d in sorted(cfg.path.iterdir()) if d.is_dir()}
+    if cfg.source == "npz" and cfg.path is not None and cfg.path.is_file():
+        with np.load(cfg.path, allow_pickle=False) as arrays:
+            if "y" not in arrays.files:
+                return None
+            labels, counts = np.unique(arrays["y"], return_counts=True)
+        return {str(int(label)): int(count) for label, count in zip(labels, counts)}
+    if cfg.source == "digits":
+        from sklearn.datasets import load_digits
+
+        labels, counts = np.unique(load_digits().target, return_counts=True)
+        return {str(int(label)): int(count) for label, count in zip(labels, counts)}
+    return None
