@@ -92,6 +92,15 @@ class Sshd:
     def options(self) -> SshOptions:
         return SshOptions(str(self.known_hosts), str(self.folder / "user_key"), [], str(self.ssh_config))
 
+    def wrong_known_hosts(self, folder: Path) -> tuple[Path, Path]:
+        """(a known_hosts without this server, one that holds another key for it): first contact, and an alarm."""
+        empty = folder / "empty_known_hosts"
+        empty.write_text("")
+        changed = folder / "changed_known_hosts"
+        other_key = " ".join((self.folder / "other_host_key.pub").read_text().split()[:2])
+        changed.write_text(f"[127.0.0.1]:{self.port} {other_key}\n")
+        return empty, changed
+
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -324,11 +333,7 @@ def test_an_interrupted_upload_leaves_current_intact(sshd, run_dir, deployed, tm
 
 def test_an_unknown_or_changed_host_key_is_refused(sshd, run_dir, tmp_path, capsys):
     device = tmp_path / "device"
-    empty = tmp_path / "empty_known_hosts"
-    empty.write_text("")
-    changed = tmp_path / "changed_known_hosts"
-    other_key = " ".join((sshd.folder / "other_host_key.pub").read_text().split()[:2])
-    changed.write_text(f"[127.0.0.1]:{sshd.port} {other_key}\n")
+    empty, changed = sshd.wrong_known_hosts(tmp_path)
     for known_hosts in (empty, changed):
         capsys.readouterr()
         assert deploy(run_dir, "--target", sshd.target("ssh", device), *sshd.client_args(known_hosts)) == 2

@@ -251,11 +251,7 @@ def test_a_device_python_that_does_not_exist_is_one_line_and_exit_2(sshd, run_di
 
 def test_an_unknown_host_key_and_a_changed_one_are_told_apart(sshd, run_dir, tmp_path, capsys):
     device = tmp_path / "device"
-    unknown = tmp_path / "empty_known_hosts"
-    unknown.write_text("")
-    changed = tmp_path / "changed_known_hosts"
-    other_key = " ".join((sshd.folder / "other_host_key.pub").read_text().split()[:2])
-    changed.write_text(f"[127.0.0.1]:{sshd.port} {other_key}\n")
+    unknown, changed = sshd.wrong_known_hosts(tmp_path)
 
     assert deploy(run_dir, "--target", sshd.target("ssh", device), *sshd.client_args(unknown)) == 2
     err = capsys.readouterr().err
