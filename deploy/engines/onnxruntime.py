@@ -2,7 +2,8 @@
 
 int8 comes from the quantize stage's Q/DQ ONNX when there is one (the QAT/PTQ result is what ships);
 otherwise the fp32 ONNX is quantized here with ORT's static quantization: QDQ format, per-channel
-int8 weights, uint8 activations calibrated (min-max) on the `calibration` samples.
+int8 weights, uint8 activations calibrated (min-max) on the `calibration` samples. Either way the
+weights are stored as int8 initializers (deploy.engines.qdq_fold), not fp32 behind a QuantizeLinear.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ class OnnxRuntimeEngine(Engine):
             shutil.copyfile(onnx_path, artifact)
             if precision == "int8":
                 extra["quantization"] = {"method": "Q/DQ ONNX from the quantize stage"}
+        if precision == "int8":
+            from deploy.engines.qdq_fold import fold_file
+
+            extra["weights_int8"] = fold_file(artifact, artifact)
         return artifact, extra
 
     def load(self, artifact: Path, threads: int | None = None) -> Session:
