@@ -59,7 +59,24 @@ def parse_pipeline(raw: Any, file: str = "pipeline.yaml", base: Path | None = No
     (names, kwargs, channels, the teacher checkpoint: see compress.stages.teacher.check_models)."""
     cfg = parse_config(raw, file, base, stages=STAGES, check_model=check_model_name)
     check_models(cfg)
+    _resolve_model_statistics(cfg)
     return cfg
+
+
+def _resolve_model_statistics(cfg: PipelineConfig) -> None:
+    """`data.mean: model` becomes the teacher's (else the student's) numbers, so the run and bundles record them."""
+    if cfg.data.mean != "model":
+        return
+    from compress.models.external import model_statistics
+
+    for role in ("teacher", "student"):
+        found = model_statistics(getattr(cfg, role).model)
+        if found is not None:
+            cfg.data.mean, cfg.data.std = found
+            return
+    raise ConfigError(cfg.source_file, "data.mean", f"is 'model', but neither {cfg.teacher.model} nor "
+                      f"{cfg.student.model} says its mean/std (timm:, torchvision:, hf: with a "
+                      "preprocessor_config.json do): give the numbers")
 
 
 def load_pipeline(path: str | Path) -> PipelineConfig:
@@ -100,8 +117,22 @@ class Runner:
 
             self._dataset = load_dataset(self.pipeline.data, self.pipeline.seed)
             if distributed.rank() == 0:
+                self._describe_data(self._dataset)
                 self._warn_of_thin_classes(self._dataset)
         return self._dataset
+
+    def _describe_data(self, data) -> None:
+        """How the data is read (arrays, or images decoded per batch) and what was skipped."""
+        if data.image_spec is not None:
+            spec = data.image_spec
+            steps = (f"resize {spec['resize']}" if spec["resize"] is not None else "own size") + \
+                (f", centre crop {spec['crop']}" if spec["crop"] is not None else "")
+            self.log(f"[data] {len(data.train)} train, {len(data.val)} val images decoded per batch "
+                     f"({spec['mode']}, {steps}; {self.pipeline.data.workers if self.pipeline.data.workers is not None else 'default'} "
+                     f"loader workers)")
+        if data.skipped:
+            self.log(f"[data] skipped {len(data.skipped)} unreadable image(s) (data.skip_bad_images): "
+                     f"{', '.join(data.skipped[:3])}{', ...' if len(data.skipped) > 3 else ''}")
 
     def _warn_of_thin_classes(self, data) -> None:
         """A class with a handful of held-out samples scores 0 or 1 by chance: say so once, at load."""

@@ -11,6 +11,7 @@ import torch
 from compress.cli import main
 from compress.config import DataConfig, TrainConfig, TransferConfig
 from compress.data import load_dataset
+from compress.data.splits import ArraySplit
 from compress.distill.objective import LossSpec, Objective
 from compress.distill.train import NO_LABEL, Batch, augment, fit, lr_factor
 from compress.core.errors import ConfigError
@@ -41,11 +42,12 @@ def test_cached_teacher_outputs_equal_a_fresh_teacher_run_and_the_log_says_which
     x = digits.x_train[:100]
     logs = []
     student, teacher = cnn([8, 16]), cnn([32, 64], seed=1)
-    cached = Objective(SPECS, student, teacher, x, TrainConfig(), 4.0, log=logs.append)
+    split = ArraySplit(x, digits.y_train[:100])
+    cached = Objective(SPECS, student, teacher, split, TrainConfig(), 4.0, log=logs.append)
     assert "computed once and reused" in logs[-1]
-    fresh = Objective(SPECS, student, teacher, x, TrainConfig(), 4.0, use_cache=False, log=logs.append)
+    fresh = Objective(SPECS, student, teacher, split, TrainConfig(), 4.0, use_cache=False, log=logs.append)
     assert "runs on every batch" in logs[-1]
-    Objective(SPECS, cnn([8, 16]), teacher, x, TrainConfig(crop_padding=1), 4.0, log=logs.append)
+    Objective(SPECS, cnn([8, 16]), teacher, split, TrainConfig(crop_padding=1), 4.0, log=logs.append)
     assert "random augmentation" in logs[-1]
     fresh.terms[2][2].load_state_dict(cached.terms[2][2].state_dict())  # same connector weights
 
@@ -69,7 +71,8 @@ def test_cached_teacher_outputs_equal_a_fresh_teacher_run_and_the_log_says_which
 ])
 def test_a_bad_feature_path_or_shape_is_a_config_error_listing_modules(digits, spec, field, words):
     with pytest.raises(ConfigError) as error:
-        Objective([spec], cnn([8, 16]), cnn([32, 64]), digits.x_train[:4], TrainConfig(), 4.0, log=lambda _: None)
+        Objective([spec], cnn([8, 16]), cnn([32, 64]), digits.train.subset(range(4)), TrainConfig(), 4.0,
+                  log=lambda _: None)
     assert error.value.path == f"stages.distill.{field}" and words in error.value.message
     if "no module" in words:
         assert "modules: layers, layers.0, layers.1" in error.value.message
@@ -131,7 +134,7 @@ def test_fit_with_transfer_inputs_bf16_autocast_clipping_and_smoothing(digits, t
     y = np.concatenate([digits.y_train, np.full(200, NO_LABEL)])
     cfg = TrainConfig(epochs=2, batch_size=64, lr=0.01, amp=True, grad_clip=1.0, label_smoothing=0.1,
                       warmup_epochs=0.5, crop_padding=1)
-    result = fit(cnn([8, 16]), x, y, digits.x_val, digits.y_val, cfg, tmp_path, 0, log=lambda _: None)
+    result = fit(cnn([8, 16]), ArraySplit(x, y), digits.val, cfg, tmp_path, 0, log=lambda _: None)
     assert result.best_accuracy > 0.25  # chance is 0.1; two short epochs under heavy regularisation
     if importlib.util.find_spec("tensorboard") is not None:  # events only when tensorboard is installed
         assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tensorboard").iterdir())

@@ -34,7 +34,7 @@ def digits_onnx(tmp_path_factory):
     data = load_dataset(DataConfig(source="digits"), seed=0)
     torch.manual_seed(0)
     model = build_model(ModelSpec("cnn", 1, 10, 8, {"channels": [8, 16]}))
-    fit(model, data.x_train, data.y_train, data.x_val, data.y_val, TrainConfig(epochs=8, lr=0.01), work / "fit", 0,
+    fit(model, data.train, data.val, TrainConfig(epochs=8, lr=0.01), work / "fit", 0,
         log=lambda _: None)
     fp32, qdq = work / "student.onnx", work / "student.qdq.onnx"
     export_onnx(model, data.input_shape, fp32)

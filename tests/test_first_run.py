@@ -21,6 +21,7 @@ import torch
 from compress.cli import build_parser, library_messages, main, run_log_path
 from compress.config import parse_config
 from compress.core.errors import UsageError
+from compress.data.splits import ArraySplit
 from compress.models import ModelSpec, build_model, save_checkpoint
 from compress.stages import STAGES
 from compress.stages.teacher import check_models
@@ -280,11 +281,11 @@ def test_global_options_work_after_the_subcommand(tiny_config, write_pipeline, c
 
 
 def test_unknown_field_lists_what_the_section_takes(tiny_config, write_pipeline, capsys):
-    tiny_config["data"]["val_path"] = "val"
+    tiny_config["data"]["valid_path"] = "val"  # data.val_path is the field
     code, err = validate(tiny_config, write_pipeline, capsys)
     assert code == 2 and len(err) == 1
-    assert "data.val_path: unknown field val_path; data takes: source, path, " in err[0]
-    tiny_config["data"].pop("val_path")
+    assert "data.valid_path: unknown field valid_path; data takes: source, path, val_path, " in err[0]
+    tiny_config["data"].pop("valid_path")
     tiny_config["stages"]["distill"]["temprature"] = 3
     code, err = validate(tiny_config, write_pipeline, capsys)
     assert "stages.distill.temprature: unknown field temprature; distill takes: " in err[0] and "temperature" in err[0]
@@ -303,7 +304,7 @@ def test_progress_lines_inside_an_epoch_off_a_terminal(monkeypatch):
     import tempfile
 
     with tempfile.TemporaryDirectory() as work:
-        train.fit(build_model(ModelSpec("mlp", 1, 2, 4)), x, y, x[:8], y[:8],
+        train.fit(build_model(ModelSpec("mlp", 1, 2, 4)), ArraySplit(x, y), ArraySplit(x[:8], y[:8]),
                   TrainConfig(epochs=1, batch_size=8), Path(work), seed=0, log=lines.append)
     progress = [line for line in lines if "batches" in line]
     assert progress and progress[0].startswith("epoch 1/1: 1/5 batches (20%)"), lines

@@ -28,7 +28,7 @@ def train(digits, work_dir, loss_fn=None, epochs=3):
     cfg = TrainConfig(epochs=epochs, batch_size=64, lr=0.01)
     model = new_model()
     kwargs = {"loss_fn": loss_fn} if loss_fn else {}
-    result = fit(model, digits.x_train, digits.y_train, digits.x_val, digits.y_val, cfg, work_dir, 0,
+    result = fit(model, digits.train, digits.val, cfg, work_dir, 0,
                  log=lambda _: None, **kwargs)
     return model, result
 
@@ -61,7 +61,7 @@ def test_crash_mid_training_resumes_to_the_same_weights(digits, tmp_path):
 
     logs = []
     resumed = new_model()
-    result = fit(resumed, digits.x_train, digits.y_train, digits.x_val, digits.y_val,
+    result = fit(resumed, digits.train, digits.val,
                  TrainConfig(epochs=3, batch_size=64, lr=0.01), tmp_path / "crashed", 0, log=logs.append)
     assert result.resumed_from == 2 and "resuming from epoch 2/3" in logs[0]
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()]

@@ -7,8 +7,10 @@ name: digits
 seed: 0
 
 data:
-  source: digits          # digits (bundled with scikit-learn) | npz | imagefolder | package.module:function
-  # path: data/train.npz  # npz (arrays x, y) or an imagefolder root (one sub-folder per class)
+  source: digits          # digits (bundled with scikit-learn) | npz | imagefolder | manifest | hf | webdataset
+  # path: data/train.npz  #   | package.module:function; npz (arrays x, y), a folder per class, a CSV/JSONL, ...
+  # val_path: images/val  # a separate val set of the same kind (else val_fraction of path)
+  # image_size: 224       # image files: resize (eval_resize: 256 resizes the shorter side, then crops)
   val_fraction: 0.2       # seeded, stratified split
   normalize: true         # per-channel mean/std from the train split
 

@@ -13,91 +13,11 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_serializer,
-                      model_validator)
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from compress.config.base import ADDED_LATER, Strict  # noqa: F401  (stage configs import them from here)
+from compress.config.data import AugmentConfig, DataConfig, TransferConfig  # noqa: F401
 from compress.core.errors import ConfigError
-
-
-# Marks an option added after run dirs were made with this schema: while it is at its default it is
-# left out of the dumped config, and so of every stage's cache key, so an upgrade reruns nothing.
-ADDED_LATER = {"omit_when_default": True}
-
-
-class Strict(BaseModel):
-    """Unknown keys are errors: a typo must not silently fall back to a default."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    @model_serializer(mode="wrap")
-    def _leave_out_later_options_at_default(self, handler):
-        data = handler(self)
-        if isinstance(data, dict):
-            for name, field in type(self).model_fields.items():
-                extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-                if extra.get("omit_when_default") and name in data \
-                        and getattr(self, name) == field.get_default(call_default_factory=True):
-                    del data[name]
-        return data
-
-
-class TransferConfig(Strict):
-    """Inputs the student learns from through the teacher alone (no labels needed)."""
-
-    source: str | None = Field(None, description="extra unlabelled inputs: npz | imagefolder | package.module:function")
-    path: Path | None = None
-    image_size: int | None = Field(None, ge=1)
-    grayscale: bool = False
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    labeled_fraction: float | None = Field(None, gt=0, le=1, description="keep labels on this part of train only")
-
-    @model_validator(mode="after")
-    def _something_to_transfer(self) -> "TransferConfig":
-        if self.source is None and self.labeled_fraction is None:
-            raise ValueError("give a source of unlabelled inputs, or labeled_fraction, or both")
-        if self.source in ("npz", "imagefolder") and self.path is None:
-            raise ValueError(f"transfer source '{self.source}' needs data.transfer.path")
-        if self.source not in (None, "digits", "npz", "imagefolder") and ":" not in self.source:
-            raise ValueError(f"unknown transfer source '{self.source}': use digits, npz, imagefolder or package.module:function")
-        return self
-
-
-class DataConfig(Strict):
-    source: str = Field("digits", description="digits | npz | imagefolder | package.module:function")
-    path: Path | None = None
-    val_fraction: float = Field(0.2, gt=0, lt=1)
-    test_fraction: float | None = Field(None, gt=0, lt=1, json_schema_extra=ADDED_LATER,
-                                        description="hold out this part of the data as a test split: epochs "
-                                                    "are chosen on val, the report's top-1 is on test")
-    test_path: Path | None = Field(None, json_schema_extra=ADDED_LATER,
-                                   description="a separate labelled test set of the same source kind "
-                                               "(npz file, or imagefolder folder such as images/test)")
-    normalize: bool = True
-    image_size: int | None = Field(None, ge=1, description="imagefolder: resize to this square size")
-    grayscale: bool = False
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    transfer: TransferConfig | None = Field(None, description="unlabelled inputs for KD (see compress.data.transfer)")
-
-    @model_validator(mode="after")
-    def _path_needed(self) -> "DataConfig":
-        if self.source in ("npz", "imagefolder") and self.path is None:
-            raise ValueError(f"source '{self.source}' needs data.path")
-        if self.source not in ("digits", "npz", "imagefolder") and ":" not in self.source:
-            raise ValueError(
-                f"unknown data source '{self.source}': use digits, npz, imagefolder or package.module:function"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _one_test_split(self) -> "DataConfig":
-        if self.test_fraction is not None and self.test_path is not None:
-            raise ValueError("give test_fraction (a part of data.path) or test_path (a separate test set), not both")
-        if self.test_path is not None and self.source not in ("npz", "imagefolder"):
-            raise ValueError(f"test_path needs an npz or imagefolder source; for '{self.source}' use test_fraction")
-        if self.test_fraction is not None and self.test_fraction + self.val_fraction >= 0.9:
-            raise ValueError(f"test_fraction {self.test_fraction:g} + val_fraction {self.val_fraction:g} leave under "
-                             "10% of the data to train on")
-        return self
 
 
 # Beyond any training budget of this tool: more epochs than this is a typo (an extra zero or two), not a plan.
@@ -154,6 +74,11 @@ class TeacherConfig(ModelConfig):
         return self
 
 
+class StudentConfig(ModelConfig):
+    checkpoint: Path | None = Field(None, json_schema_extra=ADDED_LATER,
+                                    description="start from these weights (.pt state_dict or .safetensors)")
+
+
 class GatesConfig(Strict):
     max_accuracy_drop: float | None = Field(None, ge=0, description="top-1 points (0.02 = 2 points)")
     min_speedup: float | None = Field(None, gt=0)
@@ -204,7 +129,7 @@ class PipelineConfig(Strict):
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig
-    student: ModelConfig
+    student: StudentConfig
     stages: dict[str, Any] = Field(default_factory=dict)
     gates: GatesConfig = Field(default_factory=GatesConfig)
     # The YAML file it came from, so a stage that finds a bad field at run time can name it.
@@ -304,26 +229,30 @@ def _resolve_paths(cfg: PipelineConfig, base: Path) -> None:
     """Relative paths in the YAML are relative to the YAML file, then must exist."""
     cfg.teacher.resolve_paths(base)
     cfg.student.resolve_paths(base)
-    if cfg.data.path is not None:
-        cfg.data.path = (base / cfg.data.path).resolve()
-    if cfg.data.test_path is not None:
-        cfg.data.test_path = (base / cfg.data.test_path).resolve()
-    if cfg.teacher.checkpoint is not None:
-        cfg.teacher.checkpoint = (base / cfg.teacher.checkpoint).resolve()
-    if cfg.data.transfer is not None and cfg.data.transfer.path is not None:
-        cfg.data.transfer.path = (base / cfg.data.transfer.path).resolve()
+    for owner, name in _path_fields(cfg):
+        if getattr(owner, name) is not None:
+            setattr(owner, name, (base / getattr(owner, name)).resolve())
+
+
+def _path_fields(cfg: PipelineConfig) -> list[tuple[Any, str]]:
+    """(model, field) of every file or folder the config names."""
+    fields = [(cfg.data, "path"), (cfg.data, "val_path"), (cfg.data, "test_path"), (cfg.teacher, "checkpoint"),
+              (cfg.student, "checkpoint")]
+    return fields + ([(cfg.data.transfer, "path")] if cfg.data.transfer is not None else [])
 
 
 def _check_files(file: str, cfg: PipelineConfig) -> None:
-    if cfg.data.path is not None and not cfg.data.path.exists():
-        raise ConfigError(file, "data.path", f"file not found: {cfg.data.path}")
-    if cfg.data.test_path is not None and not cfg.data.test_path.exists():
-        raise ConfigError(file, "data.test_path", f"file not found: {cfg.data.test_path}")
-    transfer = cfg.data.transfer
-    if transfer is not None and transfer.path is not None and not transfer.path.exists():
-        raise ConfigError(file, "data.transfer.path", f"file not found: {transfer.path}")
-    if cfg.teacher.checkpoint is not None and not cfg.teacher.checkpoint.is_file():
-        raise ConfigError(file, "teacher.checkpoint", f"file not found: {cfg.teacher.checkpoint}")
+    for owner, name in _path_fields(cfg):
+        path = getattr(owner, name)
+        # webdataset shards may be a brace pattern (train-{000..009}.tar): its reader checks every shard
+        if path is not None and not path.exists() and "{" not in path.name:
+            where = "data.transfer" if owner is cfg.data.transfer else \
+                "data" if owner is cfg.data else "teacher" if owner is cfg.teacher else "student"
+            raise ConfigError(file, f"{where}.{name}", f"file not found: {path}")
+    for role in ("teacher", "student"):
+        path = getattr(cfg, role).checkpoint
+        if path is not None and not path.is_file():
+            raise ConfigError(file, f"{role}.checkpoint", f"not a file: {path}")
 
 
 def _check_models(file: str, cfg: PipelineConfig, check_model: Callable[[str], str | None]) -> None:

@@ -1,66 +1,24 @@
-"""Data sources: `digits` (scikit-learn's bundled 8x8 digits), `npz`, `imagefolder`, `module:function`.
+"""Data sources -> train/val(/test, transfer) splits that every stage iterates.
 
-Every source yields float32 images (N, C, H, W) and int64 labels. The split into train/val (and a
-held-out test split: `test_fraction`, or a separate `test_path`) is stratified and seeded;
-normalisation statistics come from the train split only and travel with the run (deploy bundles
-apply the same preprocessing).
+Array sources (`digits`, `npz`, arrays from `module:function`) are normalised with train-split
+statistics and held in memory (an uncompressed npz stays memory-mapped). Image-file sources
+(`imagefolder`, `manifest`, `hf`, `webdataset`, a torch Dataset from `module:function`) are read
+one image at a time (compress.data.streaming). Splits are stratified and seeded; what a device must
+repeat on raw inputs travels with the run (`Dataset.preprocessing()`, shipped in every bundle).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from compress.config import DataConfig
 from compress.core.errors import UsageError
-from compress.data.sources import read_labelled, read_source
+from compress.data.dataset import Dataset, seeded_split
+from compress.data.sources import call_user_function, read_labelled, read_source
+from compress.data.splits import ArraySplit, MappedSplit
 from compress.data.transfer import apply_transfer
-
-
-@dataclass
-class Dataset:
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    class_names: list[str]
-    mean: list[float] = field(default_factory=list)
-    std: list[float] = field(default_factory=list)
-    # Inputs without labels for KD (data.transfer); normalised like x_train. None when not configured.
-    x_transfer: np.ndarray | None = None
-    # A held-out test split (data.test_fraction / data.test_path) that neither trains nor chooses an epoch.
-    x_test: np.ndarray | None = None
-    y_test: np.ndarray | None = None
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.x_train.shape[1:])
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def scored_split(self) -> tuple[str, np.ndarray, np.ndarray]:
-        """The split a report's accuracy is measured on: test when there is one, else val (which chose the epochs)."""
-        if self.x_test is not None and self.y_test is not None:
-            return "test", self.x_test, self.y_test
-        return "val", self.x_val, self.y_val
-
-    def preprocessing(self) -> dict[str, Any]:
-        """What a deployed runner must do to raw inputs: (x - mean) / std per channel."""
-        return {"layout": "NCHW", "dtype": "float32", "mean": self.mean, "std": self.std}
-
-
-
-def seeded_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, ...]:
-    """(x_kept, x_held, y_kept, y_held): `fraction` of the samples held out, stratified when every class can be."""
-    from sklearn.model_selection import train_test_split
-
-    counts = np.bincount(y)
-    stratify = y if counts[counts > 0].min() >= 2 else None
-    return tuple(train_test_split(x, y, test_size=fraction, random_state=seed, stratify=stratify))
 
 
 def held_out_test(cfg: DataConfig, x: np.ndarray, y: np.ndarray, names: list[str],
@@ -68,11 +26,9 @@ def held_out_test(cfg: DataConfig, x: np.ndarray, y: np.ndarray, names: list[str
     """(x, y left for train and val, x_test, y_test, val fraction of what is left): both fractions are of the whole."""
     if cfg.test_path is not None:
         x_test, y_test, test_names = read_source(cfg.model_copy(update={"path": cfg.test_path}))
-        # An imagefolder numbers classes by sorted folder name: a missing or extra folder would shift every label.
         # An npz's labels are its own numbers: a test set may lack the last classes.
         test_names = list(test_names)
-        same = test_names == list(names) or (cfg.source == "npz" and list(names[:len(test_names)]) == test_names)
-        if not same:
+        if not (test_names == list(names) or list(names[:len(test_names)]) == test_names):
             raise UsageError(f"{cfg.test_path}: data.test_path: classes {list(test_names)[:5]} differ from "
                              f"data.path's {list(names)[:5]}")
         if x_test.shape[1:] != x.shape[1:]:
@@ -84,24 +40,78 @@ def held_out_test(cfg: DataConfig, x: np.ndarray, y: np.ndarray, names: list[str
     x, x_test, y, y_test = seeded_split(x, y, cfg.test_fraction, seed)
     return x, y, x_test, y_test, cfg.val_fraction / (1 - cfg.test_fraction)
 
-
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
-    x, y, names = read_labelled(cfg)
+    if cfg.streams:
+        from compress.data.streaming import load_stream
+
+        return load_stream(cfg, seed)
+    if ":" in cfg.source:
+        result = call_user_function(cfg.source, cfg.kwargs)
+        if _is_torch_dataset(result):
+            from compress.data.streaming import load_user_dataset
+
+            return load_user_dataset(cfg, result, seed)
+        return _array_dataset(cfg, *read_labelled(cfg, result), seed)
+    return _array_dataset(cfg, *read_labelled(cfg), seed)
+
+def _is_torch_dataset(result: Any) -> bool:
+    from torch.utils.data import Dataset as TorchDataset
+
+    return isinstance(result, TorchDataset)
+
+def _array_dataset(cfg: DataConfig, x: np.ndarray, y: np.ndarray, names: list[str], seed: int) -> Dataset:
+    if isinstance(x, np.memmap) and cfg.test_path is None:
+        return _mapped_dataset(cfg, x, y, names, seed)
+    x = np.asarray(x, dtype=np.float32)
     x, y, x_test, y_test, val_fraction = held_out_test(cfg, x, y, names, seed)
     x_train, x_val, y_train, y_val = seeded_split(x, y, val_fraction, seed)
-    data = Dataset(x_train, y_train, x_val, y_val, names)
     channels = x.shape[1]
-    if cfg.normalize:
+    if cfg.mean is not None:
+        mean, std = np.asarray(cfg.mean, np.float32), np.asarray(cfg.std, np.float32)
+    elif cfg.normalize:
         mean = x_train.mean(axis=(0, 2, 3))
         std = x_train.std(axis=(0, 2, 3)) + 1e-6
-        data.x_train = ((x_train - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
-        data.x_val = ((x_val - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
-        data.mean, data.std = mean.tolist(), std.tolist()
     else:
-        data.mean, data.std = [0.0] * channels, [1.0] * channels
-    mean_, std_ = np.asarray(data.mean, np.float32), np.asarray(data.std, np.float32)
+        mean, std = np.zeros(channels, np.float32), np.ones(channels, np.float32)
+    _check_channels(cfg, mean, channels)
+
+    def normalise(a: np.ndarray) -> np.ndarray:
+        return ((a - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
+
+    if cfg.normalize or cfg.mean is not None:
+        x_train, x_val = normalise(x_train), normalise(x_val)
+    data = Dataset(ArraySplit(x_train, y_train), ArraySplit(x_val, y_val), names,
+                   [float(v) for v in mean], [float(v) for v in std])
     if x_test is not None:
-        data.x_test = ((x_test - mean_[None, :, None, None]) / std_[None, :, None, None]).astype(np.float32)
-        data.y_test = y_test
-    apply_transfer(data, cfg.transfer, seed, lambda x: (x - mean_[None, :, None, None]) / std_[None, :, None, None])
+        data.test = ArraySplit(normalise(x_test), y_test)
+    apply_transfer(data, cfg.transfer, seed, normalise)
+    return data
+
+def _check_channels(cfg: DataConfig, mean: np.ndarray, channels: int) -> None:
+    if len(mean) != channels:
+        raise UsageError(f"data.mean: {len(mean)} values for inputs of {channels} channels")
+
+def _mapped_dataset(cfg: DataConfig, x: np.memmap, y: np.ndarray, names: list[str], seed: int) -> Dataset:
+    """An npz too big to copy: splits are row indices into the map; statistics from a seeded sample of train."""
+    rows = np.arange(len(y))
+    rows, y, test_rows, y_test, val_fraction = held_out_test(cfg.model_copy(update={"test_path": None}), rows, y,
+                                                             names, seed)
+    train_rows, val_rows, y_train, y_val = seeded_split(rows, y, val_fraction, seed)
+    channels = x.shape[1]
+    if cfg.mean is not None:
+        mean, std = np.asarray(cfg.mean, np.float32), np.asarray(cfg.std, np.float32)
+    elif cfg.normalize:
+        sample = np.sort(np.random.default_rng(seed).permutation(train_rows)[:4096])
+        values = np.asarray(x[sample], dtype=np.float32)
+        mean, std = values.mean(axis=(0, 2, 3)), values.std(axis=(0, 2, 3)) + 1e-6
+    else:
+        mean, std = np.zeros(channels, np.float32), np.ones(channels, np.float32)
+    _check_channels(cfg, mean, channels)
+    data = Dataset(MappedSplit(x, train_rows, y_train, mean, std), MappedSplit(x, val_rows, y_val, mean, std), names,
+                   [float(v) for v in mean], [float(v) for v in std])
+    if test_rows is not None:
+        data.test = MappedSplit(x, test_rows, y_test, mean, std)
+    if cfg.transfer is not None:
+        raise UsageError(f"{cfg.path}: data.transfer: a memory-mapped npz takes no transfer set yet; store x "
+                         "compressed (np.savez_compressed) to read it into memory")
     return data

@@ -1,4 +1,5 @@
-"""Readers of every data source: `digits`, `npz`, `imagefolder`, `module:function` -> (x, y, class names).
+"""Readers of the array sources: `digits`, `npz`, `module:function` (and image folders read whole for a
+transfer set) -> (x, y, class names).
 
 Every source yields float32 images (N, C, H, W) and int64 labels 0..K-1 of at least two classes:
 a bad file or label is refused here, naming it, before any stage has trained on it.
@@ -14,8 +15,7 @@ import numpy as np
 
 from compress.config import DataConfig
 from compress.core.errors import UsageError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+from compress.data.records import IMAGE_SUFFIXES
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -27,21 +27,26 @@ def _digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from compress.data.npz_mmap import npz_arrays
+
     try:
-        arrays = np.load(path, allow_pickle=False)
+        arrays = npz_arrays(path)
     except (OSError, ValueError) as error:
         raise UsageError(f"{path}: cannot read npz: {error}") from None
-    missing = [k for k in ("x", "y") if k not in arrays.files]
+    missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
         raise UsageError(f"{path}: npz needs arrays 'x' and 'y', missing {', '.join(missing)}")
-    x, y = arrays["x"].astype(np.float32), arrays["y"].astype(np.int64)
+    x, y = arrays["x"], np.asarray(arrays["y"]).astype(np.int64)
+    mapped = isinstance(x, np.memmap) and x.dtype == np.float32 and x.ndim == 4 and x.shape[1] in (1, 3)
+    if not mapped:  # a map is kept only where it needs no copy: float32 NCHW
+        x = np.asarray(x).astype(np.float32)
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
         x = x.transpose(0, 3, 1, 2)
     if x.ndim != 4 or len(x) != len(y):
         raise UsageError(f"{path}: x must be (N,H,W), (N,C,H,W) or (N,H,W,C) with N == len(y); got {x.shape}, {y.shape}")
-    names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays.files else None
+    names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else None
     return x, y, names or numbered_classes(y)
 
 
@@ -98,13 +103,17 @@ def check_labels(where: str, y: np.ndarray, names: list[str]) -> None:
         raise UsageError(f"{where}: {only}; a classifier needs at least two classes")
 
 
-def _user_function(source: str, kwargs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def call_user_function(source: str, kwargs: dict[str, Any]) -> Any:
+    """What `package.module:function` returns: arrays (x, y[, names]), a dict of them, or a torch Dataset."""
     module_name, _, attr = source.partition(":")
     try:
         function = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as error:
         raise UsageError(f"data source '{source}': {error}") from None
-    result = function(**kwargs)
+    return function(**kwargs)
+
+
+def _user_arrays(result: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if isinstance(result, dict):
         x, y, names = result["x"], result["y"], result.get("class_names")
     else:
@@ -124,12 +133,12 @@ def read_source(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
         return _npz(cfg.path)
     if cfg.source == "imagefolder":
         return _imagefolder(cfg.path, cfg.image_size, cfg.grayscale)
-    return _user_function(cfg.source, cfg.kwargs)
+    return _user_arrays(call_user_function(cfg.source, cfg.kwargs))
 
 
-def read_labelled(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """The labelled data set: `read_source` with its labels checked, naming the file."""
-    x, y, names = read_source(cfg)
+def read_labelled(cfg: DataConfig, result: Any = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The labelled data set: `read_source` (or a function's `result` already called) with its labels checked."""
+    x, y, names = read_source(cfg) if result is None else _user_arrays(result)
     where = {"npz": f"{cfg.path}: y", "imagefolder": f"{cfg.path}: class folders"}.get(
         cfg.source, f"data source '{cfg.source}': y")
     check_labels(where, y, names)

@@ -13,6 +13,7 @@ import numpy as np
 from compress.config import DataConfig, TransferConfig
 from compress.core.errors import UsageError
 from compress.data.sources import read_source
+from compress.data.splits import NO_LABEL, ArraySplit
 
 
 def split_labels(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
@@ -38,17 +39,20 @@ def read_transfer_inputs(cfg: TransferConfig) -> np.ndarray:
 
 
 def apply_transfer(data, cfg: TransferConfig | None, seed: int, normalize) -> None:
-    """Fill `data.x_transfer` (already normalised like the train split); shrink the labelled train split."""
+    """Fill `data.transfer` (arrays normalised like the train split, labels NO_LABEL); shrink the labelled train split."""
     if cfg is None:
         return
     parts = []
     if cfg.labeled_fraction is not None:
-        data.x_train, data.y_train, unlabeled = split_labels(data.x_train, data.y_train, cfg.labeled_fraction, seed)
+        x_lab, y_lab, unlabeled = split_labels(data.train.x, data.train.labels, cfg.labeled_fraction, seed)
+        data.train = ArraySplit(x_lab, y_lab)
         parts.append(unlabeled)
     if cfg.source is not None:
         extra = read_transfer_inputs(cfg)
-        if extra.shape[1:] != data.x_train.shape[1:]:
+        if extra.shape[1:] != data.train.x.shape[1:]:
             raise UsageError(f"data.transfer: inputs of shape {tuple(extra.shape[1:])} do not match the training "
-                             f"inputs {tuple(data.x_train.shape[1:])}; set data.transfer.image_size/grayscale")
+                             f"inputs {tuple(data.train.x.shape[1:])}; set data.transfer.image_size/grayscale")
         parts.append(normalize(extra))
-    data.x_transfer = np.concatenate(parts).astype(np.float32) if parts else None
+    if parts:
+        x = np.concatenate(parts).astype(np.float32)
+        data.transfer = ArraySplit(x, np.full(len(x), NO_LABEL, dtype=np.int64))

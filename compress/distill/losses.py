@@ -26,6 +26,7 @@ class KDBatch:
     labels: torch.Tensor  # int64, NO_LABEL where the input has none
     student_features: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    soft_labels: torch.Tensor | None = None  # MixUp/CutMix class probabilities; `labels` is their argmax
 
     @property
     def labeled(self) -> torch.Tensor:
@@ -77,6 +78,9 @@ class CrossEntropy(KDLoss):
         self.label_smoothing = label_smoothing
 
     def forward(self, batch: KDBatch) -> torch.Tensor:
+        if batch.soft_labels is not None:
+            return F.cross_entropy(batch.student_logits.float(), batch.soft_labels,
+                                   label_smoothing=self.label_smoothing)
         if not bool(batch.labeled.any()):
             return batch.student_logits.sum() * 0.0
         return F.cross_entropy(batch.student_logits.float(), batch.labels, ignore_index=NO_LABEL,

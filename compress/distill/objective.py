@@ -3,14 +3,18 @@
 `losses: [{name: kd, weight: 0.9, temperature: 4}, {name: ce, weight: 0.1},
 {name: fitnet, weight: 1.0, student: layers.3, teacher: layers.6}]` becomes
 sum(weight * loss). When the training inputs are the same every epoch (no random augmentation)
-the teacher's logits and hooked features are computed once and indexed per batch; otherwise the
-teacher runs on each augmented batch in eval mode under no_grad.
+the teacher's logits and hooked features are computed once and indexed per batch, from memory-mapped
+files in the stage's folder (so a data set of any size fits, and a resumed run reuses them);
+otherwise the teacher runs on each augmented batch in eval mode under no_grad.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
+import shutil
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -21,10 +25,14 @@ from torch import nn
 from compress.config import TrainConfig
 from compress.distill.features import FeatureTaps, missing_path
 from compress.distill.losses import LOSSES, FeatureLoss, KDBatch, KDLoss
-from compress.distill.train import Batch, augments, training_device
 from compress.core.errors import ConfigError
+from compress.core.fileio import atomic_path
+from compress.data.records import BadImage
+from compress.data.splits import Split
+from compress.distill.train import Batch, augments, training_device
 
-CACHE_LIMIT_BYTES = 4 << 30  # above this the teacher runs per batch even when inputs do not change
+CACHE_LIMIT_BYTES = 4 << 30  # in memory (no cache folder): above this the teacher runs per batch
+DISK_SHARE = 0.5  # on disk: the cache may take at most this share of the free space
 
 
 class LossSpec(BaseModel):
@@ -97,12 +105,28 @@ def check_feature_paths(specs: list[LossSpec], pipeline) -> tuple[str, str] | No
     return None
 
 
+def probe_inputs(train: Split, count: int = 2) -> np.ndarray:
+    """The first `count` training inputs; with skip_bad_images the first that decode (an image cut short shows
+    only when decoded, and training leaves it out too)."""
+    if not getattr(getattr(train, "decoding", None), "skip_bad", False):
+        return train.inputs(range(min(count, len(train))))
+    found: list[np.ndarray] = []
+    for index in range(len(train)):
+        if len(found) == count:
+            break
+        try:
+            found.append(train.inputs([index]))
+        except BadImage:
+            continue
+    return np.concatenate(found)
+
+
 class Objective:
     """Callable loss for `fit`: (student_logits, Batch) -> (total, {part: value})."""
 
-    def __init__(self, specs: list[LossSpec], student: nn.Module, teacher: nn.Module, x_train: np.ndarray,
+    def __init__(self, specs: list[LossSpec], student: nn.Module, teacher: nn.Module, train: Split,
                  cfg: TrainConfig, temperature: float, use_cache: bool = True, file: str = "pipeline.yaml",
-                 section: str = "stages.distill", log: Callable[[str], None] = print):
+                 section: str = "stages.distill", log: Callable[[str], None] = print, cache_dir: Path | None = None):
         self.device = training_device()
         self.teacher = teacher.to(self.device).eval()
         for p in self.teacher.parameters():
@@ -120,7 +144,7 @@ class Objective:
                     raise ConfigError(file, f"{section}.losses.{i}.{role}", f"{role}: {problem}")
         self.student_taps = FeatureTaps(student, [loss.student_path for _, loss in feature_terms])
         self.teacher_taps = FeatureTaps(teacher, [loss.teacher_path for _, loss in feature_terms])
-        shapes = self._probe(student, x_train[:2])
+        shapes = self._probe(student, probe_inputs(train))
         for i, loss in feature_terms:
             s_shape, t_shape = shapes[0][loss.student_path], shapes[1][loss.teacher_path]
             problem = type(loss).check_shapes(s_shape, t_shape)
@@ -130,21 +154,29 @@ class Objective:
             loss.setup(s_shape, t_shape)
         self.modules = nn.ModuleList([loss for _, _, loss in self.terms])
         self.uses_teacher = any(loss.uses_teacher for _, _, loss in self.terms)
-        self.cache: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
+        self.cache: tuple[Any, dict[str, Any]] | None = None
         if not self.uses_teacher:
             return
-        cache_bytes = len(x_train) * (int(np.prod(shapes[2])) + sum(int(np.prod(s[1:])) for s in shapes[1].values())) * 4
-        if augments(cfg):
+        per_input = int(np.prod(shapes[2])) + sum(int(np.prod(s[1:])) for s in shapes[1].values())
+        cache_bytes = len(train) * per_input * 4
+        room = DISK_SHARE * shutil.disk_usage(cache_dir.parent if cache_dir else ".").free if cache_dir else \
+            CACHE_LIMIT_BYTES
+        if augments(cfg) or train.augments:
             log("teacher runs on every batch (random augmentation changes the inputs each epoch), eval mode, no_grad")
         elif not use_cache:
             log("teacher runs on every batch (teacher_cache: false)")
-        elif cache_bytes > CACHE_LIMIT_BYTES:
-            log(f"teacher runs on every batch (its outputs would take {cache_bytes / 2**30:.1f} GiB to cache)")
+        elif getattr(getattr(train, "decoding", None), "skip_bad", False):
+            log("teacher runs on every batch (skip_bad_images: a skipped image would shift a cache's rows)")
+        elif cache_bytes > room:
+            log(f"teacher runs on every batch (its outputs would take {cache_bytes / 2**30:.1f} GiB to cache, "
+                f"over {room / 2**30:.1f} GiB)")
         else:
             started = time.perf_counter()
-            self.cache = self._teacher_outputs(x_train)
-            log(f"teacher outputs computed once and reused: inputs do not change between epochs "
-                f"({len(x_train)} inputs, {cache_bytes / 2**20:.1f} MiB, "
+            reused = cache_dir is not None and self._cached(cache_dir, len(train))
+            self.cache = reused or self._shared_outputs(train, cache_dir)
+            where = f"memory-mapped in {cache_dir}" if cache_dir is not None else "in memory"
+            log(f"teacher outputs {'reused from' if reused else 'computed once and reused'}: inputs do not change "
+                f"between epochs ({len(train)} inputs, {cache_bytes / 2**20:.1f} MiB {where}, "
                 f"{time.perf_counter() - started:.1f}s)")
 
     @torch.no_grad()
@@ -160,23 +192,69 @@ class Objective:
         teacher_shapes = {k: v.shape for k, v in self.teacher_taps.take().items()}
         return student_shapes, teacher_shapes, teacher_logits.shape[1:]
 
+    def _shared_outputs(self, train: Split, cache_dir: Path | None):
+        """Under torchrun every rank reads the files rank 0 wrote (one writer to a shared stage folder)."""
+        import torch.distributed as dist
+
+        if cache_dir is None or not dist.is_initialized() or dist.get_world_size() == 1:
+            return self._teacher_outputs(train, cache_dir)
+        if dist.get_rank() == 0:
+            self._teacher_outputs(train, cache_dir)
+        dist.barrier()
+        return self._cached(cache_dir, len(train))
+
     @torch.no_grad()
-    def _teacher_outputs(self, x: np.ndarray, batch_size: int = 512):
-        logits, features = [], {}
-        x = torch.as_tensor(x)
-        for start in range(0, len(x), batch_size):
-            logits.append(self.teacher(x[start:start + batch_size].to(self.device)).float())
-            for path, value in self.teacher_taps.take().items():
-                features.setdefault(path, []).append(value.float())
-        return torch.cat(logits), {path: torch.cat(parts) for path, parts in features.items()}
+    def _teacher_outputs(self, train: Split, cache_dir: Path | None, batch_size: int = 512):
+        """Teacher logits and features of every training input, in order: memory-mapped files in `cache_dir`."""
+        if cache_dir is None:
+            logits, features = [], {}
+            for x, _ in train.batches(batch_size):
+                logits.append(self.teacher(torch.as_tensor(x).to(self.device)).float())
+                for path, value in self.teacher_taps.take().items():
+                    features.setdefault(path, []).append(value.float())
+            return torch.cat(logits), {path: torch.cat(parts) for path, parts in features.items()}
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        maps: dict[str, np.ndarray] = {}
+        start = 0
+        for x, _ in train.batches(batch_size):
+            outputs = {"logits": self.teacher(torch.as_tensor(x).to(self.device)).float(),
+                       **{f"feature.{path}": v.float() for path, v in self.teacher_taps.take().items()}}
+            for name, value in outputs.items():
+                if name not in maps:
+                    maps[name] = np.lib.format.open_memmap(cache_dir / f"{name}.npy", mode="w+", dtype=np.float32,
+                                                           shape=(len(train), *value.shape[1:]))
+                maps[name][start:start + len(value)] = value.cpu().numpy()
+            start += len(x)
+        for array in maps.values():
+            array.flush()
+        with atomic_path(cache_dir / "complete.json") as tmp:
+            tmp.write_text(json.dumps({"inputs": len(train), "arrays": sorted(maps)}))
+        return self._cached(cache_dir, len(train))
+
+    @staticmethod
+    def _cached(cache_dir: Path, count: int):
+        """The cache a previous (killed) attempt of this stage finished writing, read-only; None if there is none."""
+        marker = cache_dir / "complete.json"
+        if not marker.is_file() or json.loads(marker.read_text()).get("inputs") != count:
+            return None
+        names = json.loads(marker.read_text())["arrays"]
+        maps = {name: np.load(cache_dir / f"{name}.npy", mmap_mode="r") for name in names}
+        return maps["logits"], {name[len("feature."):]: m for name, m in maps.items() if name != "logits"}
 
     def teacher_outputs(self, batch: Batch) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
         if not self.uses_teacher:
             return None, {}
         if self.cache is not None:
-            idx = batch.indices.to(self.device)
             logits, features = self.cache
-            return logits[idx], {path: value[idx] for path, value in features.items()}
+            if isinstance(logits, torch.Tensor):
+                idx = batch.indices.to(self.device)
+                return logits[idx], {path: value[idx] for path, value in features.items()}
+            idx = batch.indices.numpy()
+
+            def rows(array: np.ndarray) -> torch.Tensor:
+                return torch.from_numpy(np.ascontiguousarray(array[idx])).to(self.device)
+
+            return rows(logits), {path: rows(value) for path, value in features.items()}
         with torch.no_grad():
             logits = self.teacher(batch.x)
         return logits, self.teacher_taps.take()
@@ -184,7 +262,8 @@ class Objective:
     def __call__(self, student_logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         student_features = self.student_taps.take()
         teacher_logits, teacher_features = self.teacher_outputs(batch)
-        kd_batch = KDBatch(student_logits, teacher_logits, batch.labels, student_features, teacher_features)
+        kd_batch = KDBatch(student_logits, teacher_logits, batch.labels, student_features, teacher_features,
+                           batch.soft_labels)
         total = student_logits.new_zeros((), dtype=torch.float32)
         parts: dict[str, float] = {}
         for part, weight, loss in self.terms:

@@ -28,14 +28,16 @@ from torch.utils.data import DistributedSampler
 from compress.config import TrainConfig
 from compress.core.fileio import atomic_path
 
-NO_LABEL = -1
+from compress.data.splits import NO_LABEL, ArraySplit, Split
 
 
 @dataclass
 class Batch:
     x: torch.Tensor        # inputs after augmentation
     labels: torch.Tensor   # int64, NO_LABEL where an input has no label (transfer set)
-    indices: torch.Tensor  # positions in the training arrays (what a teacher-output cache is keyed by)
+    indices: torch.Tensor  # positions in the training split (what a teacher-output cache is keyed by)
+    # MixUp/CutMix: (N, K) class probabilities of the mixed inputs; `labels` then holds their argmax.
+    soft_labels: torch.Tensor | None = None
 
 
 # loss_fn(student_logits, batch) -> (loss, {part name: value})
@@ -44,7 +46,11 @@ LossFn = Callable[[torch.Tensor, Batch], tuple[torch.Tensor, dict[str, float]]]
 
 def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
     def loss_fn(logits: torch.Tensor, batch: Batch):
-        loss = F.cross_entropy(logits.float(), batch.labels, ignore_index=NO_LABEL, label_smoothing=label_smoothing)
+        if batch.soft_labels is not None:
+            loss = F.cross_entropy(logits.float(), batch.soft_labels, label_smoothing=label_smoothing)
+        else:
+            loss = F.cross_entropy(logits.float(), batch.labels, ignore_index=NO_LABEL,
+                                   label_smoothing=label_smoothing)
         return loss, {"ce": float(loss.detach())}
 
     return loss_fn
@@ -113,8 +119,17 @@ def augment(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> to
 
 
 def augments(cfg: TrainConfig) -> bool:
-    """Whether the inputs change from epoch to epoch (then a teacher-output cache is invalid)."""
+    """Whether the array augmentation is on (then inputs change between epochs, a teacher-output cache is invalid)."""
     return bool(cfg.crop_padding or cfg.flip)
+
+
+def training_split(split: Split, cfg: TrainConfig) -> Split:
+    """The split with the stage's pad-crop/flip applied on the device when it holds arrays."""
+    if isinstance(split, ArraySplit) and augments(cfg):
+        augmented = split.subset(np.arange(len(split))) if split.augment is None else split
+        augmented.augment = lambda x, generator: augment(x, cfg, generator)
+        return augmented
+    return split
 
 
 def autocast(cfg: TrainConfig, device: torch.device):
@@ -134,9 +149,17 @@ def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: i
     return torch.cat([model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
 
 
-def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
-    logits = predict_logits(model, x)
-    return float((logits.argmax(1).numpy() == y).mean())
+def model_infer(model: nn.Module):
+    """numpy batch -> numpy logits through a torch model (what compress.data.splits.predict takes)."""
+    return lambda x: predict_logits(model, x).numpy()
+
+
+def accuracy(model: nn.Module, split: Split) -> float:
+    """Top-1 of `model` on a whole split, read batch by batch."""
+    from compress.data.splits import predict
+
+    logits, labels = predict(model_infer(model), split)
+    return float((logits.argmax(1) == labels).mean()) if len(labels) else 0.0
 
 
 # `compress --quiet` turns progress bars off for the whole process.
@@ -188,14 +211,14 @@ def tensorboard_writer(work_dir: Path):
     return SummaryWriter(str(work_dir / "tensorboard"))
 
 
-def fit(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-        cfg: TrainConfig, work_dir: Path, seed: int, loss_fn: LossFn | None = None,
-        log: Callable[[str], None] = print, extra_modules: nn.Module | None = None,
-        distributed: bool = False) -> FitResult:
+def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, work_dir: Path, seed: int,
+        loss_fn: LossFn | None = None, log: Callable[[str], None] = print, extra_modules: nn.Module | None = None,
+        distributed: bool = False, mixer: Callable | None = None) -> FitResult:
     """Train `model` in place; on return it holds the best weights by val accuracy (on the CPU).
 
-    `y_train` may hold NO_LABEL for inputs without a label; `extra_modules` (e.g. FitNets connectors)
-    are optimised and checkpointed with the model; `distributed` trains on every rank of the group.
+    `train`'s labels may be NO_LABEL for inputs without a label; `extra_modules` (e.g. FitNets
+    connectors) are optimised and checkpointed with the model; `distributed` trains on every rank of
+    the group; `mixer` (torchvision's MixUp/CutMix) mixes each batch and its labels.
     """
     distributed = distributed and dist.is_initialized() and dist.get_world_size() > 1
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
@@ -206,9 +229,9 @@ def fit(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np.nd
     device = training_device()
     model.to(device)
     extra = extra_modules.to(device) if extra_modules is not None else None
-    x_t, y_t = torch.as_tensor(x_train).to(device), torch.as_tensor(y_train).to(device)
+    train = training_split(train, cfg)
 
-    sampler = DistributedSampler(range(len(x_t)), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    sampler = DistributedSampler(range(len(train)), num_replicas=world, rank=rank, shuffle=True, seed=seed)
     batch_size = math.ceil(cfg.batch_size / world)  # cfg.batch_size is the global batch
     steps_per_epoch = max(1, math.ceil(len(sampler) / batch_size))
     params = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
@@ -241,24 +264,18 @@ def fit(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np.nd
         started = time.perf_counter()
         # Everything random in an epoch is seeded by (seed, epoch): a resumed run repeats it exactly.
         torch.manual_seed(seed * 100_003 + epoch)
-        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
         sampler.set_epoch(epoch)
-        order = torch.tensor(list(sampler), dtype=torch.long)
         trained.train()
         if extra is not None:
             extra.train()
         sums: dict[str, float] = {}
         seen = 0
         bar = ProgressBar(cfg.progress and main, steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", log)
-        for step in range(steps_per_epoch):
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            if len(idx) == 0:
-                continue
-            idx_dev = idx.to(device)
-            x = x_t[idx_dev]
-            if augments(cfg):
-                x = augment(x, cfg, generator)
-            batch = Batch(x, y_t[idx_dev], idx)
+        for x, labels, idx in train.train_loader(list(sampler), batch_size, seed, epoch, device):
+            batch = Batch(x, labels, idx)
+            if mixer is not None:
+                x, soft = mixer(x, labels)
+                batch = Batch(x, soft.argmax(1), idx, soft)
             with autocast(cfg, device):
                 logits = trained(x)
                 loss, parts = loss_fn(logits, batch)
@@ -281,7 +298,7 @@ def fit(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np.nd
             sums, seen = _sum_over_ranks(sums, seen, device)
         lr = optimizer.param_groups[0]["lr"]
         if main:
-            val_acc = accuracy(model, x_val, y_val)
+            val_acc = accuracy(model, val)
             if val_acc > best_acc:
                 best_acc, best_epoch = val_acc, epoch + 1
                 with atomic_path(best_path) as tmp:

@@ -129,3 +129,30 @@ def read_safetensors(path: Path) -> dict[str, Any]:
     except (SafetensorError, OSError, ValueError) as error:
         raise ValueError(f"not a safetensors file: {str(error).splitlines()[0] if str(error) else 'unreadable'}") \
             from None
+
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def model_statistics(name: str) -> tuple[list[float], list[float]] | None:
+    """The per-channel mean and std a model's weights were trained with, where its source says; else None.
+
+    timm: the architecture's pretrained config; hf: the folder's preprocessor_config.json;
+    torchvision: ImageNet's (every torchvision classification weight uses it).
+    """
+    kind, _, rest = name.partition(":")
+    if kind == "timm":
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(rest)
+        return (list(cfg.mean), list(cfg.std)) if cfg is not None and cfg.mean else None
+    if kind == "torchvision":
+        return IMAGENET_MEAN, IMAGENET_STD
+    if kind == "hf":
+        path = Path(rest) / "preprocessor_config.json"
+        if path.is_file():
+            processor = json.loads(path.read_text())
+            if "image_mean" in processor and "image_std" in processor:
+                return list(processor["image_mean"]), list(processor["image_std"])
+    return None
+

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from compress.data.splits import Split
 
-def calibration_samples(x_train: np.ndarray, count: int, seed: int) -> np.ndarray:
-    """`count` training samples (all of them when there are fewer), in a seeded random order."""
-    order = np.random.default_rng(seed).permutation(len(x_train))[:count]
-    return np.ascontiguousarray(x_train[np.sort(order)], dtype=np.float32)
+
+def calibration_samples(train: Split, count: int, seed: int) -> np.ndarray:
+    """`count` training samples (all of them when there are fewer), in a seeded random order, as evaluated."""
+    order = np.random.default_rng(seed).permutation(len(train))
+    chosen = np.concatenate([np.sort(order[:count]), order[count:]])  # the seeded few first, in file order
+    return np.ascontiguousarray(train.sample(chosen, count)[0], dtype=np.float32)

@@ -15,6 +15,7 @@ from typing import Any
 from compress.config import PipelineConfig, Strict
 from compress.stages.contract import Stage, StageContext
 from compress.stages.distill import train_student
+from compress.stages.teacher import student_weights_key
 
 KD_ONLY_FIELDS = {"temperature", "alpha", "losses", "teacher_cache"}
 
@@ -35,10 +36,11 @@ class BaselineStage(Stage):
     distributed = True  # every torchrun rank trains; rank 0 writes
 
     def key_material(self, pipeline: PipelineConfig) -> dict[str, Any]:
-        return {"student": pipeline.student.model_dump(mode="json"), "data": pipeline.data.model_dump(mode="json"),
+        return {"student": pipeline.student.model_dump(mode="json"), **student_weights_key(pipeline),
+                "data": pipeline.data.model_dump(mode="json"),
                 "seed": pipeline.seed, "train": training_options(pipeline)[1]}
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         cfg, _ = training_options(ctx.pipeline)
-        ctx.log(f"student alone: {len(ctx.data.y_train)} labelled inputs, {cfg.epochs} epochs, seed {ctx.pipeline.seed}")
-        return train_student(ctx, cfg, ctx.data.x_train, ctx.data.y_train)
+        ctx.log(f"student alone: {len(ctx.data.train)} labelled inputs, {cfg.epochs} epochs, seed {ctx.pipeline.seed}")
+        return train_student(ctx, cfg, ctx.data.train)

@@ -16,9 +16,10 @@ from pydantic import Field
 
 from compress.measuring.artifacts import open_session
 from compress.reporting.uncertainty import encode
-from deploy.runner.harness import LatencySettings, accuracy_report, measure_rounds, predict
+from deploy.runner.harness import LatencySettings, accuracy_report, measure_rounds
 from compress.config import PipelineConfig, Strict
 from compress.core.fileio import write_json
+from compress.data.splits import predict as predict_split
 from compress.measuring.environment import artifact_mb, environment
 from compress.measuring.footprint import describe, measure_footprint
 from compress.stages.contract import Stage, StageContext
@@ -102,15 +103,16 @@ class BenchmarkStage(Stage):
         artifacts += [Measured(e["model"], e["artifact"], e["backend"], e["precision"],
                                loader(e["artifact"], e["backend"]), s_params, s_macs)
                       for e in ctx.outputs.get("build", {}).get("engines", [])]
-        split, x_scored, y_scored = data.scored_split()
+        split, scored_split = data.scored_split()
+        y_scored = scored_split.labels  # of the inputs scored (a stream skipping bad images leaves some out)
         accuracy: list[dict] = []
         predictions: list[str] = []
         teacher_top1: np.ndarray | None = None
 
         def scored(session: Any) -> tuple[dict, str]:
             """Accuracy and predictions on the scored split; the teacher comes first (agreement is against it)."""
-            nonlocal teacher_top1
-            logits = predict(session.infer, x_scored)
+            nonlocal teacher_top1, y_scored
+            logits, y_scored = predict_split(session.infer, scored_split, 64)  # engine profiles stop at 64
             if teacher_top1 is None:
                 teacher_top1 = logits.argmax(1)
             return accuracy_report(logits, y_scored, teacher_top1), encode(logits.argmax(1))

@@ -69,7 +69,7 @@ class BuildStage(Stage):
 
         onnx_path = ctx.path(ctx.outputs["export"]["onnx"])
         sources = export_sources(ctx)  # each engine picks its own: e.g. int8 from the Q/DQ ONNX when quantize ran
-        calibration = calibration_samples(ctx.data.x_train, CALIBRATION_SAMPLES, ctx.pipeline.seed)
+        calibration = calibration_samples(ctx.data.train, CALIBRATION_SAMPLES, ctx.pipeline.seed)
         engines, deferred, exports = [], [], []
         for target in ctx.config.targets:
             backend, precision = parse_target(target)

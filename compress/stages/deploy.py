@@ -100,10 +100,11 @@ def make_val_sample(run_dir: Path, onnx_path: Path, limit: int) -> ValSample:
     pipeline = yaml.safe_load((run_dir / "pipeline.yaml").read_text())
     seed = pipeline.get("seed", 0)
     data = load_dataset(DataConfig.model_validate(pipeline["data"]), seed)
-    per_sample = int(np.prod(data.x_val.shape[1:])) * 4
-    count = max(1, min(limit, len(data.y_val), MAX_SAMPLE_BYTES // per_sample))
-    order = np.random.default_rng(seed).permutation(len(data.y_val))[:count]
-    x, y = data.x_val[order].astype(np.float32), data.y_val[order].astype(np.int64)
+    per_sample = int(np.prod(data.input_shape)) * 4
+    count = max(1, min(limit, len(data.val), MAX_SAMPLE_BYTES // per_sample))
+    order = np.random.default_rng(seed).permutation(len(data.val))
+    x, y = data.val.sample(order, count)
+    x, y = x.astype(np.float32), y.astype(np.int64)
     with OnnxRuntimeSession(onnx_path, providers=["CPUExecutionProvider"]) as session:
         host_top1 = harness.predict(session.infer, x).argmax(1)
     return ValSample({"x": x, "y": y, "host_top1": host_top1.astype(np.int64)}, data.preprocessing(),

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from pydantic import Field
 
 from compress.config import PipelineConfig, TrainConfig
+from compress.data.splits import Split, join
+from compress.data.transforms import batch_mixer
 from compress.distill.objective import LossSpec, Objective, check_feature_paths, check_loss_specs, default_losses
 from compress.distill.train import NO_LABEL, accuracy, fit, is_main_process
 from compress.models import build_model, load_model, save_checkpoint
 from compress.stages.contract import Stage, StageContext
-from compress.stages.teacher import model_spec
+from compress.stages.teacher import TeacherStage, model_spec, student_weights_key, weights_path
 
 
 class DistillConfig(TrainConfig):
@@ -35,16 +36,12 @@ class DistillConfig(TrainConfig):
         return check_loss_specs(self.loss_specs()) or check_feature_paths(self.loss_specs(), pipeline)
 
 
-def training_inputs(data) -> tuple[np.ndarray, np.ndarray]:
+def training_inputs(data) -> Split:
     """Labelled train split followed by the transfer set (label NO_LABEL)."""
-    if data.x_transfer is None or not len(data.x_transfer):
-        return data.x_train, data.y_train
-    x = np.concatenate([data.x_train, data.x_transfer])
-    y = np.concatenate([data.y_train, np.full(len(data.x_transfer), NO_LABEL, dtype=np.int64)])
-    return x, y
+    return join(data.train, data.transfer)
 
 
-def train_student(ctx: StageContext, cfg: TrainConfig, x: np.ndarray, y: np.ndarray, objective=None,
+def train_student(ctx: StageContext, cfg: TrainConfig, train: Split, objective=None,
                   extra_modules=None) -> dict[str, Any]:
     """Build the student with the pipeline's seed, fit it, save it; outputs shared by distill and baseline."""
     import torch
@@ -52,21 +49,26 @@ def train_student(ctx: StageContext, cfg: TrainConfig, x: np.ndarray, y: np.ndar
     data = ctx.data
     torch.manual_seed(ctx.pipeline.seed)
     spec = model_spec(ctx.pipeline.student, data)
-    student = build_model(spec)
+    if weights_path(ctx.pipeline, "student") is not None:  # student.checkpoint, or an hf: folder's weights
+        ctx.log(f"student starts from {weights_path(ctx.pipeline, 'student')}")
+        student, _ = TeacherStage.load_checkpoint(ctx.pipeline, spec, ctx.log, role="student")
+    else:
+        student = build_model(spec)
     if objective is not None:
         objective = objective(student)
         extra_modules = objective.modules
-    result = fit(student, x, y, data.x_val, data.y_val, cfg, ctx.stage_dir, ctx.pipeline.seed, loss_fn=objective,
-                 log=ctx.log, extra_modules=extra_modules, distributed=True)
+    result = fit(student, train, data.val, cfg, ctx.stage_dir, ctx.pipeline.seed, loss_fn=objective,
+                 log=ctx.log, extra_modules=extra_modules, distributed=True,
+                 mixer=batch_mixer(ctx.pipeline.data.augment, data.num_classes))
     if objective is not None:
         objective.close()
-    val_top1 = accuracy(student, data.x_val, data.y_val)
+    val_top1 = accuracy(student, data.val)
     path = ctx.stage_dir / "student.pt"
     if is_main_process():
         save_checkpoint(path, student, spec)
     # The epoch was chosen on val; a held-out test split (data.test_fraction / test_path) says what it is worth.
-    split, x_scored, y_scored = data.scored_split()
-    test_top1 = accuracy(student, x_scored, y_scored) if split == "test" else None
+    split, scored = data.scored_split()
+    test_top1 = accuracy(student, scored) if split == "test" else None
     ctx.log(f"student val top-1 {val_top1:.4f} (best epoch {result.best_epoch})"
             + (f", test top-1 {test_top1:.4f}" if test_top1 is not None else ""))
     return {"checkpoint": ctx.relative(path), "val_top1": val_top1, "best_epoch": result.best_epoch,
@@ -81,21 +83,22 @@ class DistillStage(Stage):
     distributed = True  # every torchrun rank trains; rank 0 writes
 
     def key_material(self, pipeline: PipelineConfig) -> dict[str, Any]:
-        return {"student": pipeline.student.model_dump(mode="json"), "data": pipeline.data.model_dump(mode="json"),
+        return {"student": pipeline.student.model_dump(mode="json"), **student_weights_key(pipeline),
+                "data": pipeline.data.model_dump(mode="json"),
                 "seed": pipeline.seed}
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         cfg: DistillConfig = ctx.config
         teacher, _ = load_model(ctx.path(ctx.outputs["teacher"]["checkpoint"]))
-        x, y = training_inputs(ctx.data)
-        unlabeled = int((y == NO_LABEL).sum())
+        train = training_inputs(ctx.data)
+        unlabeled = int((train.labels == NO_LABEL).sum())
         if unlabeled:
-            ctx.log(f"transfer set: {unlabeled} inputs without labels (KD only), {len(y) - unlabeled} with labels")
+            ctx.log(f"transfer set: {unlabeled} inputs without labels (KD only), {len(train) - unlabeled} with labels")
         specs = cfg.loss_specs()
         ctx.log("objective: " + " + ".join(f"{s.weight:g}*{s.name}" for s in specs))
 
         def objective(student):
-            return Objective(specs, student, teacher, x, cfg, cfg.temperature, use_cache=cfg.teacher_cache,
-                             file=ctx.pipeline.source_file, log=ctx.log)
+            return Objective(specs, student, teacher, train, cfg, cfg.temperature, use_cache=cfg.teacher_cache,
+                             file=ctx.pipeline.source_file, log=ctx.log, cache_dir=ctx.stage_dir / "teacher_cache")
 
-        return train_student(ctx, cfg, x, y, objective=objective)
+        return train_student(ctx, cfg, train, objective=objective)

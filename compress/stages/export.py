@@ -79,7 +79,7 @@ class ExportStage(Stage):
         path = ctx.stage_dir / "student.onnx"
         export_onnx(model, ctx.data.input_shape or shape, path, cfg.opset, cfg.dynamic_batch)
         simplified = cfg.simplify and simplify_onnx(path)
-        x = ctx.data.x_val[:cfg.parity_samples]
+        x = ctx.data.val.sample(range(len(ctx.data.val)), cfg.parity_samples)[0]
         report = parity(predict_logits(model, x).numpy(), onnx_logits(path, x))
         report.update(atol=cfg.atol, min_top1_agreement=cfg.min_top1_agreement)
         report["passed"] = report["max_abs_error"] <= cfg.atol and report["top1_agreement"] >= cfg.min_top1_agreement
@@ -90,7 +90,9 @@ class ExportStage(Stage):
             qdq_path = ctx.stage_dir / "student.qdq.onnx"
             report["qdq"] = export_qdq(ctx.path(ctx.outputs["quantize"]["checkpoint"]), qdq_path, x, cfg.opset,
                                        cfg.dynamic_batch, cfg.min_top1_agreement, cfg.simplify)
-            ctx.log(f"student.qdq.onnx: {report['qdq']['form']['quantize_nodes']} QuantizeLinear, top-1 agreement "
+            form = report["qdq"]["form"]
+            ctx.log(f"student.qdq.onnx: {form['quantize_nodes']} activation quantizers, {form.get('weights_stored', 0)} "
+                    f"weights stored as integers, top-1 agreement "
                     f"{report['qdq']['top1_agreement']:.4f} with the fake-quantized model")
             report["passed"] = report["passed"] and report["qdq"]["passed"]
             outputs["onnx_qdq"] = ctx.relative(qdq_path)

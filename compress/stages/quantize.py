@@ -81,7 +81,7 @@ class QuantizeStage(Stage):
         if problem:
             raise ConfigError(ctx.pipeline.source_file, f"stages.quantize.{problem[0]}", problem[1])
         quiet_nncf()
-        calibration = calibration_samples(data.x_train, cfg.calibration_size, ctx.pipeline.seed)
+        calibration = calibration_samples(data.train, cfg.calibration_size, ctx.pipeline.seed)
         ctx.log(f"NNCF int8 PTQ ({cfg.target}) calibrating on {len(calibration)} training samples")
         torch.manual_seed(ctx.pipeline.seed)
         try:
@@ -89,13 +89,13 @@ class QuantizeStage(Stage):
                                        ignored_scope=cfg.ignored_scope, bias_correction=cfg.bias_correction)
         except NotQuantizable as error:
             raise ConfigError(ctx.pipeline.source_file, "student.model", f"'{spec.name}': {error}") from None
-        ptq_top1 = accuracy(quantized, data.x_val, data.y_val)
+        ptq_top1 = accuracy(quantized, data.val)
         ctx.log(f"{len(quantizers(quantized))} quantizers; PTQ val top-1 {ptq_top1:.4f} "
                 f"(fp32 {ctx.outputs['distill']['val_top1']:.4f})")
         outputs: dict[str, Any] = {}
         if cfg.mode == "qat":
             outputs = self._fine_tune(ctx, cfg, quantized)
-        val_top1 = accuracy(quantized, data.x_val, data.y_val)
+        val_top1 = accuracy(quantized, data.val)
         path = ctx.stage_dir / "student.int8.pt"
         save_quantized(path, quantized, spec, {"mode": cfg.mode, "target": cfg.target})
         ctx.log(f"int8 student val top-1 {val_top1:.4f}")
@@ -107,11 +107,11 @@ class QuantizeStage(Stage):
         """QAT+KD: the teacher keeps distilling into the fake-quantized student."""
         data = ctx.data
         teacher, _ = load_model(ctx.path(ctx.outputs["teacher"]["checkpoint"]))
-        objective = Objective(default_losses(cfg.temperature, cfg.alpha), quantized, teacher, data.x_train, cfg,
+        objective = Objective(default_losses(cfg.temperature, cfg.alpha), quantized, teacher, data.train, cfg,
                               cfg.temperature, file=ctx.pipeline.source_file, section="stages.quantize",
-                              log=ctx.log)
+                              log=ctx.log, cache_dir=ctx.stage_dir / "teacher_cache")
         ctx.log(f"QAT+KD for {cfg.epochs} epochs (alpha {cfg.alpha}, T {cfg.temperature})")
-        result = fit(quantized, data.x_train, data.y_train, data.x_val, data.y_val, cfg, ctx.stage_dir,
-                     ctx.pipeline.seed, loss_fn=objective, log=ctx.log)
+        result = fit(quantized, data.train, data.val, cfg, ctx.stage_dir, ctx.pipeline.seed, loss_fn=objective,
+                     log=ctx.log)
         objective.close()
         return {"best_epoch": result.best_epoch, "metrics": ctx.relative(ctx.stage_dir / "metrics.jsonl")}

@@ -11,6 +11,7 @@ harness), preprocess.py, inference.py and device_bench.py. Every command prints 
 on the last line of stdout (`{"error": ...}` and exit 1 on failure); progress goes to stderr.
 
   python3 runner.py infer  RELEASE_DIR INPUT.npy [--output OUT.npy] [--preprocessed]
+  python3 runner.py infer  RELEASE_DIR IMAGE [IMAGE ...] [--output OUT.npy]   (Pillow; the bundle's image steps)
   python3 runner.py bench  RELEASE_DIR [--batch-sizes 1,8] [--runs 30]
   python3 runner.py verify RELEASE_DIR          (sha256 of every file against manifest.json: releases.py's)
   python3 runner.py probe  [--sysroot DIR]      (host, arch, runtimes, Jetson L4T/TensorRT/power mode)
@@ -204,7 +205,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("infer")
     p.add_argument("release")
-    p.add_argument("input", help=".npy of raw inputs (N,C,H,W) or one (C,H,W)")
+    p.add_argument("input", nargs="+", help="one .npy of raw inputs (N,C,H,W) or one (C,H,W), or image files "
+                   "(.png .jpg .jpeg .bmp .gif .tif .tiff .webp) of a bundle made from images")
     p.add_argument("--output")
     p.add_argument("--preprocessed", action="store_true", help="inputs are already normalised")
     p = sub.add_parser("bench")
@@ -233,7 +235,7 @@ def dispatch(args: argparse.Namespace) -> dict:
     if command == "verify":
         return release_module(release, "releases").verify(release, args.manifest_sha256)
     if command == "infer":
-        return release_module(release, "inference").infer(release, Path(args.input),
+        return release_module(release, "inference").infer(release, [Path(p) for p in args.input],
                                                           Path(args.output) if args.output else None, args.preprocessed)
     device_bench = release_module(release, "device_bench")
     if command == "smoke":

@@ -1,0 +1,123 @@
+"""The `data` section: where the inputs come from, how images are decoded, augmented and split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from compress.config.base import ADDED_LATER, Strict
+
+
+class TransferConfig(Strict):
+    """Inputs the student learns from through the teacher alone (no labels needed)."""
+
+    source: str | None = Field(None, description="extra unlabelled inputs: npz | imagefolder | package.module:function")
+    path: Path | None = None
+    image_size: int | None = Field(None, ge=1)
+    grayscale: bool = False
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    labeled_fraction: float | None = Field(None, gt=0, le=1, description="keep labels on this part of train only")
+
+    @model_validator(mode="after")
+    def _something_to_transfer(self) -> "TransferConfig":
+        if self.source is None and self.labeled_fraction is None:
+            raise ValueError("give a source of unlabelled inputs, or labeled_fraction, or both")
+        if self.source in ("npz", "imagefolder") and self.path is None:
+            raise ValueError(f"transfer source '{self.source}' needs data.transfer.path")
+        if self.source not in (None, "digits", "npz", "imagefolder") and ":" not in self.source:
+            raise ValueError(f"unknown transfer source '{self.source}': use digits, npz, imagefolder or package.module:function")
+        return self
+
+
+class AugmentConfig(Strict):
+    """Training augmentation of image files (torchvision.transforms.v2); evaluation never augments.
+    mixup/cutmix: alpha over each batch (0: off)."""
+
+    random_resized_crop: bool = True
+    crop_scale: tuple[float, float] = Field((0.08, 1.0), description="area range of the random resized crop")
+    flip: bool = True
+    color_jitter: float = Field(0.0, ge=0, description="brightness, contrast and saturation jitter")
+    randaugment: bool = False
+    randaugment_ops: int = Field(2, ge=1)
+    randaugment_magnitude: int = Field(9, ge=0, le=30)
+    mixup: float = Field(0.0, ge=0)
+    cutmix: float = Field(0.0, ge=0)
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1] <= 1:
+            raise ValueError(f"crop_scale must be 0 < low <= high <= 1, got {list(value)}")
+        return value
+
+
+# Sources read lazily, one image at a time (compress.data.records); the rest are arrays.
+STREAM_SOURCES = ("imagefolder", "manifest", "hf", "webdataset")
+FILE_SOURCES = ("npz",) + STREAM_SOURCES
+SOURCES = ("digits",) + FILE_SOURCES
+
+
+class DataConfig(Strict):
+    source: str = Field("digits", description="digits | npz | imagefolder | manifest | hf | webdataset | "
+                                              "package.module:function")
+    path: Path | None = None
+    val_path: Path | None = Field(None, json_schema_extra=ADDED_LATER,
+                                  description="a separate validation set of the same kind; else val_fraction")
+    columns: dict[str, str] = Field(default_factory=dict, json_schema_extra=ADDED_LATER,
+                                    description="manifest/hf/webdataset: {image: ..., label: ...} names")
+    channels: Literal[1, 3] | None = Field(None, json_schema_extra=ADDED_LATER,
+                                           description="convert every image to 1 or 3 channels (unset: mixed is an error)")
+    eval_resize: int | None = Field(None, ge=1, json_schema_extra=ADDED_LATER,
+                                    description="resize the shorter side to this, then centre-crop image_size")
+    mean: list[float] | Literal["model"] | None = Field(None, json_schema_extra=ADDED_LATER,
+                                                       description="model: the teacher's (timm, hf, torchvision); "
+                                                                   "unset: measured on train")
+    std: list[float] | None = Field(None, json_schema_extra=ADDED_LATER)
+    augment: AugmentConfig | None = Field(None, json_schema_extra=ADDED_LATER)
+    skip_bad_images: bool = Field(False, json_schema_extra=ADDED_LATER, description="skip and count unreadable images")
+    workers: int | None = Field(None, ge=0, json_schema_extra=ADDED_LATER,
+                                description="DataLoader workers for image sources (default min(4, CPUs))")
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float | None = Field(None, gt=0, lt=1, json_schema_extra=ADDED_LATER,
+                                        description="hold out this part of the data as a test split: epochs "
+                                                    "are chosen on val, the report's top-1 is on test")
+    test_path: Path | None = Field(None, json_schema_extra=ADDED_LATER,
+                                   description="a separate labelled test set of the same source kind "
+                                               "(npz file, or imagefolder folder such as images/test)")
+    normalize: bool = True
+    image_size: int | None = Field(None, ge=1, description="imagefolder: resize to this square size")
+    grayscale: bool = False
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    transfer: TransferConfig | None = Field(None, description="unlabelled inputs for KD (see compress.data.transfer)")
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "DataConfig":
+        if self.source in FILE_SOURCES and self.path is None:
+            raise ValueError(f"source '{self.source}' needs data.path")
+        if self.source not in SOURCES and ":" not in self.source:
+            raise ValueError(f"unknown data source '{self.source}': use {', '.join(SOURCES)} or package.module:function")
+        if self.val_path is not None and self.source not in FILE_SOURCES:
+            raise ValueError(f"val_path needs a source with files ({', '.join(FILE_SOURCES)}); "
+                             f"for '{self.source}' use val_fraction")
+        if self.mean == "model":
+            if self.std is not None:
+                raise ValueError("mean: model takes the model's std too: leave std out")
+        elif (self.mean is None) != (self.std is None) or (self.std is not None and min(self.std, default=1) <= 0):
+            raise ValueError(f"give both mean and std (std positive), or neither; got mean {self.mean}, std {self.std}")
+        return self
+
+    streams = property(lambda self: self.source in STREAM_SOURCES, doc="read one image at a time (not arrays)")
+
+    @model_validator(mode="after")
+    def _one_test_split(self) -> "DataConfig":
+        if self.test_fraction is not None and self.test_path is not None:
+            raise ValueError("give test_fraction (a part of data.path) or test_path (a separate test set), not both")
+        if self.test_path is not None and self.source not in FILE_SOURCES:
+            raise ValueError(f"test_path needs a source with files ({', '.join(FILE_SOURCES)}); "
+                             f"for '{self.source}' use test_fraction")
+        if self.test_fraction is not None and self.test_fraction + self.val_fraction >= 0.9:
+            raise ValueError(f"test_fraction {self.test_fraction:g} + val_fraction {self.val_fraction:g} leave under "
+                             "10% of the data to train on")
+        return self
