@@ -168,10 +168,10 @@ def photos(tmp_path_factory) -> list[Path]:
     return files
 
 
-def run_runner(python: str, *args) -> subprocess.CompletedProcess:
+def run_runner(python: str, *args, env: dict | None = None) -> subprocess.CompletedProcess:
     release_dir = Path(args[0])
     done = subprocess.run([python, str(release_dir / "runner.py"), "infer", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
     assert not list(release_dir.rglob("__pycache__"))  # a release holds exactly its manifest's files
     return done
 
@@ -264,8 +264,11 @@ def test_a_bundle_made_from_arrays_says_it_takes_npy(array_release, photos):
     assert "this bundle was made from array data, not images: give it a .npy" in error
 
 
-@pytest.mark.skipif(not DEVICE_PYTHON or has_pillow(DEVICE_PYTHON),
-                    reason="needs COMPRESS_TEST_DEVICE_PYTHON without Pillow")
-def test_a_device_without_pillow_says_so_in_one_line(release, photos):
-    error = one_line_error(run_runner(DEVICE_PYTHON, release, photos[0]))
+@pytest.mark.parametrize("python", pythons(needs_pillow=False))
+def test_a_device_without_pillow_says_so_in_one_line(release, photos, python, tmp_path):
+    hidden = tmp_path / "no-pillow" / "PIL"  # shadows the installed Pillow, as on a device without it
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('No module named PIL')\n")
+    env = {**os.environ, "PYTHONPATH": str(hidden.parent)}
+    error = one_line_error(run_runner(python, release, photos[0], env=env))
     assert error.startswith("Pillow is not installed on this device (pip install Pillow)")
