@@ -237,6 +237,23 @@ def _decoded(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor, t
             yield batch
 
 
+# What a forkserver preloads, so each worker starts in milliseconds with these already imported.
+WORKER_PRELOAD = ["torch", "PIL.Image", "torchvision.transforms.v2", "compress.data.splits", "compress.data.transforms"]
+
+
+def worker_context():
+    """Loader workers fork from a clean server process, not from this one: by the time a stage decodes
+    images this process runs ONNX Runtime, OpenVINO and BLAS thread pools, and forking a process with
+    threads can crash the child (or the parent); "spawn" would be safe too, but re-imports torch per worker."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return None  # platforms without it (Windows) spawn by default
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(WORKER_PRELOAD)
+    return context
+
+
 class StreamSplit(Split):
     """Raw images decoded on the fly in DataLoader workers."""
 
@@ -260,7 +277,8 @@ class StreamSplit(Split):
         return DataLoader(self.items, batch_size=batch_size, sampler=keys, num_workers=workers, collate_fn=_collate,
                           pin_memory=pin, persistent_workers=persistent and workers > 0,
                           prefetch_factor=4 if workers > 0 else None,
-                          generator=torch.Generator().manual_seed(self.seed))
+                          generator=torch.Generator().manual_seed(self.seed),
+                          multiprocessing_context=worker_context() if workers > 0 else None)
 
     def inputs(self, indices: Sequence[int]) -> np.ndarray:
         items = [self.items[int(i)] for i in indices]
