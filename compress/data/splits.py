@@ -62,6 +62,9 @@ class Split:
     def subset(self, indices: Sequence[int]) -> "Split":
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release what training held (loader workers); the split stays usable."""
+
     def unlabelled(self) -> "Split":
         """The same inputs with every label NO_LABEL (for the transfer set)."""
         raise NotImplementedError
@@ -321,6 +324,15 @@ class StreamSplit(Split):
         keys.indices, keys.epoch = [int(i) for i in sampler], epoch
         for x, y, idx in _decoded(loader):
             yield x.to(device, non_blocking=pin), y.to(device, non_blocking=pin), idx
+
+    def close(self) -> None:
+        """Stop the training loader's persistent workers now, in this thread, rather than whenever the
+        garbage collector reaches them (possibly in the middle of another library's threads)."""
+        if self._train_loader is not None:
+            iterator = getattr(self._train_loader[2], "_iterator", None)
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+            self._train_loader = None
 
     def subset(self, indices: Sequence[int]) -> "StreamSplit":
         indices = np.asarray(indices, dtype=np.int64)

@@ -319,6 +319,7 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, work_dir: 
                 writer.flush()
             log(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['loss']:.4f}  val top-1 {val_acc:.4f}  "
                 f"lr {lr:.2e}  ({record['seconds']:.1f}s)")
+    train.close()  # loader workers stop here, not at some later garbage collection
     if writer is not None:
         writer.close()
     if distributed:
