@@ -15,7 +15,7 @@ import numpy as np
 
 from compress.config import DataConfig
 from compress.core.errors import UsageError
-from compress.data.dataset import Dataset, seeded_split
+from compress.data.dataset import Dataset, check_statistics, seeded_split
 from compress.data.sources import call_user_function, read_labelled, read_source
 from compress.data.splits import ArraySplit, MappedSplit
 from compress.data.transfer import apply_transfer
@@ -40,6 +40,7 @@ def held_out_test(cfg: DataConfig, x: np.ndarray, y: np.ndarray, names: list[str
     x, x_test, y, y_test = seeded_split(x, y, cfg.test_fraction, seed)
     return x, y, x_test, y_test, cfg.val_fraction / (1 - cfg.test_fraction)
 
+
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     if cfg.streams:
         from compress.data.streaming import load_stream
@@ -54,10 +55,12 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
         return _array_dataset(cfg, *read_labelled(cfg, result), seed)
     return _array_dataset(cfg, *read_labelled(cfg), seed)
 
+
 def _is_torch_dataset(result: Any) -> bool:
     from torch.utils.data import Dataset as TorchDataset
 
     return isinstance(result, TorchDataset)
+
 
 def _array_dataset(cfg: DataConfig, x: np.ndarray, y: np.ndarray, names: list[str], seed: int) -> Dataset:
     if isinstance(x, np.memmap) and cfg.test_path is None:
@@ -65,15 +68,7 @@ def _array_dataset(cfg: DataConfig, x: np.ndarray, y: np.ndarray, names: list[st
     x = np.asarray(x, dtype=np.float32)
     x, y, x_test, y_test, val_fraction = held_out_test(cfg, x, y, names, seed)
     x_train, x_val, y_train, y_val = seeded_split(x, y, val_fraction, seed)
-    channels = x.shape[1]
-    if cfg.mean is not None:
-        mean, std = np.asarray(cfg.mean, np.float32), np.asarray(cfg.std, np.float32)
-    elif cfg.normalize:
-        mean = x_train.mean(axis=(0, 2, 3))
-        std = x_train.std(axis=(0, 2, 3)) + 1e-6
-    else:
-        mean, std = np.zeros(channels, np.float32), np.ones(channels, np.float32)
-    _check_channels(cfg, mean, channels)
+    mean, std = _statistics(cfg, x.shape[1], lambda: x_train)
 
     def normalise(a: np.ndarray) -> np.ndarray:
         return ((a - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
@@ -87,9 +82,19 @@ def _array_dataset(cfg: DataConfig, x: np.ndarray, y: np.ndarray, names: list[st
     apply_transfer(data, cfg.transfer, seed, normalise)
     return data
 
-def _check_channels(cfg: DataConfig, mean: np.ndarray, channels: int) -> None:
-    if len(mean) != channels:
-        raise UsageError(f"data.mean: {len(mean)} values for inputs of {channels} channels")
+
+def _statistics(cfg: DataConfig, channels: int, train_values) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (mean, std): data.mean/std, or measured on `train_values()` (normalize), or 0 and 1."""
+    if cfg.mean is not None:
+        mean, std = np.asarray(cfg.mean, np.float32), np.asarray(cfg.std, np.float32)
+    elif cfg.normalize:
+        values = train_values()
+        mean, std = values.mean(axis=(0, 2, 3)), values.std(axis=(0, 2, 3)) + 1e-6
+    else:
+        mean, std = np.zeros(channels, np.float32), np.ones(channels, np.float32)
+    check_statistics(mean, std, channels)
+    return mean, std
+
 
 def _mapped_dataset(cfg: DataConfig, x: np.memmap, y: np.ndarray, names: list[str], seed: int) -> Dataset:
     """An npz too big to copy: splits are row indices into the map; statistics from a seeded sample of train."""
@@ -97,16 +102,8 @@ def _mapped_dataset(cfg: DataConfig, x: np.memmap, y: np.ndarray, names: list[st
     rows, y, test_rows, y_test, val_fraction = held_out_test(cfg.model_copy(update={"test_path": None}), rows, y,
                                                              names, seed)
     train_rows, val_rows, y_train, y_val = seeded_split(rows, y, val_fraction, seed)
-    channels = x.shape[1]
-    if cfg.mean is not None:
-        mean, std = np.asarray(cfg.mean, np.float32), np.asarray(cfg.std, np.float32)
-    elif cfg.normalize:
-        sample = np.sort(np.random.default_rng(seed).permutation(train_rows)[:4096])
-        values = np.asarray(x[sample], dtype=np.float32)
-        mean, std = values.mean(axis=(0, 2, 3)), values.std(axis=(0, 2, 3)) + 1e-6
-    else:
-        mean, std = np.zeros(channels, np.float32), np.ones(channels, np.float32)
-    _check_channels(cfg, mean, channels)
+    sample = np.sort(np.random.default_rng(seed).permutation(train_rows)[:4096])
+    mean, std = _statistics(cfg, x.shape[1], lambda: np.asarray(x[sample], dtype=np.float32))
     data = Dataset(MappedSplit(x, train_rows, y_train, mean, std), MappedSplit(x, val_rows, y_val, mean, std), names,
                    [float(v) for v in mean], [float(v) for v in std])
     if test_rows is not None:

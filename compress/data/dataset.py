@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from compress.core.errors import UsageError
 from compress.data.splits import Split
 
 
@@ -64,3 +65,8 @@ def seeded_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tu
     return tuple(train_test_split(x, y, test_size=fraction, random_state=seed, stratify=stratify))
 
 
+def check_statistics(mean, std, channels: int) -> None:
+    """data.mean/std give one value per channel of the inputs; found only once the data is read."""
+    if len(mean) != channels or len(std) != channels:
+        std_count = f" (std {len(std)})" if len(std) != len(mean) else ""
+        raise UsageError(f"data.mean: {len(mean)} values{std_count} for inputs of {channels} channels")

@@ -28,6 +28,17 @@ class BadImage(UsageError):
     """An image that cannot be decoded; `skip_bad_images: true` counts it instead of stopping."""
 
 
+def decode_errors() -> tuple[type[Exception], ...]:
+    """What Pillow raises for a file that is not an image, or is cut short (UnidentifiedImageError is an OSError)."""
+    from PIL import Image
+
+    return OSError, ValueError, SyntaxError, Image.DecompressionBombError
+
+
+def unreadable(name: str, error: Exception) -> BadImage:
+    return BadImage(f"{name}: not a readable image ({error}); fix or remove it, or set data.skip_bad_images: true")
+
+
 class Records:
     """Random access to labelled raw images. Subclasses set `labels`, `class_names` and implement `_open`/`name`."""
 
@@ -47,15 +58,12 @@ class Records:
 
     def open(self, index: int):
         """The decoded PIL image of example `index`; an unreadable one raises BadImage naming it."""
-        from PIL import Image
-
         try:
             image = self._open(index)
             image.load()
             return image
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            raise BadImage(f"{self.name(index)}: not a readable image ({error}); fix or remove it, or set "
-                           "data.skip_bad_images: true") from None
+        except decode_errors() as error:
+            raise unreadable(self.name(index), error) from None
 
     def header(self, index: int) -> tuple[str, tuple[int, int]]:
         """(PIL mode, (width, height)) from the file header alone."""
@@ -142,18 +150,15 @@ def check(records: Records, where: str, channels: int | None, skip_bad: bool) ->
     `channels` None means the images must agree on a channel count (mixed gray and colour is
     refused, naming one of each); 1 or 3 converts every image to it.
     """
-    from PIL import Image
-
     bad: list[int] = []
     first_of: dict[int, int] = {}
     sizes: set[tuple[int, int]] = set()
     for index in range(len(records)):
         try:
             mode, size = records.header(index)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        except decode_errors() as error:
             if not skip_bad:
-                raise BadImage(f"{records.name(index)}: not a readable image ({error}); fix or remove it, or set "
-                               "data.skip_bad_images: true") from None
+                raise unreadable(records.name(index), error) from None
             bad.append(index)
             continue
         first_of.setdefault(1 if MODE_CHANNELS.get(mode, 3) <= 2 else 3, index)  # alpha is dropped

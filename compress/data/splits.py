@@ -14,11 +14,11 @@ resumed run all see the same augmented images.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, default_collate
 
 from compress.data.records import BadImage, ConcatRecords, Records
 
@@ -133,10 +133,6 @@ class MappedSplit(ArraySplit):
         super().__init__(x, labels, augment)
         self.rows, self.mean, self.std = np.asarray(rows, dtype=np.int64), mean, std
 
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.x.shape[1:])
-
     def inputs(self, indices: Sequence[int]) -> np.ndarray:
         rows = self.rows[np.asarray(indices, dtype=np.int64)]
         order = np.argsort(rows)  # read the file in order, put the rows back where asked
@@ -178,7 +174,8 @@ def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | U
     if not kept:
         return None
     xs, ys, idx = zip(*kept)
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.long), torch.tensor(idx, dtype=torch.long)
+    # default_collate stacks straight into shared memory inside a worker (torch.stack would need one more copy)
+    return default_collate(list(xs)), torch.tensor(ys, dtype=torch.long), torch.tensor(idx, dtype=torch.long)
 
 
 @dataclass
@@ -368,7 +365,3 @@ def predict(infer: Callable[[np.ndarray], np.ndarray], split: Split,
     if not logits:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
     return np.concatenate(logits), np.concatenate(labels)
-
-
-def describe(split: Split) -> dict[str, Any]:
-    return {"samples": len(split), "kind": "stream" if isinstance(split, StreamSplit) else "arrays"}

@@ -15,9 +15,9 @@ import numpy as np
 
 from compress.config import DataConfig
 from compress.core.errors import UsageError
-from compress.data.dataset import Dataset, seeded_split
-from compress.data.records import Records, TorchDatasetRecords, check, image_folder
-from compress.data.splits import NO_LABEL, Decoding, StreamSplit
+from compress.data.dataset import Dataset, check_statistics, seeded_split
+from compress.data.records import BadImage, Records, TorchDatasetRecords, check, image_folder
+from compress.data.splits import NO_LABEL, Decoding, StreamSplit, join
 from compress.data.transforms import ConvertMode, eval_spec, eval_transform, geometry, train_transform
 
 # Images decoded to measure the train split's mean and std when data.mean/std are not given.
@@ -131,8 +131,6 @@ def _apply_transfer(data: Dataset, cfg: DataConfig, seed: int, decoding: Decodin
         extra, _ = _checked(extra, f"{transfer.path}: data.transfer.path", cfg, data.skipped)
         parts.append(StreamSplit(extra, decoding, seed, np.full(len(extra), NO_LABEL, dtype=np.int64)))
     if parts:
-        from compress.data.splits import join
-
         data.transfer = parts[0] if len(parts) == 1 else join(parts[0], parts[1])
 
 
@@ -151,13 +149,10 @@ def _statistics(cfg: DataConfig, train: Records, spec: dict, seed: int) -> tuple
     """data.mean/std, or per-channel mean and std of a seeded sample of train images (eval geometry), or 0/1."""
     channels = 1 if spec["mode"] == "L" else 3
     if cfg.mean is not None:
-        if len(cfg.mean) != channels or len(cfg.std) != channels:
-            raise UsageError(f"data.mean: {len(cfg.mean)} values (std {len(cfg.std)}) for images of {channels} channels")
+        check_statistics(cfg.mean, cfg.std, channels)
         return list(cfg.mean), list(cfg.std)
     if not cfg.normalize:
         return [0.0] * channels, [1.0] * channels
-    from compress.data.records import BadImage
-
     steps = [ConvertMode(spec["mode"]), geometry(spec)]
     order = np.random.default_rng(seed).permutation(len(train))[:STATISTICS_SAMPLE]
     pixels = []

@@ -121,6 +121,11 @@ def probe_inputs(train: Split, count: int = 2) -> np.ndarray:
     return np.concatenate(found)
 
 
+def split_outputs(outputs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """{"logits", "feature.PATH"...} -> (logits, {PATH: features}): the cache's two halves."""
+    return outputs["logits"], {name[len("feature."):]: v for name, v in outputs.items() if name != "logits"}
+
+
 class Objective:
     """Callable loss for `fit`: (student_logits, Batch) -> (total, {part: value})."""
 
@@ -159,8 +164,7 @@ class Objective:
             return
         per_input = int(np.prod(shapes[2])) + sum(int(np.prod(s[1:])) for s in shapes[1].values())
         cache_bytes = len(train) * per_input * 4
-        room = DISK_SHARE * shutil.disk_usage(cache_dir.parent if cache_dir else ".").free if cache_dir else \
-            CACHE_LIMIT_BYTES
+        room = DISK_SHARE * shutil.disk_usage(cache_dir.parent).free if cache_dir else CACHE_LIMIT_BYTES
         if augments(cfg) or train.augments:
             log("teacher runs on every batch (random augmentation changes the inputs each epoch), eval mode, no_grad")
         elif not use_cache:
@@ -204,27 +208,31 @@ class Objective:
         return self._cached(cache_dir, len(train))
 
     @torch.no_grad()
+    def _teacher_batches(self, train: Split, batch_size: int):
+        """{"logits": ..., "feature.PATH": ...} of the teacher, batch by batch over the split in order."""
+        for x, _ in train.batches(batch_size):
+            yield {"logits": self.teacher(torch.as_tensor(x).to(self.device)).float(),
+                   **{f"feature.{path}": v.float() for path, v in self.teacher_taps.take().items()}}
+
     def _teacher_outputs(self, train: Split, cache_dir: Path | None, batch_size: int = 512):
-        """Teacher logits and features of every training input, in order: memory-mapped files in `cache_dir`."""
+        """Teacher logits and features of every training input, in order: memory-mapped files in `cache_dir`
+        (tensors in memory without one)."""
         if cache_dir is None:
-            logits, features = [], {}
-            for x, _ in train.batches(batch_size):
-                logits.append(self.teacher(torch.as_tensor(x).to(self.device)).float())
-                for path, value in self.teacher_taps.take().items():
-                    features.setdefault(path, []).append(value.float())
-            return torch.cat(logits), {path: torch.cat(parts) for path, parts in features.items()}
+            parts: dict[str, list[torch.Tensor]] = {}
+            for outputs in self._teacher_batches(train, batch_size):
+                for name, value in outputs.items():
+                    parts.setdefault(name, []).append(value)
+            return split_outputs({name: torch.cat(values) for name, values in parts.items()})
         cache_dir.mkdir(parents=True, exist_ok=True)
         maps: dict[str, np.ndarray] = {}
         start = 0
-        for x, _ in train.batches(batch_size):
-            outputs = {"logits": self.teacher(torch.as_tensor(x).to(self.device)).float(),
-                       **{f"feature.{path}": v.float() for path, v in self.teacher_taps.take().items()}}
+        for outputs in self._teacher_batches(train, batch_size):
             for name, value in outputs.items():
                 if name not in maps:
                     maps[name] = np.lib.format.open_memmap(cache_dir / f"{name}.npy", mode="w+", dtype=np.float32,
                                                            shape=(len(train), *value.shape[1:]))
                 maps[name][start:start + len(value)] = value.cpu().numpy()
-            start += len(x)
+            start += len(outputs["logits"])
         for array in maps.values():
             array.flush()
         with atomic_path(cache_dir / "complete.json") as tmp:
@@ -235,11 +243,10 @@ class Objective:
     def _cached(cache_dir: Path, count: int):
         """The cache a previous (killed) attempt of this stage finished writing, read-only; None if there is none."""
         marker = cache_dir / "complete.json"
-        if not marker.is_file() or json.loads(marker.read_text()).get("inputs") != count:
+        written = json.loads(marker.read_text()) if marker.is_file() else {}
+        if written.get("inputs") != count:
             return None
-        names = json.loads(marker.read_text())["arrays"]
-        maps = {name: np.load(cache_dir / f"{name}.npy", mmap_mode="r") for name in names}
-        return maps["logits"], {name[len("feature."):]: m for name, m in maps.items() if name != "logits"}
+        return split_outputs({name: np.load(cache_dir / f"{name}.npy", mmap_mode="r") for name in written["arrays"]})
 
     def teacher_outputs(self, batch: Batch) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
         if not self.uses_teacher:

@@ -10,6 +10,7 @@ is sharded with a DistributedSampler, the model is wrapped in DDP and only rank 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import sys
@@ -126,7 +127,7 @@ def augments(cfg: TrainConfig) -> bool:
 def training_split(split: Split, cfg: TrainConfig) -> Split:
     """The split with the stage's pad-crop/flip applied on the device when it holds arrays."""
     if isinstance(split, ArraySplit) and augments(cfg):
-        augmented = split.subset(np.arange(len(split))) if split.augment is None else split
+        augmented = copy.copy(split)  # the same arrays (no copy of the data), this stage's augmentation
         augmented.augment = lambda x, generator: augment(x, cfg, generator)
         return augmented
     return split
