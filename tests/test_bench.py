@@ -18,6 +18,7 @@ from compress.cli import main
 from compress.exporting.torch_to_onnx import export_onnx
 from compress.models import ModelSpec, build_model, save_checkpoint
 from deploy.engines import ENGINES, Engine, Session
+from deploy.runner.sessions import openvino_core
 
 SHAPE = (1, 8, 8)
 QUICK = LatencySettings(warmup=2, warmup_seconds=0.0, runs=5, min_seconds=0.02)
@@ -47,9 +48,7 @@ class CompiledOpenVino(Session):
     """A real OpenVINO compiled model, for machines where the openvino engine is not registered."""
 
     def __init__(self, path: Path, threads: int):
-        import openvino as ov
-
-        self.model = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
+        self.model = openvino_core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
                                                                 "INFERENCE_PRECISION_HINT": "f32"})
 
     def infer(self, x: np.ndarray) -> np.ndarray:
@@ -345,10 +344,8 @@ def test_measuring_rounds_leaves_the_process_peak_memory_alone():
 
 def openvino_default_precision(path: Path, hint: str | None = None) -> str:
     """What OpenVINO's CPU plugin computes this model in, asked for `hint` or not, in the toolchain's words."""
-    import openvino as ov
-
     config = {"INFERENCE_PRECISION_HINT": hint} if hint else {}
-    chosen = ov.Core().compile_model(str(path), "CPU", config).get_property("INFERENCE_PRECISION_HINT")
+    chosen = openvino_core().compile_model(str(path), "CPU", config).get_property("INFERENCE_PRECISION_HINT")
     return {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}[chosen.get_type_name()]
 
 

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from deploy.engines import get_engine
 from deploy.engines.qdq_fold import fold_file, fold_weight_quantizers
 from deploy.engines.interface import read_sidecar
+from deploy.runner.sessions import openvino_core
 
 CHANNELS = [3, 64, 128, 160, 160]  # about 1.1 MB of fp32 weights
 
@@ -105,11 +106,11 @@ def test_folded_weights_are_integer_initializers_with_identical_outputs(fp32_net
 
 def test_openvino_reads_and_runs_the_folded_model(fp32_net, inputs, tmp_path):
     """OpenVINO compiles the folded file on CPU and agrees with ONNX Runtime's (exact) result."""
-    ov = pytest.importorskip("openvino")
+    pytest.importorskip("openvino")
     unfolded = ort_qdq(fp32_net, tmp_path / "qdq.onnx")
     stats = fold_file(unfolded, tmp_path / "folded.onnx")
     assert stats["weights_folded"] == 5 and stats["bytes_after"] == (tmp_path / "folded.onnx").stat().st_size
-    core = ov.Core()
+    core = openvino_core()
     compiled = core.compile_model(core.read_model(str(tmp_path / "folded.onnx")), "CPU",
                                   {"INFERENCE_PRECISION_HINT": "f32"})  # not bf16 between the int8 layers
     reference = run_ort(unfolded, inputs)

@@ -115,9 +115,9 @@ def input_shape(path: Path, backend: str, sidecar: dict) -> tuple[int, ...] | No
         shape = tuple(d.dim_value for d in dims[1:])
         return shape if shape and all(shape) else None
     if backend == "openvino":
-        import openvino as ov
+        from deploy.runner.sessions import openvino_core
 
-        partial = ov.Core().read_model(str(path)).inputs[0].get_partial_shape()
+        partial = openvino_core().read_model(str(path)).inputs[0].get_partial_shape()
         if partial.rank.is_static and all(d.is_static for d in list(partial)[1:]):
             return tuple(d.get_length() for d in list(partial)[1:])
     return None

@@ -20,6 +20,22 @@ OPENVINO_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32
 OPENVINO_NAMES = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}
 
 
+_OPENVINO_CORE = []
+
+
+def openvino_core():
+    """The process's one OpenVINO Core. Each Core's CPU plugin installs a signal stack on the thread that
+    made it and, when the Core is freed, puts back the stack it found: freed in another order than made,
+    two Cores leave the thread on an unmapped stack, and the next signal the process takes (a child's
+    SIGCHLD, with DataLoader workers' handler installed) kills it with SIGSEGV. One Core, kept for the
+    life of the process, never does that."""
+    if not _OPENVINO_CORE:
+        import openvino as ov
+
+        _OPENVINO_CORE.append(ov.Core())
+    return _OPENVINO_CORE[0]
+
+
 class SessionError(RuntimeError):
     """A model that cannot be loaded or run here (wrong TensorRT version or GPU, a CUDA error)."""
 
@@ -70,14 +86,12 @@ class OpenVinoSession(Session):
     """OpenVINO's CPU plugin at the artifact's precision (OPENVINO_PRECISION), not the plugin's default."""
 
     def __init__(self, path, threads=None, precision=None, providers=None):
-        import openvino as ov
-
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         if precision in OPENVINO_PRECISION:
             config["INFERENCE_PRECISION_HINT"] = OPENVINO_PRECISION[precision]
-        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self.compiled = openvino_core().compile_model(str(path), "CPU", config)
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # what the plugin chose, asked or not
         self.inference_precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         # An int8 model stays int8 in its quantized ops whatever the rest runs in.
