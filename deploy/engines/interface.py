@@ -1,8 +1,9 @@
 """One engine interface for every backend, after Polygraphy's runners.
 
 `build` turns an ONNX file into an artifact folder with an `engine.json` sidecar (metadata never
-goes into the engine file itself); `load` opens that folder as a `Session` whose `infer` maps a
-float32 NCHW batch to logits. The sessions are the device runner's (deploy/runner/sessions.py):
+goes into the engine file itself, and it records the model's input specs); `load` opens that
+folder as a `Session` whose `infer` maps a float32 NCHW batch, or a dict input name -> array for
+a multi-input model, to logits. The sessions are the device runner's (deploy/runner/sessions.py):
 one implementation per backend, on the host and on the device.
 """
 
@@ -69,6 +70,7 @@ class Engine(ABC):
             "source_onnx": str(source),
             "source_onnx_sha256": sha256_file(source),
             "input_shape": onnx_input_shape(source),
+            "inputs": onnx_inputs(source),
             "artifact_sha256": sha256_file(artifact),
             "build_seconds": round(time.perf_counter() - started, 3),
             **extra,
@@ -106,6 +108,72 @@ def onnx_input_shape(path: Path) -> list[int | str]:
     graph = onnx.load(str(path), load_external_data=False).graph
     dims = graph.input[0].type.tensor_type.shape.dim
     return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+
+
+def onnx_inputs(path: Path) -> list[dict[str, Any]]:
+    """Input specs of the graph's real inputs (initializers left out), in graph order.
+
+    Each is {"name", "dtype" (numpy name), "shape" (a dynamic dim is its name)}; an integer input
+    that indexes an embedding table (Gather of an initializer) also gets that table's `vocab_size`,
+    so random token ids stay inside it.
+    """
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {t.name: t for t in graph.initializer}
+    vocab = {node.input[1]: int(initializers[node.input[0]].dims[0]) for node in graph.node
+             if node.op_type == "Gather" and len(node.input) > 1 and node.input[0] in initializers
+             and initializers[node.input[0]].dims}
+    specs = []
+    for value in graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or f"dim{axis}")
+                for axis, d in enumerate(tensor.shape.dim)]
+        spec = {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
+                "shape": dims}
+        if value.name in vocab and spec["dtype"].startswith("int"):
+            spec["vocab_size"] = vocab[value.name]
+        specs.append(spec)
+    return specs
+
+
+def calibration_count(calibration: Any) -> int:
+    """Samples in calibration data: rows of an array, of a dict's arrays, or of a list of batches."""
+    if calibration is None:
+        return 0
+    if isinstance(calibration, dict):
+        return len(next(iter(calibration.values()))) if calibration else 0
+    if isinstance(calibration, (list, tuple)) and calibration and isinstance(calibration[0], dict):
+        return sum(calibration_count(batch) for batch in calibration)
+    return len(calibration)
+
+
+def calibration_batches(calibration: Any, inputs: list[dict[str, Any]], batch_size: int = 32) -> list[Any]:
+    """Calibration data as the batches a quantizer feeds, each in the model's input dtypes.
+
+    An array (the image case) gives float32 arrays; a dict name -> rows, or a list of such dicts
+    (already batches), gives dicts by name, int64 token ids kept int64. A missing input is named.
+    """
+    import numpy as np
+
+    dtypes = {spec["name"]: spec["dtype"] for spec in inputs}
+    if isinstance(calibration, dict):
+        total = calibration_count(calibration)
+        calibration = [{name: rows[i:i + batch_size] for name, rows in calibration.items()}
+                       for i in range(0, total, batch_size)]
+    if isinstance(calibration, (list, tuple)) and calibration and isinstance(calibration[0], dict):
+        batches = []
+        for batch in calibration:
+            missing = [name for name in dtypes if name not in batch]
+            if missing:
+                raise ValueError(f"calibration data lacks input {', '.join(repr(n) for n in missing)} "
+                                        f"(the model takes {', '.join(dtypes)})")
+            batches.append({name: np.ascontiguousarray(batch[name], dtype=dtype) for name, dtype in dtypes.items()})
+        return batches
+    return [np.ascontiguousarray(calibration[i:i + batch_size], dtype=np.float32)
+            for i in range(0, len(calibration), batch_size)]
 
 
 def read_sidecar(directory: Path) -> dict[str, Any]:

@@ -4,7 +4,9 @@ fp32 keeps fp32 weights; fp16 stores fp16-compressed weights (the CPU plugin dec
 a session runs at the precision of its artifact (engine.json), not at the plugin's default
 (deploy.runner.sessions.OPENVINO_PRECISION);
 int8 converts the quantize stage's Q/DQ ONNX when there is one, otherwise runs NNCF PTQ on the
-OpenVINO model with the `calibration` samples.
+OpenVINO model with the `calibration` samples (an array, or a dict input name -> rows for a
+multi-input model). A multi-input model (BERT) converts as is: its batch and sequence axes stay
+dynamic, nothing is reshaped, and the CPU plugin runs any length.
 """
 
 from __future__ import annotations
@@ -17,23 +19,34 @@ from typing import Any
 import numpy as np
 
 from compress.core.fileio import read_json
-from deploy.engines.interface import SIDECAR, Engine, EngineUnavailable, Session
+from deploy.engines.interface import (SIDECAR, Engine, EngineUnavailable, Session, calibration_batches,
+                                      calibration_count, onnx_inputs)
+from deploy.runner.harness import has_sequence_axis
 from deploy.runner.sessions import OPENVINO_PRECISION, OpenVinoSession
 
 
-def nncf_quantize_ir(model, calibration: np.ndarray, batch_size: int = 32):
-    """NNCF PTQ of an OpenVINO model: int8 for the CPU, min-max ranges, no bias correction (as the quantize stage)."""
+def nncf_quantize_ir(model, calibration: np.ndarray | dict[str, np.ndarray] | list, batch_size: int = 32,
+                     inputs: list[dict[str, Any]] | None = None):
+    """NNCF PTQ of an OpenVINO model: int8 for the CPU, min-max ranges, no bias correction (as the quantize stage).
+
+    `inputs` (the ONNX's input specs) type the batches of a dict calibration; an array needs none.
+    A model with a sequence axis is quantized as NNCF's TRANSFORMER type, which leaves the attention
+    mask and Softmax in float: quantized, the mask's huge negative bias lets padding leak in.
+    """
     import logging
 
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
     logging.getLogger("nncf").setLevel(logging.WARNING)
-    batches = [np.ascontiguousarray(calibration[i:i + batch_size], dtype=np.float32)
-               for i in range(0, len(calibration), batch_size)]
+    if inputs is None:
+        inputs = [{"name": port.get_any_name(), "dtype": str(port.get_element_type().to_dtype())}
+                  for port in model.inputs]
+    batches = calibration_batches(calibration, inputs, batch_size)
     with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars
         return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
                              target_device=nncf.TargetDevice.CPU,
+                             model_type=nncf.ModelType.TRANSFORMER if has_sequence_axis(inputs) else None,
                              advanced_parameters=AdvancedQuantizationParameters(disable_bias_correction=True))
 
 
@@ -50,11 +63,13 @@ class OpenVinoEngine(Engine):
         extra: dict[str, Any] = {"device": "CPU", "inference_precision_hint": OPENVINO_PRECISION[precision]}
         if precision == "int8" and not (options.get("sources") or {}).get("qdq"):
             calibration = options.get("calibration")
-            if calibration is None or not len(calibration):
+            if not calibration_count(calibration):
                 raise EngineUnavailable("openvino int8 without a Q/DQ ONNX needs calibration samples")
-            model = nncf_quantize_ir(model, calibration)
+            inputs = onnx_inputs(onnx_path)
+            model = nncf_quantize_ir(model, calibration, inputs=inputs)
             extra["quantization"] = {"method": "NNCF PTQ of the OpenVINO model",
-                                     "calibration_samples": int(len(calibration))}
+                                     "calibration_samples": calibration_count(calibration),
+                                     **({"model_type": "transformer"} if has_sequence_axis(inputs) else {})}
         elif precision == "int8":
             extra["quantization"] = {"method": "Q/DQ ONNX from the quantize stage"}
         artifact = out_dir / "model.xml"

@@ -3,8 +3,9 @@
 Every network is built strongly typed: the precision lives in the ONNX (fp32 ONNX, the FP16 copy
 made at export, or the Q/DQ ONNX of the quantize stage: explicit quantization, no implicit
 calibrator). That is the only mode TensorRT 11 has, and TensorRT 10 (JetPack 6 ships 10.3) builds
-the same files the same way. One optimisation profile covers the dynamic batch; a timing cache
-kept outside the stage folder makes rebuilds fast. The plan file is plain TensorRT (no private
+the same files the same way. One optimisation profile covers the dynamic batch, and for a
+multi-input model (BERT) every input's batch x sequence range by name; a timing cache kept
+outside the stage folder makes rebuilds fast. The plan file is plain TensorRT (no private
 header): its metadata lives in engine.json.
 """
 
@@ -16,7 +17,8 @@ from typing import Any
 
 
 from compress.core.fileio import atomic_path
-from deploy.engines.interface import Engine, EngineUnavailable, Session
+from deploy.engines.interface import Engine, EngineUnavailable, Session, onnx_inputs
+from deploy.runner.harness import SEQUENCE_AXES
 from deploy.runner.sessions import SessionError, TensorRtSession
 from deploy.engines.trtexec import DEFAULT_WORKSPACE_MB, find_trtexec, run_trtexec, trtexec_args
 
@@ -83,9 +85,49 @@ def profile_shapes(sample_dims: list[int], min_batch: int, opt_batch: int, max_b
     return {name: [batch, *sample_dims] for name, batch in (("min", min_batch), ("opt", opt_batch), ("max", max_batch))}
 
 
-def build_plan(trt, onnx_path: Path, plan_path: Path, input_name: str, shapes: dict[str, list[int]],
-               workspace_mb: int = DEFAULT_WORKSPACE_MB, timing_cache: Path | None = None) -> dict[str, Any]:
-    """Parse, configure and build with the TensorRT Python API (`trt` is the imported module)."""
+def _check_range(what: str, low: int, opt: int, high: int) -> None:
+    if not 1 <= low <= opt <= high:
+        raise ValueError(f"{what} profile must satisfy 1 <= min <= opt <= max, got {low}/{opt}/{high}")
+
+
+def input_profile_shapes(inputs: list[dict[str, Any]], min_batch: int, opt_batch: int, max_batch: int,
+                         min_sequence: int = 1, opt_sequence: int = 128, max_sequence: int = 512,
+                         onnx_name: str = "model.onnx") -> dict[str, dict[str, list[int]]]:
+    """min/opt/max shape per input name: axis 0 over the batch range, a sequence axis over the sequence range.
+
+    `inputs` are input specs (deploy.engines.interface.onnx_inputs). Any other dynamic axis has no
+    range to build for and is refused, as TensorRT's lint reports it.
+    """
+    _check_range("batch", min_batch, opt_batch, max_batch)
+    _check_range("sequence", min_sequence, opt_sequence, max_sequence)
+    ranges = {"batch": (min_batch, opt_batch, max_batch), "sequence": (min_sequence, opt_sequence, max_sequence)}
+    profile = {}
+    for spec in inputs:
+        shapes: dict[str, list[int]] = {"min": [], "opt": [], "max": []}
+        for axis, dim in enumerate(spec["shape"]):
+            if isinstance(dim, int) and dim > 0:
+                sizes = (dim, dim, dim)
+            elif axis == 0:
+                sizes = ranges["batch"]
+            elif dim in SEQUENCE_AXES:
+                sizes = ranges["sequence"]
+            else:
+                raise EngineUnavailable(f"{onnx_name}: input '{spec['name']}' axis {axis} is dynamic ('{dim}'), "
+                                        "neither the batch nor a sequence axis; see trt_lint.json")
+            for kind, size in zip(("min", "opt", "max"), sizes):
+                shapes[kind].append(int(size))
+        profile[spec["name"]] = shapes
+    return profile
+
+
+def build_plan(trt, onnx_path: Path, plan_path: Path, input_name: str | None, shapes: dict[str, list[int]] | None,
+               workspace_mb: int = DEFAULT_WORKSPACE_MB, timing_cache: Path | None = None,
+               input_shapes: dict[str, dict[str, list[int]]] | None = None) -> dict[str, Any]:
+    """Parse, configure and build with the TensorRT Python API (`trt` is the imported module).
+
+    The profile is `shapes` of `input_name`, or with `input_shapes` one shape range per input name
+    (a multi-input model: TensorRT needs every dynamic input in the profile).
+    """
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
@@ -99,7 +141,8 @@ def build_plan(trt, onnx_path: Path, plan_path: Path, input_name: str, shapes: d
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     profile = builder.create_optimization_profile()
-    profile.set_shape(input_name, shapes["min"], shapes["opt"], shapes["max"])
+    for name, ranges in (input_shapes or {input_name: shapes}).items():
+        profile.set_shape(name, ranges["min"], ranges["opt"], ranges["max"])
     config.add_optimization_profile(profile)
 
     cache_loaded = False
@@ -157,10 +200,13 @@ class TensorRTEngine(Engine):
     def _build(self, onnx_path: Path, out_dir: Path, precision: str, sources: dict[str, Path] | None = None,
                calibration: Any = None, min_batch: int = 1, opt_batch: int = 8, max_batch: int = 32,
                workspace_mb: int = DEFAULT_WORKSPACE_MB, timing_cache: Path | None = None,
+               min_sequence: int = 1, opt_sequence: int = 128, max_sequence: int = 512,
                **_: Any) -> tuple[Path, dict[str, Any]]:
         source = onnx_path  # Engine.build resolved it through self.source()
-        input_name, sample_dims = onnx_input(source)
-        shapes = profile_shapes(sample_dims, min_batch, opt_batch, max_batch)
+        input_shapes = input_profile_shapes(onnx_inputs(source), min_batch, opt_batch, max_batch, min_sequence,
+                                            opt_sequence, max_sequence, source.name)
+        input_name = next(iter(input_shapes))
+        shapes = input_shapes[input_name]
         plan = out_dir / PLAN_NAME
         if timing_cache is not None:
             Path(timing_cache).parent.mkdir(parents=True, exist_ok=True)
@@ -168,11 +214,11 @@ class TensorRTEngine(Engine):
         if version is not None:
             import tensorrt as trt
 
-            info = build_plan(trt, source, plan, input_name, shapes, workspace_mb, timing_cache)
+            info = build_plan(trt, source, plan, input_name, shapes, workspace_mb, timing_cache, input_shapes)
         else:
             executable = find_trtexec()
-            args = trtexec_args(source, plan, precision, shapes["min"], shapes["opt"], shapes["max"], input_name,
-                                workspace_mb, timing_cache)
+            args = trtexec_args(source, plan, precision, workspace_mb=workspace_mb, timing_cache=timing_cache,
+                                input_shapes=input_shapes)
             log = out_dir / "trtexec.log"
             run_trtexec(args, executable, log)
             version = trtexec_version(log.read_text())
@@ -185,7 +231,8 @@ class TensorRTEngine(Engine):
             "gpu": gpu.get("name"),
             "compute_capability": gpu.get("compute_capability"),
             "input_name": input_name,
-            "shapes": shapes,
+            "shapes": shapes,  # the first input's, as before multi-input models
+            "input_shapes": input_shapes,
             "workspace_mb": int(workspace_mb),
             "timing_cache": str(timing_cache) if timing_cache else None,
             "calibration": "explicit Q/DQ in the ONNX" if precision == "int8" else None,

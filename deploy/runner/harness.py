@@ -5,7 +5,10 @@ numbers in one table come from one harness. Warm-up runs by count and by time, t
 until both `runs` and `min_seconds` are met, in several rounds, each a fresh load, interleaved
 across artifacts; the spread reported with a p50 is how far a rerun's p50 may land (95%), taken
 from the rounds. Inputs are fresh random data of the right shape (never zeros, which some kernels
-shortcut). Only numpy is needed here, so the same code can run on a device without torch.
+shortcut): a float32 batch of `input_shape`, or, from a list of input specs (plain dicts, as
+`deploy.engines.interface.onnx_inputs` reads them from a graph), one dict name -> array per run
+with token ids, an all-ones attention mask and zero token types at the given sequence length.
+Only numpy is needed here, so the same code can run on a device without torch.
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Dict, List, Sequence, Union
 
 import numpy as np
 
-Infer = Callable[[np.ndarray], np.ndarray]
+Batch = Union[np.ndarray, Dict[str, np.ndarray]]
+Infer = Callable[[Batch], np.ndarray]
+# An input spec: {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"], "vocab_size": 4000}.
+InputSpecs = List[Dict[str, Any]]
 
 # Spread above which a measurement is flagged: p90 more than 25% above p50, or p99 more than twice
 # p50, means the machine was busy or the clock unsteady, and a small speedup is not to be trusted.
@@ -27,6 +33,9 @@ NOISY_TAIL = 0.25
 NOISY_P99 = 2.0
 NOISY_SPREAD = 0.10
 INPUT_POOL = 8
+# Names a dynamic axis other than the batch may have to take the sequence length.
+SEQUENCE_AXES = ("sequence", "seq", "sequence_length", "seq_len")
+DEFAULT_VOCAB_SIZE = 1000
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; 1.96 beyond.
 T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
@@ -50,13 +59,78 @@ def random_inputs(input_shape: tuple[int, ...], batch_size: int, seed: int, coun
     return [rng.standard_normal((batch_size, *input_shape)).astype(np.float32) for _ in range(count)]
 
 
-def time_runs(infer: Infer, input_shape: tuple[int, ...], batch_size: int,
-              settings: LatencySettings = LatencySettings()) -> tuple[list[float], int]:
+def is_input_specs(inputs: Any) -> bool:
+    """Whether `inputs` is a list of input specs (dicts) rather than a per-sample shape tuple."""
+    return isinstance(inputs, (list, tuple)) and bool(inputs) and all(isinstance(i, dict) for i in inputs)
+
+
+def spec_shape(spec: dict, batch_size: int, sequence_length: int | None = None) -> tuple[int, ...]:
+    """The concrete shape of one input: axis 0 (or a dim named 'batch') is the batch, a sequence axis the length."""
+    shape = []
+    for axis, dim in enumerate(spec["shape"]):
+        if isinstance(dim, int) and dim > 0:
+            shape.append(dim)
+        elif axis == 0 or dim == "batch":
+            shape.append(batch_size)
+        elif dim in SEQUENCE_AXES:
+            if sequence_length is None:
+                raise ValueError(f"input '{spec['name']}' has a '{dim}' axis: give a sequence length")
+            shape.append(int(sequence_length))
+        else:
+            raise ValueError(f"input '{spec['name']}' axis {axis} is dynamic ('{dim}'), neither the batch nor "
+                             f"a sequence ({', '.join(SEQUENCE_AXES)}): no size to time it at")
+    return tuple(shape)
+
+
+def spec_values(spec: dict, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Random data a model of this input accepts: float noise, token ids below the vocabulary, a full mask."""
+    dtype = np.dtype(spec.get("dtype", "float32"))
+    name = spec["name"]
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if name.endswith("mask"):
+        return np.ones(shape, dtype)
+    if name != "token_type_ids" and (name == "input_ids" or spec.get("vocab_size")):
+        vocab = int(spec.get("vocab_size") or DEFAULT_VOCAB_SIZE)
+        return rng.integers(1, max(vocab, 2), size=shape).astype(dtype)
+    return np.zeros(shape, dtype)  # token_type_ids and any other integer input: the first segment
+
+
+def random_feeds(input_specs: InputSpecs, batch_size: int, seed: int, count: int = INPUT_POOL,
+                 sequence_length: int | None = None) -> list[dict[str, np.ndarray]]:
+    """Distinct feed dicts for a multi-input model (see `spec_values`), cycled through the runs."""
+    rng = np.random.default_rng(seed)
+    shapes = [(spec, spec_shape(spec, batch_size, sequence_length)) for spec in input_specs]
+    return [{spec["name"]: spec_values(spec, shape, rng) for spec, shape in shapes} for _ in range(count)]
+
+
+def input_pool(inputs: tuple[int, ...] | InputSpecs, batch_size: int, seed: int, count: int = INPUT_POOL,
+               sequence_length: int | None = None) -> list[Batch]:
+    """`random_feeds` for input specs, `random_inputs` for a per-sample shape."""
+    if is_input_specs(inputs):
+        return random_feeds(list(inputs), batch_size, seed, count, sequence_length)
+    return random_inputs(tuple(inputs), batch_size, seed, count)
+
+
+def has_sequence_axis(inputs: Any) -> bool:
+    """Whether input specs have a sequence axis (a Transformer's inputs), beyond the batch."""
+    return is_input_specs(inputs) and any(dim in SEQUENCE_AXES for spec in inputs for dim in spec.get("shape", [])[1:])
+
+
+def tokens_per_second(batch_size: int, sequence_length: int, p50_ms: float) -> float:
+    """Tokens a second at the median latency: every position of every sequence in the batch counts."""
+    return batch_size * sequence_length * 1000.0 / p50_ms if p50_ms > 0 else 0.0
+
+
+def time_runs(infer: Infer, input_shape: tuple[int, ...] | InputSpecs, batch_size: int,
+              settings: LatencySettings = LatencySettings(),
+              sequence_length: int | None = None) -> tuple[list[float], int]:
     """Warm up (count and time), then time `infer` until both `runs` and `min_seconds` are reached.
 
-    Returns the timed runs in ms and the number of warm-up runs.
+    `input_shape` is a per-sample shape (a float32 batch is made) or a list of input specs (feed
+    dicts at `sequence_length`). Returns the timed runs in ms and the number of warm-up runs.
     """
-    pool = random_inputs(tuple(input_shape), batch_size, settings.seed + batch_size)
+    pool = input_pool(input_shape, batch_size, settings.seed + batch_size, sequence_length=sequence_length)
     started = time.perf_counter()
     count = 0
     while count < settings.warmup or time.perf_counter() - started < settings.warmup_seconds:
@@ -183,19 +257,29 @@ def noise_note(stats: dict) -> str | None:
     return "; ".join(notes) + "; compare medians and rerun before trusting small differences"
 
 
-def latency_row(batch_size: int, round_times: list[list[float]], warmup_runs: int) -> dict:
+def latency_row(batch_size: int, round_times: list[list[float]], warmup_runs: int,
+                sequence_length: int | None = None) -> dict:
+    """One results row; with a sequence length, also that length and tokens a second at the p50."""
     stats = round_stats(round_times)
     row = {"batch_size": batch_size, "latency_ms": stats, "throughput_per_s": batch_size * 1000.0 / stats["p50"],
            "warmup_runs": warmup_runs, "rounds": len(round_times)}
+    if sequence_length is not None:
+        row["sequence_length"] = int(sequence_length)
+        row["tokens_per_s"] = tokens_per_second(batch_size, sequence_length, stats["p50"])
     note = noise_note(stats)
     return {**row, "note": note} if note else row
 
 
-def measure_latency(infer: Infer, input_shape: tuple[int, ...], batch_size: int,
-                    settings: LatencySettings = LatencySettings()) -> dict:
+def measure_latency(infer: Infer, input_shape: tuple[int, ...] | InputSpecs, batch_size: int,
+                    settings: LatencySettings = LatencySettings(), sequence_length: int | None = None) -> dict:
     """One round at one batch size of an open session (no load-to-load variation: see measure_rounds)."""
-    times, warmups = time_runs(infer, input_shape, batch_size, settings)
-    return latency_row(batch_size, [times], warmups)
+    times, warmups = time_runs(infer, input_shape, batch_size, settings, sequence_length)
+    return latency_row(batch_size, [times], warmups, _row_length(input_shape, sequence_length))
+
+
+def _row_length(inputs: Any, sequence_length: int | None) -> int | None:
+    """The sequence length a row reports: only where an input has a sequence axis."""
+    return sequence_length if sequence_length is not None and has_sequence_axis(inputs) else None
 
 
 # --- memory ---------------------------------------------------------------------------------------
@@ -237,8 +321,16 @@ def peak_rss_mb() -> float:
 
 # --- accuracy --------------------------------------------------------------------------------------
 
-def predict(infer: Infer, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    return np.concatenate([np.asarray(infer(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+def predict(infer: Infer, x: Batch, batch_size: int = 64) -> np.ndarray:
+    """Logits of every row of `x` (an array, or a dict name -> array of equal row counts), in batches."""
+    if not isinstance(x, dict):
+        return np.concatenate([np.asarray(infer(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+    rows = {name: len(value) for name, value in x.items()}
+    if len(set(rows.values())) != 1:
+        raise ValueError(f"inputs have different row counts: {rows}")
+    total = next(iter(rows.values()))
+    return np.concatenate([np.asarray(infer({name: value[i:i + batch_size] for name, value in x.items()}))
+                           for i in range(0, total, batch_size)])
 
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -260,10 +352,11 @@ def accuracy_report(logits: np.ndarray, labels: np.ndarray, teacher_top1: np.nda
 
 # --- every artifact, in rounds --------------------------------------------------------------------
 
-def measure_rounds(openers: Sequence[Callable[[], Any]], input_shape: tuple[int, ...], batch_sizes: list[int],
-                   settings: LatencySettings = LatencySettings(), rounds: int = 3,
+def measure_rounds(openers: Sequence[Callable[[], Any]], input_shape: tuple[int, ...] | InputSpecs,
+                   batch_sizes: list[int], settings: LatencySettings = LatencySettings(), rounds: int = 3,
                    on_first_load: Callable[[int, Any], None] | None = None,
-                   on_round: Callable[[int], None] | None = None) -> list[list[dict]]:
+                   on_round: Callable[[int], None] | None = None,
+                   sequence_length: int | None = None) -> list[list[dict]]:
     """Time every artifact in `rounds` interleaved rounds, loading it afresh for each round.
 
     `openers[i]()` loads artifact i and returns a session (a context manager with `infer`). Round r
@@ -275,6 +368,7 @@ def measure_rounds(openers: Sequence[Callable[[], Any]], input_shape: tuple[int,
     per batch size: statistics over all rounds' runs, each round's p50, the repeat spread and
     `peak_rss_mb`, the process's peak resident memory once that batch size was timed. The peak is
     never reset here: what one artifact needs alone is the fresh-process footprint's to measure.
+    `input_shape` may be a list of input specs (see `time_runs`); rows then carry `tokens_per_s`.
     """
     timed = [[[] for _ in batch_sizes] for _ in openers]
     warmups = [[0] * len(batch_sizes) for _ in openers]
@@ -286,11 +380,12 @@ def measure_rounds(openers: Sequence[Callable[[], Any]], input_shape: tuple[int,
                 if r == 0 and on_first_load is not None:
                     on_first_load(i, session)
                 for j, batch in enumerate(batch_sizes):
-                    times, warm = time_runs(session.infer, input_shape, batch, round_settings)
+                    times, warm = time_runs(session.infer, input_shape, batch, round_settings, sequence_length)
                     timed[i][j].append(times)
                     warmups[i][j] += warm
                     peaks[i][j] = max(peaks[i][j], peak_rss_mb())
         if on_round is not None:
             on_round(r)
-    return [[{**latency_row(batch, timed[i][j], warmups[i][j]), "peak_rss_mb": peaks[i][j]}
+    length = _row_length(input_shape, sequence_length)
+    return [[{**latency_row(batch, timed[i][j], warmups[i][j], length), "peak_rss_mb": peaks[i][j]}
              for j, batch in enumerate(batch_sizes)] for i in range(len(openers))]

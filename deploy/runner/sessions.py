@@ -1,10 +1,13 @@
 """One session per backend, the same on the host and on the device: ONNX Runtime, OpenVINO, TensorRT.
 
-A session is a loaded model whose `infer(float32 batch) -> logits` is what the harness times and
-the accuracy check runs. The host's engines (deploy/engines) open their artifacts with these
-classes, and every bundle carries this file beside runner.py, so a device runs the model exactly
-as the host measured it. Python 3.8, numpy and the backend's own package only: no torch, nothing
-of the toolchain. Backends are imported when a session is opened, never at import time.
+A session is a loaded model whose `infer(batch) -> logits` is what the harness times and the
+accuracy check runs: a batch is one array (a single-input model, a float32 NCHW image batch) or a
+dict input name -> array (a multi-input model: BERT's int64 input_ids, attention_mask,
+token_type_ids), fed by name in each input's own dtype. The host's engines (deploy/engines) open
+their artifacts with these classes, and every bundle carries this file beside runner.py, so a
+device runs the model exactly as the host measured it. Python 3.8, numpy and the backend's own
+package only: no torch, nothing of the toolchain. Backends are imported when a session is opened,
+never at import time.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from pathlib import Path
 OPENVINO_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
 # OpenVINO's element types in the toolchain's words, for the label of what ran.
 OPENVINO_NAMES = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}
+# ONNX Runtime's input type strings as numpy dtype names: int64 token ids stay int64.
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
+              "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
 
 
 _OPENVINO_CORE = []
@@ -40,15 +47,45 @@ class SessionError(RuntimeError):
     """A model that cannot be loaded or run here (wrong TensorRT version or GPU, a CUDA error)."""
 
 
+class FeedError(SessionError, ValueError):
+    """Inputs that do not match the model's: a missing or unknown name, one array for several inputs."""
+
+
 class Session:
     """A loaded model; a context manager, so the harness can load one afresh per round."""
 
     providers: list = []
     # The precision the backend computes in, where it can tell (OpenVINO); None: as the artifact is stored.
     precision = None
+    # The model's inputs in graph order, and each one's numpy dtype name (float32 where not told).
+    input_names: list = []
+    input_dtypes: dict = {}
 
     def infer(self, x):
         raise NotImplementedError
+
+    def feeds(self, x) -> dict:
+        """name -> contiguous array in the input's dtype, checked once here so every backend says the same.
+
+        One array feeds a single-input model (the image case); a multi-input model needs a dict.
+        """
+        import numpy as np
+
+        names = list(self.input_names) or ["input"]
+        if not isinstance(x, dict):
+            if len(names) > 1:
+                raise FeedError(f"the model takes {len(names)} inputs ({', '.join(names)}): "
+                                "pass a dict input name -> array")
+            x = {names[0]: x}
+        missing = [name for name in names if name not in x]
+        if missing:
+            raise FeedError(f"missing input {', '.join(repr(n) for n in missing)} "
+                            f"(the model takes {', '.join(names)})")
+        unknown = [name for name in x if name not in names]
+        if unknown:
+            raise FeedError(f"unknown input {', '.join(repr(n) for n in unknown)} "
+                            f"(the model takes {', '.join(names)})")
+        return {name: np.ascontiguousarray(x[name], dtype=self.input_dtypes.get(name, "float32")) for name in names}
 
     def close(self) -> None:
         pass
@@ -74,12 +111,13 @@ class OnnxRuntimeSession(Session):
         wanted = providers or ("CUDAExecutionProvider", "CPUExecutionProvider")
         self.providers = [p for p in wanted if p in available]
         self.session = ort.InferenceSession(str(path), options, providers=self.providers)
-        self.input_name = self.session.get_inputs()[0].name
+        inputs = self.session.get_inputs()
+        self.input_names = [i.name for i in inputs]
+        self.input_dtypes = {i.name: ORT_DTYPES.get(i.type, "float32") for i in inputs}
+        self.input_name = self.input_names[0]
 
     def infer(self, x):
-        import numpy as np
-
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return self.session.run(None, self.feeds(x))[0]
 
 
 class OpenVinoSession(Session):
@@ -99,13 +137,26 @@ class OpenVinoSession(Session):
             OPENVINO_NAMES.get(self.inference_precision, self.inference_precision)
         self.request = self.compiled.create_infer_request()
         self.output = self.compiled.output(0)
+        ports = list(self.compiled.inputs)
+        # A port without a name (a model built in code) is still fed by its index.
+        self.input_names = [p.get_any_name() if p.get_names() else str(i) for i, p in enumerate(ports)]
+        self.input_dtypes = {name: _openvino_dtype(port) for name, port in zip(self.input_names, ports)}
         self.providers = ["CPU"]
 
     def infer(self, x):
         import numpy as np
 
-        result = self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        feeds = self.feeds(x)
+        result = self.request.infer({i: feeds[name] for i, name in enumerate(self.input_names)})
         return np.array(result[self.output])
+
+
+def _openvino_dtype(port) -> str:
+    """numpy dtype name of an OpenVINO input port; float32 where its element type is dynamic."""
+    try:
+        return str(port.get_element_type().to_dtype())
+    except (RuntimeError, TypeError, ValueError):
+        return "float32"
 
 
 def cuda_runtime():
@@ -121,8 +172,9 @@ class TensorRtSession(Session):
     """A TensorRT plan run with the name-based tensor API (execute_async_v3) on cuda-python buffers.
 
     Plain TensorRT and cuda-python, so the same class runs on a GPU server and on a Jetson, where
-    torch is rarely installed. Output shapes come from the execution context after the input shape
-    is set, so the dynamic batch of the optimisation profile works at any size inside it.
+    torch is rarely installed. Output shapes come from the execution context after every input's
+    shape is set by name, so the dynamic batch (and sequence) of the optimisation profile works at
+    any size inside it.
     """
 
     def __init__(self, path, threads=None, precision=None, providers=None):
@@ -139,6 +191,9 @@ class TensorRtSession(Session):
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.input_name, self.output_name = inputs[0], next(n for n in names if n not in inputs)
         self.input_dtype = trt.nptype(self.engine.get_tensor_dtype(self.input_name))
+        self.input_names = inputs
+        # The engine's own types: an int64 ONNX input may have become int32 in the engine.
+        self.input_dtypes = {n: _numpy_name(trt.nptype(self.engine.get_tensor_dtype(n))) for n in inputs}
         self.output_dtype = trt.nptype(self.engine.get_tensor_dtype(self.output_name))
         self.stream = self._check(self.cudart.cudaStreamCreate())
         self.providers = ["TensorRT"]
@@ -153,23 +208,28 @@ class TensorRtSession(Session):
         import numpy as np
 
         cudart = self.cudart
-        x = np.ascontiguousarray(x, dtype=self.input_dtype)
-        self.context.set_input_shape(self.input_name, x.shape)
+        feeds = self.feeds(x)
+        for name, array in feeds.items():
+            if self.context.set_input_shape(name, array.shape) is False:
+                raise FeedError(f"input '{name}' of shape {list(array.shape)} is outside the engine's "
+                                "optimisation profile")
         out = np.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=self.output_dtype)
-        d_in = self._check(cudart.cudaMalloc(x.nbytes))
-        d_out = self._check(cudart.cudaMalloc(out.nbytes))
+        buffers = []
         try:
             h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-            self._check(cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes, h2d, self.stream))
-            self.context.set_tensor_address(self.input_name, int(d_in))
-            self.context.set_tensor_address(self.output_name, int(d_out))
+            for name, array in feeds.items():
+                buffers.append(self._check(cudart.cudaMalloc(max(array.nbytes, 1))))
+                self._check(cudart.cudaMemcpyAsync(buffers[-1], array.ctypes.data, array.nbytes, h2d, self.stream))
+                self.context.set_tensor_address(name, int(buffers[-1]))
+            buffers.append(self._check(cudart.cudaMalloc(max(out.nbytes, 1))))
+            self.context.set_tensor_address(self.output_name, int(buffers[-1]))
             if not self.context.execute_async_v3(int(self.stream)):
                 raise SessionError("TensorRT execution failed")
-            self._check(cudart.cudaMemcpyAsync(out.ctypes.data, d_out, out.nbytes, d2h, self.stream))
+            self._check(cudart.cudaMemcpyAsync(out.ctypes.data, buffers[-1], out.nbytes, d2h, self.stream))
             self._check(cudart.cudaStreamSynchronize(self.stream))
         finally:
-            cudart.cudaFree(d_in)
-            cudart.cudaFree(d_out)
+            for buffer in buffers:
+                cudart.cudaFree(buffer)
         return out.astype(np.float32)
 
     def close(self) -> None:
@@ -177,6 +237,12 @@ class TensorRtSession(Session):
             self.cudart.cudaStreamDestroy(self.stream)
             self.stream = None
         self.context = self.engine = self.runtime = None
+
+
+def _numpy_name(dtype) -> str:
+    import numpy as np
+
+    return np.dtype(dtype).name
 
 
 SESSIONS = {"onnxruntime": OnnxRuntimeSession, "openvino": OpenVinoSession, "tensorrt": TensorRtSession}
