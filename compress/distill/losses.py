@@ -9,7 +9,7 @@ exist, hooked features) and returns a scalar; the pipeline sums them with weight
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,10 @@ class KDBatch:
     student_features: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)
     soft_labels: torch.Tensor | None = None  # MixUp/CutMix class probabilities; `labels` is their argmax
+    # Transformer losses: hidden states and Q/K/V (compress.distill.transformer_taps.TransformerInternals).
+    student_internals: Any = None
+    teacher_internals: Any = None
+    student_dist_logits: torch.Tensor | None = None  # DeiT: the student's distillation-token head
 
     @property
     def labeled(self) -> torch.Tensor:
