@@ -1,0 +1,142 @@
+"""The recorded text preprocessing, applied on the device to raw texts (numpy and `tokenizers` alone).
+
+A text bundle ships the host's tokenizer.json and records in manifest.json how it was used
+(`preprocessing.text`: the file, max_length, pad_id, the model's input names). The host encodes
+with these very functions (compress.data.tokenizer.encode calls `token_rows` and `padded`), so a
+device given the same texts builds the same int64 arrays the host measured with. The tokenizer's
+own truncation and padding settings, whatever its file says, are replaced by the recorded ones.
+
+Named preprocess_text, not tokenize: runner.py puts the release folder first on sys.path, where a
+tokenize.py would shadow the standard library's (which linecache, inspect and tracebacks import).
+"""
+
+from __future__ import annotations
+
+import os
+
+try:  # on the host: the deploy.runner package
+    from . import runner
+except ImportError:  # on the device: loaded by runner.py from the release folder
+    import runner
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+TEXT_SUFFIXES = (".txt",)
+
+
+def configured(tokenizer, max_length: int):
+    """A copy of `tokenizer` that cuts every text to max_length tokens, [CLS] and [SEP] included, and pads none.
+
+    A copy, so the caller's tokenizer keeps its own settings (about 20 ms for a 30k vocabulary).
+    """
+    special = tokenizer.num_special_tokens_to_add(False)
+    if max_length <= special:
+        raise ValueError(f"max_length {max_length} leaves no room for text beside {special} special tokens")
+    copy = type(tokenizer).from_str(tokenizer.to_str())
+    copy.no_padding()
+    copy.enable_truncation(max_length, stride=0, strategy="longest_first", direction="right")
+    return copy
+
+
+def token_rows(tokenizer, texts, max_length: int, chunk: int = 8192):
+    """(ids, type_ids, lengths): every text's truncated tokens laid end to end (int64), and each one's count.
+
+    Flat arrays, not lists of lists: 100k short texts are a few MB this way.
+    """
+    import numpy as np
+
+    tokenizer = configured(tokenizer, max_length)
+    texts = list(texts)
+    ids, type_ids, lengths = [], [], []
+    for start in range(0, len(texts), chunk):
+        encodings = tokenizer.encode_batch(texts[start:start + chunk])
+        lengths.append(np.array([len(e.ids) for e in encodings], dtype=np.int64))
+        ids.extend(np.asarray(e.ids, dtype=np.int64) for e in encodings)
+        type_ids.extend(np.asarray(e.type_ids, dtype=np.int64) for e in encodings)
+    empty = np.zeros(0, dtype=np.int64)
+    return (np.concatenate(ids) if ids else empty, np.concatenate(type_ids) if type_ids else empty,
+            np.concatenate(lengths) if lengths else empty)
+
+
+def padded(ids, type_ids, lengths, pad_id: int, pad_to=None) -> dict:
+    """The model's int64 (n, L) inputs from flat tokens: L is the longest row, or `pad_to` (a fixed shape).
+
+    Padding takes `pad_id` in input_ids and 0 in attention_mask and token_type_ids, after the text.
+    """
+    import numpy as np
+
+    lengths = np.asarray(lengths, dtype=np.int64)
+    width = int(lengths.max()) if len(lengths) else 0
+    if pad_to is not None:
+        if width > int(pad_to):
+            raise ValueError(f"a text of {width} tokens does not fit pad_to {pad_to}")
+        width = int(pad_to)
+    filled = np.arange(width, dtype=np.int64)[None, :] < lengths[:, None]
+    input_ids = np.full((len(lengths), width), int(pad_id), dtype=np.int64)
+    input_ids[filled] = ids
+    token_type_ids = np.zeros((len(lengths), width), dtype=np.int64)
+    token_type_ids[filled] = type_ids
+    return {"input_ids": input_ids, "attention_mask": filled.astype(np.int64), "token_type_ids": token_type_ids}
+
+
+def text_spec(manifest: dict) -> dict:
+    """The recorded text steps; a bundle of an image or array model has none."""
+    spec = manifest.get("preprocessing", {}).get("text")
+    if spec is None:
+        raise runner.RunnerError("this bundle's model does not take text: give it images or a .npy of inputs")
+    return spec
+
+
+def load_tokenizer_file(path):
+    """A tokenizer.json read with `tokenizers`; a missing package or file is one line naming it."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise runner.RunnerError("tokenizers is not installed on this device (pip install tokenizers): it "
+                                 "encodes text inputs") from None
+    if not os.path.isfile(str(path)):
+        raise runner.RunnerError(f"{path}: not found (the bundle's tokenizer; deploy it again)")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as error:  # tokenizers raises plain Exception for a malformed file
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise runner.RunnerError(f"{path}: not a tokenizer.json this device's tokenizers can read ({first})") from None
+
+
+def encode_texts(release_dir, manifest: dict, texts) -> dict:
+    """Raw texts to the int64 arrays the model takes, by the recorded spec and the release's tokenizer.json.
+
+    Only the inputs the spec names come back (a model may take no token_type_ids).
+    """
+    spec = text_spec(manifest)
+    name = str(spec["tokenizer"])
+    if os.path.basename(name) != name or name in ("", ".", ".."):
+        raise runner.RunnerError(f"manifest.json: preprocessing.text.tokenizer: {name!r} is not a file name "
+                                 "inside the release")
+    tokenizer = load_tokenizer_file(os.path.join(str(release_dir), name))
+    ids, type_ids, lengths = token_rows(tokenizer, texts, int(spec["max_length"]))
+    arrays = padded(ids, type_ids, lengths, int(spec["pad_id"]), spec.get("pad_to"))
+    return {input_name: arrays[input_name] for input_name in spec.get("inputs", INPUT_NAMES)}
+
+
+def is_text_file(path) -> bool:
+    return str(path).lower().endswith(TEXT_SUFFIXES)
+
+
+def read_text_lines(path) -> list:
+    """One text per non-empty line of a UTF-8 file (a byte-order mark is dropped); blank lines are skipped."""
+    if not os.path.isfile(str(path)):
+        raise runner.RunnerError(f"{path}: not found")
+    texts = []
+    with open(str(path), "rb") as stream:
+        for number, raw in enumerate(stream, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise runner.RunnerError(f"{path}:{number}: not UTF-8 text (byte {error.start + 1} of the line)") \
+                    from None
+            line = line.rstrip("\r\n")
+            if line.strip():
+                texts.append(line)
+    if not texts:
+        raise runner.RunnerError(f"{path}: no text in it (one text per line)")
+    return texts
