@@ -458,3 +458,14 @@ def test_report_tables_scroll_inside_their_boxes_at_1280_and_390_px(chromium, tm
         results = next(t for t in layout["tables"] if t["id"] == "results")
         assert results["wider"], f"the full table fits at {width} px: no scrolling to check"
         assert results["bar"] >= 6, "the scrollbar takes room under the table: a reader sees that it scrolls"
+
+
+def test_the_tradeoff_chart_draws_an_artifact_at_top1_one():
+    """A student at 100% top-1: its Wilson interval ends at 100 less a rounding error, not below the point."""
+    from compress.reporting.charts import latency_vs_accuracy
+    from compress.reporting.uncertainty import top1_interval
+
+    rows = [{**row(model, "torch", "fp32", 1, p50, 1.0, 1.0), "top1_interval": top1_interval(1.0, 60)}
+            for model, p50 in (("teacher", 5.0), ("student", 2.0))]
+    report = {"pareto_batch": 1, "rows": rows, "headline": None, "pareto": ["student.torch.fp32"], "gate_limits": {}}
+    assert latency_vs_accuracy(report)[:8] == b"\x89PNG\r\n\x1a\n"

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from compress.config.base import ADDED_LATER, Strict  # noqa: F401  (stage configs import them from here)
-from compress.config.data import AugmentConfig, DataConfig, TransferConfig  # noqa: F401
+from compress.config.data import AugmentConfig, DataConfig, TextConfig, TransferConfig  # noqa: F401
 from compress.core.errors import ConfigError
 
 
@@ -77,6 +77,18 @@ class TeacherConfig(ModelConfig):
 class StudentConfig(ModelConfig):
     checkpoint: Path | None = Field(None, json_schema_extra=ADDED_LATER,
                                     description="start from these weights (.pt state_dict or .safetensors)")
+    init_from_teacher: Literal["every_other"] | None = Field(
+        None, json_schema_extra=ADDED_LATER,
+        description="Transformers: copy the teacher's embeddings and every other layer (DistilBERT's init)")
+
+    @model_validator(mode="after")
+    def _one_source_of_weights(self) -> "StudentConfig":
+        if self.init_from_teacher is not None and self.checkpoint is not None:
+            raise ValueError("give checkpoint or init_from_teacher, not both")
+        return self
+
+
+TASKS = ("image-classification", "text-classification")
 
 
 class GatesConfig(Strict):
@@ -127,6 +139,9 @@ MAX_NAME_BYTES = 250
 class PipelineConfig(Strict):
     name: str
     seed: int = 0
+    task: Literal["image-classification", "text-classification"] | None = Field(
+        None, json_schema_extra=ADDED_LATER, description="unset: text-classification for data.source text, "
+                                                         "else image-classification")
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig
     student: StudentConfig
@@ -148,6 +163,18 @@ class PipelineConfig(Strict):
             raise ValueError(f"{len(value.encode())} bytes long; at most {MAX_NAME_BYTES} (it names the run folder, "
                              "and file systems allow 255 bytes per name)")
         return value
+
+    @property
+    def task_name(self) -> str:
+        return self.task or ("text-classification" if self.data.is_text else "image-classification")
+
+    @model_validator(mode="after")
+    def _task_fits_the_data(self) -> "PipelineConfig":
+        if self.task == "text-classification" and not self.data.is_text:
+            raise ValueError(f"task text-classification reads texts: set data.source: text (got '{self.data.source}')")
+        if self.task == "image-classification" and self.data.is_text:
+            raise ValueError("data.source text holds texts: set task: text-classification (or leave task out)")
+        return self
 
     def stage(self, name: str) -> BaseModel:
         """The validated config of stage `name` (defaults when the section is absent)."""
@@ -238,6 +265,7 @@ def _path_fields(cfg: PipelineConfig) -> list[tuple[Any, str]]:
     """(model, field) of every file or folder the config names."""
     fields = [(cfg.data, "path"), (cfg.data, "val_path"), (cfg.data, "test_path"), (cfg.teacher, "checkpoint"),
               (cfg.student, "checkpoint")]
+    fields += [(cfg.data.text, "tokenizer")] if cfg.data.text is not None else []
     return fields + ([(cfg.data.transfer, "path")] if cfg.data.transfer is not None else [])
 
 
@@ -246,7 +274,7 @@ def _check_files(file: str, cfg: PipelineConfig) -> None:
         path = getattr(owner, name)
         # webdataset shards may be a brace pattern (train-{000..009}.tar): its reader checks every shard
         if path is not None and not path.exists() and "{" not in path.name:
-            where = "data.transfer" if owner is cfg.data.transfer else \
+            where = "data.transfer" if owner is cfg.data.transfer else "data.text" if owner is cfg.data.text else \
                 "data" if owner is cfg.data else "teacher" if owner is cfg.teacher else "student"
             raise ConfigError(file, f"{where}.{name}", f"file not found: {path}")
     for role in ("teacher", "student"):

@@ -53,9 +53,21 @@ class AugmentConfig(Strict):
         return value
 
 
+class TextConfig(Strict):
+    """How texts become token ids (compress.data.tokenizer): the same steps run on the device."""
+
+    tokenizer: Path | None = Field(None, description="tokenizer.json, or a Hugging Face folder holding one; unset: "
+                                                     "a WordPiece vocabulary is trained here on the training texts")
+    max_length: int = Field(128, ge=4, le=8192, description="tokens per text, [CLS] and [SEP] included")
+    vocab_size: int = Field(4000, ge=100, description="size of the vocabulary trained here (no tokenizer given)")
+    lowercase: bool = True
+
+
 # Sources read lazily, one image at a time (compress.data.records); the rest are arrays.
 STREAM_SOURCES = ("imagefolder", "manifest", "hf", "webdataset")
-FILE_SOURCES = ("npz",) + STREAM_SOURCES
+# Labelled texts: a CSV/JSONL file (text,label), parquet/arrow, or a Hugging Face dataset saved to disk.
+TEXT_SOURCES = ("text",)
+FILE_SOURCES = ("npz",) + STREAM_SOURCES + TEXT_SOURCES
 SOURCES = ("digits",) + FILE_SOURCES
 
 
@@ -91,6 +103,8 @@ class DataConfig(Strict):
     grayscale: bool = False
     kwargs: dict[str, Any] = Field(default_factory=dict)
     transfer: TransferConfig | None = Field(None, description="unlabelled inputs for KD (see compress.data.transfer)")
+    text: TextConfig | None = Field(None, json_schema_extra=ADDED_LATER,
+                                    description="source text: tokenizer and max_length (defaults when unset)")
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DataConfig":
@@ -109,6 +123,19 @@ class DataConfig(Strict):
         return self
 
     streams = property(lambda self: self.source in STREAM_SOURCES, doc="read one image at a time (not arrays)")
+    is_text = property(lambda self: self.source in TEXT_SOURCES, doc="labelled texts (a text-classification task)")
+
+    @property
+    def text_options(self) -> TextConfig:
+        return self.text if self.text is not None else TextConfig()
+
+    @model_validator(mode="after")
+    def _text_options_for_text(self) -> "DataConfig":
+        if self.text is not None and not self.is_text:
+            raise ValueError(f"data.text configures a text source; source is '{self.source}'")
+        if self.is_text and self.transfer is not None:
+            raise ValueError("data.transfer takes images; for texts add the unlabelled texts to train")
+        return self
 
     @model_validator(mode="after")
     def _one_test_split(self) -> "DataConfig":

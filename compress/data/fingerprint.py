@@ -22,7 +22,8 @@ from compress.data.records import IMAGE_SUFFIXES
 def data_paths(cfg: DataConfig) -> dict[str, Path]:
     """The files and folders the data section names, by field."""
     named = {"data.path": cfg.path, "data.val_path": cfg.val_path, "data.test_path": cfg.test_path,
-             "data.transfer.path": cfg.transfer.path if cfg.transfer is not None else None}
+             "data.transfer.path": cfg.transfer.path if cfg.transfer is not None else None,
+             "data.text.tokenizer": cfg.text.tokenizer if cfg.text is not None else None}
     return {field: Path(path) for field, path in named.items() if path is not None}
 
 

@@ -30,6 +30,9 @@ from compress.core.fileio import atomic_path
 from compress.data.records import BadImage
 from compress.data.splits import Split
 from compress.distill.train import Batch, augments, training_device
+from compress.distill.transformer_losses import check_transformer_loss
+from compress.distill.transformer_taps import NotATransformer, TransformerTaps, describe_transformer
+from compress.tasks import call_model, to_tensors
 
 CACHE_LIMIT_BYTES = 4 << 30  # in memory (no cache folder): above this the teacher runs per batch
 DISK_SHARE = 0.5  # on disk: the cache may take at most this share of the free space
@@ -77,7 +80,8 @@ def check_loss_specs(specs: list[LossSpec]) -> tuple[str, str] | None:
                 return f"losses.{i}.{key}", f"loss '{spec.name}' has no option '{key}'; options: {', '.join(accepted) or 'none'}"
             if key == "temperature" and not (isinstance(value, (int, float)) and value > 0):
                 return f"losses.{i}.temperature", "must be a number > 0"
-        required = [p for p, v in params.items() if p != "self" and v.default is inspect.Parameter.empty]
+        required = [p for p, v in params.items() if p != "self" and v.default is inspect.Parameter.empty
+                    and v.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
         for key in required:
             if key not in spec.options:
                 return f"losses.{i}.{key}", f"loss '{spec.name}' needs '{key}' (a module path, e.g. layers.3)"
@@ -140,7 +144,12 @@ class Objective:
         names = [s.name for s in specs]
         for i, spec in enumerate(specs):
             part = spec.name if names.count(spec.name) == 1 else f"{spec.name}_{i}"
-            self.terms.append((part, spec.weight, LOSSES[spec.name](**loss_options(spec, temperature, cfg.label_smoothing))))
+            try:
+                loss = LOSSES[spec.name](**loss_options(spec, temperature, cfg.label_smoothing))
+            except ValueError as error:  # e.g. a layer_map that is not {int: int}
+                raise ConfigError(file, f"{section}.losses.{i}", str(error)) from None
+            self.terms.append((part, spec.weight, loss))
+        self.internal_taps = transformer_setup(self.terms, specs, student, teacher, file, section)
         feature_terms = [(i, loss) for i, (_, _, loss) in enumerate(self.terms) if isinstance(loss, FeatureLoss)]
         for i, loss in feature_terms:
             for role, model, path in (("student", student, loss.student_path), ("teacher", teacher, loss.teacher_path)):
@@ -169,6 +178,8 @@ class Objective:
             log("teacher runs on every batch (random augmentation changes the inputs each epoch), eval mode, no_grad")
         elif not use_cache:
             log("teacher runs on every batch (teacher_cache: false)")
+        elif self.internal_taps is not None:
+            log("teacher runs on every batch (the Transformer losses read its hidden states and attention)")
         elif getattr(getattr(train, "decoding", None), "skip_bad", False):
             log("teacher runs on every batch (skip_bad_images: a skipped image would shift a cache's rows)")
         elif cache_bytes > room:
@@ -188,10 +199,13 @@ class Objective:
         """Feature shapes of both models on two inputs (catches unmatched shapes before training)."""
         was_training = student.training
         student.eval()
-        x = torch.as_tensor(x).to(self.device)
-        student.to(self.device)(x)
-        teacher_logits = self.teacher(x)
+        x = to_tensors(x, self.device)
+        call_model(student.to(self.device), x)
+        teacher_logits = call_model(self.teacher, x)
         student.train(was_training)
+        if self.internal_taps is not None:
+            for taps in self.internal_taps:
+                taps.clear()
         student_shapes = {k: v.shape for k, v in self.student_taps.take().items()}
         teacher_shapes = {k: v.shape for k, v in self.teacher_taps.take().items()}
         return student_shapes, teacher_shapes, teacher_logits.shape[1:]
@@ -211,7 +225,7 @@ class Objective:
     def _teacher_batches(self, train: Split, batch_size: int):
         """{"logits": ..., "feature.PATH": ...} of the teacher, batch by batch over the split in order."""
         for x, _ in train.batches(batch_size):
-            yield {"logits": self.teacher(torch.as_tensor(x).to(self.device)).float(),
+            yield {"logits": call_model(self.teacher, to_tensors(x, self.device)).float(),
                    **{f"feature.{path}": v.float() for path, v in self.teacher_taps.take().items()}}
 
     def _teacher_outputs(self, train: Split, cache_dir: Path | None, batch_size: int = 512):
@@ -263,14 +277,20 @@ class Objective:
 
             return rows(logits), {path: rows(value) for path, value in features.items()}
         with torch.no_grad():
-            logits = self.teacher(batch.x)
+            logits = call_model(self.teacher, batch.x)
         return logits, self.teacher_taps.take()
 
-    def __call__(self, student_logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, student_logits, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        dist_logits = None
+        if isinstance(student_logits, (tuple, list)):  # a DeiT student in distilled training: (class, distillation)
+            student_logits, dist_logits = student_logits
+        mask = batch.x.get("attention_mask") if isinstance(batch.x, dict) else None
+        student_internals = self.internal_taps[0].take(mask) if self.internal_taps is not None else None
         student_features = self.student_taps.take()
         teacher_logits, teacher_features = self.teacher_outputs(batch)
+        teacher_internals = self.internal_taps[1].take(mask) if self.internal_taps is not None else None
         kd_batch = KDBatch(student_logits, teacher_logits, batch.labels, student_features, teacher_features,
-                           batch.soft_labels)
+                           batch.soft_labels, student_internals, teacher_internals, dist_logits)
         total = student_logits.new_zeros((), dtype=torch.float32)
         parts: dict[str, float] = {}
         for part, weight, loss in self.terms:
@@ -282,3 +302,58 @@ class Objective:
     def close(self) -> None:
         self.student_taps.remove()
         self.teacher_taps.remove()
+        for taps in self.internal_taps or ():
+            taps.remove()
+
+
+def transformer_setup(terms, specs: list[LossSpec], student: nn.Module, teacher: nn.Module, file: str,
+                      section: str) -> tuple[TransformerTaps, TransformerTaps] | None:
+    """Check the Transformer losses against both models, size their projections, and tap both models'
+    hidden states and attention projections (None when no loss needs them)."""
+    chosen = [(i, loss) for i, (_, _, loss) in enumerate(terms)
+              if getattr(loss, "uses_internals", False) or getattr(loss, "uses_distillation_token", False)]
+    if not chosen:
+        return None
+    described = {}
+    for role, model in (("student", student), ("teacher", teacher)):
+        try:
+            described[role] = describe_transformer(model)
+        except NotATransformer as error:
+            raise ConfigError(file, f"{section}.losses.{chosen[0][0]}", f"{role}: {error}") from None
+    for i, loss in chosen:
+        problem = check_transformer_loss(specs[i].name, specs[i].options, described["student"], described["teacher"])
+        if problem:
+            raise ConfigError(file, f"{section}.losses.{i}", problem)
+        if hasattr(loss, "setup_widths"):
+            loss.setup_widths(described["student"]["hidden"], described["teacher"]["hidden"])
+    if any(getattr(loss, "uses_distillation_token", False) for _, loss in chosen):
+        student.set_distilled_training(True)  # timm: training forwards return (class, distillation) logits
+    if not any(getattr(loss, "uses_internals", False) for _, loss in chosen):
+        return None
+    return TransformerTaps(student), TransformerTaps(teacher)
+
+
+def check_transformer_losses(specs: list[LossSpec], pipeline) -> tuple[str, str] | None:
+    """(field, message) for the first Transformer loss whose layers, heads or widths do not fit the configured
+    models, told on torch's meta device (no weights, no data) for `compress validate`."""
+    from compress.models import model_outline
+
+    chosen = [(i, s) for i, s in enumerate(specs) if s.name in LOSSES and
+              (getattr(LOSSES[s.name], "uses_internals", False) or getattr(LOSSES[s.name], "uses_distillation_token", False))]
+    if not chosen:
+        return None
+    described = {}
+    for role in ("student", "teacher"):
+        role_cfg = getattr(pipeline, role)
+        outline = model_outline(role_cfg.model, role_cfg.kwargs, text=pipeline.data.is_text)
+        if outline is None:
+            return None  # built only from real data (a checkpoint's geometry): the stage checks when it starts
+        try:
+            described[role] = describe_transformer(outline)
+        except NotATransformer as error:
+            return f"losses.{chosen[0][0]}", f"{role}: {error}"
+    for i, spec in chosen:
+        problem = check_transformer_loss(spec.name, spec.options, described["student"], described["teacher"])
+        if problem:
+            return f"losses.{i}", problem
+    return None

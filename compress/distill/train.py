@@ -30,6 +30,7 @@ from compress.config import TrainConfig
 from compress.core.fileio import atomic_path
 
 from compress.data.splits import NO_LABEL, ArraySplit, Split
+from compress.tasks import call_model, count, rows, to_tensors
 
 
 @dataclass
@@ -141,13 +142,15 @@ def autocast(cfg: TrainConfig, device: torch.device):
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def predict_logits(model: nn.Module, x, batch_size: int = 256) -> torch.Tensor:
+    """Logits of `x` (one array, or a dict of named arrays for a text model) in batches, on the CPU."""
     model.eval()
     device = next(model.parameters()).device
-    x = torch.as_tensor(x)
-    if not len(x):
+    total = count(x)
+    if not total:
         return torch.empty(0)
-    return torch.cat([model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+    return torch.cat([call_model(model, to_tensors(rows(x, i, i + batch_size), device)).float().cpu()
+                      for i in range(0, total, batch_size)])
 
 
 def model_infer(model: nn.Module):
@@ -278,7 +281,7 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, work_dir: 
                 x, soft = mixer(x, labels)
                 batch = Batch(x, soft.argmax(1), idx, soft)
             with autocast(cfg, device):
-                logits = trained(x)
+                logits = call_model(trained, x)
                 loss, parts = loss_fn(logits, batch)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

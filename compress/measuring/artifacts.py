@@ -30,10 +30,13 @@ class TorchSession(Session):
             torch.set_num_threads(threads)
         self.model = model.eval()
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
+    def infer(self, x) -> np.ndarray:
+        """One float32 batch, or a dict of named arrays (token ids of a text model)."""
         import torch
 
         with torch.inference_mode():
+            if isinstance(x, dict):
+                return self.model(**{name: torch.from_numpy(np.ascontiguousarray(v)) for name, v in x.items()}).numpy()
             return self.model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
 
 

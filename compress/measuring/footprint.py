@@ -28,12 +28,13 @@ RUNTIME_MODULES = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "
 RUNS = 3
 
 
-def measure_in_this_process(path: Path, backend: str, input_shape: tuple[int, ...], batch_size: int,
-                            threads: int | None, precision: str | None = None) -> dict:
+def measure_in_this_process(path: Path, backend: str, input_shape, batch_size: int, threads: int | None,
+                            precision: str | None = None, sequence_length: int | None = None) -> dict:
+    """`input_shape`: a per-sample shape, or input specs (a text model's token ids, at `sequence_length`)."""
     import importlib
 
     from compress.measuring.artifacts import open_session
-    from deploy.runner.harness import proc_status_kb, random_inputs, reset_peak_rss
+    from deploy.runner.harness import input_pool, proc_status_kb, reset_peak_rss
 
     importlib.import_module(RUNTIME_MODULES.get(backend, backend))
     runtime_kb, import_peak_kb = proc_status_kb("VmRSS"), proc_status_kb("VmHWM")
@@ -41,7 +42,7 @@ def measure_in_this_process(path: Path, backend: str, input_shape: tuple[int, ..
         raise SystemExit("resident memory is read from /proc/self/status, which this system lacks")
     reset_peak_rss()  # from here VmHWM is the peak of loading and running (where the kernel allows a reset)
     with open_session(path, backend, threads, precision) as session:
-        for batch in random_inputs(input_shape, batch_size, seed=batch_size, count=RUNS):
+        for batch in input_pool(input_shape, batch_size, seed=batch_size, count=RUNS, sequence_length=sequence_length):
             session.infer(batch)
         run_peak_kb = proc_status_kb("VmHWM") or 0
     return {"peak_mb": round(max(import_peak_kb, run_peak_kb) / 1024, 1), "runtime_mb": round(runtime_kb / 1024, 1),
@@ -49,15 +50,20 @@ def measure_in_this_process(path: Path, backend: str, input_shape: tuple[int, ..
             "torch_imported": "torch" in sys.modules}
 
 
-def measure_footprint(path: str | os.PathLike, backend: str, input_shape: tuple[int, ...], batch_size: int,
-                      threads: int | None = None, timeout: float = 600, precision: str | None = None) -> dict:
+def measure_footprint(path: str | os.PathLike, backend: str, input_shape, batch_size: int,
+                      threads: int | None = None, timeout: float = 600, precision: str | None = None,
+                      sequence_length: int | None = None) -> dict:
     """`measure_in_this_process` in a fresh Python; {"error": ...} when the child fails."""
     # Run from the folder that holds this package, so `-m` finds this very package and not a `compress`
     # folder that happens to lie in the caller's working directory.
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     command = [sys.executable, "-m", "compress.measuring.footprint", backend, str(Path(path).resolve()),
-               "--shape", ",".join(str(d) for d in input_shape), "--batch", str(batch_size)]
+               "--batch", str(batch_size)]
+    if input_shape and isinstance(input_shape[0], dict):  # input specs
+        command += ["--inputs", json.dumps(list(input_shape)), "--sequence-length", str(sequence_length)]
+    else:
+        command += ["--shape", ",".join(str(d) for d in input_shape)]
     if threads:
         command += ["--threads", str(threads)]
     if precision:
@@ -88,15 +94,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m compress.measuring.footprint", description=__doc__.splitlines()[0])
     parser.add_argument("backend")
     parser.add_argument("path", type=Path)
-    parser.add_argument("--shape", required=True, help="per-sample input shape, e.g. 1,8,8")
+    shapes = parser.add_mutually_exclusive_group(required=True)
+    shapes.add_argument("--shape", help="per-sample input shape, e.g. 1,8,8")
+    shapes.add_argument("--inputs", help="input specs as JSON (name, dtype, shape with named dynamic axes)")
+    parser.add_argument("--sequence-length", type=int, help="with --inputs: the length of the sequence axes")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--precision", help="openvino: the precision to compute in")
     parser.add_argument("--import-path", default="", help="folders to append to sys.path, os.pathsep-separated")
     args = parser.parse_args(argv)
     sys.path.extend(p for p in args.import_path.split(os.pathsep) if p and p not in sys.path)
-    shape = tuple(int(d) for d in args.shape.split(","))
-    print(json.dumps(measure_in_this_process(args.path, args.backend, shape, args.batch, args.threads, args.precision)))
+    inputs = json.loads(args.inputs) if args.inputs else tuple(int(d) for d in args.shape.split(","))
+    print(json.dumps(measure_in_this_process(args.path, args.backend, inputs, args.batch, args.threads, args.precision,
+                                             args.sequence_length)))
     return 0
 
 

@@ -24,6 +24,13 @@ class ModelSpec:
     num_classes: int
     input_size: int
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # Text models: the tokenizer's vocabulary and the longest input (0 for images).
+    vocab_size: int = 0
+    max_length: int = 0
+
+    @property
+    def is_text(self) -> bool:
+        return self.vocab_size > 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,6 +52,10 @@ def check_model_name(name: str) -> str | None:
 
     if name.startswith("timm:"):
         return sources.check_timm(name.split(":", 1)[1])
+    if name.startswith("hf-config:"):
+        from compress.models.text_models import check_hf_config
+
+        return check_hf_config(name.split(":", 1)[1])
     if name.startswith("hf:"):
         return sources.check_hf(name.split(":", 1)[1])
     if name.startswith("torchvision:"):
@@ -67,7 +78,7 @@ def check_model_name(name: str) -> str | None:
         return None
     if name not in zoo_names():
         return (f"unknown model '{name}'; built-in: {', '.join(zoo_names())}, or timm:NAME, hf:FOLDER, "
-                "torchvision:NAME, or module:factory")
+                "hf-config:bert, torchvision:NAME, or module:factory")
     return None
 
 
@@ -112,6 +123,19 @@ def build_model(spec: ModelSpec):
 def _build(spec: ModelSpec, geometry: dict[str, Any]):
     from compress.models import external as sources
 
+    if spec.is_text:
+        from compress.models import text_models
+
+        if spec.name.startswith("hf-config:"):
+            return text_models.build_hf_config(spec.name.split(":", 1)[1], spec.vocab_size, spec.max_length,
+                                               spec.num_classes, spec.kwargs)
+        if spec.name.startswith("hf:"):
+            return text_models.build_hf_text(spec.name.split(":", 1)[1], spec.num_classes, spec.kwargs)
+        if ":" not in spec.name or spec.name.startswith(("timm:", "torchvision:")):
+            raise UsageError(f"model '{spec.name}' classifies images; for texts use hf-config:bert, hf:FOLDER "
+                             "or a module:factory taking input_ids")
+    elif spec.name.startswith("hf-config:"):
+        raise UsageError(f"model '{spec.name}' classifies texts: use data.source text")
     if spec.name.startswith("timm:"):
         return sources.build_timm(spec.name.split(":", 1)[1], spec.in_channels, spec.num_classes, spec.kwargs)
     if spec.name.startswith("hf:"):
@@ -138,7 +162,7 @@ def _factory(name: str):
         import timm
 
         return timm.model_entrypoint(name.split(":", 1)[1])
-    if name.startswith("hf:"):
+    if name.startswith(("hf:", "hf-config:")):
         raise ValueError("a Hugging Face config takes its own keys")  # kwargs_problem: cannot be told
     if name.startswith("torchvision:"):
         import torchvision.models as tvm
@@ -216,7 +240,7 @@ def kwargs_problem(name: str, kwargs: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def model_outline(name: str, kwargs: dict[str, Any]):
+def model_outline(name: str, kwargs: dict[str, Any], text: bool = False):
     """The model a config names, built on torch's meta device (no weights in memory, no data read).
 
     For `compress validate` to check the module paths a config names (feature losses, NNCF's
@@ -228,7 +252,8 @@ def model_outline(name: str, kwargs: dict[str, Any]):
 
     try:
         with torch.device("meta"):
-            return build_model(ModelSpec(name, 3, 10, 32, dict(kwargs)))
+            spec = ModelSpec(name, 0, 10, 128, dict(kwargs), 1000, 128) if text else ModelSpec(name, 3, 10, 32, dict(kwargs))
+            return build_model(spec)
     except Exception:
         return None
 
@@ -400,13 +425,14 @@ def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one forward pass at batch 1 (torch's flop counter / 2)."""
+def count_macs(model, input_shape: tuple[int, ...] | None = None, example: dict | None = None) -> int:
+    """Multiply-accumulates of one forward pass at batch 1 (torch's flop counter / 2); a text model counts on
+    `example` (named token tensors of one row, at the length that matters)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     model = model.eval()
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        model(torch.zeros(1, *input_shape))
+        model(**example) if example is not None else model(torch.zeros(1, *input_shape))
     return int(counter.get_total_flops() // 2)

@@ -88,13 +88,14 @@ def build_hf(folder: str, in_channels: int, num_classes: int, kwargs: dict[str, 
     return _logits_module()(AutoModelForImageClassification.from_config(config))
 
 
-def hf_state(folder: str) -> dict[str, Any]:
+def hf_state(folder: str, text: bool = False) -> dict[str, Any]:
     """The weights of an hf: folder under the names the built model uses: transformers renames some keys on
     loading (the file keeps the older names), so the file is read through transformers itself."""
-    from transformers import AutoModelForImageClassification
+    import transformers
 
+    auto = transformers.AutoModelForSequenceClassification if text else transformers.AutoModelForImageClassification
     try:
-        model = AutoModelForImageClassification.from_pretrained(folder, local_files_only=True)
+        model = auto.from_pretrained(folder, local_files_only=True)
     except Exception as error:  # transformers raises many types for a damaged folder
         raise ValueError(f"cannot load the weights: {str(error).splitlines()[0] if str(error) else error}") from None
     return model.state_dict()
@@ -102,7 +103,7 @@ def hf_state(folder: str) -> dict[str, Any]:
 
 def adapt_keys(model, state: dict[str, Any]) -> dict[str, Any]:
     """A Hugging Face state_dict (keys as save_pretrained writes them) under our wrapper's `model.` prefix."""
-    if type(model).__name__ != "HFLogits" or any(key.startswith("model.") for key in state):
+    if type(model).__name__ not in ("HFLogits", "TextLogits") or any(key.startswith("model.") for key in state):
         return state
     return {f"model.{key}": value for key, value in state.items()}
 

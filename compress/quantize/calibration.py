@@ -7,8 +7,11 @@ import numpy as np
 from compress.data.splits import Split
 
 
-def calibration_samples(train: Split, count: int, seed: int) -> np.ndarray:
+def calibration_samples(train: Split, count: int, seed: int) -> np.ndarray | dict[str, np.ndarray]:
     """`count` training samples (all of them when there are fewer), in a seeded random order, as evaluated."""
     order = np.random.default_rng(seed).permutation(len(train))
     chosen = np.concatenate([np.sort(order[:count]), order[count:]])  # the seeded few first, in file order
-    return np.ascontiguousarray(train.sample(chosen, count)[0], dtype=np.float32)
+    inputs = train.sample(chosen, count)[0]
+    if isinstance(inputs, dict):  # token ids of a text split, padded to the longest of these samples
+        return inputs
+    return np.ascontiguousarray(inputs, dtype=np.float32)

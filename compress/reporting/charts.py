@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.transforms  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
+from compress.reporting.sequence import latency_by_length_figure  # noqa: E402
+
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"]
 MARKERS = {"teacher": "*", "student": "o"}
 META_KEYS = ("epoch", "loss", "lr", "val_top1", "seconds", "val_loss")
@@ -108,7 +110,8 @@ def tradeoff_figure(report: dict[str, Any]):
         interval = row.get("top1_interval")
         if spread or interval:  # how far a rerun's p50 may land (clipped above zero on the log axis); top-1's 95%
             ax.errorbar(x, y, xerr=[[min(spread, 0.9 * x)], [spread]] if spread else None,
-                        yerr=[[y - interval[0] * 100], [interval[1] * 100 - y]] if interval else None,
+                        # clipped at 0: at top-1 1.0 the interval's end is 100 less a rounding error
+                        yerr=[[max(0.0, y - interval[0] * 100)], [max(0.0, interval[1] * 100 - y)]] if interval else None,
                         fmt="none", ecolor=color, elinewidth=1, capsize=2, alpha=0.55, zorder=2)
         ax.scatter(x, y, s=140 if row["model"] == "teacher" else 70, color=color,
                    marker=MARKERS.get(row["model"], "s"), zorder=3, edgecolor="white", linewidth=0.8)
@@ -171,6 +174,11 @@ def latency_per_batch(report: dict[str, Any]) -> bytes | None:
     return _png(fig)
 
 
+def latency_by_length(report: dict[str, Any]) -> bytes | None:
+    fig = latency_by_length_figure(report.get("sequence"), plt)
+    return _png(fig) if fig is not None else None
+
+
 def training_curves(metrics: dict[str, list[dict]]) -> bytes | None:
     if not metrics:
         return None
@@ -228,6 +236,7 @@ def render_charts(report: dict[str, Any], metrics: dict[str, list[dict]]) -> dic
     charts = {
         "latency_vs_accuracy": latency_vs_accuracy(report),
         "latency_per_batch": latency_per_batch(report),
+        "latency_by_length": latency_by_length(report),
         "training_curves": training_curves(metrics),
         "per_class": per_class_accuracy(report["per_class"], report["accuracy"]["split_name"]),
     }

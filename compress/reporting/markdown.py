@@ -6,6 +6,7 @@ from typing import Any
 
 from compress.measuring.footprint import describe
 from compress.reporting.analysis import QUIET
+from compress.reporting.sequence import sequence_markdown
 from compress.reporting.fmt import count, ms, num, pct, pct_interval, plus_minus, pts, pts_interval, table, times
 from compress.reporting.uncertainty import noise_phrase
 
@@ -126,6 +127,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                    *(num(by.get(b, {}).get("throughput_per_s"), ".0f") for b in batches)]
                   for ident, by in report["latency_by_batch"].items()], "l" + "r" * 2 * len(batches))
     out.append("")
+
+    out += sequence_markdown(report.get("sequence"))
 
     out += ["## All results", ""]
     out += table(RESULT_HEADERS, [result_cells(r) for r in report["rows"]], "llll" + "r" * (len(RESULT_HEADERS) - 4))

@@ -17,12 +17,13 @@ from pydantic import Field
 from compress.measuring.artifacts import open_session
 from compress.reporting.uncertainty import encode
 from deploy.runner.harness import LatencySettings, accuracy_report, measure_rounds
-from compress.config import PipelineConfig, Strict
+from compress.config import ADDED_LATER, PipelineConfig, Strict
 from compress.core.fileio import write_json
 from compress.data.splits import predict as predict_split
 from compress.measuring.environment import artifact_mb, environment
 from compress.measuring.footprint import describe, measure_footprint
 from compress.stages.contract import Stage, StageContext
+from compress.tasks import TextClassification, task_of
 
 
 class BenchmarkConfig(Strict):
@@ -36,10 +37,21 @@ class BenchmarkConfig(Strict):
     threads: int | None = Field(None, ge=1, description="intra-op threads; default: all cores")
     memory: bool = Field(True, description="measure each artifact's memory alone in a fresh process "
                                            "(compress/measuring/footprint.py); needed by gates.max_memory_mb")
+    sequence_lengths: list[int] | None = Field(None, json_schema_extra=ADDED_LATER,
+                                               description="text models: lengths timed in the (batch, length) grid; "
+                                                           "default 8, max_length / 2, max_length")
 
     def check(self, pipeline: PipelineConfig):
         if not self.memory and pipeline.gates.max_memory_mb is not None:
             return "memory", "is false, but gates.max_memory_mb needs each artifact's memory measured"
+        if self.sequence_lengths is not None:
+            if not pipeline.data.is_text:
+                return "sequence_lengths", "times text models; this pipeline's data are not texts"
+            longest = pipeline.data.text_options.max_length
+            wrong = [n for n in self.sequence_lengths if not 1 <= n <= longest]
+            if wrong or not self.sequence_lengths:
+                return "sequence_lengths", (f"{wrong[0]} is outside 1..{longest} (data.text.max_length)" if wrong
+                                            else "give at least one length")
         bad = [b for b in self.batch_sizes if b < 1]
         if bad:
             return "batch_sizes", f"must be positive integers, got {bad[0]}"
@@ -80,13 +92,19 @@ class BenchmarkStage(Stage):
         threads = cfg.threads or os.cpu_count() or 1
         data = ctx.data
         settings = LatencySettings(cfg.warmup, cfg.warmup_seconds, cfg.runs, cfg.min_seconds, ctx.pipeline.seed)
-        shape = data.input_shape
+        task = task_of(data)
+        text = isinstance(task, TextClassification)
+        # Images: one per-sample shape. Texts: the input specs, timed at max_length (the fixed-shape worst case,
+        # what gates and the recommendation read) and over the (batch, length) grid.
+        shape = task.input_specs() if text else data.input_shape
+        length = task.max_length if text else None
+        example = {k: v[:1] for k, v in task.example_inputs(1, task.max_length).items()} if text else None
         teacher_path = ctx.outputs["teacher"]["checkpoint"]
         student_path = ctx.outputs["distill"]["checkpoint"]
         teacher, _ = load_model(ctx.path(teacher_path))
         student, _ = load_model(ctx.path(student_path))
-        t_params, t_macs = count_params(teacher), count_macs(teacher, shape)
-        s_params, s_macs = count_params(student), count_macs(student, shape)
+        t_params, t_macs = count_params(teacher), count_macs(teacher, shape if not text else None, example)
+        s_params, s_macs = count_params(student), count_macs(student, shape if not text else None, example)
         del teacher, student
 
         def loader(artifact: str, backend: str) -> Callable[[], Any]:
@@ -133,14 +151,15 @@ class BenchmarkStage(Stage):
 
         timings = measure_rounds([a.load for a in artifacts], shape, cfg.batch_sizes, settings, cfg.rounds,
                                  on_first_load=score,
-                                 on_round=lambda r: ctx.log(f"round {r + 1}/{cfg.rounds} timed"))
+                                 on_round=lambda r: ctx.log(f"round {r + 1}/{cfg.rounds} timed"), sequence_length=length)
+        grid = self.sequence_grid(ctx, artifacts, shape, settings, task) if text else None
         accuracy_only = []
         if baseline_path is not None and not shipped_alone:  # scored for the report's KD comparison, not timed
             with open_session(ctx.path(baseline_path), "torch", threads) as session:
                 acc, predicted = scored(session)
             accuracy_only.append({"model": "baseline", "artifact": baseline_path, "backend": "torch",
                                   "precision": "fp32", "accuracy": acc, "predictions": predicted})
-        memory = [self.measure_memory(ctx, a, shape, max(cfg.batch_sizes), threads) if cfg.memory else None
+        memory = [self.measure_memory(ctx, a, shape, max(cfg.batch_sizes), threads, length) if cfg.memory else None
                   for a in artifacts]
         rows: list[dict[str, Any]] = []
         for index, (a, acc, predicted, per_batch, footprint) in enumerate(zip(artifacts, accuracy, predictions,
@@ -158,14 +177,36 @@ class BenchmarkStage(Stage):
         # val_samples counts the scored samples (test ones when accuracy_split is "test"), as it always has.
         results = {"env": environment(threads), "val_samples": int(len(y_scored)), "accuracy_split": split,
                    "class_names": list(data.class_names), "settings": cfg.model_dump(mode="json"),
-                   "labels": encode(y_scored), "accuracy_only": accuracy_only, "rows": rows}
+                   "labels": encode(y_scored), "accuracy_only": accuracy_only, "rows": rows,
+                   **({"task": task.name, "sequence_length": length, "sequence_grid": grid} if text else {})}
         path = ctx.stage_dir / "results.json"
         write_json(path, results)
         return {"results": ctx.relative(path)}
 
     @staticmethod
-    def measure_memory(ctx: StageContext, a: Measured, shape: tuple[int, ...], batch: int, threads: int) -> dict:
+    def sequence_grid(ctx: StageContext, artifacts: list[Measured], specs, settings: LatencySettings,
+                      task: TextClassification) -> list[dict[str, Any]]:
+        """Latency and tokens/s of every artifact at each (batch, sequence length), one round each: how the
+        cost grows with the text, beside the main rows at max_length."""
+        cfg: BenchmarkConfig = ctx.config
+        lengths = cfg.sequence_lengths or task.sequence_lengths()
+        grid = []
+        for length in lengths:
+            per_artifact = measure_rounds([a.load for a in artifacts], specs, cfg.batch_sizes, settings, 1,
+                                          sequence_length=length)
+            for a, per_batch in zip(artifacts, per_artifact):
+                for timing in per_batch:
+                    grid.append({"model": a.model, "backend": a.backend, "precision": a.precision,
+                                 "batch_size": timing["batch_size"], "sequence_length": length,
+                                 "latency_ms": timing["latency_ms"], "tokens_per_s": timing.get("tokens_per_s")})
+            ctx.log(f"sequence length {length}: timed at batch {', '.join(map(str, cfg.batch_sizes))}")
+        return grid
+
+    @staticmethod
+    def measure_memory(ctx: StageContext, a: Measured, shape, batch: int, threads: int,
+                       sequence_length: int | None = None) -> dict:
         """The artifact alone in a fresh process (after the timing, so it never competes with it)."""
-        footprint = measure_footprint(ctx.path(a.artifact), a.backend, shape, batch, threads)
+        footprint = measure_footprint(ctx.path(a.artifact), a.backend, shape, batch, threads,
+                                      sequence_length=sequence_length)
         ctx.log(f"{a.model:8s} {a.backend:12s} {a.precision:5s} memory {describe(footprint)}")
         return footprint

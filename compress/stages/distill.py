@@ -13,9 +13,11 @@ from pydantic import Field
 from compress.config import PipelineConfig, TrainConfig
 from compress.data.splits import Split, join
 from compress.data.transforms import batch_mixer
-from compress.distill.objective import LossSpec, Objective, check_feature_paths, check_loss_specs, default_losses
+from compress.distill.objective import (LossSpec, Objective, check_feature_paths, check_loss_specs,
+                                       check_transformer_losses, default_losses)
 from compress.distill.train import NO_LABEL, accuracy, fit, is_main_process
 from compress.models import build_model, load_model, save_checkpoint
+from compress.models.text_models import init_every_other
 from compress.stages.contract import Stage, StageContext
 from compress.stages.teacher import TeacherStage, model_spec, student_weights_key, weights_path
 
@@ -33,7 +35,8 @@ class DistillConfig(TrainConfig):
     def check(self, pipeline: PipelineConfig) -> tuple[str, str] | None:
         if self.losses is not None and "alpha" in self.model_fields_set:
             return "alpha", "alpha weighs the default KD + CE; with `losses` give each loss a weight instead"
-        return check_loss_specs(self.loss_specs()) or check_feature_paths(self.loss_specs(), pipeline)
+        return (check_loss_specs(self.loss_specs()) or check_feature_paths(self.loss_specs(), pipeline)
+                or check_transformer_losses(self.loss_specs(), pipeline))
 
 
 def training_inputs(data) -> Split:
@@ -42,7 +45,7 @@ def training_inputs(data) -> Split:
 
 
 def train_student(ctx: StageContext, cfg: TrainConfig, train: Split, objective=None,
-                  extra_modules=None) -> dict[str, Any]:
+                  extra_modules=None, teacher=None) -> dict[str, Any]:
     """Build the student with the pipeline's seed, fit it, save it; outputs shared by distill and baseline."""
     import torch
 
@@ -54,6 +57,9 @@ def train_student(ctx: StageContext, cfg: TrainConfig, train: Split, objective=N
         student, _ = TeacherStage.load_checkpoint(ctx.pipeline, spec, ctx.log, role="student")
     else:
         student = build_model(spec)
+    if teacher is not None and ctx.pipeline.student.init_from_teacher == "every_other":
+        copied = init_every_other(student, teacher)
+        ctx.log(f"student starts from the teacher's embeddings and layers {copied} (init_from_teacher: every_other)")
     if objective is not None:
         objective = objective(student)
         extra_modules = objective.modules
@@ -101,4 +107,4 @@ class DistillStage(Stage):
             return Objective(specs, student, teacher, train, cfg, cfg.temperature, use_cache=cfg.teacher_cache,
                              file=ctx.pipeline.source_file, log=ctx.log, cache_dir=ctx.stage_dir / "teacher_cache")
 
-        return train_student(ctx, cfg, train, objective=objective)
+        return train_student(ctx, cfg, train, objective=objective, teacher=teacher)

@@ -14,11 +14,13 @@ from pydantic import Field
 from compress.config import ADDED_LATER, PipelineConfig, Strict
 from compress.distill.train import predict_logits
 from compress.core.errors import StageFailed
-from compress.exporting.torch_to_onnx import export_onnx, onnx_logits, parity, simplify_onnx
+from compress.exporting.torch_to_onnx import (export_onnx, export_onnx_inputs, onnx_logits, parity, parity_at_lengths,
+                                             simplify_onnx)
 from compress.core.fileio import sha256_file, write_json
 from compress.models import load_model
 from compress.stages.contract import Stage, StageContext
 from compress.stages.tensorrt_checks import export_for_tensorrt, tensorrt_key_material
+from compress.tasks import TextClassification, task_of
 
 
 class ExportConfig(Strict):
@@ -44,11 +46,31 @@ class ExportConfig(Strict):
         return None
 
 
+def export_model(ctx: StageContext, cfg: ExportConfig, model, path, shape=None) -> None:
+    """The task's inputs by name with their dynamic axes: one float32 image batch, or a text model's token ids."""
+    task = task_of(ctx.data)
+    if isinstance(task, TextClassification):
+        export_onnx_inputs(model, task.input_specs(), task.example_inputs(2), path, cfg.opset, cfg.dynamic_batch)
+    else:
+        export_onnx(model, ctx.data.input_shape or shape, path, cfg.opset, cfg.dynamic_batch)
+
+
+def length_parity(ctx: StageContext, cfg: ExportConfig, model, path) -> dict[str, Any] | None:
+    """A text model's parity at the shortest, a middle and the longest sequence length (None for images)."""
+    task = task_of(ctx.data)
+    if not isinstance(task, TextClassification):
+        return None
+    per_length = parity_at_lengths(model, path, lambda length: task.example_inputs(4, length), task.sequence_lengths())
+    for report in per_length.values():
+        report["passed"] = report["max_abs_error"] <= cfg.atol and report["top1_agreement"] >= cfg.min_top1_agreement
+    return {str(length): report for length, report in per_length.items()}
+
+
 def export_baseline(ctx: StageContext, cfg: ExportConfig, x) -> dict[str, Any]:
     """The student trained alone as baseline.onnx, with the same parity check as the KD student's."""
     model, _ = load_model(ctx.path(ctx.outputs["baseline"]["checkpoint"]))
     path = ctx.stage_dir / "baseline.onnx"
-    export_onnx(model, ctx.data.input_shape, path, cfg.opset, cfg.dynamic_batch)
+    export_model(ctx, cfg, model, path)
     if cfg.simplify:
         simplify_onnx(path)
     report = parity(predict_logits(model, x).numpy(), onnx_logits(path, x))
@@ -77,13 +99,25 @@ class ExportStage(Stage):
         model, spec = load_model(ctx.path(ctx.outputs["distill"]["checkpoint"]))
         shape = (spec.in_channels, spec.input_size, spec.input_size)
         path = ctx.stage_dir / "student.onnx"
-        export_onnx(model, ctx.data.input_shape or shape, path, cfg.opset, cfg.dynamic_batch)
+        export_model(ctx, cfg, model, path, shape)
         simplified = cfg.simplify and simplify_onnx(path)
         x = ctx.data.val.sample(range(len(ctx.data.val)), cfg.parity_samples)[0]
         report = parity(predict_logits(model, x).numpy(), onnx_logits(path, x))
         report.update(atol=cfg.atol, min_top1_agreement=cfg.min_top1_agreement)
         report["passed"] = report["max_abs_error"] <= cfg.atol and report["top1_agreement"] >= cfg.min_top1_agreement
+        by_length = length_parity(ctx, cfg, model, path)
+        if by_length is not None:
+            report["sequence_lengths"] = by_length
+            report["passed"] = report["passed"] and all(r["passed"] for r in by_length.values())
+            ctx.log("parity by sequence length: " + ", ".join(
+                f"{length}: {r['max_abs_error']:.1e}" for length, r in by_length.items()))
         outputs = {}
+        if ctx.data.tokenizer_json is not None:  # the tokenisation travels with the model it feeds
+            from compress.core.fileio import write_text
+
+            tokenizer_path = ctx.stage_dir / "tokenizer.json"
+            write_text(tokenizer_path, ctx.data.tokenizer_json)
+            outputs["tokenizer"] = ctx.relative(tokenizer_path)
         if ctx.has("quantize"):  # Q/DQ ONNX of the quantized student, parity vs its fake-quantized model
             from compress.quantize.strip_to_onnx import export_qdq
 
@@ -107,7 +141,8 @@ class ExportStage(Stage):
         if not report["passed"]:
             raise StageFailed("export", f"ONNX parity outside tolerance (see {ctx.stage_dir / 'parity.json'})")
         outputs.update({"onnx": ctx.relative(path), "parity": ctx.relative(ctx.stage_dir / "parity.json"),
-                        "onnx_sha256": sha256_file(path), "input_shape": list(ctx.data.input_shape)})
+                        "onnx_sha256": sha256_file(path), "input_shape": list(ctx.data.input_shape),
+                        "inputs": task_of(ctx.data).input_specs()})
         # TensorRT: FP16 copy + lint (of student.onnx and, when written above, student.qdq.onnx).
         outputs.update(export_for_tensorrt(ctx, path, x))
         return outputs

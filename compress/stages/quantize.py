@@ -40,6 +40,9 @@ class QuantizeConfig(TrainConfig):
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the KD term; 1 - alpha weighs cross-entropy")
 
     def check(self, pipeline: PipelineConfig) -> tuple[str, str] | None:
+        if pipeline.data.is_text:
+            return "mode", ("quantizes image models in torch; a text model is quantized by its engines: add "
+                            "onnxruntime:int8 or openvino:int8 (NNCF, transformer mode) to stages.build.targets")
         if self.mode == "ptq":
             training = [name for name in TRAINING_FIELDS if name in self.model_fields_set]
             if training:

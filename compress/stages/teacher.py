@@ -24,9 +24,14 @@ from compress.models import (CheckpointError, ModelSpec, build_model, kwargs_pro
                              save_checkpoint, weights_problem)
 from compress.models.external import adapt_keys, head_keys, hf_state, hf_weights
 from compress.stages.contract import Stage, StageContext
+from compress.tasks import TextClassification, task_of
 
 
 def model_spec(role_cfg, data) -> ModelSpec:
+    task = task_of(data)
+    if isinstance(task, TextClassification):
+        return ModelSpec(role_cfg.model, 0, data.num_classes, task.max_length, dict(role_cfg.kwargs),
+                         task.vocab_size, task.max_length)
     channels, height, _ = data.input_shape
     return ModelSpec(role_cfg.model, channels, data.num_classes, height, dict(role_cfg.kwargs))
 
@@ -48,6 +53,8 @@ def declared_geometry(data: DataConfig) -> Geometry:
     """The data's geometry from the config and file headers alone (cheap enough for every validate)."""
     if data.source == "digits":
         return Geometry(1, 8, 10)
+    if data.is_text:  # the vocabulary is known once the tokenizer is (the stage checks the checkpoint then)
+        return Geometry()
     if data.streams:  # image files: their channels show in the headers unless the config converts them
         return Geometry(1 if data.grayscale else data.channels, data.image_size, None)
     if data.source == "npz" and data.path is not None:
@@ -125,7 +132,7 @@ def _read_checkpoint(pipeline: PipelineConfig, role: str = "teacher") -> tuple[d
     path = weights_path(pipeline, role)
     try:
         if getattr(pipeline, role).checkpoint is None:  # an hf: folder's own weights
-            return hf_state(str(path.parent)), None
+            return hf_state(str(path.parent), text=pipeline.data.is_text), None
         return load_state_dict(path)
     except CheckpointError as error:
         raise ConfigError(pipeline.source_file, weights_field(pipeline, role), f"{path.name}: {error.reason}") from None
@@ -140,7 +147,7 @@ def _config_spec(pipeline: PipelineConfig, geometry: Geometry, stored: dict | No
     stored = stored or {}
     values = [getattr(geometry, k) if getattr(geometry, k) is not None else stored.get(k)
               for k in ("in_channels", "num_classes", "input_size")]
-    if None in values:
+    if None in values or pipeline.data.is_text:
         return None
     cfg = getattr(pipeline, role)
     return ModelSpec(cfg.model, *values, dict(cfg.kwargs))

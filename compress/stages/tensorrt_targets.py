@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from compress.config import PipelineConfig, Strict
+from compress.config import ADDED_LATER, PipelineConfig, Strict
 from deploy.engines.trtexec import DEFAULT_WORKSPACE_MB, build_script, trtexec_args
 
 EXPORT_TARGETS = ("triton",)
@@ -28,6 +28,11 @@ class TensorRTOptions(Strict):
     max_batch: int = Field(32, ge=1, description="optimisation profile: largest batch (also Triton's max_batch_size)")
     workspace_mb: int = Field(DEFAULT_WORKSPACE_MB, ge=16, description="builder workspace pool limit")
     timing_cache: bool = Field(True, description="keep a timing cache in the run dir across builds")
+    # Text models: the profile's sequence axis (tokens); max_sequence defaults to data.text.max_length.
+    min_sequence: int = Field(1, ge=1, json_schema_extra=ADDED_LATER)
+    opt_sequence: int | None = Field(None, ge=1, json_schema_extra=ADDED_LATER, description="default: max / 2")
+    max_sequence: int | None = Field(None, ge=1, json_schema_extra=ADDED_LATER,
+                                     description="default: data.text.max_length")
 
     @model_validator(mode="after")
     def _ordered(self) -> "TensorRTOptions":
@@ -36,12 +41,23 @@ class TensorRTOptions(Strict):
                              f"{self.max_batch}")
         return self
 
+    def sequence_range(self, max_length: int) -> tuple[int, int, int]:
+        longest = self.max_sequence or max_length
+        return self.min_sequence, self.opt_sequence or max(self.min_sequence, longest // 2), longest
+
 
 def check_targets(pipeline: PipelineConfig, targets: list[str], options: TensorRTOptions) -> tuple[str, str] | None:
     """Cross-stage checks of TensorRT targets (the config loader turns them into one-line errors)."""
     if "tensorrt:int8" in targets and "quantize" not in pipeline.stages:
         return "targets", ("tensorrt:int8 builds from the Q/DQ ONNX of the quantize stage: add stages.quantize "
                            "or drop the target")
+    if pipeline.data.is_text and any(t.startswith("tensorrt:") for t in targets):
+        low, opt, high = options.sequence_range(pipeline.data.text_options.max_length)
+        if not low <= opt <= high:
+            return "tensorrt.opt_sequence", f"need min_sequence <= opt_sequence <= max_sequence, got {low}, {opt}, {high}"
+        if high < pipeline.data.text_options.max_length:
+            return "tensorrt.max_sequence", (f"{high} is below data.text.max_length "
+                                             f"{pipeline.data.text_options.max_length}: the profile must cover it")
     benchmark = pipeline.stages.get("benchmark")
     if any(t.startswith("tensorrt:") for t in targets) and benchmark is not None:
         too_big = [b for b in benchmark.batch_sizes if b > options.max_batch]
@@ -59,26 +75,40 @@ def export_sources(ctx) -> dict[str, Path]:
 
 
 def tensorrt_build_options(ctx, options: TensorRTOptions) -> dict[str, Any]:
-    return {"min_batch": options.min_batch, "opt_batch": options.opt_batch, "max_batch": options.max_batch,
-            "workspace_mb": options.workspace_mb,
-            "timing_cache": ctx.run_dir / TIMING_CACHE if options.timing_cache else None}
+    built = {"min_batch": options.min_batch, "opt_batch": options.opt_batch, "max_batch": options.max_batch,
+             "workspace_mb": options.workspace_mb,
+             "timing_cache": ctx.run_dir / TIMING_CACHE if options.timing_cache else None}
+    if ctx.data.text_spec is not None:
+        low, opt, high = options.sequence_range(int(ctx.data.text_spec["max_length"]))
+        built.update(min_sequence=low, opt_sequence=opt, max_sequence=high)
+    return built
 
 
 def defer_tensorrt(ctx, out_dir: Path, precision: str, source: Path, options: TensorRTOptions,
                    reason: str) -> dict[str, Any]:
     """Leave a folder that builds the engine on the device: model.onnx + build_engine.sh."""
-    from deploy.engines.tensorrt import onnx_input, profile_shapes
+    from deploy.engines.interface import onnx_inputs
+    from deploy.engines.tensorrt import input_profile_shapes, onnx_input, profile_shapes
 
-    input_name, dims = onnx_input(source)
-    shapes = profile_shapes(dims, options.min_batch, options.opt_batch, options.max_batch)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, out_dir / "model.onnx")
     script = out_dir / "build_engine.sh"
-    script.write_text(build_script("model.onnx", "model.plan", precision, shapes["min"], shapes["opt"],
-                                   shapes["max"], input_name))
+    if ctx.data.text_spec is not None:  # every token input over batch x sequence
+        low, opt, high = options.sequence_range(int(ctx.data.text_spec["max_length"]))
+        per_input = input_profile_shapes(onnx_inputs(source), options.min_batch, options.opt_batch, options.max_batch,
+                                         low, opt, high, source.name)
+        script.write_text(build_script("model.onnx", "model.plan", precision, input_shapes=per_input))
+        command = trtexec_args("model.onnx", "model.plan", precision, workspace_mb=options.workspace_mb,
+                               input_shapes=per_input)
+        shapes = per_input
+    else:
+        input_name, dims = onnx_input(source)
+        shapes = profile_shapes(dims, options.min_batch, options.opt_batch, options.max_batch)
+        script.write_text(build_script("model.onnx", "model.plan", precision, shapes["min"], shapes["opt"],
+                                       shapes["max"], input_name))
+        command = trtexec_args("model.onnx", "model.plan", precision, shapes["min"], shapes["opt"], shapes["max"],
+                               input_name, options.workspace_mb)
     script.chmod(0o755)
-    command = trtexec_args("model.onnx", "model.plan", precision, shapes["min"], shapes["opt"], shapes["max"],
-                           input_name, options.workspace_mb)
     how = f"compress deploy {shlex.quote(str(ctx.run_dir))} --target ssh://USER@DEVICE/DIR --runtime tensorrt"
     return {"model": "student", "backend": "tensorrt", "precision": precision, "reason": reason, "how": how,
             "trtexec": " ".join(shlex.quote(a) for a in command), "dir": ctx.relative(out_dir),
