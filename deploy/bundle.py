@@ -1,9 +1,11 @@
 """A deploy bundle: the chosen artifact, a labelled val sample, the runner and manifest.json.
 
 The manifest holds the sha256 of every file (checked on the device before anything runs), the
-input name/shape/dtype, preprocessing, labels, and the source run and its stage keys, so a
-release on a device can always be traced back to the run that made it. For TensorRT the bundle
-carries the ONNX and `build_engine.sh`; the engine itself is built on the device.
+model's inputs (`inputs`, a list of specs; an image model's one input also as `input`),
+preprocessing, labels, and the source run and its stage keys, so a release on a device can always
+be traced back to the run that made it. For TensorRT the bundle carries the ONNX and
+`build_engine.sh`; the engine itself is built on the device. A text model's bundle carries the
+export's tokenizer.json and preprocess_text.py too, so the device tokenises raw texts as the host did.
 """
 
 from __future__ import annotations
@@ -19,11 +21,15 @@ import yaml
 
 from compress.core.errors import UsageError
 from compress.core.fileio import read_json, sha256_file, sha256_json, write_json, write_text
+from deploy.engines.interface import onnx_inputs
+from deploy.engines.tensorrt import input_profile_shapes
 from deploy.engines.trtexec import build_script
 from deploy.runner import RUNNER_DIR, RUNNER_FILES
+from deploy.runner.preprocess_text import INPUT_NAMES
 
 RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
 VAL_SAMPLE = "val_sample.npz"
+TEXT_RUNNER_FILE = "preprocess_text.py"  # shipped with text models only: an image bundle keeps its files
 
 
 @dataclass
@@ -46,7 +52,9 @@ class ValSample:
     deploy package never reads a dataset itself.
     """
 
-    arrays: dict[str, np.ndarray]  # x (preprocessed), y, host_top1
+    # x (preprocessed), y, host_top1; a text model's token-id arrays by input name instead of x, and its
+    # raw texts (texts_utf8, text_offsets) so that the device can check its own tokenisation
+    arrays: dict[str, np.ndarray]
     preprocessing: dict[str, Any]  # what the device applies to raw inputs
     labels: list[str]
 
@@ -135,7 +143,64 @@ def prune_bundles(out_root: Path, keep: int, in_use: set[str]) -> list[str]:
     return pruned
 
 
-def onnx_input(path: Path) -> dict[str, Any]:
+def takes_text(record: dict[str, Any]) -> bool:
+    """Whether the run's model reads token ids: its export wrote a tokenizer.json."""
+    return bool(record["stages"].get("export", {}).get("outputs", {}).get("tokenizer"))
+
+
+def model_inputs(onnx_path: Path, sample: dict[str, np.ndarray], text: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The model's inputs as specs: an image's per-sample dims from the data (where the ONNX leaves H/W
+    dynamic), a text model's every input with axes "batch" and "sequence", as the harness times them."""
+    specs = onnx_inputs(onnx_path)
+    if text is None:
+        return [{**specs[0], "shape": ["batch", *(int(d) for d in sample["x"].shape[1:])]}]
+    return [{**spec, "shape": [d if isinstance(d, int) and d > 0 else ("batch" if axis == 0 else "sequence")
+                               for axis, d in enumerate(spec["shape"])]} for spec in specs]
+
+
+def ship_text_steps(run_dir: Path, export: dict[str, Any], staging: Path, text: dict[str, Any],
+                    inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Copy the export's tokenizer.json and preprocess_text.py into the bundle; the text steps it records.
+
+    The recorded `inputs` become the model's own input names, so the device makes exactly the arrays
+    the model takes.
+    """
+    source, name = export.get("tokenizer"), str(text.get("tokenizer", ""))
+    if not source or not (run_dir / source).is_file():
+        raise UsageError(f"{run_dir / 'run.json'}: stages.export.tokenizer: no tokenizer.json recorded for this text "
+                         "model (run the export stage again)")
+    if Path(name).name != name or name in ("", ".", ".."):
+        raise UsageError(f"{run_dir}: the val sample's preprocessing.text.tokenizer: {name!r} is not a file name")
+    unknown = [spec["name"] for spec in inputs if spec["name"] not in INPUT_NAMES]
+    if unknown:
+        raise UsageError(f"{run_dir / export['onnx']}: input {unknown[0]!r} is not one a tokenizer makes "
+                         f"({', '.join(INPUT_NAMES)})")
+    shutil.copyfile(run_dir / source, staging / name)
+    shutil.copyfile(RUNNER_DIR / TEXT_RUNNER_FILE, staging / TEXT_RUNNER_FILE)
+    return {**text, "inputs": [spec["name"] for spec in inputs]}
+
+
+def engine_recipe(staging: Path, precision: str, inputs: list[dict[str, Any]], batch_sizes: list[int],
+                  text: dict[str, Any] | None) -> dict[str, Any]:
+    """Write build_engine.sh (trtexec) and describe it: the batch over 1, the first and the largest batch
+    size benchmarked, and for a text model each input's sequence over 1 to the recorded max_length."""
+    batches = (1, batch_sizes[0], max(batch_sizes))
+    if text is None:
+        shapes = [(b, *inputs[0]["shape"][1:]) for b in batches]
+        script = build_script("model.onnx", "model.engine", precision, *shapes, inputs[0]["name"])
+        profile = {"min_shape": shapes[0], "opt_shape": shapes[1], "max_shape": shapes[2]}
+    else:
+        length = int(text["max_length"])
+        input_shapes = input_profile_shapes(inputs, *batches, 1, length, length)
+        script = build_script("model.onnx", "model.engine", precision, input_shapes=input_shapes)
+        profile = {"input_shapes": input_shapes}
+    write_text(staging / "build_engine.sh", script)
+    (staging / "build_engine.sh").chmod(0o755)
+    return {"script": "build_engine.sh", "file": "model.engine", "builder": "trtexec", **profile}
+
+
+def image_input(path: Path) -> dict[str, Any]:
+    """The first input of the ONNX: name, dtype and shape with -1 for every dynamic axis (the batch's too)."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -143,7 +208,7 @@ def onnx_input(path: Path) -> dict[str, Any]:
     first = next(i for i in graph.input if i.name not in initializers)
     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in first.type.tensor_type.shape.dim]
     dtype = onnx.helper.tensor_dtype_to_np_dtype(first.type.tensor_type.elem_type).name
-    return {"name": first.name, "shape": dims, "dtype": dtype}
+    return {"name": first.name, "shape": [-1, *dims[1:]], "dtype": dtype}
 
 
 def host_row(run_dir: Path, record: dict[str, Any], choice: Choice) -> dict[str, Any]:
@@ -175,25 +240,24 @@ def make_bundle(run_dir: Path, choice: Choice, out_root: Path, make_sample: Samp
     for name in RUNNER_FILES:  # the host's sessions and harness too, so the device runs and is timed alike
         shutil.copyfile(RUNNER_DIR / name, staging / name)
     np.savez_compressed(staging / VAL_SAMPLE, **sample)
-    model_input = onnx_input(run_dir / export["onnx"])
+    preprocessing = dict(val.preprocessing)
+    inputs = model_inputs(run_dir / export["onnx"], sample, preprocessing.get("text"))
+    if preprocessing.get("text") is not None:
+        preprocessing["text"] = ship_text_steps(run_dir, export, staging, preprocessing["text"], inputs)
     batch_sizes = bench.get("batch_sizes") or [1]
     engine = None
     if choice.runtime == "tensorrt":
-        chw = list(sample["x"].shape[1:])  # the data's shape, also where the ONNX leaves H/W dynamic
-        shapes = [(b, *chw) for b in (1, batch_sizes[0], max(batch_sizes))]
-        write_text(staging / "build_engine.sh",
-                   build_script("model.onnx", "model.engine", choice.precision, *shapes, model_input["name"]))
-        (staging / "build_engine.sh").chmod(0o755)
-        engine = {"script": "build_engine.sh", "file": "model.engine", "builder": "trtexec",
-                  "min_shape": shapes[0], "opt_shape": shapes[1], "max_shape": shapes[2]}
+        engine = engine_recipe(staging, choice.precision, inputs, batch_sizes, preprocessing.get("text"))
+    # The one input of an image model as older runners read it.
+    single = {} if preprocessing.get("text") is not None else {"input": image_input(run_dir / export["onnx"])}
     host = host_row(run_dir, record, choice)
     manifest = {
         "format": 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": choice.model, "artifact": choice.name, "runtime": choice.runtime, "precision": choice.precision,
         "model_file": choice.model_file, "engine": engine,
-        "input": {**model_input, "shape": [-1, *model_input["shape"][1:]]},
-        "preprocessing": val.preprocessing, "labels": list(val.labels),
+        **single, "inputs": inputs,
+        "preprocessing": preprocessing, "labels": list(val.labels),
         "val_sample": VAL_SAMPLE,
         "bench": {"batch_sizes": batch_sizes, "runs": bench.get("runs", 30), "warmup": bench.get("warmup", 5),
                   "warmup_seconds": bench.get("warmup_seconds", 0.2), "min_seconds": bench.get("min_seconds", 0.5),

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from compress.core.errors import UsageError
-from deploy.bundle import SampleMaker, choose, make_bundle, prune_bundles, read_run
+from deploy.bundle import SampleMaker, choose, make_bundle, prune_bundles, read_run, takes_text
 from deploy.release import (deploy_bundle, in_parallel, note_current, probe, refuse_usage_errors, save_results,
                             summary_line)
 from deploy.targets import Target, describe
@@ -80,7 +80,8 @@ def deploy_command(run_dir: Path, targets: list[Target], console: Console, make_
         console(f"note: the run's report recommends no artifact (none is within its accuracy budget); deploying "
                 f"{chosen}, the first built for the runtime: name the one you want with --artifact")
 
-    probes = in_parallel(targets, lambda t: probe(t, choices[t.spec].runtime))
+    text = takes_text(record)
+    probes = in_parallel(targets, lambda t: probe(t, choices[t.spec].runtime, text))
     refuse_usage_errors(probes)  # bad input: exit 2 before any device is changed
     devices = {t.spec: info for t, info, error in probes if error is None}
     for target, info, error in probes:

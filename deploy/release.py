@@ -24,11 +24,15 @@ from deploy.targets import DeviceError, Target
 Log = Callable[[str], None]
 
 
-def probe(target: Target, runtime: str) -> dict[str, Any]:
-    """Connect and ask the device what it is; refuse one that cannot run `runtime` (nothing changed yet)."""
+def probe(target: Target, runtime: str, text: bool = False) -> dict[str, Any]:
+    """Connect and ask the device what it is; refuse one that cannot run `runtime` (nothing changed yet),
+    or, for a text model (`text`), one without `tokenizers`, which tokenises raw texts there."""
     args = ["--sysroot", target.sysroot] if target.sysroot else []
     info = target.runner("probe", *args, timeout=120)
     target.check_device(info, runtime)
+    if text and not info.get("tokenizers"):
+        raise UsageError(f"{target.label}: tokenizers is not installed for {target.python} on the device (pip install "
+                         "tokenizers; \"tokenizers<0.21\" on Python 3.8): it tokenises a text model's raw inputs")
     return info
 
 
@@ -84,7 +88,10 @@ def ship(target: Target, bundle: Bundle, log: Log, step: StepTimer, token: str, 
             log(f"building the TensorRT {manifest['precision']} engine on the device with trtexec")
             engine = step("build_engine", lambda: target.runner("build-engine", remote, timeout=3600))
         smoke = step("smoke", lambda: target.runner("smoke", remote))
-        log(f"smoke inference ok ({', '.join(smoke.get('providers') or [])}); benchmarking on the device")
+        tokenized = (smoke.get("tokenization") or {}).get("texts")
+        log(f"smoke inference ok ({', '.join(smoke.get('providers') or [])})"
+            + (f"; the device tokenises the {tokenized} val texts as the host did" if tokenized else "")
+            + "; benchmarking on the device")
         measured = step("bench", lambda: target.runner("bench", remote, timeout=3600))
         # Every file is checked again in the step that switches: nothing changed since verify goes live.
         switch = ["activate", target.root, incoming, bundle.version, "--token", token, "--manifest-sha256", digest]
@@ -115,8 +122,10 @@ def summary_line(results: dict[str, Any]) -> str:
     text = f"release {results['release']}, {results['artifact']} on {results['runtime']}"
     if first:
         top1 = first["accuracy"].get("top1")
-        text += (f", b{first['batch_size']} p50 {first['latency_ms']['p50']:.3f} ms"
-                 f", top-1 {'-' if top1 is None else format(top1, '.4f')}")
+        text += f", b{first['batch_size']} p50 {first['latency_ms']['p50']:.3f} ms"
+        if first.get("tokens_per_s"):
+            text += f" ({first['tokens_per_s']:,.0f} tokens/s at length {first['sequence_length']})"
+        text += f", top-1 {'-' if top1 is None else format(top1, '.4f')}"
     return text
 
 

@@ -3,7 +3,9 @@
 Travels in the bundle beside runner.py, which loads it from the release folder; on the host the
 same file is part of the deploy.runner package. TensorRT rows are timed by trtexec, one run per
 round, each inference's latency read from its --exportTimes trace and put through the same
-harness as every other row; on a Jetson, tegrastats samples the board's power meanwhile.
+harness as every other row; on a Jetson, tegrastats samples the board's power meanwhile. A text
+model is timed with its input specs at the recorded max_length (every input padded full), so its
+rows also give tokens a second.
 """
 
 from __future__ import annotations
@@ -108,9 +110,8 @@ def time_trtexec(release: Path, manifest: dict, batch: int, tools: str | None, s
     trtexec = runner.which("trtexec", tools)
     if not trtexec:
         raise runner.RunnerError("trtexec not found on this device")
-    shape = "x".join(str(d) for d in [batch, *manifest["input"]["shape"][1:]])
-    argv = [trtexec, f"--loadEngine={release / manifest['engine']['file']}",
-            f"--shapes={manifest['input']['name']}:{shape}", "--percentile=50,90,99"]
+    argv = [trtexec, f"--loadEngine={release / manifest['engine']['file']}", trtexec_shapes(manifest, batch),
+            "--percentile=50,90,99"]
     if iterations:
         argv += ["--warmUp=0", "--duration=0", f"--iterations={iterations}"]
     else:
@@ -121,6 +122,23 @@ def time_trtexec(release: Path, manifest: dict, batch: int, tools: str | None, s
     if done.returncode != 0:
         raise runner.RunnerError(f"trtexec --loadEngine failed (exit {done.returncode}): {runner.tail(done.stdout + done.stderr)}")
     return parse_trtexec_timing(done.stdout, batch)
+
+
+def sequence_length(manifest: dict) -> int | None:
+    """The length a text model is timed at (its recorded max_length); None for other models."""
+    text = (manifest.get("preprocessing") or {}).get("text")
+    return int(text["max_length"]) if text else None
+
+
+def trtexec_shapes(manifest: dict, batch: int) -> str:
+    """`--shapes=` for every input at `batch`: an image's (batch, C, H, W), each token-id input's (batch, max_length)."""
+    length = sequence_length(manifest)
+    specs = manifest["inputs"] if length is not None else [manifest["input"]]
+    shapes = []
+    for spec in specs:
+        dims = [batch] + [d if length is None or (isinstance(d, int) and d > 0) else length for d in spec["shape"][1:]]
+        shapes.append(f"{spec['name']}:{'x'.join(str(d) for d in dims)}")
+    return "--shapes=" + ",".join(shapes)
 
 
 def exported_latencies(path: Path) -> list[float]:
@@ -142,6 +160,7 @@ def time_trtexec_rounds(release: Path, manifest: dict, batch: int, tools: str | 
     leaves the row as its summary says, without a ±.
     """
     round_times, throughputs = [], []
+    length = sequence_length(manifest)
     with tempfile.TemporaryDirectory(prefix="trtexec-") as folder:
         for index in range(rounds):
             trace = Path(folder) / f"times-{index}.json"
@@ -149,10 +168,13 @@ def time_trtexec_rounds(release: Path, manifest: dict, batch: int, tools: str | 
             times = exported_latencies(trace)
             if not times:
                 runner.log("trtexec wrote no --exportTimes trace: latency from its summary, without a ±")
+                if length is not None:
+                    summary.update(sequence_length=length, tokens_per_s=harness.tokens_per_second(
+                        batch, length, summary["latency_ms"]["p50"]))
                 return summary
             round_times.append(times)
             throughputs.append(summary["throughput_per_s"])
-    row = harness.latency_row(batch, round_times, None)
+    row = harness.latency_row(batch, round_times, None, length)
     row.update(throughput_per_s=sorted(throughputs)[len(throughputs) // 2], timer="trtexec",
                warmup_ms=TRTEXEC_WARMUP_MS)
     return row
@@ -190,7 +212,8 @@ def bench(release: Path, batch_sizes: list[int] | None, runs: int | None, warmup
                 latency = harness.LatencySettings(warmup=warmup, warmup_seconds=settings.get("warmup_seconds", 0.2),
                                                   runs=runs, min_seconds=min_seconds)
                 ((timing,),) = harness.measure_rounds([lambda: inference.open_release(release, manifest, threads)],
-                                                      tuple(manifest["input"]["shape"][1:]), [batch], latency, rounds)
+                                                      timed_inputs(manifest), [batch], latency, rounds,
+                                                      sequence_length=sequence_length(manifest))
                 timing["timer"] = "runner"
         row = {"model": manifest["model"], "artifact": manifest["artifact"], "backend": runtime,
                "precision": manifest["precision"], "batch_size": batch, **timing, "accuracy": acc,
@@ -205,12 +228,20 @@ def bench(release: Path, batch_sizes: list[int] | None, runs: int | None, warmup
     return {"rows": rows}
 
 
+def timed_inputs(manifest: dict):
+    """What the harness makes random inputs of: a text model's input specs, an image's per-sample shape."""
+    if sequence_length(manifest) is not None:
+        return manifest["inputs"]
+    return tuple(manifest["input"]["shape"][1:])
+
+
 def smoke(release: Path, tools: str | None = None) -> dict:
     """One inference on two samples of the val sample: finite logits of the right shape."""
     import numpy as np
 
     manifest = releases.read_manifest(release)
     sample = inference.load_sample(release, manifest)
+    tokenization = inference.check_tokenization(release, manifest, sample) if inference.takes_text(manifest) else None
     try:
         session = inference.open_release(release, manifest)
     except runner.RunnerError as error:
@@ -219,14 +250,17 @@ def smoke(release: Path, tools: str | None = None) -> dict:
         # No TensorRT Python bindings (or cuda-python): let trtexec load and run the engine once.
         runner.log(f"TensorRT Python inference unavailable ({error}); smoke test with trtexec")
         time_trtexec(release, manifest, 1, tools, 0, iterations=1)
-        return {"smoke": "ok", "providers": ["trtexec"]}
+        return {"smoke": "ok", "providers": ["trtexec"], "tokenization": tokenization}
+    x = inference.sample_inputs(sample, manifest)
+    first = {name: value[:2] for name, value in x.items()} if isinstance(x, dict) else x[:2]
+    rows = len(sample["y"][:2])
     with session:
-        logits = session.infer(sample["x"][:2])
+        logits = session.infer(first)
     classes = len(manifest["labels"])
-    if logits.shape != (min(2, len(sample["x"])), classes) or not np.isfinite(logits).all():
-        raise runner.RunnerError(f"smoke inference: output {logits.shape} is not ({len(sample['x'][:2])}, "
-                                 f"{classes}) finite logits")
-    return {"smoke": "ok", "output_shape": list(logits.shape), "providers": session.providers}
+    if logits.shape != (rows, classes) or not np.isfinite(logits).all():
+        raise runner.RunnerError(f"smoke inference: output {logits.shape} is not ({rows}, {classes}) finite logits")
+    return {"smoke": "ok", "output_shape": list(logits.shape), "providers": session.providers,
+            "tokenization": tokenization}
 
 
 # ---------------------------------------------------------------- engine build (TensorRT)

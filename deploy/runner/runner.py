@@ -7,11 +7,14 @@ the protocol and the probe. The steps on the device folder (checksums, the deplo
 `current`, history, pruning) are releases.py's, piped alone in the same way. What runs a release's
 model travels in the bundle beside it and is loaded from the release folder (`release_module`):
 sessions.py (the one session per backend that the host uses too), harness.py (the host's latency
-harness), preprocess.py, inference.py and device_bench.py. Every command prints one JSON document
-on the last line of stdout (`{"error": ...}` and exit 1 on failure); progress goes to stderr.
+harness), preprocess.py (and preprocess_text.py for a text model), inference.py and device_bench.py.
+Every command prints one JSON document on the last line of stdout (`{"error": ...}` and exit 1 on
+failure); progress goes to stderr.
 
   python3 runner.py infer  RELEASE_DIR INPUT.npy [--output OUT.npy] [--preprocessed]
   python3 runner.py infer  RELEASE_DIR IMAGE [IMAGE ...] [--output OUT.npy]   (Pillow; the bundle's image steps)
+  python3 runner.py infer  RELEASE_DIR TEXTS.txt [...] | TOKENS.npz [--output OUT.npy]   (a text model: one text
+                           a line, tokenised with the bundle's tokenizer.json by `tokenizers`)
   python3 runner.py bench  RELEASE_DIR [--batch-sizes 1,8] [--runs 30]
   python3 runner.py verify RELEASE_DIR          (sha256 of every file against manifest.json: releases.py's)
   python3 runner.py probe  [--sysroot DIR]      (host, arch, runtimes, Jetson L4T/TensorRT/power mode)
@@ -183,6 +186,7 @@ def probe(sysroot: str | None, tools: str | None) -> dict:
         "numpy": module_version("numpy"),
         "onnxruntime": module_version("onnxruntime"),
         "openvino": module_version("openvino"),
+        "tokenizers": module_version("tokenizers"),
         "tensorrt": trt,
         "tensorrt_source": trt_source,
         "jetson": l4t is not None,
@@ -206,7 +210,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = sub.add_parser("infer")
     p.add_argument("release")
     p.add_argument("input", nargs="+", help="one .npy of raw inputs (N,C,H,W) or one (C,H,W), or image files "
-                   "(.png .jpg .jpeg .bmp .gif .tif .tiff .webp) of a bundle made from images")
+                   "(.png .jpg .jpeg .bmp .gif .tif .tiff .webp) of a bundle made from images; for a text model, "
+                   ".txt files (one text per line) or one .npz of token ids")
     p.add_argument("--output")
     p.add_argument("--preprocessed", action="store_true", help="inputs are already normalised")
     p = sub.add_parser("bench")
