@@ -79,7 +79,7 @@ def test_a_bad_feature_path_or_shape_is_a_config_error_listing_modules(digits, s
 
 
 @pytest.mark.parametrize("distill, path, words", [
-    ({"losses": [{"name": "kdd"}]}, "stages.distill.losses.0.name", "unknown loss 'kdd'; known: at, ce, dist, dkd"),
+    ({"losses": [{"name": "kdd"}]}, "stages.distill.losses.0.name", "unknown loss 'kdd'; known: at, ce, deit_hard, dist, dkd"),
     ({"losses": [{"name": "kd", "temprature": 2}]}, "stages.distill.losses.0.temprature", "has no option"),
     ({"losses": [{"name": "fitnet", "student": "layers.1"}]}, "stages.distill.losses.0.teacher", "needs 'teacher'"),
     ({"losses": [{"name": "ce"}]}, "stages.distill.losses", "no loss uses the teacher"),

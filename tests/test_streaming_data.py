@@ -432,7 +432,10 @@ def test_mixup_and_cutmix_train_an_epoch_on_soft_labels(tmp_path):
 
 # --- the teacher-output cache on disk ---------------------------------------------------------------------------
 
-def test_the_teacher_outputs_of_a_stream_are_cached_on_disk_and_reused(tmp_path):
+def test_the_teacher_outputs_of_a_stream_are_cached_on_disk_and_reused(tmp_path, monkeypatch):
+    import compress.distill.objective as objective_module
+
+    monkeypatch.setattr(objective_module, "IN_MEMORY_BYTES", 0)  # a cache of any size stays memory-mapped
     image_folder(tmp_path / "images", per_class=6)
     data = load_dataset(imagefolder_config(tmp_path / "images", val_fraction=0.25), seed=0)
     teacher, train_cfg = new_model(), TrainConfig(epochs=1, batch_size=8)
@@ -506,3 +509,20 @@ def test_a_torch_dataset_from_a_function_streams_and_trains(tmp_path):
     assert data.val.labels[0] == items[row][1]
     result = fit_quietly(new_model(), data, tmp_path / "fit")
     assert result.epochs_trained == 1
+
+
+def test_a_small_teacher_cache_is_read_into_memory_once(tmp_path):
+    """Indexing a memory map per batch costs more than the epoch of a small data set: a cache under
+    IN_MEMORY_BYTES is read once into tensors (and still reused from disk by a resumed run)."""
+    image_folder(tmp_path / "images", per_class=6)
+    data = load_dataset(imagefolder_config(tmp_path / "images", val_fraction=0.25), seed=0)
+    teacher, train_cfg = new_model(), TrainConfig(epochs=1, batch_size=8)
+    logs: list[str] = []
+    objective = Objective(default_losses(4.0, 0.7), new_model(), teacher, data.train, train_cfg, 4.0,
+                          cache_dir=tmp_path / "cache", log=logs.append)
+    assert isinstance(objective.cache[0], torch.Tensor) and (tmp_path / "cache" / "logits.npy").is_file()
+    assert any("read into memory (small)" in line for line in logs), logs
+    reused: list[str] = []
+    again = Objective(default_losses(4.0, 0.7), new_model(), teacher, data.train, train_cfg, 4.0,
+                      cache_dir=tmp_path / "cache", log=reused.append)
+    assert any("reused from" in line for line in reused) and torch.equal(again.cache[0], objective.cache[0])

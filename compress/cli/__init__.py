@@ -259,8 +259,10 @@ class RunLog(logging.FileHandler):
 def library_messages(log_path: Path | None, debug: bool):
     """A run's console carries the toolchain's own lines: the libraries' warnings and log records
     (torch's CUDA_HOME and pytree notes, Python warnings) go to `log_path` instead, and with --debug
-    to stderr as well. Without a log file (commands other than run) nothing changes.
+    to stderr as well. Without a log file (commands other than run) only torch's pytree notes are silenced.
     """
+    if not debug:  # torchao's import (through transformers' models) logs deprecation notes of torch's pytree
+        logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     if log_path is None:
         yield
         return

@@ -36,6 +36,7 @@ from compress.tasks import call_model, to_tensors
 
 CACHE_LIMIT_BYTES = 4 << 30  # in memory (no cache folder): above this the teacher runs per batch
 DISK_SHARE = 0.5  # on disk: the cache may take at most this share of the free space
+IN_MEMORY_BYTES = 256 << 20  # a cache file set this small is read into memory once; larger ones stay memory-mapped
 
 
 class LossSpec(BaseModel):
@@ -189,7 +190,9 @@ class Objective:
             started = time.perf_counter()
             reused = cache_dir is not None and self._cached(cache_dir, len(train))
             self.cache = reused or self._shared_outputs(train, cache_dir)
-            where = f"memory-mapped in {cache_dir}" if cache_dir is not None else "in memory"
+            mapped = self.cache is not None and not isinstance(self.cache[0], torch.Tensor)
+            where = "in memory" if cache_dir is None else \
+                f"memory-mapped in {cache_dir}" if mapped else f"in {cache_dir}, read into memory (small)"
             log(f"teacher outputs {'reused from' if reused else 'computed once and reused'}: inputs do not change "
                 f"between epochs ({len(train)} inputs, {cache_bytes / 2**20:.1f} MiB {where}, "
                 f"{time.perf_counter() - started:.1f}s)")
@@ -260,16 +263,19 @@ class Objective:
         written = json.loads(marker.read_text()) if marker.is_file() else {}
         if written.get("inputs") != count:
             return None
-        return split_outputs({name: np.load(cache_dir / f"{name}.npy", mmap_mode="r") for name in written["arrays"]})
+        files = [cache_dir / f"{name}.npy" for name in written["arrays"]]
+        if sum(f.stat().st_size for f in files) <= IN_MEMORY_BYTES:  # small: index tensors, not a memory map per batch
+            return split_outputs({f.stem: torch.from_numpy(np.load(f)) for f in files})
+        return split_outputs({f.stem: np.load(f, mmap_mode="r") for f in files})
 
     def teacher_outputs(self, batch: Batch) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
         if not self.uses_teacher:
             return None, {}
         if self.cache is not None:
             logits, features = self.cache
-            if isinstance(logits, torch.Tensor):
-                idx = batch.indices.to(self.device)
-                return logits[idx], {path: value[idx] for path, value in features.items()}
+            if isinstance(logits, torch.Tensor):  # computed here on the device, or a small cache read from disk
+                idx = batch.indices.to(logits.device)
+                return logits[idx].to(self.device), {path: value[idx].to(self.device) for path, value in features.items()}
             idx = batch.indices.numpy()
 
             def rows(array: np.ndarray) -> torch.Tensor:
@@ -314,8 +320,10 @@ def transformer_setup(terms, specs: list[LossSpec], student: nn.Module, teacher:
               if getattr(loss, "uses_internals", False) or getattr(loss, "uses_distillation_token", False)]
     if not chosen:
         return None
-    described = {}
-    for role, model in (("student", student), ("teacher", teacher)):
+    # DeiT's teacher is any classifier (a CNN in the paper): only losses of internals need it to be a Transformer.
+    needs_teacher = any(getattr(loss, "uses_internals", False) for _, loss in chosen)
+    described = {"teacher": {}}
+    for role, model in (("student", student), ("teacher", teacher))[:2 if needs_teacher else 1]:
         try:
             described[role] = describe_transformer(model)
         except NotATransformer as error:
@@ -342,8 +350,9 @@ def check_transformer_losses(specs: list[LossSpec], pipeline) -> tuple[str, str]
               (getattr(LOSSES[s.name], "uses_internals", False) or getattr(LOSSES[s.name], "uses_distillation_token", False))]
     if not chosen:
         return None
-    described = {}
-    for role in ("student", "teacher"):
+    needs_teacher = any(getattr(LOSSES[s.name], "uses_internals", False) for _, s in chosen)
+    described = {"teacher": {}}
+    for role in ("student", "teacher")[:2 if needs_teacher else 1]:
         role_cfg = getattr(pipeline, role)
         outline = model_outline(role_cfg.model, role_cfg.kwargs, text=pipeline.data.is_text)
         if outline is None:
@@ -351,7 +360,10 @@ def check_transformer_losses(specs: list[LossSpec], pipeline) -> tuple[str, str]
         try:
             described[role] = describe_transformer(outline)
         except NotATransformer as error:
-            return f"losses.{chosen[0][0]}", f"{role}: {error}"
+            index, spec = chosen[0]
+            need = "a student with a distillation token (timm deit_*_distilled_*)" \
+                if getattr(LOSSES[spec.name], "uses_distillation_token", False) else "Transformers"
+            return f"losses.{index}", f"{spec.name} needs {need}; {role}: {error}"
     for i, spec in chosen:
         problem = check_transformer_loss(spec.name, spec.options, described["student"], described["teacher"])
         if problem:

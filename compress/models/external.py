@@ -94,6 +94,8 @@ def hf_state(folder: str, text: bool = False) -> dict[str, Any]:
     import transformers
 
     auto = transformers.AutoModelForSequenceClassification if text else transformers.AutoModelForImageClassification
+    transformers.utils.logging.set_verbosity_error()  # its notes of a head for another class count: the stage says it
+    transformers.utils.logging.disable_progress_bar()
     try:
         model = auto.from_pretrained(folder, local_files_only=True)
     except Exception as error:  # transformers raises many types for a damaged folder

@@ -129,6 +129,6 @@ def _copy_matching(target: nn.Module, source: nn.Module, what: str) -> None:
     for key, value in own.items():
         if key not in theirs or tuple(theirs[key].shape) != tuple(value.shape):
             shape = tuple(theirs[key].shape) if key in theirs else "missing"
-            raise UsageError(f"init_from_teacher: {what}: '{key}' is {shape} in the teacher, {tuple(value.shape)} "
+            raise UsageError(f"{what}: '{key}' is {shape} in the teacher, {tuple(value.shape)} "
                              "in the student (widths and heads must match)")
     target.load_state_dict(theirs)

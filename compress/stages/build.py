@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from compress.config import PipelineConfig, Strict
+from compress.config import ADDED_LATER, PipelineConfig, Strict
 from compress.quantize.calibration import calibration_samples
 from compress.stages.contract import Stage, StageContext
 from compress.stages.tensorrt_targets import (EXPORT_TARGETS, TensorRTOptions, check_targets, defer_tensorrt, export_sources,
@@ -30,6 +30,9 @@ class BuildConfig(Strict):
     targets: list[str] = Field(default_factory=lambda: ["onnxruntime:fp32"],
                                description="backend[:precision], e.g. onnxruntime:fp32, tensorrt:fp16, triton")
     tensorrt: TensorRTOptions = Field(default_factory=TensorRTOptions)
+    transformer_optimize: bool = Field(False, json_schema_extra=ADDED_LATER,
+                                       description="onnxruntime:fp32 of a text model: ONNX Runtime's BERT fusions "
+                                                   "(attention, LayerNorm, GELU); the artifact then runs on ORT only")
 
     @field_validator("targets")
     @classmethod
@@ -53,6 +56,10 @@ class BuildConfig(Strict):
         return normalized
 
     def check(self, pipeline: PipelineConfig) -> tuple[str, str] | None:
+        if self.transformer_optimize and not pipeline.data.is_text:
+            return "transformer_optimize", "fuses Transformer ops of text models; this pipeline's data are not texts"
+        if self.transformer_optimize and "onnxruntime:fp32" not in self.targets:
+            return "transformer_optimize", "applies to the onnxruntime:fp32 target: add it to targets"
         return check_targets(pipeline, self.targets, self.tensorrt)
 
 
@@ -78,6 +85,8 @@ class BuildStage(Stage):
             out_dir = ctx.stage_dir / f"student.{backend}.{precision}"
             engine = get_engine(backend)
             options = {"sources": sources, "calibration": calibration}
+            if ctx.config.transformer_optimize and target == "onnxruntime:fp32":
+                options["transformer_optimize"] = True
             if backend == "tensorrt":
                 options.update(tensorrt_build_options(ctx, ctx.config.tensorrt))
                 reason = engine.missing()

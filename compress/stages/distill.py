@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import Field
 
 from compress.config import PipelineConfig, TrainConfig
+from compress.core.errors import ConfigError, UsageError
 from compress.data.splits import Split, join
 from compress.data.transforms import batch_mixer
 from compress.distill.objective import (LossSpec, Objective, check_feature_paths, check_loss_specs,
@@ -58,7 +59,10 @@ def train_student(ctx: StageContext, cfg: TrainConfig, train: Split, objective=N
     else:
         student = build_model(spec)
     if teacher is not None and ctx.pipeline.student.init_from_teacher == "every_other":
-        copied = init_every_other(student, teacher)
+        try:
+            copied = init_every_other(student, teacher)
+        except UsageError as error:  # nothing is trained or written yet
+            raise ConfigError(ctx.pipeline.source_file, "student.init_from_teacher", str(error)) from None
         ctx.log(f"student starts from the teacher's embeddings and layers {copied} (init_from_teacher: every_other)")
     if objective is not None:
         objective = objective(student)
