@@ -91,6 +91,10 @@ class StudentConfig(ModelConfig):
 TASKS = ("image-classification", "text-classification")
 
 
+# An engine below this top-1 agreement with the model it came from does not compute what was measured in torch.
+ENGINE_AGREEMENT = {"int8": 0.99, "fp32": 0.999, "fp16": 0.999, "bf16": 0.999}
+
+
 class GatesConfig(Strict):
     max_accuracy_drop: float | None = Field(None, ge=0, description="top-1 points (0.02 = 2 points)")
     min_speedup: float | None = Field(None, gt=0)
@@ -98,6 +102,28 @@ class GatesConfig(Strict):
     max_size_mb: float | None = Field(None, gt=0)
     max_memory_mb: float | None = Field(None, gt=0, description="peak resident memory of the recommended artifact "
                                                                 "alone in a fresh process, at the largest batch")
+    min_engine_agreement: float | dict[str, float] | None = Field(
+        None, json_schema_extra=ADDED_LATER,
+        description="top-1 agreement of the recommended engine with the model it came from (a number, or "
+                    "{precision: number}); unset, engines are still checked against 0.99 int8 / 0.999 others")
+
+    @field_validator("min_engine_agreement")
+    @classmethod
+    def _agreement_limits(cls, value: Any) -> Any:
+        limits = value if isinstance(value, dict) else {"": value} if value is not None else {}
+        for precision, limit in limits.items():
+            if precision and precision not in ENGINE_AGREEMENT:
+                raise ValueError(f"unknown precision '{precision}'; known: {', '.join(ENGINE_AGREEMENT)}")
+            if not 0 < limit <= 1:
+                raise ValueError(f"{limit} is not a fraction in (0, 1]")
+        return value
+
+    def engine_agreement(self, precision: str) -> float:
+        """The top-1 agreement an engine of `precision` must reach with its reference model."""
+        gate = self.min_engine_agreement
+        if isinstance(gate, dict):
+            return gate.get(precision, ENGINE_AGREEMENT.get(precision, 0.99))
+        return gate if gate is not None else ENGINE_AGREEMENT.get(precision, 0.99)
 
     @field_validator("max_latency_ms", mode="before")
     @classmethod

@@ -230,6 +230,8 @@ def analyze(facts: RunFacts) -> dict[str, Any]:
         "training": training_summary(facts.metrics),
         "per_class": per_class(rows, choice, results.get("class_names")),
         "deferred": [d for d in build.get("deferred") or [] if isinstance(d, dict)],
+        "engine_parity": [{"engine": f"{e['model']}.{e['backend']}.{e['precision']}", **e["parity"]}
+                          for e in build.get("engines") or [] if isinstance(e, dict) and e.get("parity")],
         "devices": device_sections(facts.devices, rows),
         "noisy": noisy,
         "harness": harness_line(results.get("settings") or {}, results.get("env") or {}, samples,

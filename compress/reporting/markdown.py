@@ -150,6 +150,15 @@ def render_markdown(report: dict[str, Any]) -> str:
                 if p["paired"]]
         out.append("")
 
+    if report.get("engine_parity"):
+        out += ["## Engine parity", "", "Each engine against the model it came from, on the same val inputs "
+                "(int8 built from the Q/DQ ONNX: against the fake-quantized torch model):", ""]
+        out += table(["engine", "reference", "samples", "top-1 agreement", "max |diff|", "mean |diff|", "needs", "result"],
+                     [[e["engine"], f"`{e['reference']}`", e["samples"], pct(e["top1_agreement"]),
+                       num(e["max_abs_error"], ".2e"), num(e["mean_abs_error"], ".2e"), pct(e["min_agreement"]),
+                       "ok" if e["passed"] else "**BELOW**"] for e in report["engine_parity"]], "llrrrrrl")
+        out.append("")
+
     if report["kd_gain"]:
         out += kd_section(report["kd_gain"])
 

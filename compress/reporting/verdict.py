@@ -171,6 +171,8 @@ def evaluate_gates(rows: list[dict], gates: GatesConfig, choice: dict | None,
     if gates.max_size_mb is not None:
         verdict("max_size_mb", gates.max_size_mb, choice["size_mb"], choice["size_mb"] <= gates.max_size_mb,
                 f"{choice['size_mb']:.3f} MB on disk")
+    if gates.min_engine_agreement is not None:
+        verdict(*engine_agreement_verdict(choice, gates))
     if gates.max_memory_mb is not None:
         memory = choice.get("memory") or {
             "error": "no memory in the results (stages.benchmark.memory off, or measured before it existed)"}
@@ -178,6 +180,21 @@ def evaluate_gates(rows: list[dict], gates: GatesConfig, choice: dict | None,
         verdict("max_memory_mb", gates.max_memory_mb, peak, peak is not None and peak <= gates.max_memory_mb,
                 describe(memory))
     return verdicts
+
+
+def engine_agreement_verdict(choice: dict, gates: GatesConfig) -> tuple[str, Any, Any, bool, str]:
+    """The recommended engine's top-1 agreement with the model it came from (the build stage measured it)."""
+    limit = gates.engine_agreement(choice["precision"])
+    checked = choice.get("engine_parity")
+    if choice["backend"] == "torch":
+        return "min_engine_agreement", limit, None, True, "the recommended artifact is the torch model itself"
+    if not checked:
+        return ("min_engine_agreement", limit, None, False,
+                "no engine parity recorded (built before the build stage checked engines): rerun with --force build")
+    agreement = checked["top1_agreement"]
+    return ("min_engine_agreement", limit, agreement, agreement >= limit,
+            f"top-1 agreement with {checked['reference']} on {checked['samples']} val inputs, max |diff| "
+            f"{checked['max_abs_error']:.2e}")
 
 
 def summary(results: dict, gates: GatesConfig) -> dict[str, Any]:

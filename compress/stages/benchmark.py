@@ -118,9 +118,10 @@ class BenchmarkStage(Stage):
         if shipped_alone:  # stages.export.recommend_from lists baseline: the student alone is a candidate too
             artifacts.append(Measured("baseline", baseline_path, "torch", "fp32", loader(baseline_path, "torch"),
                                       s_params, s_macs))
+        built = ctx.outputs.get("build", {}).get("engines", [])
         artifacts += [Measured(e["model"], e["artifact"], e["backend"], e["precision"],
-                               loader(e["artifact"], e["backend"]), s_params, s_macs)
-                      for e in ctx.outputs.get("build", {}).get("engines", [])]
+                               loader(e["artifact"], e["backend"]), s_params, s_macs) for e in built]
+        engine_parity = {e["artifact"]: e["parity"] for e in built if e.get("parity")}  # checked by the build
         split, scored_split = data.scored_split()
         y_scored = scored_split.labels  # of the inputs scored (a stream skipping bad images leaves some out)
         accuracy: list[dict] = []
@@ -169,6 +170,7 @@ class BenchmarkStage(Stage):
                 rows.append({"model": a.model, "artifact": a.artifact, "backend": a.backend, "precision": a.precision,
                              **ran, **timing, "accuracy": acc, "params": a.params, "macs": a.macs,
                              "size_mb": artifact_mb(ctx.path(a.artifact)), "threads": threads,
+                             **({"engine_parity": engine_parity[a.artifact]} if a.artifact in engine_parity else {}),
                              **({"memory": footprint} if footprint else {}), "predictions": predicted})
                 lat = timing["latency_ms"]
                 ctx.log(f"{a.model:8s} {a.backend:12s} {a.precision:5s} b{timing['batch_size']:<3d} p50 "

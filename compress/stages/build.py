@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from compress.config import ADDED_LATER, PipelineConfig, Strict
 from compress.quantize.calibration import calibration_samples
 from compress.stages.contract import Stage, StageContext
+from compress.stages.engine_parity import References, check_engine
 from compress.stages.tensorrt_targets import (EXPORT_TARGETS, TensorRTOptions, check_targets, defer_tensorrt, export_sources,
                                   tensorrt_build_options, write_triton)
 
@@ -66,7 +67,12 @@ class BuildConfig(Strict):
 class BuildStage(Stage):
     name = "build"
     Config = BuildConfig
-    reads = ("export",)
+    # distill, quantize and baseline: the torch models each engine is checked against (engine_parity.py)
+    reads = ("export", "distill", "quantize", "baseline")
+
+    def reads_in(self, pipeline: PipelineConfig) -> tuple[str, ...]:
+        """Only export's key: it already holds the keys of the models it exported (of all three stages)."""
+        return ("export",)
 
     def key_material(self, pipeline: PipelineConfig) -> dict[str, Any]:
         return {"data": pipeline.data.model_dump(mode="json"), "seed": pipeline.seed}  # calibration samples
@@ -78,6 +84,7 @@ class BuildStage(Stage):
         sources = export_sources(ctx)  # each engine picks its own: e.g. int8 from the Q/DQ ONNX when quantize ran
         calibration = calibration_samples(ctx.data.train, CALIBRATION_SAMPLES, ctx.pipeline.seed)
         engines, deferred, exports = [], [], []
+        refs = None  # the reference models' outputs, made when the first engine is built
         for target in ctx.config.targets:
             backend, precision = parse_target(target)
             if backend in EXPORT_TARGETS:
@@ -98,9 +105,12 @@ class BuildStage(Stage):
                     deferred.append(entry)
                     continue
             built = engine.build(onnx_path, out_dir, precision, **options)
-            ctx.log(f"{backend} {precision}: {ctx.relative(built.artifact)} in {built.sidecar['build_seconds']:.2f}s")
+            refs = refs or References(ctx)
+            checked = check_engine(refs, engine, built, "student", precision)
+            ctx.log(f"{backend} {precision}: {ctx.relative(built.artifact)} in {built.sidecar['build_seconds']:.2f}s; "
+                    f"{parity_line(checked)}")
             engines.append({"model": "student", "backend": backend, "precision": precision,
-                            "dir": ctx.relative(out_dir), "artifact": ctx.relative(built.artifact)})
+                            "dir": ctx.relative(out_dir), "artifact": ctx.relative(built.artifact), "parity": checked})
         for target in ctx.config.targets:
             backend, precision = parse_target(target)
             if backend == "triton":
@@ -109,11 +119,17 @@ class BuildStage(Stage):
                 ctx.log(f"triton {precision}: {exports[-1]['dir']} ({exports[-1]['format']})")
         baseline_onnx = ctx.outputs["export"].get("baseline_onnx")
         if baseline_onnx:
-            engines += build_baseline(ctx, ctx.path(baseline_onnx), calibration)
+            engines += build_baseline(ctx, ctx.path(baseline_onnx), calibration, refs or References(ctx))
         return {"engines": engines, "deferred": deferred, "triton": exports}
 
 
-def build_baseline(ctx: StageContext, onnx_path, calibration) -> list[dict[str, Any]]:
+def parity_line(checked: dict[str, Any]) -> str:
+    verdict = "" if checked["passed"] else f" BELOW {checked['min_agreement']:g}"
+    return (f"top-1 agreement {checked['top1_agreement']:.4f}{verdict} with {checked['reference']}, max |diff| "
+            f"{checked['max_abs_error']:.2e}")
+
+
+def build_baseline(ctx: StageContext, onnx_path, calibration, refs: References) -> list[dict[str, Any]]:
     """The student alone's engines: every target built here, from its own fp32 ONNX (int8 calibrated like PTQ)."""
     from deploy.engines import get_engine
 
@@ -124,10 +140,11 @@ def build_baseline(ctx: StageContext, onnx_path, calibration) -> list[dict[str, 
             ctx.log(f"baseline: {backend} {precision} is built for the KD student only")
             continue
         out_dir = ctx.stage_dir / f"baseline.{backend}.{precision}"
-        built = get_engine(backend).build(onnx_path, out_dir, precision, sources={"fp32": onnx_path},
-                                          calibration=calibration)
+        engine = get_engine(backend)
+        built = engine.build(onnx_path, out_dir, precision, sources={"fp32": onnx_path}, calibration=calibration)
+        checked = check_engine(refs, engine, built, "baseline", precision)
         ctx.log(f"baseline {backend} {precision}: {ctx.relative(built.artifact)} in "
-                f"{built.sidecar['build_seconds']:.2f}s")
+                f"{built.sidecar['build_seconds']:.2f}s; {parity_line(checked)}")
         engines.append({"model": "baseline", "backend": backend, "precision": precision,
-                        "dir": ctx.relative(out_dir), "artifact": ctx.relative(built.artifact)})
+                        "dir": ctx.relative(out_dir), "artifact": ctx.relative(built.artifact), "parity": checked})
     return engines
