@@ -114,7 +114,7 @@ def test_an_engine_that_is_not_installed_is_a_config_error(tiny_config, write_pi
 
 @pytest.mark.parametrize("target, words", [
     ("onnxruntime:fp16", "onnxruntime builds fp32, int8, not 'fp16'"),
-    ("openvino:int4", "openvino builds fp32, fp16, int8, not 'int4'"),
+    ("openvino:int4", "openvino builds fp32, bf16, fp16, int8, not 'int4'"),
 ])
 def test_a_precision_an_engine_cannot_build_is_a_config_error(tiny_config, target, words):
     from compress.runner import parse_pipeline

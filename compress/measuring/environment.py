@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from deploy.runner.harness import cpu_features
+
 
 def cpu_name() -> str:
     try:
@@ -35,6 +37,7 @@ def environment(threads: int) -> dict[str, Any]:
 
     return {
         "cpu": cpu_name(),
+        "cpu_features": ", ".join(cpu_features()) or None,
         "cores": os.cpu_count(),
         "threads": threads,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -22,6 +22,20 @@ from compress.stages.tensorrt_targets import (EXPORT_TARGETS, TensorRTOptions, c
 CALIBRATION_SAMPLES = 300
 
 
+def auto_targets() -> list[str]:
+    """ONNX Runtime and OpenVINO in every precision they build, TensorRT fp32/fp16 where a GPU and TensorRT are
+    (its int8 takes the quantize stage's Q/DQ ONNX, so it is asked for by name)."""
+    from deploy.engines import ENGINES
+
+    targets = []
+    for backend, engine in ENGINES.items():
+        if backend == "tensorrt":
+            targets += [f"tensorrt:{p}" for p in ("fp32", "fp16")] if engine.missing() is None else []
+        elif engine.available():
+            targets += [f"{backend}:{p}" for p in engine.precisions]
+    return targets
+
+
 def parse_target(target: str) -> tuple[str, str]:
     backend, _, precision = target.partition(":")
     return backend.strip(), (precision.strip() or "fp32")
@@ -29,11 +43,22 @@ def parse_target(target: str) -> tuple[str, str]:
 
 class BuildConfig(Strict):
     targets: list[str] = Field(default_factory=lambda: ["onnxruntime:fp32"],
-                               description="backend[:precision], e.g. onnxruntime:fp32, tensorrt:fp16, triton")
+                               description="backend[:precision], e.g. onnxruntime:fp32, openvino:bf16, tensorrt:fp16, "
+                                           "triton; or auto: every backend and precision installed here")
     tensorrt: TensorRTOptions = Field(default_factory=TensorRTOptions)
     transformer_optimize: bool = Field(False, json_schema_extra=ADDED_LATER,
                                        description="onnxruntime:fp32 of a text model: ONNX Runtime's BERT fusions "
                                                    "(attention, LayerNorm, GELU); the artifact then runs on ORT only")
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _auto(cls, targets: Any) -> Any:
+        """`targets: auto`: every backend x precision this machine builds, for the benchmark to choose from."""
+        if targets == "auto" or targets == ["auto"]:
+            return auto_targets()
+        if isinstance(targets, list) and "auto" in targets:
+            raise ValueError("auto stands alone: `targets: auto` builds every backend and precision installed here")
+        return targets
 
     @field_validator("targets")
     @classmethod

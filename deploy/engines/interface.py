@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from compress.core.fileio import read_json, sha256_file, write_json
+from deploy.runner.harness import cpu_features
 from deploy.runner.sessions import Session
 
 SIDECAR = "engine.json"
@@ -73,6 +74,7 @@ class Engine(ABC):
             "inputs": onnx_inputs(source),
             "artifact_sha256": sha256_file(artifact),
             "build_seconds": round(time.perf_counter() - started, 3),
+            "cpu_features": cpu_features(),
             **extra,
         }
         write_json(out_dir / SIDECAR, sidecar)

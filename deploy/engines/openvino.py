@@ -1,6 +1,8 @@
 """OpenVINO engine (CPU plugin): IR from `openvino.convert_model` + `save_model`.
 
-fp32 keeps fp32 weights; fp16 stores fp16-compressed weights (the CPU plugin decompresses them);
+fp32 keeps fp32 weights; bf16 keeps them too and computes in bf16 (AVX512-BF16 / AMX-BF16 CPUs: the
+plugin falls back to f32 elsewhere, and the session says what ran); fp16 stores fp16-compressed
+weights (the CPU plugin decompresses them, and computes in bf16 or f32 on CPUs without fp16 arithmetic);
 a session runs at the precision of its artifact (engine.json), not at the plugin's default
 (deploy.runner.sessions.OPENVINO_PRECISION);
 int8 converts the quantize stage's Q/DQ ONNX when there is one, otherwise runs NNCF PTQ on the
@@ -52,7 +54,7 @@ def nncf_quantize_ir(model, calibration: np.ndarray | dict[str, np.ndarray] | li
 
 class OpenVinoEngine(Engine):
     backend = "openvino"
-    precisions = ("fp32", "fp16", "int8")
+    precisions = ("fp32", "bf16", "fp16", "int8")
 
     module = "openvino"
 

@@ -284,6 +284,25 @@ def _row_length(inputs: Any, sequence_length: int | None) -> int | None:
 
 # --- memory ---------------------------------------------------------------------------------------
 
+# The CPU features that decide which precision is fast: VNNI and AMX-INT8 for int8, AVX512-BF16 and AMX-BF16
+# for bf16, AVX512-FP16 for fp16 arithmetic (without it OpenVINO serves an f16 request in bf16 or f32).
+PRECISION_FEATURES = ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16",
+                      "amx_int8", "amx_fp16")
+
+
+def cpu_features() -> list:
+    """Which of PRECISION_FEATURES this CPU has (/proc/cpuinfo flags; [] where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [f for f in PRECISION_FEATURES if f in flags]
+    except OSError:
+        pass
+    return []
+
+
 def proc_status_kb(field: str) -> int | None:
     """A field of /proc/self/status in kB (VmRSS, VmHWM); None where the system has no /proc."""
     try:
