@@ -25,6 +25,7 @@ from deploy.engines.interface import onnx_inputs
 from deploy.engines.tensorrt import input_profile_shapes
 from deploy.engines.trtexec import build_script
 from deploy.runner import RUNNER_DIR, RUNNER_FILES
+from deploy.runner.harness import engine_agreement
 from deploy.runner.preprocess_text import INPUT_NAMES
 
 RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
@@ -221,6 +222,16 @@ def host_row(run_dir: Path, record: dict[str, Any], choice: Choice) -> dict[str,
     return (same or torch_row or [{}])[0]
 
 
+# Without gates.min_engine_agreement a device engine must agree with the host's predictions on 99% of the val
+# sample: they come from another engine (a TensorRT fp16 plan is compared with the host's ONNX), so one sample
+# on a decision boundary may flip where the host's own engines are held to 0.999.
+DEVICE_AGREEMENT = 0.99
+
+
+def device_agreement(gate, precision: str) -> float:
+    return engine_agreement(gate, precision) if gate is not None else DEVICE_AGREEMENT
+
+
 def make_bundle(run_dir: Path, choice: Choice, out_root: Path, make_sample: SampleMaker,
                 val_samples: int = 256) -> Bundle:
     run_dir = Path(run_dir).resolve()
@@ -264,6 +275,8 @@ def make_bundle(run_dir: Path, choice: Choice, out_root: Path, make_sample: Samp
                   "rounds": bench.get("rounds", 3)},
         "params": host.get("params"), "macs": host.get("macs"),
         "host": {"top1": (host.get("accuracy") or {}).get("top1"), "backend": host.get("backend")},
+        # below this agreement with the host's predictions on the val sample, the device does not switch to it
+        "min_agreement": device_agreement((pipeline.get("gates") or {}).get("min_engine_agreement"), choice.precision),
         "source": {"run_dir": str(run_dir), "name": record.get("name"),
                    "stage_keys": {k: v.get("key") for k, v in record["stages"].items()}},
         "files": {str(p.relative_to(staging)): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()},

@@ -93,6 +93,7 @@ def ship(target: Target, bundle: Bundle, log: Log, step: StepTimer, token: str, 
             + (f"; the device tokenises the {tokenized} val texts as the host did" if tokenized else "")
             + "; benchmarking on the device")
         measured = step("bench", lambda: target.runner("bench", remote, timeout=3600))
+        refuse_disagreement(target, manifest, measured)
         # Every file is checked again in the step that switches: nothing changed since verify goes live.
         switch = ["activate", target.root, incoming, bundle.version, "--token", token, "--manifest-sha256", digest]
         switched = step("switch", lambda: target.runner(*switch, *(["--keep", str(keep)] if keep else [])))
@@ -103,6 +104,17 @@ def ship(target: Target, bundle: Bundle, log: Log, step: StepTimer, token: str, 
             pass
         raise
     return engine, measured, switched
+
+
+def refuse_disagreement(target: Target, manifest: dict[str, Any], measured: dict[str, Any]) -> None:
+    """An engine that predicts otherwise than the host did on the shipped val sample is not switched to."""
+    limit = manifest.get("min_agreement")
+    rows = measured.get("rows") or [{}]
+    agreement = (rows[0].get("accuracy") or {}).get("agreement_with_host")
+    if limit is not None and agreement is not None and agreement < limit:
+        raise DeviceError(f"{target.label}: {manifest['artifact']} agrees with the host's predictions on "
+                          f"{agreement:.2%} of the val sample, below {limit:.2%} (gates.min_engine_agreement): "
+                          "not switched; the current release stays")
 
 
 def in_parallel(targets: list[Target], work: Callable[[Target], Any]) -> list[tuple[Target, Any, BaseException | None]]:

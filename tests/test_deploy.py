@@ -367,6 +367,31 @@ def test_an_openvino_engine_deploys_and_runs_on_openvino(run_dir, tmp_path):
     assert all(r["accuracy"]["agreement_with_host"] == 1.0 and r["latency_ms"]["p50"] > 0 for r in rows)
 
 
+def test_a_device_engine_that_disagrees_with_the_host_is_not_switched_to(run_dir, tmp_path, capsys):
+    """The device scores the shipped val sample against the host's predictions; below the agreement the bundle
+    asks for (gates.min_engine_agreement, else 99%) the deploy stops before the switch and current stays."""
+    import onnx
+    from onnx import numpy_helper
+
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    device = tmp_path / "device"
+    assert deploy(run, "--target", f"local:{device}", quiet=True) == 0
+    first = current_release(device)
+    # the built engine now computes something else than the exported model the host's predictions come from
+    artifact = run / "stages" / "build" / "student.onnxruntime.fp32" / "model.onnx"
+    model = onnx.load(str(artifact))
+    for init in model.graph.initializer:
+        values = numpy_helper.to_array(init)
+        if values.ndim == 2:
+            init.CopyFrom(numpy_helper.from_array(values[::-1].copy(), init.name))  # rows of each layer reversed
+    onnx.save(model, str(artifact))
+    capsys.readouterr()
+    assert deploy(run, "--target", f"local:{device}") == 1
+    err = capsys.readouterr().err
+    assert "agrees with the host's predictions on" in err and "below 99.00%" in err and "not switched" in err, err
+    assert current_release(device) == first
+
+
 # ---------------------------------------------------------------- Jetson
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_valid
 from compress.config.base import ADDED_LATER, Strict  # noqa: F401  (stage configs import them from here)
 from compress.config.data import AugmentConfig, DataConfig, TextConfig, TransferConfig  # noqa: F401
 from compress.core.errors import ConfigError
+from deploy.runner.harness import ENGINE_AGREEMENT, engine_agreement
 
 
 # Beyond any training budget of this tool: more epochs than this is a typo (an extra zero or two), not a plan.
@@ -91,10 +92,6 @@ class StudentConfig(ModelConfig):
 TASKS = ("image-classification", "text-classification")
 
 
-# An engine below this top-1 agreement with the model it came from does not compute what was measured in torch.
-ENGINE_AGREEMENT = {"int8": 0.99, "bf16": 0.99, "fp32": 0.999, "fp16": 0.999}  # bf16 keeps 8 bits of mantissa
-
-
 class GatesConfig(Strict):
     max_accuracy_drop: float | None = Field(None, ge=0, description="top-1 points (0.02 = 2 points)")
     min_speedup: float | None = Field(None, gt=0)
@@ -120,10 +117,7 @@ class GatesConfig(Strict):
 
     def engine_agreement(self, precision: str) -> float:
         """The top-1 agreement an engine of `precision` must reach with its reference model."""
-        gate = self.min_engine_agreement
-        if isinstance(gate, dict):
-            return gate.get(precision, ENGINE_AGREEMENT.get(precision, 0.99))
-        return gate if gate is not None else ENGINE_AGREEMENT.get(precision, 0.99)
+        return engine_agreement(self.min_engine_agreement, precision)
 
     @field_validator("max_latency_ms", mode="before")
     @classmethod

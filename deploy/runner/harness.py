@@ -284,6 +284,19 @@ def _row_length(inputs: Any, sequence_length: int | None) -> int | None:
 
 # --- memory ---------------------------------------------------------------------------------------
 
+# An engine below this top-1 agreement with the model it came from (on the host) or with the host's predictions
+# (on a device) does not compute what was measured; bf16 keeps 8 bits of mantissa. gates.min_engine_agreement
+# overrides them.
+ENGINE_AGREEMENT = {"int8": 0.99, "bf16": 0.99, "fp32": 0.999, "fp16": 0.999}
+
+
+def engine_agreement(gate, precision: str) -> float:
+    """The agreement an engine of `precision` must reach: the gate (a fraction, or {precision: fraction}) or the table."""
+    if isinstance(gate, dict):
+        return gate.get(precision, ENGINE_AGREEMENT.get(precision, 0.99))
+    return gate if gate is not None else ENGINE_AGREEMENT.get(precision, 0.99)
+
+
 # The CPU features that decide which precision is fast: VNNI and AMX-INT8 for int8, AVX512-BF16 and AMX-BF16
 # for bf16, AVX512-FP16 for fp16 arithmetic (without it OpenVINO serves an f16 request in bf16 or f32).
 PRECISION_FEATURES = ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16",
