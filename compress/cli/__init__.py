@@ -122,6 +122,25 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_diagnose(args: argparse.Namespace, console: Console) -> int:
+    from compress.core.fileio import write_json
+    from compress.data import load_dataset
+    from compress.measuring.diagnose import describe, diagnose, engine_entry
+    from compress.runner import load_pipeline
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "run.json").is_file():
+        raise UsageError(f"{run_dir}: not a run dir (no run.json)")
+    engine_entry(run_dir, args.artifact)  # an artifact the run lacks is refused before the data is read
+    pipeline = load_pipeline(run_dir / "pipeline.yaml")
+    val = load_dataset(pipeline.data, pipeline.seed).val
+    result = diagnose(run_dir, args.artifact, val.sample(range(len(val)), args.samples)[0])
+    print("\n".join(describe(result)))
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
 def cmd_deploy(args: argparse.Namespace, console: Console) -> int:
     from compress.stages.deploy import make_val_sample, refresh_report
     from deploy.cli import run_deploy
@@ -197,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("run_a")
     compare.add_argument("run_b")
     compare.set_defaults(func=cmd_compare)
+
+    diagnose = sub.add_parser("diagnose", help="where an engine's outputs start to differ from its model, tensor by tensor")
+    diagnose.add_argument("run_dir")
+    diagnose.add_argument("artifact", help="an engine of the run, e.g. student.onnxruntime.int8")
+    diagnose.add_argument("--samples", type=int, default=64, help="val inputs to compare on (default 64)")
+    diagnose.add_argument("--json", help="also write every tensor's error to this file")
+    diagnose.set_defaults(func=cmd_diagnose)
 
     from deploy.cli import add_arguments as add_deploy_arguments
 
