@@ -1,6 +1,6 @@
 """Latency of resnet32x4 (teacher) vs resnet8x4 (student) at 3x32x32 on every CPU backend and precision.
 
-Torch eager and every engine of `deploy/engines` (ONNX Runtime fp32/int8, OpenVINO fp32/fp16/int8),
+Torch eager and every engine of `deploy/engines` (ONNX Runtime fp32/int8, OpenVINO fp32/bf16/fp16/int8),
 batch 1 and 32, medians over interleaved rounds, all in one process so ratios compare like with like. int8 comes
 both ways the pipeline builds it: from an NNCF Q/DQ ONNX (what the quantize stage exports) and from
 the fp32 ONNX quantized by the engine (ORT static quantization, NNCF PTQ of the OpenVINO model).
@@ -35,8 +35,8 @@ from compress.reporting.verdict import recommend  # noqa: E402
 from deploy.engines import get_engine  # noqa: E402
 
 SHAPE = (3, 32, 32)
-TARGETS = [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "fp16"),
-           ("openvino", "int8")]
+TARGETS = [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "bf16"),
+           ("openvino", "fp16"), ("openvino", "int8")]
 
 
 def qdq_onnx(model, calibration: np.ndarray, path: Path) -> None:
@@ -56,6 +56,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    from compress.measuring.environment import cpu_name
+    from deploy.runner.harness import cpu_features
+
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu_name()} ({', '.join(cpu_features())}), "
+          f"{os.cpu_count()} cores, {args.threads} threads; load average {os.getloadavg()[0]:.2f}", flush=True)
     settings = LatencySettings(warmup=3, warmup_seconds=0.1, runs=args.runs, min_seconds=args.min_seconds)
     calibration = np.random.default_rng(0).standard_normal((128, *SHAPE)).astype(np.float32)
     work = Path(tempfile.mkdtemp(prefix="backends-"))
