@@ -131,10 +131,10 @@ def cmd_diagnose(args: argparse.Namespace, console: Console) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "run.json").is_file():
         raise UsageError(f"{run_dir}: not a run dir (no run.json)")
-    engine_entry(run_dir, args.artifact)  # an artifact the run lacks is refused before the data is read
+    entry = engine_entry(run_dir, args.artifact)  # an artifact the run lacks is refused before the data is read
     pipeline = load_pipeline(run_dir / "pipeline.yaml")
     val = load_dataset(pipeline.data, pipeline.seed).val
-    result = diagnose(run_dir, args.artifact, val.sample(range(len(val)), args.samples)[0])
+    result = diagnose(run_dir, args.artifact, val.sample(range(len(val)), args.samples)[0], entry)
     print("\n".join(describe(result)))
     if args.json:
         write_json(args.json, result)

@@ -312,16 +312,25 @@ class Objective:
             taps.remove()
 
 
+def reads_internals(loss) -> bool:
+    """A loss (class or instance) of hidden states and attention: both models must be Transformers, tapped."""
+    return getattr(loss, "uses_internals", False)
+
+
+def reads_distillation_token(loss) -> bool:
+    """DeiT's loss: the student's distillation-token logits (any teacher)."""
+    return getattr(loss, "uses_distillation_token", False)
+
+
 def transformer_setup(terms, specs: list[LossSpec], student: nn.Module, teacher: nn.Module, file: str,
                       section: str) -> tuple[TransformerTaps, TransformerTaps] | None:
     """Check the Transformer losses against both models, size their projections, and tap both models'
     hidden states and attention projections (None when no loss needs them)."""
-    chosen = [(i, loss) for i, (_, _, loss) in enumerate(terms)
-              if getattr(loss, "uses_internals", False) or getattr(loss, "uses_distillation_token", False)]
+    chosen = [(i, loss) for i, (_, _, loss) in enumerate(terms) if reads_internals(loss) or reads_distillation_token(loss)]
     if not chosen:
         return None
     # DeiT's teacher is any classifier (a CNN in the paper): only losses of internals need it to be a Transformer.
-    needs_teacher = any(getattr(loss, "uses_internals", False) for _, loss in chosen)
+    needs_teacher = any(reads_internals(loss) for _, loss in chosen)
     described = {"teacher": {}}
     for role, model in (("student", student), ("teacher", teacher))[:2 if needs_teacher else 1]:
         try:
@@ -334,9 +343,9 @@ def transformer_setup(terms, specs: list[LossSpec], student: nn.Module, teacher:
             raise ConfigError(file, f"{section}.losses.{i}", problem)
         if hasattr(loss, "setup_widths"):
             loss.setup_widths(described["student"]["hidden"], described["teacher"]["hidden"])
-    if any(getattr(loss, "uses_distillation_token", False) for _, loss in chosen):
+    if any(reads_distillation_token(loss) for _, loss in chosen):
         student.set_distilled_training(True)  # timm: training forwards return (class, distillation) logits
-    if not any(getattr(loss, "uses_internals", False) for _, loss in chosen):
+    if not needs_teacher:
         return None
     return TransformerTaps(student), TransformerTaps(teacher)
 
@@ -346,11 +355,11 @@ def check_transformer_losses(specs: list[LossSpec], pipeline) -> tuple[str, str]
     models, told on torch's meta device (no weights, no data) for `compress validate`."""
     from compress.models import model_outline
 
-    chosen = [(i, s) for i, s in enumerate(specs) if s.name in LOSSES and
-              (getattr(LOSSES[s.name], "uses_internals", False) or getattr(LOSSES[s.name], "uses_distillation_token", False))]
+    chosen = [(i, s) for i, s in enumerate(specs) if s.name in LOSSES
+              and (reads_internals(LOSSES[s.name]) or reads_distillation_token(LOSSES[s.name]))]
     if not chosen:
         return None
-    needs_teacher = any(getattr(LOSSES[s.name], "uses_internals", False) for _, s in chosen)
+    needs_teacher = any(reads_internals(LOSSES[s.name]) for _, s in chosen)
     described = {"teacher": {}}
     for role in ("student", "teacher")[:2 if needs_teacher else 1]:
         role_cfg = getattr(pipeline, role)
@@ -362,7 +371,7 @@ def check_transformer_losses(specs: list[LossSpec], pipeline) -> tuple[str, str]
         except NotATransformer as error:
             index, spec = chosen[0]
             need = "a student with a distillation token (timm deit_*_distilled_*)" \
-                if getattr(LOSSES[spec.name], "uses_distillation_token", False) else "Transformers"
+                if reads_distillation_token(LOSSES[spec.name]) else "Transformers"
             return f"losses.{index}", f"{spec.name} needs {need}; {role}: {error}"
     for i, spec in chosen:
         problem = check_transformer_loss(spec.name, spec.options, described["student"], described["teacher"])

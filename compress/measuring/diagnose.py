@@ -75,9 +75,10 @@ def quantizers_near(graph, tensor: str) -> list[str]:
     return near
 
 
-def diagnose(run_dir: Path, artifact: str, x) -> dict[str, Any]:
-    """Errors of every shared tensor in execution order, and the first jumps."""
-    entry = engine_entry(run_dir, artifact)
+def diagnose(run_dir: Path, artifact: str, x, entry: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Errors of every shared tensor in execution order, and the first jumps; `entry`: engine_entry's, when
+    the caller already looked the artifact up."""
+    entry = entry or engine_entry(run_dir, artifact)
     reference, ref_ops, _, outputs = tensor_outputs(run_dir / entry["reference"], x)
     candidate, cand_ops, graph, _ = tensor_outputs(run_dir / entry["artifact"], x)
     # Same name, same producing op, same shape: ONNX Runtime's quantizer drops a Relu after a Conv (the

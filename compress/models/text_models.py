@@ -14,8 +14,6 @@ from torch import nn
 
 from compress.core.errors import UsageError
 
-TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
 # Our short size names -> each architecture's config keys; the intermediate width defaults to 4 x hidden.
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "bert": {"config": "BertConfig", "model": "BertForSequenceClassification", "token_types": True,

@@ -103,8 +103,9 @@ class BenchmarkStage(Stage):
         student_path = ctx.outputs["distill"]["checkpoint"]
         teacher, _ = load_model(ctx.path(teacher_path))
         student, _ = load_model(ctx.path(student_path))
-        t_params, t_macs = count_params(teacher), count_macs(teacher, shape if not text else None, example)
-        s_params, s_macs = count_params(student), count_macs(student, shape if not text else None, example)
+        macs = (lambda model: count_macs(model, example=example)) if text else (lambda model: count_macs(model, shape))
+        t_params, t_macs = count_params(teacher), macs(teacher)
+        s_params, s_macs = count_params(student), macs(student)
         del teacher, student
 
         def loader(artifact: str, backend: str) -> Callable[[], Any]:
@@ -153,7 +154,7 @@ class BenchmarkStage(Stage):
         timings = measure_rounds([a.load for a in artifacts], shape, cfg.batch_sizes, settings, cfg.rounds,
                                  on_first_load=score,
                                  on_round=lambda r: ctx.log(f"round {r + 1}/{cfg.rounds} timed"), sequence_length=length)
-        grid = self.sequence_grid(ctx, artifacts, shape, settings, task) if text else None
+        grid = self.sequence_grid(ctx, artifacts, shape, settings, task, timings) if text else None
         accuracy_only = []
         if baseline_path is not None and not shipped_alone:  # scored for the report's KD comparison, not timed
             with open_session(ctx.path(baseline_path), "torch", threads) as session:
@@ -187,15 +188,15 @@ class BenchmarkStage(Stage):
 
     @staticmethod
     def sequence_grid(ctx: StageContext, artifacts: list[Measured], specs, settings: LatencySettings,
-                      task: TextClassification) -> list[dict[str, Any]]:
+                      task: TextClassification, main_timings: list[list[dict]]) -> list[dict[str, Any]]:
         """Latency and tokens/s of every artifact at each (batch, sequence length), one round each: how the
-        cost grows with the text, beside the main rows at max_length."""
+        cost grows with the text, beside the main rows at max_length (whose timings it reuses, not repeats)."""
         cfg: BenchmarkConfig = ctx.config
         lengths = cfg.sequence_lengths or task.sequence_lengths()
         grid = []
         for length in lengths:
-            per_artifact = measure_rounds([a.load for a in artifacts], specs, cfg.batch_sizes, settings, 1,
-                                          sequence_length=length)
+            per_artifact = main_timings if length == task.max_length else measure_rounds(
+                [a.load for a in artifacts], specs, cfg.batch_sizes, settings, 1, sequence_length=length)
             for a, per_batch in zip(artifacts, per_artifact):
                 for timing in per_batch:
                     grid.append({"model": a.model, "backend": a.backend, "precision": a.precision,

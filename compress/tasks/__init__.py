@@ -14,8 +14,9 @@ from typing import Any, Mapping, Union
 import numpy as np
 import torch
 
+from deploy.runner.preprocess_text import INPUT_NAMES as TEXT_INPUTS  # the device tokeniser's names, one definition
+
 Inputs = Union[np.ndarray, Mapping[str, np.ndarray]]
-TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def call_model(model: torch.nn.Module, x):
