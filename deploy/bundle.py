@@ -43,6 +43,7 @@ class Choice:
     precision: str
     files: dict[str, Path]  # bundle name -> source file
     model_file: str
+    float_precision: str | None = None  # an int8 OpenVINO engine's ops left in float run in this (mixed precision)
 
 
 @dataclass
@@ -97,7 +98,8 @@ def candidates(run_dir: Path, record: dict[str, Any]) -> list[Choice]:
         folder = run_dir / engine["dir"]
         files = {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*")) if p.is_file()}
         found.append(Choice(f"{engine['model']}.{engine['backend']}.{engine['precision']}", engine["model"],
-                            engine["backend"], engine["precision"], files, Path(engine["artifact"]).name))
+                            engine["backend"], engine["precision"], files, Path(engine["artifact"]).name,
+                            engine.get("float_precision")))
     # A strongly typed TensorRT build takes its precision from the ONNX: fp16 needs the FP16 copy.
     onnx_for = {"fp32": export.get("onnx"), "fp16": export.get("onnx_fp16"), "int8": export.get("onnx_qdq")}
     wanted = {"fp32", "fp16"} | {d["precision"] for d in build.get("deferred", []) if d.get("backend") == "tensorrt"}
@@ -266,6 +268,7 @@ def make_bundle(run_dir: Path, choice: Choice, out_root: Path, make_sample: Samp
         "format": 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": choice.model, "artifact": choice.name, "runtime": choice.runtime, "precision": choice.precision,
+        **({"float_precision": choice.float_precision} if choice.float_precision else {}),
         "model_file": choice.model_file, "engine": engine,
         **single, "inputs": inputs,
         "preprocessing": preprocessing, "labels": list(val.labels),

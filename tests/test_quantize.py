@@ -86,3 +86,26 @@ def test_a_saved_quantized_model_loads_back_with_weights_only(student, inputs, t
     with pytest.raises(UsageError, match="not a quantized checkpoint"):
         torch.save({"state_dict": {}}, tmp_path / "plain.pt")
         load_quantized(tmp_path / "plain.pt")
+
+
+def test_a_quantizer_shared_by_a_concat_exports_as_quantize_dequantize(inputs, tmp_path):
+    """The inputs of a Concat share one quantizer, which nncf.strip converts at one of its hook points only:
+    left at the other, it exported as OpenVINO's FakeQuantize op, which ONNX Runtime cannot load."""
+    import onnx
+    import onnxruntime as ort
+
+    from tests.quant_models import OutlierCNN
+
+    torch.manual_seed(0)
+    model = OutlierCNN(1, 10, 8, channels=(16, 32), extra_convs=3).eval()
+    quantized = quantize_model(model, inputs)
+    path = tmp_path / "concat.onnx"
+    stripped = strip(quantized, torch.from_numpy(inputs[:2]))
+    assert not quantizers(stripped)
+    export_onnx(stripped, (1, 8, 8), path)
+    assert "FakeQuantize" not in {node.op_type for node in onnx.load(path).graph.node}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: inputs[:8]})[0]
+    with torch.no_grad():
+        expected = quantized(torch.from_numpy(inputs[:8])).numpy()
+    assert np.abs(out - expected).max() <= 0.05 * np.abs(expected).max()

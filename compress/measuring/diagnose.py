@@ -1,5 +1,7 @@
 """Where an engine's outputs start to diverge from its reference, tensor by tensor (Polygraphy's approach).
 
+An OpenVINO IR is compared the same way, its tensors computed by the CPU plugin (diagnose_ir.py).
+
 Both ONNX graphs (the exported fp32 student, and the engine's ONNX: an int8 Q/DQ model keeps the float
 tensors' names beside its quantizers) get every intermediate float tensor marked as an output and run in
 ONNX Runtime on the same val inputs, without the fusions that would hide them (so an int8 graph runs its
@@ -31,9 +33,9 @@ def engine_entry(run_dir: Path, artifact: str) -> dict[str, Any]:
     if found is None:
         known = ", ".join(ids) or "none (the run has no build stage)"
         raise UsageError(f"{run_dir}: diagnose: no artifact '{artifact}' in this run; its engines: {known}")
-    if not found["artifact"].endswith(".onnx"):
-        raise UsageError(f"{run_dir}: diagnose: {artifact} is not an ONNX model; diagnose compares ONNX graphs "
-                         f"(the onnxruntime engine of the same precision shows the same quantizers)")
+    if not found["artifact"].endswith((".onnx", ".xml")):
+        raise UsageError(f"{run_dir}: diagnose: {artifact} is neither an ONNX model nor an OpenVINO IR; diagnose "
+                         f"compares those (the onnxruntime engine of the same precision shows the same quantizers)")
     export = record["stages"]["export"]["outputs"]
     reference = export["baseline_onnx"] if found["model"] == "baseline" else export["onnx"]
     return {**found, "reference": reference}
@@ -78,13 +80,18 @@ def quantizers_near(graph, tensor: str) -> list[str]:
 def diagnose(run_dir: Path, artifact: str, x, entry: dict[str, Any] | None = None) -> dict[str, Any]:
     """Errors of every shared tensor in execution order, and the first jumps; `entry`: engine_entry's, when
     the caller already looked the artifact up."""
+    from compress.measuring.diagnose_ir import fake_quantizers_near, ir_tensor_outputs
+
     entry = entry or engine_entry(run_dir, artifact)
     reference, ref_ops, _, outputs = tensor_outputs(run_dir / entry["reference"], x)
-    candidate, cand_ops, graph, _ = tensor_outputs(run_dir / entry["artifact"], x)
+    is_ir = entry["artifact"].endswith(".xml")
+    candidate, cand_ops, graph, _ = (ir_tensor_outputs if is_ir else tensor_outputs)(run_dir / entry["artifact"], x)
+    near = (lambda name: fake_quantizers_near(graph, name)) if is_ir else (lambda name: quantizers_near(graph, name))
     # Same name, same producing op, same shape: ONNX Runtime's quantizer drops a Relu after a Conv (the
     # quantizer's zero point clips instead) and gives the Conv's output the Relu's name, which is no longer a Relu.
+    # OpenVINO names its ops otherwise (Convolution, not Conv): there the name and shape match.
     order = [name for name in ref_ops if name in reference and name in candidate
-             and (ref_ops[name] == cand_ops.get(name) or name in outputs)
+             and (is_ir or ref_ops[name] == cand_ops.get(name) or name in outputs)
              and reference[name].shape == candidate[name].shape]
     tensors, worst, jumps = [], 0.0, []
     for name in order:
@@ -93,7 +100,7 @@ def diagnose(run_dir: Path, artifact: str, x, entry: dict[str, Any] | None = Non
         row = {"tensor": name, "op": ref_ops[name], "relative_error": error,
                "max_abs_error": float(np.abs(a - b).max()) if a.size else 0.0}
         if error >= MIN_ERROR and error > JUMP * worst:
-            jumps.append({**row, "quantizers": quantizers_near(graph, name)})
+            jumps.append({**row, "quantizers": near(name)})
         worst = max(worst, error)
         tensors.append(row)
     return {"artifact": artifact, "reference": entry["reference"], "engine_onnx": entry["artifact"],

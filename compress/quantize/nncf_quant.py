@@ -47,6 +47,25 @@ def module_patterns(names: Iterable[str]) -> list[str]:
     return [f"^{re.escape(name.replace('.', '/'))}/" for name in names]
 
 
+# The ops NNCF quantizes the weights of: the layers accuracy control can return to float.
+WEIGHTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+                   nn.Linear)
+
+
+def quantizable_layers(model: nn.Module, ignored: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """(module name, type) of each conv/linear layer of `model`, in model order, outside `ignored` scopes."""
+    ignored = list(ignored)
+    return [(name, type(module).__name__) for name, module in model.named_modules()
+            if isinstance(module, WEIGHTED_LAYERS) and not any(name == s or name.startswith(f"{s}.") for s in ignored)]
+
+
+def float_reference(model: nn.Module) -> nn.Module:
+    """The float model as quantize_model sees it (BN folded): what a quantized candidate is compared with."""
+    model = copy.deepcopy(model).eval()
+    fold_batchnorm(model)
+    return model
+
+
 def quantizers(model: nn.Module) -> dict[str, nn.Module]:
     from nncf.torch.quantization.layers import BaseQuantizer
 
@@ -119,7 +138,28 @@ def strip(quantized: nn.Module, example: torch.Tensor) -> nn.Module:
     """A copy whose quantizers export as QuantizeLinear/DequantizeLinear (needs torchao)."""
     import nncf
 
-    return nncf.strip(quantized, do_copy=True, example_input=example).eval()
+    stripped = nncf.strip(quantized, do_copy=True, example_input=example).eval()
+    strip_shared_quantizers(stripped)
+    return stripped
+
+
+def strip_shared_quantizers(model: nn.Module) -> int:
+    """Replace the NNCF quantizers `nncf.strip` left behind; returns how many.
+
+    nncf.strip converts each quantizer module once, but one module can sit at several hook points
+    (the inputs of a Concat share one scale): at the others it stays an NNCF quantizer, which exports
+    as OpenVINO's FakeQuantize op, one that ONNX Runtime and TensorRT cannot load.
+    """
+    from nncf.torch.quantization.layers import BaseQuantizer
+    from nncf.torch.quantization.strip import convert_to_torch_fakequantizer
+
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            if isinstance(child, BaseQuantizer):
+                parent._modules[name] = convert_to_torch_fakequantizer(child)
+                replaced += 1
+    return replaced
 
 
 def save_quantized(path: str | Path, quantized: nn.Module, spec: ModelSpec, extra: dict[str, Any] | None = None) -> None:

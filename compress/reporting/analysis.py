@@ -10,6 +10,7 @@ from typing import Any
 from deploy.runner.harness import NOISY_P99, NOISY_SPREAD, NOISY_TAIL
 from compress.reporting.collect import RunFacts
 from compress.reporting.distillation import kd_gain
+from compress.reporting.quantization import accuracy_control_section
 from compress.reporting.sequence import sequence_section
 from compress.reporting.uncertainty import paired, top1_interval
 from compress.reporting.verdict import artifact_id, enrich, summary
@@ -225,6 +226,7 @@ def analyze(facts: RunFacts) -> dict[str, Any]:
         "rows": [{k: v for k, v in r.items() if k != "predictions"} for r in rows],
         "latency_by_batch": latency_by_batch(rows),
         "sequence": sequence_section(results),
+        "accuracy_control": accuracy_control_section(facts.outputs),
         "int8_vs_fp32": int8_vs_fp32(rows, first_batch, labels) if first_batch is not None else [],
         "kd_gain": kd_gain(rows, results, facts.outputs, facts.pipeline, info["recommended"]),
         "training": training_summary(facts.metrics),

@@ -6,6 +6,7 @@ from typing import Any
 
 from compress.measuring.footprint import describe
 from compress.reporting.analysis import QUIET
+from compress.reporting.quantization import accuracy_control_markdown
 from compress.reporting.sequence import sequence_markdown
 from compress.reporting.fmt import count, ms, num, pct, pct_interval, plus_minus, pts, pts_interval, table, times
 from compress.reporting.uncertainty import noise_phrase
@@ -149,6 +150,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += [f"- {p['int8']} against {p['fp32']}: {noise_phrase(p['paired'])}." for p in report["int8_vs_fp32"]
                 if p["paired"]]
         out.append("")
+
+    out += accuracy_control_markdown(report.get("accuracy_control"))
 
     if report.get("engine_parity"):
         out += ["## Engine parity", "", "Each engine against the model it came from, on the same val inputs "

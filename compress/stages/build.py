@@ -7,7 +7,7 @@ fp32 ONNX; TensorRT and Triton stay the KD student's.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -41,6 +41,16 @@ def parse_target(target: str) -> tuple[str, str]:
     return backend.strip(), (precision.strip() or "fp32")
 
 
+class Int8AccuracyControl(Strict):
+    max_accuracy_drop: float = Field(gt=0, description="top-1 drop allowed against the fp32 ONNX (0.005 = half a point)")
+    max_float_layers: int | None = Field(None, ge=0, description="at most this many ops back in float (default: any)")
+    ranking_size: int = Field(300, ge=1, description="validation samples the per-op sensitivity is measured on")
+
+
+# Validation samples the accuracy-controlled int8 build scores each candidate on (all of a smaller split).
+CONTROL_SAMPLES = 5000
+
+
 class BuildConfig(Strict):
     targets: list[str] = Field(default_factory=lambda: ["onnxruntime:fp32"],
                                description="backend[:precision], e.g. onnxruntime:fp32, openvino:bf16, tensorrt:fp16, "
@@ -49,6 +59,14 @@ class BuildConfig(Strict):
     transformer_optimize: bool = Field(False, json_schema_extra=ADDED_LATER,
                                        description="onnxruntime:fp32 of a text model: ONNX Runtime's BERT fusions "
                                                    "(attention, LayerNorm, GELU); the artifact then runs on ORT only")
+    int8_float_precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", json_schema_extra=ADDED_LATER,
+        description="openvino:int8: the precision its ops left in float compute in (bf16 on AMX/AVX512-BF16 CPUs: "
+                    "mixed int8 + bf16)")
+    accuracy_control: Int8AccuracyControl | None = Field(
+        None, json_schema_extra=ADDED_LATER,
+        description="openvino:int8 calibrated here (no quantize stage): NNCF's quantize_with_accuracy_control "
+                    "returns ops to float until the top-1 drop on the validation set fits the budget")
 
     @field_validator("targets", mode="before")
     @classmethod
@@ -86,6 +104,14 @@ class BuildConfig(Strict):
             return "transformer_optimize", "fuses Transformer ops of text models; this pipeline's data are not texts"
         if self.transformer_optimize and "onnxruntime:fp32" not in self.targets:
             return "transformer_optimize", "applies to the onnxruntime:fp32 target: add it to targets"
+        if self.int8_float_precision != "fp32" and "openvino:int8" not in self.targets:
+            return "int8_float_precision", ("applies to the openvino:int8 target (ONNX Runtime's CPU kernels have no "
+                                            "bf16/fp16 for most ops): add openvino:int8 to targets")
+        if self.accuracy_control is not None and "openvino:int8" not in self.targets:
+            return "accuracy_control", "applies to the openvino:int8 target: add it to targets"
+        if self.accuracy_control is not None and "quantize" in pipeline.stages:
+            return "accuracy_control", ("openvino:int8 is built from the quantize stage's Q/DQ ONNX here: set "
+                                        "max_accuracy_drop in stages.quantize instead")
         return check_targets(pipeline, self.targets, self.tensorrt)
 
 
@@ -119,6 +145,10 @@ class BuildStage(Stage):
             options = {"sources": sources, "calibration": calibration}
             if ctx.config.transformer_optimize and target == "onnxruntime:fp32":
                 options["transformer_optimize"] = True
+            if target == "openvino:int8":
+                options["float_precision"] = ctx.config.int8_float_precision
+            if ctx.config.accuracy_control and target == "openvino:int8":
+                options.update(accuracy_control_options(ctx, ctx.config.accuracy_control))
             if backend == "tensorrt":
                 options.update(tensorrt_build_options(ctx, ctx.config.tensorrt))
                 reason = engine.missing()
@@ -134,8 +164,16 @@ class BuildStage(Stage):
             checked = check_engine(refs, engine, built, "student", precision)
             ctx.log(f"{backend} {precision}: {ctx.relative(built.artifact)} in {built.sidecar['build_seconds']:.2f}s; "
                     f"{parity_line(checked)}")
+            control = (built.sidecar.get("quantization") or {}).get("accuracy_control")
+            if control:
+                ctx.log(f"{backend} {precision}: accuracy control: top-1 {control['top1']:.4f} (fp32 "
+                        f"{control['float_top1']:.4f}), {len(control['reverted_ops'])} ops back in float: "
+                        + (", ".join(control["reverted_ops"]) or "none"))
             engines.append({"model": "student", "backend": backend, "precision": precision,
-                            "dir": ctx.relative(out_dir), "artifact": ctx.relative(built.artifact), "parity": checked})
+                            "dir": ctx.relative(out_dir), "artifact": ctx.relative(built.artifact), "parity": checked,
+                            **({"accuracy_control": control} if control else {}),
+                            **({"float_precision": built.sidecar["float_precision"]}
+                               if built.sidecar.get("float_precision") else {})})
         for target in ctx.config.targets:
             backend, precision = parse_target(target)
             if backend == "triton":
@@ -146,6 +184,15 @@ class BuildStage(Stage):
         if baseline_onnx:
             engines += build_baseline(ctx, ctx.path(baseline_onnx), calibration, refs or References(ctx))
         return {"engines": engines, "deferred": deferred, "triton": exports}
+
+
+def accuracy_control_options(ctx: StageContext, control: Int8AccuracyControl) -> dict[str, Any]:
+    """The budget and the validation inputs + labels NNCF scores each candidate on."""
+    val = ctx.data.val
+    inputs, labels = val.sample(range(len(val)), CONTROL_SAMPLES)
+    ctx.log(f"openvino int8: accuracy control, budget {control.max_accuracy_drop:g} top-1 on {len(labels)} "
+            "validation samples (NNCF quantize_with_accuracy_control)")
+    return {"accuracy_control": control.model_dump(), "validation": (inputs, labels)}
 
 
 def parity_line(checked: dict[str, Any]) -> str:

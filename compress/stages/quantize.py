@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from pydantic import Field
 
-from compress.config import PipelineConfig, TrainConfig
+from compress.config import ADDED_LATER, PipelineConfig, TrainConfig
 from compress.distill.objective import Objective, default_losses
-from compress.distill.train import accuracy, fit
+from compress.distill.train import accuracy, fit, predict_logits
 from compress.core.errors import ConfigError
 from compress.models import load_model, model_outline
 from compress.quantize.calibration import calibration_samples
@@ -33,6 +34,16 @@ class QuantizeConfig(TrainConfig):
     target: Literal["cpu", "tensorrt"] = Field(
         "cpu", description="tensorrt: signed int8 activations and weights, zero point 0, per-channel weights")
     bias_correction: bool = Field(False, description="NNCF fast bias correction after calibration")
+    # Accuracy control (ptq, and qat before it fine-tunes): layers return to float until the drop fits.
+    max_accuracy_drop: float | None = Field(
+        None, gt=0, json_schema_extra=ADDED_LATER,
+        description="top-1 drop allowed against the float student (0.005 = half a point): the most sensitive "
+                    "layers return to float, one at a time, until it holds")
+    max_float_layers: int | None = Field(
+        None, ge=0, json_schema_extra=ADDED_LATER,
+        description="at most this many layers back in float (default: a fifth of the quantizable layers)")
+    ranking_size: int = Field(300, ge=1, json_schema_extra=ADDED_LATER,
+                              description="validation samples the per-layer sensitivity is measured on")
     # QAT fine-tuning (mode: qat)
     epochs: int = Field(3, ge=1)
     lr: float = Field(1e-4, gt=0)
@@ -47,6 +58,10 @@ class QuantizeConfig(TrainConfig):
             training = [name for name in TRAINING_FIELDS if name in self.model_fields_set]
             if training:
                 return training[0], "is a QAT option; set mode: qat to fine-tune, or remove it"
+        if self.max_accuracy_drop is None:
+            unused = [name for name in ("max_float_layers", "ranking_size") if name in self.model_fields_set]
+            if unused:
+                return unused[0], "is an accuracy-control option: set max_accuracy_drop to use it"
         if self.target == "tensorrt" and self.preset == "mixed":
             return "preset", "target tensorrt needs symmetric activations: use preset performance or leave it out"
         if len(set(self.ignored_scope)) != len(self.ignored_scope):
@@ -86,25 +101,57 @@ class QuantizeStage(Stage):
         quiet_nncf()
         calibration = calibration_samples(data.train, cfg.calibration_size, ctx.pipeline.seed)
         ctx.log(f"NNCF int8 PTQ ({cfg.target}) calibrating on {len(calibration)} training samples")
-        torch.manual_seed(ctx.pipeline.seed)
+
+        def quantize(float_layers: list[str]) -> torch.nn.Module:
+            torch.manual_seed(ctx.pipeline.seed)
+            return quantize_model(student, calibration, target=cfg.target, preset=cfg.preset,
+                                  ignored_scope=[*cfg.ignored_scope, *float_layers], bias_correction=cfg.bias_correction)
+
+        control = None
         try:
-            quantized = quantize_model(student, calibration, target=cfg.target, preset=cfg.preset,
-                                       ignored_scope=cfg.ignored_scope, bias_correction=cfg.bias_correction)
+            if cfg.max_accuracy_drop is None:
+                quantized = quantize([])
+            else:
+                control = self._control(ctx, cfg, student, quantize)
+                quantized = control.model
         except NotQuantizable as error:
             raise ConfigError(ctx.pipeline.source_file, "student.model", f"'{spec.name}': {error}") from None
         ptq_top1 = accuracy(quantized, data.val)
         ctx.log(f"{len(quantizers(quantized))} quantizers; PTQ val top-1 {ptq_top1:.4f} "
                 f"(fp32 {ctx.outputs['distill']['val_top1']:.4f})")
-        outputs: dict[str, Any] = {}
+        outputs: dict[str, Any] = {"accuracy_control": control.summary()} if control else {}
         if cfg.mode == "qat":
-            outputs = self._fine_tune(ctx, cfg, quantized)
+            outputs.update(self._fine_tune(ctx, cfg, quantized))
         val_top1 = accuracy(quantized, data.val)
         path = ctx.stage_dir / "student.int8.pt"
-        save_quantized(path, quantized, spec, {"mode": cfg.mode, "target": cfg.target})
+        float_layers = control.float_layers if control else []
+        save_quantized(path, quantized, spec, {"mode": cfg.mode, "target": cfg.target,
+                                               "ignored_scope": [*cfg.ignored_scope, *float_layers]})
         ctx.log(f"int8 student val top-1 {val_top1:.4f}")
         return {"checkpoint": ctx.relative(path), "mode": cfg.mode, "target": cfg.target, "val_top1": val_top1,
                 "ptq_val_top1": ptq_top1, "fp32_val_top1": ctx.outputs["distill"]["val_top1"],
                 "quantizers": len(quantizers(quantized)), **outputs}
+
+    def _control(self, ctx: StageContext, cfg: QuantizeConfig, student: torch.nn.Module, quantize):
+        """Accuracy-controlled PTQ of `student` against its own float top-1 on the validation set."""
+        from compress.quantize.accuracy_control import Scorers, control_accuracy
+        from compress.quantize.nncf_quant import float_reference, quantizable_layers
+
+        val = ctx.data.val
+        order = np.random.default_rng(ctx.pipeline.seed).permutation(len(val))
+        ranking_x, ranking_y = val.sample(order, cfg.ranking_size)
+        layers = quantizable_layers(student, cfg.ignored_scope)
+        ctx.log(f"accuracy control: budget {cfg.max_accuracy_drop:g} top-1 on {len(val)} validation samples, "
+                f"{len(layers)} quantizable layers, sensitivity on {len(ranking_y)} of them")
+        scorers = Scorers(top1=lambda model: accuracy(model, val),
+                          ranking=lambda model: (predict_logits(model, ranking_x).numpy(), ranking_y))
+        result = control_accuracy(layers, quantize, scorers, float_reference(student), cfg.max_accuracy_drop,
+                                  cfg.max_float_layers, log=ctx.log)
+        kept = ", ".join(result.float_layers) or "none"
+        ctx.log(f"accuracy control: {'met' if result.met else 'NOT met'}: top-1 {result.top1:.4f}, drop "
+                f"{result.drop:.4f} (budget {cfg.max_accuracy_drop:g}); float layers: {kept}; "
+                f"{result.layers - len(result.float_layers)} of {result.layers} layers int8")
+        return result
 
     def _fine_tune(self, ctx: StageContext, cfg: QuantizeConfig, quantized: torch.nn.Module) -> dict[str, Any]:
         """QAT+KD: the teacher keeps distilling into the fake-quantized student."""

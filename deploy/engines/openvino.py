@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,78 @@ def nncf_quantize_ir(model, calibration: np.ndarray | dict[str, np.ndarray] | li
                              advanced_parameters=AdvancedQuantizationParameters(disable_bias_correction=True))
 
 
+class RevertedOps(logging.Handler):
+    """Collects the op names NNCF's accuracy restorer logs as reverted to float (it returns only the model)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.reverted: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Reverted "):
+            self.reverted += [line.strip() for line in message.splitlines()[1:] if line.strip()]
+
+
+def nncf_quantize_ir_controlled(model, calibration: Any, validation: tuple[Any, np.ndarray], control: dict[str, Any],
+                                inputs: list[dict[str, Any]], batch_size: int = 32) -> tuple[Any, dict[str, Any]]:
+    """NNCF's `quantize_with_accuracy_control`: PTQ, then ops back to float (most sensitive first) while the
+    top-1 drop on `validation` (inputs, labels) is above `control["max_accuracy_drop"]`.
+
+    Returns the model and what was done: the budget, the float and final top-1, and the reverted ops.
+    """
+    import nncf
+    from nncf.quantization.advanced_parameters import (AdvancedAccuracyRestorerParameters,
+                                                       AdvancedQuantizationParameters)
+
+    val_inputs, val_labels = validation
+    items = list(zip(calibration_batches(val_inputs, inputs, batch_size),
+                     [val_labels[i:i + batch_size] for i in range(0, len(val_labels), batch_size)]))
+
+    def top1(compiled, batches) -> float:
+        correct = total = 0
+        for feed, labels in batches:
+            logits = compiled(feed)[0]
+            correct += int((np.argmax(logits, 1) == labels).sum())
+            total += len(labels)
+        return correct / max(total, 1)
+
+    float_top1 = top1(ov_compile(model), items)
+
+    restorer = AdvancedAccuracyRestorerParameters(ranking_subset_size=control.get("ranking_size"))
+    if control.get("max_float_layers") is not None:
+        restorer.max_num_iterations = control["max_float_layers"]
+    handler = RevertedOps()
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars
+            quantized = nncf.quantize_with_accuracy_control(
+                model, nncf.Dataset(calibration_batches(calibration, inputs, batch_size)),
+                nncf.Dataset(items, lambda item: item[0]), top1, max_drop=control["max_accuracy_drop"],
+                drop_type=nncf.DropType.ABSOLUTE, target_device=nncf.TargetDevice.CPU,
+                subset_size=calibration_count(calibration), fast_bias_correction=True,
+                model_type=nncf.ModelType.TRANSFORMER if has_sequence_axis(inputs) else None,
+                advanced_quantization_parameters=AdvancedQuantizationParameters(disable_bias_correction=True),
+                advanced_accuracy_restorer_parameters=restorer)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    final_top1 = top1(ov_compile(quantized), items)
+    record = {"max_accuracy_drop": control["max_accuracy_drop"], "float_top1": float_top1, "top1": final_top1,
+              "drop": float_top1 - final_top1, "met": float_top1 - final_top1 <= control["max_accuracy_drop"] + 1e-12,
+              "reverted_ops": handler.reverted}
+    return quantized, record
+
+
+def ov_compile(model):
+    from deploy.runner.sessions import openvino_core
+
+    return openvino_core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+
 class OpenVinoEngine(Engine):
     backend = "openvino"
     precisions = ("fp32", "bf16", "fp16", "int8")
@@ -68,17 +141,25 @@ class OpenVinoEngine(Engine):
             if not calibration_count(calibration):
                 raise EngineUnavailable("openvino int8 without a Q/DQ ONNX needs calibration samples")
             inputs = onnx_inputs(onnx_path)
-            model = nncf_quantize_ir(model, calibration, inputs=inputs)
-            extra["quantization"] = {"method": "NNCF PTQ of the OpenVINO model",
-                                     "calibration_samples": calibration_count(calibration),
+            control = options.get("accuracy_control")
+            if control:
+                model, record = nncf_quantize_ir_controlled(model, calibration, options["validation"], control, inputs)
+                method = {"method": "NNCF PTQ with accuracy control of the OpenVINO model", "accuracy_control": record}
+            else:
+                model = nncf_quantize_ir(model, calibration, inputs=inputs)
+                method = {"method": "NNCF PTQ of the OpenVINO model"}
+            extra["quantization"] = {**method, "calibration_samples": calibration_count(calibration),
                                      **({"model_type": "transformer"} if has_sequence_axis(inputs) else {})}
         elif precision == "int8":
             extra["quantization"] = {"method": "Q/DQ ONNX from the quantize stage"}
+        if precision == "int8" and options.get("float_precision") not in (None, "fp32"):
+            extra["float_precision"] = options["float_precision"]
         artifact = out_dir / "model.xml"
         ov.save_model(model, str(artifact), compress_to_fp16=precision == "fp16")
         return artifact, extra
 
     def load(self, artifact: Path, threads: int | None = None) -> Session:
         sidecar = Path(artifact).parent / SIDECAR
-        precision = read_json(sidecar).get("precision") if sidecar.is_file() else None
-        return OpenVinoSession(artifact, threads, precision)
+        recorded = read_json(sidecar) if sidecar.is_file() else {}
+        return OpenVinoSession(artifact, threads, recorded.get("precision"),
+                               float_precision=recorded.get("float_precision"))

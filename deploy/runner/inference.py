@@ -34,7 +34,8 @@ def open_release(release: Path, manifest: dict, threads: int | None = None):
     if not model.is_file():
         raise runner.RunnerError(f"{model}: not found" + (" (run build_engine.sh first)" if runtime == "tensorrt" else ""))
     try:
-        return sessions.open_model(model, runtime, threads, manifest.get("precision"))
+        return sessions.open_model(model, runtime, threads, manifest.get("precision"),
+                                   float_precision=manifest.get("float_precision"))
     except ImportError as error:
         raise runner.RunnerError(f"runtime {runtime} cannot be imported on this device: {error}") from None
     except sessions.SessionError as error:

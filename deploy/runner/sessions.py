@@ -121,13 +121,19 @@ class OnnxRuntimeSession(Session):
 
 
 class OpenVinoSession(Session):
-    """OpenVINO's CPU plugin at the artifact's precision (OPENVINO_PRECISION), not the plugin's default."""
+    """OpenVINO's CPU plugin at the artifact's precision (OPENVINO_PRECISION), not the plugin's default.
 
-    def __init__(self, path, threads=None, precision=None, providers=None):
+    An int8 model's ops left in float (by accuracy control, or that int8 does not cover) run in f32,
+    or in `float_precision` (bf16, fp16) when the build asked for mixed precision.
+    """
+
+    def __init__(self, path, threads=None, precision=None, providers=None, float_precision=None):
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        if precision in OPENVINO_PRECISION:
+        if precision == "int8" and float_precision in OPENVINO_PRECISION:
+            config["INFERENCE_PRECISION_HINT"] = OPENVINO_PRECISION[float_precision]
+        elif precision in OPENVINO_PRECISION:
             config["INFERENCE_PRECISION_HINT"] = OPENVINO_PRECISION[precision]
         self.compiled = openvino_core().compile_model(str(path), "CPU", config)
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # what the plugin chose, asked or not
@@ -248,10 +254,12 @@ def _numpy_name(dtype) -> str:
 SESSIONS = {"onnxruntime": OnnxRuntimeSession, "openvino": OpenVinoSession, "tensorrt": TensorRtSession}
 
 
-def open_model(path, runtime, threads=None, precision=None, providers=None):
+def open_model(path, runtime, threads=None, precision=None, providers=None, float_precision=None):
     """A session for the model file at `path` on `runtime` (onnxruntime, openvino or tensorrt)."""
     try:
         session_class = SESSIONS[runtime]
     except KeyError:
         raise SessionError(f"unknown runtime '{runtime}'; known: {', '.join(SESSIONS)}") from None
+    if float_precision is not None and session_class is OpenVinoSession:
+        return session_class(path, threads, precision, providers, float_precision)
     return session_class(path, threads, precision, providers)
