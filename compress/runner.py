@@ -381,11 +381,15 @@ class Runner:
         )
         STAGES[name]().run(ctx)
 
-    def _outputs_exist(self, produced: dict[str, Any]) -> bool:
-        """Every output that names a file of the run dir must still be there."""
-        for value in produced.values():
-            if isinstance(value, str) and value.startswith("stages/") and not (self.run_dir / value).exists():
-                return False
+    def _outputs_exist(self, produced: Any) -> bool:
+        """Every output that names a file of the run dir must still be there, nested ones too (the build's
+        engines are a list of entries, each naming its folder and artifact)."""
+        if isinstance(produced, str):
+            return not produced.startswith("stages/") or (self.run_dir / produced).exists()
+        if isinstance(produced, dict):
+            return all(self._outputs_exist(value) for value in produced.values())
+        if isinstance(produced, (list, tuple)):
+            return all(self._outputs_exist(value) for value in produced)
         return True
 
 

@@ -76,6 +76,20 @@ def test_rerun_is_cached_and_a_changed_stage_reruns_downstream_only(tiny_config,
         assert f"[{name}] running" in out and second[name]["key"] != first[name]["key"]
 
 
+def test_a_stage_whose_nested_artifacts_were_deleted_runs_again(tiny_config, write_pipeline, tmp_path, capsys):
+    """The build's engines are listed inside its outputs: a deleted engine folder is not reused as cached."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    path = write_pipeline(tiny_config)
+    assert run(path, run_dir) == 0
+    shutil.rmtree(run_dir / "stages/build/student.onnxruntime.fp32")
+    assert main(["run", str(path), "--run-dir", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "[export] cached" in out and "[build] running" in out
+    assert (run_dir / "stages/build/student.onnxruntime.fp32/model.onnx").is_file()
+
+
 def test_force_reruns_from_the_named_stage(tiny_config, write_pipeline, tmp_path, capsys):
     run_dir = tmp_path / "run"
     path = write_pipeline(tiny_config)
