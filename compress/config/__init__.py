@@ -322,6 +322,10 @@ def parse_config(raw: Any, file: str = "pipeline.yaml", base: Path | None = None
         raise ConfigError(file, "", "the top level must be a mapping (name, data, teacher, student, stages, gates)")
     raw = dict(raw)
     stages_raw = raw.pop("stages", None) or {}
+    for name, stage_cls in stages.items():  # a stage may fill in what its presence implies (prune: the student)
+        complete = getattr(stage_cls.Config, "complete_pipeline", None)
+        if complete is not None and isinstance(stages_raw, dict) and name in stages_raw:
+            raw = complete(raw)
     try:
         cfg = PipelineConfig.model_validate(raw)
     except ValidationError as error:

@@ -27,13 +27,16 @@ class ModelSpec:
     # Text models: the tokenizer's vocabulary and the longest input (0 for images).
     vocab_size: int = 0
     max_length: int = 0
+    # A pruned model: the shapes pruning changed (compress.models.pruned_shapes.structure_of), applied after building.
+    pruned: dict[str, Any] | None = None
 
     @property
     def is_text(self) -> bool:
         return self.vocab_size > 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        return data if self.pruned is not None else {k: v for k, v in data.items() if k != "pruned"}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
@@ -112,12 +115,17 @@ def build_model(spec: ModelSpec):
         raise UsageError(f"model '{spec.name}': kwargs.{given[0]}: {GEOMETRY_NOTE}")
     geometry = {"in_channels": spec.in_channels, "num_classes": spec.num_classes, "input_size": spec.input_size}
     try:
-        return _build(spec, geometry)
+        model = _build(spec, geometry)
     except TypeError as error:
         usage = _kwargs_error(spec.name, error)
         if usage is None:
             raise
         raise usage from None
+    if spec.pruned is None:
+        return model
+    from compress.models.pruned_shapes import apply_structure
+
+    return apply_structure(model, spec.pruned)
 
 
 def _build(spec: ModelSpec, geometry: dict[str, Any]):

@@ -10,6 +10,7 @@ from typing import Any
 from deploy.runner.harness import NOISY_P99, NOISY_SPREAD, NOISY_TAIL
 from compress.reporting.collect import RunFacts
 from compress.reporting.distillation import kd_gain
+from compress.reporting.pruned_student import pruning_section
 from compress.reporting.quantization import accuracy_control_section
 from compress.reporting.sequence import sequence_section
 from compress.reporting.uncertainty import paired, top1_interval
@@ -229,6 +230,7 @@ def analyze(facts: RunFacts) -> dict[str, Any]:
         "accuracy_control": accuracy_control_section(facts.outputs),
         "int8_vs_fp32": int8_vs_fp32(rows, first_batch, labels) if first_batch is not None else [],
         "kd_gain": kd_gain(rows, results, facts.outputs, facts.pipeline, info["recommended"]),
+        "pruning": pruning_section(facts.outputs, rows),
         "training": training_summary(facts.metrics),
         "per_class": per_class(rows, choice, results.get("class_names")),
         "deferred": [d for d in build.get("deferred") or [] if isinstance(d, dict)],

@@ -6,6 +6,7 @@ from typing import Any
 
 from compress.measuring.footprint import describe
 from compress.reporting.analysis import QUIET
+from compress.reporting.pruned_student import pruning_markdown
 from compress.reporting.quantization import accuracy_control_markdown
 from compress.reporting.sequence import sequence_markdown
 from compress.reporting.fmt import count, ms, num, pct, pct_interval, plus_minus, pts, pts_interval, table, times
@@ -161,6 +162,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                        num(e["max_abs_error"], ".2e"), num(e["mean_abs_error"], ".2e"), pct(e["min_agreement"]),
                        "ok" if e["passed"] else "**BELOW**"] for e in report["engine_parity"]], "llrrrrrl")
         out.append("")
+
+    out += pruning_markdown(report.get("pruning"))
 
     if report["kd_gain"]:
         out += kd_section(report["kd_gain"])

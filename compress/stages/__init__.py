@@ -13,12 +13,13 @@ from compress.stages.contract import Stage, StageContext
 from compress.stages.deploy import DeployStage
 from compress.stages.distill import DistillStage
 from compress.stages.export import ExportStage
+from compress.stages.prune import PruneStage
 from compress.stages.quantize import QuantizeStage
 from compress.stages.report import ReportStage
 from compress.stages.teacher import TeacherStage
 
-PIPELINE_ORDER: tuple[type[Stage], ...] = (TeacherStage, BaselineStage, DistillStage, QuantizeStage, ExportStage,
-                                           BuildStage, BenchmarkStage, ReportStage, DeployStage)
+PIPELINE_ORDER: tuple[type[Stage], ...] = (TeacherStage, PruneStage, BaselineStage, DistillStage, QuantizeStage,
+                                           ExportStage, BuildStage, BenchmarkStage, ReportStage, DeployStage)
 STAGES: dict[str, type[Stage]] = {stage.name: stage for stage in PIPELINE_ORDER}
 ORDER = tuple(STAGES)
 

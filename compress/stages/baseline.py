@@ -33,6 +33,7 @@ class BaselineStage(Stage):
     name = "baseline"
     Config = BaselineConfig
     optional = True
+    reads = ("prune",)  # with stages.prune the student alone starts from the pruned teacher too
     distributed = True  # every torchrun rank trains; rank 0 writes
 
     def key_material(self, pipeline: PipelineConfig) -> dict[str, Any]:

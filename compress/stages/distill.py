@@ -53,7 +53,10 @@ def train_student(ctx: StageContext, cfg: TrainConfig, train: Split, objective=N
     data = ctx.data
     torch.manual_seed(ctx.pipeline.seed)
     spec = model_spec(ctx.pipeline.student, data)
-    if weights_path(ctx.pipeline, "student") is not None:  # student.checkpoint, or an hf: folder's weights
+    if ctx.has("prune"):  # the student is the pruned teacher: its shapes and weights
+        student, spec = load_model(ctx.path(ctx.outputs["prune"]["checkpoint"]))
+        ctx.log(f"student starts from the pruned teacher ({ctx.outputs['prune']['checkpoint']})")
+    elif weights_path(ctx.pipeline, "student") is not None:  # student.checkpoint, or an hf: folder's weights
         ctx.log(f"student starts from {weights_path(ctx.pipeline, 'student')}")
         student, _ = TeacherStage.load_checkpoint(ctx.pipeline, spec, ctx.log, role="student")
     else:
@@ -89,7 +92,7 @@ def train_student(ctx: StageContext, cfg: TrainConfig, train: Split, objective=N
 class DistillStage(Stage):
     name = "distill"
     Config = DistillConfig
-    reads = ("teacher",)
+    reads = ("teacher", "prune")
     distributed = True  # every torchrun rank trains; rank 0 writes
 
     def key_material(self, pipeline: PipelineConfig) -> dict[str, Any]:
