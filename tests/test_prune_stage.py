@@ -154,7 +154,9 @@ def bert(config: dict) -> None:
      "differ from the teacher's"),
     (lambda c, _: c.update(student={"model": "cnn", "kwargs": {"channels": [16, 32]}, "checkpoint": "pipeline.yaml"}),
      "student.checkpoint", "the pruned teacher's weights are the start"),
-    (lambda c, tmp: c.update(data=text_data(tmp)) or bert(c), "stages.prune", "Transformer (text) teachers"),
+    (lambda c, tmp: c.update(data=text_data(tmp)) or bert(c) or c["stages"]["prune"].update(
+        ignore=["model.bert.encoder.layer.3"], method="magnitude"), "stages.prune.ignore[0]",
+     "no module 'model.bert.encoder.layer.3' in teacher 'hf-config:bert'"),
 ])
 def test_bad_prune_inputs_are_one_line_naming_the_field(pruned_config, tmp_path, capsys, change, field, words):
     path = write(tmp_path, pruned_config)  # a file that exists, for student.checkpoint
@@ -171,3 +173,50 @@ def test_a_pruned_pipeline_without_a_student_section_validates(pruned_config, tm
     pruned_config["stages"].pop("prune")
     assert main(["validate", str(write(tmp_path, pruned_config))]) == 2  # without prune a student is needed
     assert "student: field required" in capsys.readouterr().err
+
+
+def text_pruned_config(tmp_path) -> dict:
+    """A tiny BERT teacher on texts written here, pruned by heads and MLP widths."""
+    from tests.test_text_pipeline import write_texts
+
+    write_texts(tmp_path / "train.csv", 240, seed=1)
+    write_texts(tmp_path / "val.csv", 60, seed=2)
+    return {
+        "name": "tiny-text-pruned", "seed": 0,
+        "data": {"source": "text", "path": "train.csv", "val_path": "val.csv",
+                 "text": {"max_length": 24, "vocab_size": 200}},
+        "teacher": {"model": "hf-config:bert", "kwargs": {"layers": 2, "hidden": 32, "heads": 4},
+                    "train": {"epochs": 2, "batch_size": 32, "lr": 0.003, "progress": False}},
+        "stages": {
+            "prune": {"target_macs": 0.6, "method": "taylor", "rounds": 2, "epochs_per_round": 1, "taylor_batches": 2,
+                      "batch_size": 32, "lr": 0.003, "progress": False},
+            "distill": {"epochs": 1, "batch_size": 32, "lr": 0.003, "progress": False},
+            "export": {},
+            "build": {"targets": ["onnxruntime:fp32"]},
+            "benchmark": {"batch_sizes": [1], "runs": 3, "min_seconds": 0, "warmup": 1, "warmup_seconds": 0,
+                          "rounds": 1, "memory": False},
+            "report": {},
+        },
+    }
+
+
+def test_a_bert_teacher_loses_whole_heads_and_mlp_width_but_keeps_its_hidden_width(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert run(write(tmp_path, text_pruned_config(tmp_path)), run_dir) in (0, 3)
+    stages = read_json(run_dir / "run.json")["stages"]
+    assert all(entry["status"] == "done" for entry in stages.values()), {k: v["status"] for k, v in stages.items()}
+    prune = stages["prune"]["outputs"]
+    assert prune["macs_ratio"] <= 0.6
+    widths = {row["name"]: row for row in prune["layers"]}
+    query = widths["model.bert.encoder.layer.0.attention.self.query"]
+    assert query["in_after"] == query["in_before"] == 32  # the residual stream keeps its width
+    assert query["out_after"] % 8 == 0 and query["out_after"] < 32  # whole heads of 8 went
+    assert any(r["out_after"] < r["out_before"] for n, r in widths.items() if n.endswith("intermediate.dense"))
+    student, spec = load_model(run_dir / stages["distill"]["outputs"]["checkpoint"])
+    attention = student.get_submodule("model.bert.encoder.layer.0.attention.self")
+    assert attention.num_attention_heads == query["out_after"] // 8 and spec.pruned
+    assert (run_dir / "stages/build/student.onnxruntime.fp32/model.onnx").is_file()
+    assert [h["heads_before"] for h in prune["heads"]] == [4, 4]
+    assert prune["heads"][0]["heads_after"] == query["out_after"] // 8
+    report = (run_dir / "report.md").read_text()
+    assert "Attention heads" in report and "`model.bert.encoder.layer.0.attention.self` | 4 → " in report

@@ -140,3 +140,47 @@ def test_layers_the_pruner_must_keep_whole_are_listed_when_the_budget_is_out_of_
     model, x = odd_model(FixedReshape(), 8), torch.randn(1, 1, 8, 8)
     with pytest.raises(UsageError, match=r"macs cannot go below 100% .*cannot take channels from conv \(Conv2d\)"):
         prune_to(model, x, "magnitude", Budget("macs", 0.25), count_macs(model, (1, 8, 8)), ["fc"])
+
+
+def transformer_heads(model: nn.Module) -> list[int]:
+    from compress.models.pruning import attention_modules
+
+    return [getattr(module, count) for module, _, count, _, _ in attention_modules(model)]
+
+
+@pytest.mark.parametrize("spec, attention, projection, head_width", [
+    (ModelSpec("hf-config:bert", 0, 3, 0, {"layers": 2, "hidden": 32, "heads": 4}, 200, 16),
+     "model.bert.encoder.layer.0.attention.self", "query", 8),
+    (ModelSpec("hf-config:distilbert", 0, 3, 0, {"layers": 2, "hidden": 32, "heads": 4}, 200, 16),
+     "model.distilbert.transformer.layer.0.attention", "q_lin", 8),
+    (ModelSpec("timm:deit_tiny_patch16_224", 3, 10, 8,
+               {"img_size": 8, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 4}),
+     "blocks.0.attn", "qkv", 8),
+])
+def test_transformers_lose_whole_heads_and_mlp_width_and_rebuild_from_weights_only(spec, attention, projection,
+                                                                                  head_width, tmp_path):
+    """BERT, DistilBERT and ViT/DeiT: heads go whole and MLPs narrow, the hidden width stays; the head counts
+    are part of the saved structure, so a weights_only checkpoint rebuilds the same model."""
+    from compress.models.pruning import hidden_width_inputs, macs
+    from compress.tasks import TextClassification
+
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    example = (TextClassification(200, 16).example_inputs(2, 16) if spec.is_text
+               else torch.randn(2, 3, 8, 8))
+    keep = [*classifier_heads(model, example), *hidden_width_inputs(model)]
+    student, _ = prune_to(model, example, "magnitude", Budget("macs", 0.6), macs(model, example), keep)
+    assert macs(student, example) <= 0.6 * macs(model, example)
+    heads_before, heads_after = transformer_heads(model), transformer_heads(student)
+    assert heads_before == [4, 4] and sum(heads_after) < sum(heads_before) and min(heads_after) >= 1
+    layer = student.get_submodule(attention)
+    assert getattr(layer, projection).in_features == 32  # the residual stream keeps its width
+    fused = 3 if projection == "qkv" else 1
+    assert getattr(layer, projection).out_features == fused * head_width * transformer_heads(student)[0]
+    path = tmp_path / "student.pt"
+    save_checkpoint(path, student, dataclasses.replace(spec, pruned=structure_of(model, student)))
+    rebuilt, _ = load_model(path)
+    assert transformer_heads(rebuilt) == heads_after
+    call = (lambda m: m(**example)) if isinstance(example, dict) else (lambda m: m(example))
+    with torch.no_grad():
+        torch.testing.assert_close(call(rebuilt.eval()), call(student))

@@ -18,6 +18,15 @@ from torch import nn
 
 from compress.core.errors import UsageError
 from compress.models import count_macs, count_params
+from compress.tasks import call_model, rows
+
+# Attention modules by the projections that hold their heads, and the attribute counting them:
+# (projection names, head-count attribute, per-head width attribute, projections fused in one layer).
+ATTENTION_LAYOUTS = (
+    (("query", "key", "value"), "num_attention_heads", "attention_head_size", 1),  # BERT (transformers)
+    (("q_lin", "k_lin", "v_lin"), "n_heads", "attention_head_size", 1),  # DistilBERT
+    (("qkv",), "num_heads", "head_dim", 3),  # timm ViT / DeiT
+)
 
 METHODS = ("magnitude", "bn_scale", "taylor")
 # Module types whose output width is reported per layer (what the pruner takes channels from).
@@ -59,7 +68,7 @@ def classifier_heads(model: nn.Module, example: torch.Tensor) -> list[str]:
              for name, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
     try:
         with torch.no_grad():
-            logits = model.eval()(example)
+            logits = call_model(model.eval(), example)
     finally:
         for hook in hooks:
             hook.remove()
@@ -118,12 +127,53 @@ def handled_module(model: nn.Module, error: Exception) -> str | None:
     return found
 
 
-def _prune_in_place(model: nn.Module, example: torch.Tensor, criterion, ratio: float, kept: list[nn.Module]) -> None:
+def attention_modules(model: nn.Module) -> list[tuple[nn.Module, tuple[str, ...], str, str, int]]:
+    """(module, its projections, head-count attribute, head-width attribute, fused projections) of every
+    attention module whose heads the pruner can take whole."""
+    found = []
+    for module in model.modules():
+        for projections, count_attr, width_attr, fused in ATTENTION_LAYOUTS:
+            if all(isinstance(getattr(module, p, None), nn.Linear) for p in projections) \
+                    and isinstance(getattr(module, count_attr, None), int):
+                found.append((module, projections, count_attr, width_attr, fused))
+    return found
+
+
+def head_counts(model: nn.Module) -> dict[nn.Module, int]:
+    """torch-pruning's `num_heads`: each projection layer of an attention module and its head count."""
+    return {getattr(module, p): getattr(module, count) for module, projections, count, _, _ in attention_modules(model)
+            for p in projections}
+
+
+def sync_head_counts(model: nn.Module) -> None:
+    """After whole heads went, each attention module's head count (and total width: BERT's all_head_size,
+    timm's attn_dim) from its projections' widths."""
+    for module, projections, count, width, fused in attention_modules(model):
+        out = getattr(module, projections[0]).out_features // fused
+        setattr(module, count, out // getattr(module, width))
+        for total in ("all_head_size", "attn_dim"):
+            if isinstance(getattr(module, total, None), int):
+                setattr(module, total, out)
+
+
+def hidden_width_inputs(model: nn.Module) -> list[str]:
+    """The layers a Transformer's hidden width starts at (token and position embeddings, a ViT's patch
+    embedding): kept whole, so heads and MLP widths are pruned and the residual stream is not."""
+    return [name for name, m in model.named_modules()
+            if name and (isinstance(m, nn.Embedding) or type(m).__name__ == "PatchEmbed")]
+
+
+def _prune_in_place(model: nn.Module, example, criterion, ratio: float, kept: list[nn.Module]) -> None:
     import torch_pruning as tp
 
+    heads = head_counts(model)
+    options = {"num_heads": heads, "prune_num_heads": True, "prune_head_dims": False,
+               "head_pruning_ratio": ratio} if heads else {}
     with warnings.catch_warnings():  # its notes on parameters it leaves alone
         warnings.simplefilter("ignore")
-        tp.pruner.BasePruner(model, example, importance=criterion, pruning_ratio=ratio, ignored_layers=kept).step()
+        tp.pruner.BasePruner(model, example, importance=criterion, pruning_ratio=ratio, ignored_layers=kept,
+                             **options).step()
+    sync_head_counts(model)
 
 
 def checked_copy(model: nn.Module, example: torch.Tensor, criterion: RememberedImportance, ratio: float,
@@ -139,7 +189,7 @@ def checked_copy(model: nn.Module, example: torch.Tensor, criterion: RememberedI
         if ratio > 0 else (None, None)
     if error is None:
         with torch.no_grad():
-            error, where = running_module(pruned, lambda: pruned.eval()(example))
+            error, where = running_module(pruned, lambda: call_model(pruned.eval(), example))
     if error is not None:
         text = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise NotPrunable(f"the pruner cannot follow the model through {where or type(model).__name__}: {text}") \
@@ -158,7 +208,7 @@ def positions(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
         for name, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
     try:
         with torch.no_grad():
-            model.eval()(example[:1])
+            call_model(model.eval(), rows(example, 0, 1))
     finally:
         for hook in hooks:
             hook.remove()
@@ -181,7 +231,7 @@ def prune_to(model: nn.Module, example: torch.Tensor, method: str, budget: Budge
     keep, criterion = list(keep), RememberedImportance(method)
     at = positions(model, example) if budget.metric == "macs" else {}
     # torch's count over the layers' own: what they leave out (products outside any layer)
-    scale = count_macs(model, tuple(example.shape[1:])) / max(layer_macs(model, at), 1) if at else 1.0
+    scale = macs(model, example) / max(layer_macs(model, at), 1) if at else 1.0
 
     def cost(candidate: nn.Module) -> float:
         return layer_macs(candidate, at) * scale if at else count_params(candidate)
@@ -201,6 +251,13 @@ def prune_to(model: nn.Module, example: torch.Tensor, method: str, budget: Budge
     if best is None:
         raise UsageError(unreachable(model, smallest, budget, cost(smallest) / reference, keep))
     return best, high
+
+
+def macs(model: nn.Module, example) -> int:
+    """MACs at batch 1 of an image model (its example's shape) or a text model (its example's tokens)."""
+    if isinstance(example, dict):
+        return count_macs(model, example=rows(example, 0, 1))
+    return count_macs(model, tuple(example.shape[1:]))
 
 
 def unreachable(model: nn.Module, smallest: nn.Module, budget: Budget, reached: float, keep: list[str]) -> str:
@@ -224,9 +281,17 @@ def accumulate_taylor_gradients(model: nn.Module, batches: Iterable[tuple[torch.
     seen = 0
     for x, labels in batches:
         if (labels != NO_LABEL).any():
-            nn.functional.cross_entropy(model(x), labels, ignore_index=NO_LABEL).backward()
+            nn.functional.cross_entropy(call_model(model, x), labels, ignore_index=NO_LABEL).backward()
             seen += 1
     return seen
+
+
+def head_widths(original: nn.Module, pruned: nn.Module) -> list[dict[str, Any]]:
+    """Every attention module's head count before and after pruning, in model order ([] for a CNN)."""
+    names = {m: n for n, m in original.named_modules()}
+    return [{"name": names[module], "heads_before": getattr(module, count),
+             "heads_after": getattr(pruned.get_submodule(names[module]), count)}
+            for module, _, count, _, _ in attention_modules(original)]
 
 
 def layer_widths(original: nn.Module, pruned: nn.Module) -> list[dict[str, Any]]:

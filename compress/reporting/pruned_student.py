@@ -52,7 +52,7 @@ def pruning_section(outputs: dict[str, dict[str, Any]], rows: list[dict]) -> dic
     return {"method": prune["method"], "metric": prune["metric"], "target": prune["target"],
             "teacher": prune["teacher"], "student": prune["student"], "macs_ratio": prune["macs_ratio"],
             "params_ratio": prune["params_ratio"], "kept_whole": prune.get("kept_whole") or [],
-            "layers": prune["layers"], "accuracy": accuracy, "latency": latency,
+            "layers": prune["layers"], "heads": prune.get("heads") or [], "accuracy": accuracy, "latency": latency,
             "latency_note": latency_note(latency)}
 
 
@@ -85,6 +85,11 @@ def pruning_markdown(section: dict[str, Any] | None) -> list[str]:
         out.append("")
     if section["latency_note"]:
         out += [f"- ⚠ {section['latency_note']}", ""]
+    if section["heads"]:
+        out += ["Attention heads (whole heads go; the hidden width stays):", ""]
+        out += table(["attention", "heads before → after"],
+                     [[f"`{h['name']}`", f"{h['heads_before']} → {h['heads_after']}"] for h in section["heads"]], "lr")
+        out.append("")
     out += table(["layer", "type", "in before → after", "out before → after"],
                  [[f"`{layer['name']}`", layer["type"], f"{layer['in_before']} → {layer['in_after']}",
                    f"{layer['out_before']} → {layer['out_after']}"] for layer in section["layers"]], "llrr")

@@ -23,10 +23,11 @@ from compress.core.errors import ConfigError, UsageError
 from compress.data.splits import join
 from compress.distill.objective import Objective, default_losses
 from compress.distill.train import accuracy, fit
-from compress.models import count_macs, count_params, load_model, model_outline, save_checkpoint
+from compress.models import count_params, load_model, model_outline, save_checkpoint
 from compress.models.pruned_shapes import structure_of
 from compress.models.pruning import (Budget, NotPrunable, accumulate_taylor_gradients, classifier_heads,
-                                     layer_widths, prune_to)
+                                     head_widths, hidden_width_inputs, layer_widths, macs, prune_to)
+from compress.tasks import task_of
 from compress.stages.contract import Stage, StageContext
 
 MAX_ROUNDS = 50
@@ -68,17 +69,13 @@ class PruneConfig(TrainConfig):
         return "target_macs" if self.target_macs is not None else "target_params"
 
     def check(self, pipeline: PipelineConfig) -> tuple[str, str] | None:
-        file = pipeline.source_file
-        if pipeline.data.is_text:
-            raise ConfigError(file, "stages.prune", "prunes the channels of image models; Transformer (text) teachers "
-                                                    "are not supported yet: remove it and name a student")
         student_problem(pipeline)
         if "epochs" in self.model_fields_set:
             return "epochs", "set epochs_per_round (the KD epochs between two rounds); distill trains the rest"
         if (self.target_macs is None) == (self.target_params is None):
             return "target_macs", ("give target_macs or target_params, not both" if self.target_macs is not None
                                    else "give target_macs (or target_params): the teacher's share to keep, e.g. 0.25")
-        outline = model_outline(pipeline.teacher.model, pipeline.teacher.kwargs)
+        outline = model_outline(pipeline.teacher.model, pipeline.teacher.kwargs, text=pipeline.data.is_text)
         return self.modules_problem(outline, pipeline.teacher.model) if outline is not None else None
 
     def modules_problem(self, teacher: torch.nn.Module, model_name: str) -> tuple[str, str] | None:
@@ -116,8 +113,8 @@ def taylor_batches(split, cfg: PruneConfig, seed: int):
         yield x, labels
 
 
-def cost(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
-    return {"macs": count_macs(model, input_shape), "params": count_params(model)}
+def cost(model: torch.nn.Module, example) -> dict[str, int]:
+    return {"macs": macs(model, example), "params": count_params(model)}
 
 
 class PruneStage(Stage):
@@ -137,9 +134,10 @@ class PruneStage(Stage):
         if problem:
             raise ConfigError(file, f"stages.prune.{problem[0]}", problem[1])
         torch.manual_seed(ctx.pipeline.seed)
-        example = torch.randn(1, *data.input_shape)
-        keep = [*cfg.ignore, *classifier_heads(teacher, example)]
-        before = cost(teacher, data.input_shape)
+        # A text model's example is token ids at max_length: the MACs budget holds for the longest input.
+        example = task_of(data).example_inputs(2, getattr(spec, "max_length", 0) or None)
+        keep = [*cfg.ignore, *classifier_heads(teacher, example), *hidden_width_inputs(teacher)]
+        before = cost(teacher, example)
         ctx.log(f"pruning {spec.name} to {cfg.budget.fraction:.0%} of its {cfg.budget.metric} ({before['macs']:,} MACs, "
                 f"{before['params']:,} params) in {cfg.rounds} round(s), {cfg.method} importance; kept whole: "
                 f"{', '.join(keep)}")
@@ -147,13 +145,13 @@ class PruneStage(Stage):
         for step in range(1, cfg.rounds + 1):
             student, entry = self._round(ctx, cfg, teacher, student, example, keep, before, step)
             rounds.append(entry)
-        after = cost(student, data.input_shape)
+        after = cost(student, example)
         path = ctx.stage_dir / "student.pruned.pt"
         save_checkpoint(path, student, dataclasses.replace(spec, pruned=structure_of(teacher, student)))
         return {"checkpoint": ctx.relative(path), "method": cfg.method, "metric": cfg.budget.metric,
                 "target": cfg.budget.fraction, "teacher": before, "student": after,
                 "macs_ratio": after["macs"] / before["macs"], "params_ratio": after["params"] / before["params"],
-                "layers": layer_widths(teacher, student), "rounds": rounds, "kept_whole": keep,
+                "layers": layer_widths(teacher, student), "heads": head_widths(teacher, student), "rounds": rounds, "kept_whole": keep,
                 "teacher_val_top1": ctx.outputs["teacher"].get("val_top1"), "val_top1": rounds[-1]["val_top1_pruned"]}
 
     def _round(self, ctx: StageContext, cfg: PruneConfig, teacher, student, example, keep: list[str],
@@ -172,7 +170,7 @@ class PruneStage(Stage):
                                                      "stages.prune.ignore") from None
         except UsageError as error:
             raise ConfigError(file, f"stages.prune.{cfg.budget_field}", str(error)) from None
-        entry = {"round": step, "target": fraction, "channel_ratio": ratio, **cost(student, data.input_shape),
+        entry = {"round": step, "target": fraction, "channel_ratio": ratio, **cost(student, example),
                  "val_top1_pruned": accuracy(student, data.val)}
         ctx.log(f"round {step}/{cfg.rounds}: {ratio:.1%} of each layer's channels removed, "
                 f"{entry['macs'] / before['macs']:.1%} of the MACs, {entry['params'] / before['params']:.1%} of the "
