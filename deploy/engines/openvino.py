@@ -25,7 +25,29 @@ from compress.core.fileio import read_json
 from deploy.engines.interface import (SIDECAR, Engine, EngineUnavailable, Session, calibration_batches,
                                       calibration_count, onnx_inputs)
 from deploy.runner.harness import has_sequence_axis
-from deploy.runner.sessions import OPENVINO_PRECISION, OpenVinoSession
+from deploy.runner.sessions import OPENVINO_PRECISION, OpenVinoSession, openvino_core
+
+
+@contextlib.contextmanager
+def one_core():
+    """While NNCF runs, its `ov.Core()` and `ov.compile_model` (a Core each) use the process's one Core.
+
+    Cores of the CPU plugin must be freed in the reverse of the order they were made, or the thread is
+    left on an unmapped signal stack (see deploy.runner.sessions.openvino_core); NNCF's accuracy control
+    keeps several compiled models, each with a Core of its own, and frees them in any order. The next
+    signal with a Python handler then killed the process with SIGSEGV.
+    """
+    import openvino as ov
+
+    core = openvino_core()
+    saved = ov.Core, ov.compile_model
+    ov.Core = lambda *args, **kwargs: core
+    ov.compile_model = lambda model, device_name="AUTO", config=None, **kwargs: core.compile_model(
+        model, device_name, config or {})
+    try:
+        yield
+    finally:
+        ov.Core, ov.compile_model = saved
 
 
 def nncf_quantize_ir(model, calibration: np.ndarray | dict[str, np.ndarray] | list, batch_size: int = 32,
@@ -46,7 +68,7 @@ def nncf_quantize_ir(model, calibration: np.ndarray | dict[str, np.ndarray] | li
         inputs = [{"name": port.get_any_name(), "dtype": str(port.get_element_type().to_dtype())}
                   for port in model.inputs]
     batches = calibration_batches(calibration, inputs, batch_size)
-    with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars
+    with contextlib.redirect_stdout(io.StringIO()), one_core():  # NNCF's progress bars; its Cores
         return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
                              target_device=nncf.TargetDevice.CPU,
                              model_type=nncf.ModelType.TRANSFORMER if has_sequence_axis(inputs) else None,
@@ -100,7 +122,7 @@ def nncf_quantize_ir_controlled(model, calibration: Any, validation: tuple[Any, 
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars
+        with contextlib.redirect_stdout(io.StringIO()), one_core():  # NNCF's progress bars; its Cores
             quantized = nncf.quantize_with_accuracy_control(
                 model, nncf.Dataset(calibration_batches(calibration, inputs, batch_size)),
                 nncf.Dataset(items, lambda item: item[0]), top1, max_drop=control["max_accuracy_drop"],
@@ -120,8 +142,6 @@ def nncf_quantize_ir_controlled(model, calibration: Any, validation: tuple[Any, 
 
 
 def ov_compile(model):
-    from deploy.runner.sessions import openvino_core
-
     return openvino_core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
 
