@@ -20,7 +20,8 @@ SKIPPED = ("Parameter", "Constant", "Result")
 
 def ir_tensor_outputs(path: Path, x) -> tuple[dict[str, np.ndarray], dict[str, str], Any, list[str]]:
     """(values by tensor name, producing op type, the model, its own output names) of the IR at `path`."""
-    from deploy.runner.sessions import OPENVINO_PRECISION, openvino_core
+    from deploy.engines.interface import SIDECAR
+    from deploy.runner.sessions import openvino_core, openvino_hint
 
     core = openvino_core()
     model = core.read_model(str(path))
@@ -34,9 +35,10 @@ def ir_tensor_outputs(path: Path, x) -> tuple[dict[str, np.ndarray], dict[str, s
                 producers.update({name: op.get_type_name() for name in port.get_names()})
                 marked.append(port)
     model.add_outputs(marked)
-    sidecar = read_json(Path(path).parent / "engine.json") if (Path(path).parent / "engine.json").is_file() else {}
-    precision = sidecar.get("float_precision") or sidecar.get("precision") or "fp32"
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION.get(precision, "f32")})
+    sidecar_path = Path(path).parent / SIDECAR
+    sidecar = read_json(sidecar_path) if sidecar_path.is_file() else {}
+    hint = openvino_hint(sidecar.get("precision"), sidecar.get("float_precision")) or "f32"
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint})
     feeds = x if isinstance(x, dict) else [np.ascontiguousarray(x, dtype=np.float32)]
     result = compiled(feeds)
     values = {}

@@ -112,8 +112,7 @@ def quantize_model(model: nn.Module, calibration: np.ndarray, *, target: str = "
     if target == "tensorrt":
         preset = "performance"  # symmetric activations; signedness is forced below
     scope = nncf.IgnoredScope(patterns=module_patterns(ignored_scope or []), validate=False)
-    model = copy.deepcopy(model).eval()
-    fold_batchnorm(model)
+    model = float_reference(model)
     calibration_batches = batches(calibration, batch_size)
     try:
         with silent_progress():

@@ -116,7 +116,7 @@ class QuantizeStage(Stage):
                 quantized = control.model
         except NotQuantizable as error:
             raise ConfigError(ctx.pipeline.source_file, "student.model", f"'{spec.name}': {error}") from None
-        ptq_top1 = accuracy(quantized, data.val)
+        ptq_top1 = control.top1 if control else accuracy(quantized, data.val)  # control scored this very model
         ctx.log(f"{len(quantizers(quantized))} quantizers; PTQ val top-1 {ptq_top1:.4f} "
                 f"(fp32 {ctx.outputs['distill']['val_top1']:.4f})")
         outputs: dict[str, Any] = {"accuracy_control": control.summary()} if control else {}

@@ -50,6 +50,17 @@ def one_core():
         ov.Core, ov.compile_model = saved
 
 
+def ptq_settings(inputs: list[dict[str, Any]]) -> tuple[dict[str, Any], Any]:
+    """What both NNCF entry points are told: int8 for the CPU, a model with a sequence axis as NNCF's TRANSFORMER
+    type, min-max ranges without bias correction (as the quantize stage); (keyword options, advanced parameters)."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+    options = {"target_device": nncf.TargetDevice.CPU,
+               "model_type": nncf.ModelType.TRANSFORMER if has_sequence_axis(inputs) else None}
+    return options, AdvancedQuantizationParameters(disable_bias_correction=True)
+
+
 def nncf_quantize_ir(model, calibration: np.ndarray | dict[str, np.ndarray] | list, batch_size: int = 32,
                      inputs: list[dict[str, Any]] | None = None):
     """NNCF PTQ of an OpenVINO model: int8 for the CPU, min-max ranges, no bias correction (as the quantize stage).
@@ -58,21 +69,17 @@ def nncf_quantize_ir(model, calibration: np.ndarray | dict[str, np.ndarray] | li
     A model with a sequence axis is quantized as NNCF's TRANSFORMER type, which leaves the attention
     mask and Softmax in float: quantized, the mask's huge negative bias lets padding leak in.
     """
-    import logging
-
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
     logging.getLogger("nncf").setLevel(logging.WARNING)
     if inputs is None:
         inputs = [{"name": port.get_any_name(), "dtype": str(port.get_element_type().to_dtype())}
                   for port in model.inputs]
     batches = calibration_batches(calibration, inputs, batch_size)
+    options, advanced = ptq_settings(inputs)
     with contextlib.redirect_stdout(io.StringIO()), one_core():  # NNCF's progress bars; its Cores
-        return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
-                             target_device=nncf.TargetDevice.CPU,
-                             model_type=nncf.ModelType.TRANSFORMER if has_sequence_axis(inputs) else None,
-                             advanced_parameters=AdvancedQuantizationParameters(disable_bias_correction=True))
+        return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches), advanced_parameters=advanced,
+                             **options)
 
 
 class RevertedOps(logging.Handler):
@@ -96,8 +103,7 @@ def nncf_quantize_ir_controlled(model, calibration: Any, validation: tuple[Any, 
     Returns the model and what was done: the budget, the float and final top-1, and the reverted ops.
     """
     import nncf
-    from nncf.quantization.advanced_parameters import (AdvancedAccuracyRestorerParameters,
-                                                       AdvancedQuantizationParameters)
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     val_inputs, val_labels = validation
     items = list(zip(calibration_batches(val_inputs, inputs, batch_size),
@@ -116,6 +122,7 @@ def nncf_quantize_ir_controlled(model, calibration: Any, validation: tuple[Any, 
     restorer = AdvancedAccuracyRestorerParameters(ranking_subset_size=control.get("ranking_size"))
     if control.get("max_float_layers") is not None:
         restorer.max_num_iterations = control["max_float_layers"]
+    options, advanced = ptq_settings(inputs)
     handler = RevertedOps()
     logger = logging.getLogger("nncf")
     level = logger.level
@@ -126,11 +133,8 @@ def nncf_quantize_ir_controlled(model, calibration: Any, validation: tuple[Any, 
             quantized = nncf.quantize_with_accuracy_control(
                 model, nncf.Dataset(calibration_batches(calibration, inputs, batch_size)),
                 nncf.Dataset(items, lambda item: item[0]), top1, max_drop=control["max_accuracy_drop"],
-                drop_type=nncf.DropType.ABSOLUTE, target_device=nncf.TargetDevice.CPU,
-                subset_size=calibration_count(calibration), fast_bias_correction=True,
-                model_type=nncf.ModelType.TRANSFORMER if has_sequence_axis(inputs) else None,
-                advanced_quantization_parameters=AdvancedQuantizationParameters(disable_bias_correction=True),
-                advanced_accuracy_restorer_parameters=restorer)
+                drop_type=nncf.DropType.ABSOLUTE, subset_size=calibration_count(calibration),
+                advanced_quantization_parameters=advanced, advanced_accuracy_restorer_parameters=restorer, **options)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)

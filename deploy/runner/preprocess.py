@@ -88,11 +88,7 @@ def image_pixels(path, spec: dict):
 
 def open_image(path, mode: str):
     """The decoded image in `mode` ("RGB" or "L"), converted by PIL only when it differs, as the host does."""
-    try:
-        from PIL import Image
-    except ImportError:
-        raise runner.RunnerError("Pillow is not installed on this device (pip install Pillow): it reads image "
-                                 "inputs") from None
+    Image = runner.device_package("PIL.Image", "Pillow", "reads image inputs")
     if not os.path.isfile(str(path)):
         raise runner.RunnerError(f"{path}: not found")
     unreadable = (OSError, ValueError, SyntaxError, EOFError, getattr(Image, "DecompressionBombError", OSError))

@@ -88,11 +88,7 @@ def text_spec(manifest: dict) -> dict:
 
 def load_tokenizer_file(path):
     """A tokenizer.json read with `tokenizers`; a missing package or file is one line naming it."""
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        raise runner.RunnerError("tokenizers is not installed on this device (pip install tokenizers): it "
-                                 "encodes text inputs") from None
+    Tokenizer = runner.device_package("tokenizers", "tokenizers", "encodes text inputs").Tokenizer
     if not os.path.isfile(str(path)):
         raise runner.RunnerError(f"{path}: not found (the bundle's tokenizer; deploy it again)")
     try:

@@ -46,6 +46,14 @@ class RunnerError(Exception):
     pass
 
 
+def device_package(module: str, package: str, purpose: str):
+    """`module` imported, or one line naming the package this device lacks and what it is needed for."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise RunnerError(f"{package} is not installed on this device (pip install {package}): it {purpose}") from None
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 

@@ -120,6 +120,14 @@ class OnnxRuntimeSession(Session):
         return self.session.run(None, self.feeds(x))[0]
 
 
+def openvino_hint(precision, float_precision=None):
+    """The CPU plugin's INFERENCE_PRECISION_HINT for an artifact of `precision` (an int8 one computes its float
+    ops at `float_precision` when the build asked for it); None leaves the plugin's default."""
+    if precision == "int8" and float_precision in OPENVINO_PRECISION:
+        return OPENVINO_PRECISION[float_precision]
+    return OPENVINO_PRECISION.get(precision)
+
+
 class OpenVinoSession(Session):
     """OpenVINO's CPU plugin at the artifact's precision (OPENVINO_PRECISION), not the plugin's default.
 
@@ -131,10 +139,9 @@ class OpenVinoSession(Session):
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        if precision == "int8" and float_precision in OPENVINO_PRECISION:
-            config["INFERENCE_PRECISION_HINT"] = OPENVINO_PRECISION[float_precision]
-        elif precision in OPENVINO_PRECISION:
-            config["INFERENCE_PRECISION_HINT"] = OPENVINO_PRECISION[precision]
+        hint = openvino_hint(precision, float_precision)
+        if hint:
+            config["INFERENCE_PRECISION_HINT"] = hint
         self.compiled = openvino_core().compile_model(str(path), "CPU", config)
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # what the plugin chose, asked or not
         self.inference_precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
