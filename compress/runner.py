@@ -23,7 +23,6 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-import numpy as np
 import torch
 import yaml
 
@@ -34,15 +33,14 @@ from compress.core.fileio import DirLock, ensure_writable_dir, read_json, sha256
 from compress.data.fingerprint import fingerprint
 from compress.models import build_model, check_model_name
 from compress.stages import STAGES, StageContext
-from compress.stages.teacher import check_models, model_spec
+from compress.stages.teacher import check_models
+from compress.tasks.registry import TASKS, task_for
 
 # Stages that read only other stages' files: the data need not load before them.
 READS_NO_DATA = frozenset({"report", "deploy"})
 # Stages whose result the data files cannot change but through the stages they read (the deploy stage
 # ships a val sample of the data, so its key sees the files).
 READS_NO_FILES = frozenset({"report"})
-# Fewer validation samples than this in a class make its share of top-1 noise: the run says so.
-MIN_SAMPLES_PER_CLASS = 5
 
 
 class Step(NamedTuple):
@@ -57,7 +55,7 @@ class Step(NamedTuple):
 def parse_pipeline(raw: Any, file: str = "pipeline.yaml", base: Path | None = None) -> PipelineConfig:
     """Validate a loaded pipeline document against the schema, the stages' own configs and the models
     (names, kwargs, channels, the teacher checkpoint: see compress.stages.teacher.check_models)."""
-    cfg = parse_config(raw, file, base, stages=STAGES, check_model=check_model_name)
+    cfg = parse_config(raw, file, base, stages=STAGES, tasks=TASKS, check_model=check_model_name)
     check_models(cfg)
     _resolve_model_statistics(cfg)
     return cfg
@@ -113,38 +111,12 @@ class Runner:
 
     def _load_dataset(self):
         if self._dataset is None:
-            from compress.data import load_dataset
-
-            self._dataset = load_dataset(self.pipeline.data, self.pipeline.seed)
+            task = task_for(self.pipeline)
+            self._dataset = task.load_data(self.pipeline.seed)
             if distributed.rank() == 0:
-                self._describe_data(self._dataset)
-                self._warn_of_thin_classes(self._dataset)
+                for line in task.describe_data(self._dataset):
+                    self.log(f"[data] {line}")
         return self._dataset
-
-    def _describe_data(self, data) -> None:
-        """How the data is read (arrays, or images decoded per batch) and what was skipped."""
-        if data.image_spec is not None:
-            spec = data.image_spec
-            steps = (f"resize {spec['resize']}" if spec["resize"] is not None else "own size") + \
-                (f", centre crop {spec['crop']}" if spec["crop"] is not None else "")
-            self.log(f"[data] {len(data.train)} train, {len(data.val)} val images decoded per batch "
-                     f"({spec['mode']}, {steps}; {self.pipeline.data.workers if self.pipeline.data.workers is not None else 'default'} "
-                     f"loader workers)")
-        if data.skipped:
-            self.log(f"[data] skipped {len(data.skipped)} unreadable image(s) (data.skip_bad_images): "
-                     f"{', '.join(data.skipped[:3])}{', ...' if len(data.skipped) > 3 else ''}")
-
-    def _warn_of_thin_classes(self, data) -> None:
-        """A class with a handful of held-out samples scores 0 or 1 by chance: say so once, at load."""
-        for split, labels in [("validation", data.y_val), ("test", getattr(data, "y_test", None))]:
-            if labels is None:
-                continue
-            counts = np.bincount(labels, minlength=data.num_classes)
-            thin = [f"'{data.class_names[i]}' {int(n)}" for i, n in enumerate(counts) if n < MIN_SAMPLES_PER_CLASS]
-            if thin:
-                listed = ", ".join(thin[:5]) + (", ..." if len(thin) > 5 else "")
-                self.log(f"[data] warning: {len(thin)} class(es) with fewer than {MIN_SAMPLES_PER_CLASS} {split} "
-                         f"samples ({listed}): their accuracy is noise; add samples or raise data.val_fraction")
 
     def stage_key(self, name: str, keys: dict[str, str]) -> str:
         stage = STAGES[name]()
@@ -273,7 +245,7 @@ class Runner:
         cfg = getattr(self.pipeline, role)
         try:
             with torch.random.fork_rng(devices=[]):
-                build_model(model_spec(cfg, data))
+                build_model(task_for(self.pipeline).model_spec(cfg, data))
         except ConfigError:
             raise
         except Exception as error:

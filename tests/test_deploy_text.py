@@ -99,7 +99,7 @@ def host_logits(run_dir: Path, texts: list[str]) -> np.ndarray:
     """What the host predicts: its own tokenizer code on the export's tokenizer.json, then ONNX Runtime."""
     import onnxruntime as ort
 
-    from compress.data.tokenizer import encode, load_tokenizer
+    from compress.tasks.text_classification.tokenizer import encode, load_tokenizer
 
     arrays = encode(load_tokenizer(run_dir / "stages" / "export" / "tokenizer.json"), texts, MAX_LENGTH)
     session = ort.InferenceSession(str(run_dir / "stages" / "export" / "student.onnx"),
@@ -164,7 +164,7 @@ def test_a_text_run_deploys_and_the_device_classifies_raw_texts_as_the_host_does
     assert_device_predicts_as_the_host(text_run, release, tmp_path)
 
     # The host's token ids in a .npz classify the same.
-    from compress.data.tokenizer import encode, load_tokenizer
+    from compress.tasks.text_classification.tokenizer import encode, load_tokenizer
 
     np.savez(tmp_path / "ids.npz", **encode(load_tokenizer(tokenizer), TEXTS, MAX_LENGTH))
     code, answer = device_infer(release, tmp_path / "ids.npz")

@@ -143,7 +143,7 @@ def test_an_hf_folder_builds_a_model_that_returns_logits_and_exports_to_onnx(tmp
     model = build_model(ModelSpec(f"hf:{tmp_path / 'vit'}", 3, 10, 32)).eval()
     from compress.models.external import adapt_keys, hf_state
 
-    model.load_state_dict(adapt_keys(model, hf_state(str(tmp_path / "vit"))))
+    model.load_state_dict(adapt_keys(model, hf_state(str(tmp_path / "vit"), "AutoModelForImageClassification")))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         logits = model(x)

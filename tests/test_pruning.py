@@ -162,11 +162,11 @@ def test_transformers_lose_whole_heads_and_mlp_width_and_rebuild_from_weights_on
     """BERT, DistilBERT and ViT/DeiT: heads go whole and MLPs narrow, the hidden width stays; the head counts
     are part of the saved structure, so a weights_only checkpoint rebuilds the same model."""
     from compress.models.pruning import hidden_width_inputs, macs
-    from compress.tasks import TextClassification
+    from compress.tasks.text_classification import token_example
 
     torch.manual_seed(0)
     model = build_model(spec).eval()
-    example = (TextClassification(200, 16).example_inputs(2, 16) if spec.is_text
+    example = (token_example(200, 16, 2, 16) if spec.takes_tokens
                else torch.randn(2, 3, 8, 8))
     keep = [*classifier_heads(model, example), *hidden_width_inputs(model)]
     student, _ = prune_to(model, example, "magnitude", Budget("macs", 0.6), macs(model, example), keep)

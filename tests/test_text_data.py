@@ -1,6 +1,6 @@
 """Text data for BERT-style classifiers: a WordPiece tokenizer, labelled text sets, a text Split, the device's encoding.
 
-The host tokenises with compress.data.tokenizer and the device with deploy/runner/preprocess_text.py
+The host tokenises with compress.tasks.text_classification.tokenizer and the device with deploy/runner/preprocess_text.py
 from the bundle's tokenizer.json and recorded spec: both must give the same int64 arrays for the
 same texts, odd ones included, also under the device's Python 3.8 and its own `tokenizers` release.
 """
@@ -21,9 +21,9 @@ import torch
 
 from compress.core.errors import UsageError
 from compress.data.splits import NO_LABEL
-from compress.data.text import TextRecords, read_text_split, read_texts
-from compress.data.text_split import TextSplit, join_texts
-from compress.data.tokenizer import (SPECIAL_TOKENS, encode, is_lowercasing, load_tokenizer, pad_id, save_tokenizer,
+from compress.tasks.text_classification.text import TextRecords, read_text_split, read_texts
+from compress.tasks.text_classification.text_split import TextSplit, join_texts
+from compress.tasks.text_classification.tokenizer import (SPECIAL_TOKENS, encode, is_lowercasing, load_tokenizer, pad_id, save_tokenizer,
                                      tokenizer_spec, train_wordpiece)
 from deploy.runner import RUNNER_DIR
 from deploy.runner.preprocess_text import encode_texts, read_text_lines

@@ -161,7 +161,7 @@ def test_a_tokenizer_file_that_is_not_one_is_named_and_nothing_runs(text_config,
 
 
 def test_a_users_tokenizer_is_used_and_shipped_as_given(text_config, tmp_path):
-    from compress.data.tokenizer import save_tokenizer, train_wordpiece
+    from compress.tasks.text_classification.tokenizer import save_tokenizer, train_wordpiece
 
     texts = [line.split(",")[0] for line in (tmp_path / "train.csv").read_text().splitlines()[1:]]
     save_tokenizer(train_wordpiece(texts, vocab_size=150), tmp_path / "tokenizer.json")
@@ -188,7 +188,7 @@ def test_an_hf_folder_teacher_brings_its_weights_and_tokenizer(text_config, tmp_
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from compress.data.tokenizer import save_tokenizer, train_wordpiece
+    from compress.tasks.text_classification.tokenizer import save_tokenizer, train_wordpiece
 
     folder = tmp_path / "hf_teacher"
     texts = [line.split(",")[0] for line in (tmp_path / "train.csv").read_text().splitlines()[1:]]

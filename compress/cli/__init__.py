@@ -41,14 +41,15 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 def cmd_validate(args: argparse.Namespace, console: Console) -> int:
     from compress.runner import load_pipeline
 
-    from compress.data.fingerprint import class_counts, fingerprint
+    from compress.data.fingerprint import fingerprint
+    from compress.tasks.registry import task_for
 
     cfg = load_pipeline(args.pipeline)
     console(f"{args.pipeline}: ok (stages: {', '.join(cfg.stages)})")
     files = fingerprint(cfg.data)
     console(f"data: {cfg.data.source}" + (f", {files['files']} files, fingerprint {files['sha256']} (names, sizes "
                                           "and times: a change reruns what reads the data)" if files else ""))
-    counts = class_counts(cfg.data)
+    counts = task_for(cfg).declared_class_counts()
     if counts:
         console(f"samples per class ({len(counts)} classes): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
@@ -88,7 +89,8 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace, console: Console) -> int:
-    from compress.measuring.adhoc import benchmark_file, format_rows, parse_ints
+    from compress.measuring.adhoc import benchmark_file, parse_ints
+    from compress.reporting.fmt import latency_table
     from deploy.runner.harness import LatencySettings
     from compress.core.fileio import write_json
     from compress.measuring.footprint import describe
@@ -97,7 +99,7 @@ def cmd_benchmark(args: argparse.Namespace, console: Console) -> int:
     shape = parse_ints(args.shape, "--shape") if args.shape else None
     result = benchmark_file(args.model, args.backend, parse_ints(args.batch, "--batch"), shape, args.threads, settings,
                             args.rounds, memory=not args.no_memory, precision=args.precision)
-    print(format_rows(result["rows"]))
+    print(latency_table(result["rows"]))
     for row in result["rows"]:
         if row.get("note"):
             print(f"note: batch {row['batch_size']}: {row['note']}")

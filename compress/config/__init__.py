@@ -89,9 +89,6 @@ class StudentConfig(ModelConfig):
         return self
 
 
-TASKS = ("image-classification", "text-classification")
-
-
 class GatesConfig(Strict):
     max_accuracy_drop: float | None = Field(None, ge=0, description="top-1 points (0.02 = 2 points)")
     min_speedup: float | None = Field(None, gt=0)
@@ -159,9 +156,9 @@ MAX_NAME_BYTES = 250
 class PipelineConfig(Strict):
     name: str
     seed: int = 0
-    task: Literal["image-classification", "text-classification"] | None = Field(
-        None, json_schema_extra=ADDED_LATER, description="unset: text-classification for data.source text, "
-                                                         "else image-classification")
+    task: str | None = Field(None, json_schema_extra=ADDED_LATER,
+                             description="image-classification | text-classification; unset: the task that "
+                                         "claims the data (text-classification for data.source text)")
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig
     student: StudentConfig
@@ -169,6 +166,8 @@ class PipelineConfig(Strict):
     gates: GatesConfig = Field(default_factory=GatesConfig)
     # The YAML file it came from, so a stage that finds a bad field at run time can name it.
     _source_file: str = PrivateAttr("pipeline.yaml")
+    # The task it runs: `task`, else the one that claims the data (parse_config resolves it).
+    _task_name: str | None = PrivateAttr(None)
 
     @property
     def source_file(self) -> str:
@@ -186,15 +185,7 @@ class PipelineConfig(Strict):
 
     @property
     def task_name(self) -> str:
-        return self.task or ("text-classification" if self.data.is_text else "image-classification")
-
-    @model_validator(mode="after")
-    def _task_fits_the_data(self) -> "PipelineConfig":
-        if self.task == "text-classification" and not self.data.is_text:
-            raise ValueError(f"task text-classification reads texts: set data.source: text (got '{self.data.source}')")
-        if self.task == "image-classification" and self.data.is_text:
-            raise ValueError("data.source text holds texts: set task: text-classification (or leave task out)")
-        return self
+        return self.task or self._task_name
 
     def stage(self, name: str) -> BaseModel:
         """The validated config of stage `name` (defaults when the section is absent)."""
@@ -310,13 +301,29 @@ def _check_models(file: str, cfg: PipelineConfig, check_model: Callable[[str], s
             raise ConfigError(file, f"{role}.model", problem)
 
 
+def _resolve_task(file: str, cfg: PipelineConfig, tasks: Mapping[str, Any]) -> None:
+    """`task:` must name a task; unset, the first task that claims the data runs. The task then checks its part
+    of `data:` (options of another task, a source it cannot read)."""
+    if cfg.task is not None and cfg.task not in tasks:
+        raise ConfigError(file, "task", f"unknown task '{cfg.task}'; known: {', '.join(tasks)}")
+    name = cfg.task or next((name for name, task in tasks.items() if task.claims(cfg.data)), None)
+    if name is None:
+        raise ConfigError(file, "data.source", f"no task reads '{cfg.data.source}'; set task: ({', '.join(tasks)})")
+    problem = tasks[name].check_data(cfg.data)
+    if problem:
+        raise ConfigError(file, *problem)
+    cfg._task_name = name
+
+
 def parse_config(raw: Any, file: str = "pipeline.yaml", base: Path | None = None, *,
-                 stages: Mapping[str, Any], check_model: Callable[[str], str | None] | None = None) -> PipelineConfig:
+                 stages: Mapping[str, Any], tasks: Mapping[str, Any],
+                 check_model: Callable[[str], str | None] | None = None) -> PipelineConfig:
     """Validate an already-loaded YAML document.
 
-    The schema knows no stage: `stages` (name -> a class with `Config` and `optional`, in pipeline
-    order) and `check_model` (a model name -> the problem with it, or None) are handed in by whoever
-    loads a pipeline (compress.runner), so this module stays below everything it configures.
+    The schema knows no stage and no task: `stages` (name -> a class with `Config` and `optional`, in
+    pipeline order), `tasks` (name -> a class with `claims(data)` and `check_data(data)`, in the order
+    they claim data) and `check_model` (a model name -> the problem with it, or None) are handed in by
+    whoever loads a pipeline (compress.runner), so this module stays below everything it configures.
     """
     if not isinstance(raw, dict):
         raise ConfigError(file, "", "the top level must be a mapping (name, data, teacher, student, stages, gates)")
@@ -330,6 +337,7 @@ def parse_config(raw: Any, file: str = "pipeline.yaml", base: Path | None = None
         cfg = PipelineConfig.model_validate(raw)
     except ValidationError as error:
         _raise_first(file, error)
+    _resolve_task(file, cfg, tasks)
     cfg.stages = _validate_stages(file, stages_raw, stages)
     cfg._source_file = file
     _resolve_paths(cfg, base or Path.cwd())

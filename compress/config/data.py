@@ -54,7 +54,7 @@ class AugmentConfig(Strict):
 
 
 class TextConfig(Strict):
-    """How texts become token ids (compress.data.tokenizer): the same steps run on the device."""
+    """How texts become token ids (compress.tasks.text_classification.tokenizer): the same steps run on the device."""
 
     tokenizer: Path | None = Field(None, description="tokenizer.json, or a Hugging Face folder holding one; unset: "
                                                      "a WordPiece vocabulary is trained here on the training texts")
@@ -123,20 +123,6 @@ class DataConfig(Strict):
         return self
 
     streams = property(lambda self: self.source in STREAM_SOURCES, doc="read one image at a time (not arrays)")
-    is_text = property(lambda self: self.source in TEXT_SOURCES, doc="labelled texts (a text-classification task)")
-
-    @property
-    def text_options(self) -> TextConfig:
-        return self.text if self.text is not None else TextConfig()
-
-    @model_validator(mode="after")
-    def _text_options_for_text(self) -> "DataConfig":
-        if self.text is not None and not self.is_text:
-            raise ValueError(f"data.text configures a text source; source is '{self.source}'")
-        if self.is_text and self.transfer is not None:
-            raise ValueError("data.transfer takes images; for texts add the unlabelled texts to train")
-        return self
-
     @model_validator(mode="after")
     def _one_test_split(self) -> "DataConfig":
         if self.test_fraction is not None and self.test_path is not None:

@@ -42,10 +42,6 @@ def held_out_test(cfg: DataConfig, x: np.ndarray, y: np.ndarray, names: list[str
 
 
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
-    if cfg.is_text:
-        from compress.data.text_dataset import load_text_dataset
-
-        return load_text_dataset(cfg, seed)
     if cfg.streams:
         from compress.data.streaming import load_stream
 

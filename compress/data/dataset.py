@@ -26,10 +26,10 @@ class Dataset:
     image_spec: dict[str, Any] | None = None
     # Image files refused by their headers and skipped (data.skip_bad_images).
     skipped: list[str] = field(default_factory=list)
-    # Text sources: the tokenisation steps (compress.data.tokenizer.tokenizer_spec + vocab_size) and the
-    # tokenizer.json they name, which export writes beside the ONNX and every bundle ships.
-    text_spec: dict[str, Any] | None = None
-    tokenizer_json: str | None = None
+    # What a task's own loader recorded about the inputs, read back only by that task (text: the tokenisation
+    # steps and vocabulary size), and the files that travel with the model (text: tokenizer.json by name).
+    task_spec: dict[str, Any] | None = None
+    task_files: dict[str, str] = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -44,10 +44,7 @@ class Dataset:
         return ("test", self.test) if self.test is not None else ("val", self.val)
 
     def preprocessing(self) -> dict[str, Any]:
-        """What a deployed runner must do to raw inputs: the image steps, then (x - mean) / std per channel;
-        for texts, the tokenisation."""
-        if self.text_spec is not None:
-            return {"text": {k: v for k, v in self.text_spec.items() if k != "vocab_size"}}
+        """What a deployed runner must do to raw images: the image steps, then (x - mean) / std per channel."""
         recorded = {"layout": "NCHW", "dtype": "float32", "mean": self.mean, "std": self.std}
         if self.image_spec is not None:
             recorded["image"] = self.image_spec

@@ -71,12 +71,6 @@ def class_counts(cfg: DataConfig) -> dict[str, int] | None:
         records = open_records(cfg, cfg.path, "data.path")  # lists and labels only: no image is decoded
         counts = np.bincount(records.labels, minlength=len(records.class_names))
         return {name: int(n) for name, n in zip(records.class_names, counts)}
-    if cfg.is_text and cfg.path is not None:
-        from compress.data.text import read_texts
-
-        records = read_texts(cfg.path, cfg.columns)  # the texts are read, not tokenised
-        counts = np.bincount(records.labels, minlength=len(records.classes))
-        return {str(name): int(n) for name, n in zip(records.classes, counts)}
     if cfg.source == "npz" and cfg.path is not None and cfg.path.is_file():
         with np.load(cfg.path, allow_pickle=False) as arrays:
             if "y" not in arrays.files:

@@ -32,7 +32,7 @@ from compress.data.splits import Split
 from compress.distill.train import Batch, augments, training_device
 from compress.distill.transformer_losses import check_transformer_loss
 from compress.distill.transformer_taps import NotATransformer, TransformerTaps, describe_transformer
-from compress.tasks import call_model, to_tensors
+from compress.tasks.inputs import call_model, to_tensors
 
 CACHE_LIMIT_BYTES = 4 << 30  # in memory (no cache folder): above this the teacher runs per batch
 DISK_SHARE = 0.5  # on disk: the cache may take at most this share of the free space
@@ -91,10 +91,9 @@ def check_loss_specs(specs: list[LossSpec]) -> tuple[str, str] | None:
     return None
 
 
-def check_feature_paths(specs: list[LossSpec], pipeline) -> tuple[str, str] | None:
-    """(field, message) for the first feature-loss module path that the configured model lacks."""
-    from compress.models import model_outline
-
+def check_feature_paths(specs: list[LossSpec], outline: Callable[[str], Any]) -> tuple[str, str] | None:
+    """(field, message) for the first feature-loss module path that the configured model lacks; `outline(role)`
+    is the role's model on the meta device (None when it cannot be built without data)."""
     outlines: dict[str, Any] = {}
     for i, spec in enumerate(specs):
         for role in ("student", "teacher"):
@@ -102,8 +101,7 @@ def check_feature_paths(specs: list[LossSpec], pipeline) -> tuple[str, str] | No
             if not isinstance(path, str):
                 continue
             if role not in outlines:
-                role_cfg = getattr(pipeline, role)
-                outlines[role] = model_outline(role_cfg.model, role_cfg.kwargs)
+                outlines[role] = outline(role)
             problem = missing_path(outlines[role], path) if outlines[role] is not None else None
             if problem:
                 return f"losses.{i}.{role}", f"{role}: {problem}"
@@ -350,11 +348,9 @@ def transformer_setup(terms, specs: list[LossSpec], student: nn.Module, teacher:
     return TransformerTaps(student), TransformerTaps(teacher)
 
 
-def check_transformer_losses(specs: list[LossSpec], pipeline) -> tuple[str, str] | None:
+def check_transformer_losses(specs: list[LossSpec], outline: Callable[[str], Any]) -> tuple[str, str] | None:
     """(field, message) for the first Transformer loss whose layers, heads or widths do not fit the configured
-    models, told on torch's meta device (no weights, no data) for `compress validate`."""
-    from compress.models import model_outline
-
+    models, told on torch's meta device (no weights, no data) for `compress validate` (`outline(role)`)."""
     chosen = [(i, s) for i, s in enumerate(specs) if s.name in LOSSES
               and (reads_internals(LOSSES[s.name]) or reads_distillation_token(LOSSES[s.name]))]
     if not chosen:
@@ -362,12 +358,11 @@ def check_transformer_losses(specs: list[LossSpec], pipeline) -> tuple[str, str]
     needs_teacher = any(reads_internals(LOSSES[s.name]) for _, s in chosen)
     described = {"teacher": {}}
     for role in ("student", "teacher")[:2 if needs_teacher else 1]:
-        role_cfg = getattr(pipeline, role)
-        outline = model_outline(role_cfg.model, role_cfg.kwargs, text=pipeline.data.is_text)
-        if outline is None:
+        model = outline(role)
+        if model is None:
             return None  # built only from real data (a checkpoint's geometry): the stage checks when it starts
         try:
-            described[role] = describe_transformer(outline)
+            described[role] = describe_transformer(model)
         except NotATransformer as error:
             index, spec = chosen[0]
             need = "a student with a distillation token (timm deit_*_distilled_*)" \

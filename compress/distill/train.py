@@ -30,7 +30,7 @@ from compress.config import TrainConfig
 from compress.core.fileio import atomic_path
 
 from compress.data.splits import NO_LABEL, ArraySplit, Split
-from compress.tasks import call_model, count, rows, to_tensors
+from compress.tasks.inputs import call_model, count, rows, to_tensors
 
 
 @dataclass

@@ -17,7 +17,6 @@ from deploy.runner.harness import LatencySettings, measure_rounds
 from compress.core.errors import UsageError
 from compress.measuring.environment import artifact_mb, environment
 from compress.measuring.footprint import measure_footprint
-from compress.reporting.fmt import ms, num, text_table
 
 
 def parse_ints(text: str, option: str, count: int | None = None) -> list[int]:
@@ -81,15 +80,3 @@ def benchmark_file(path: str | Path, backend: str | None, batch_sizes: list[int]
              "size_mb": artifact_mb(artifact), "threads": threads, **({"memory": footprint} if footprint else {})}
             for t in timings]
     return {"env": environment(threads), "input_shape": list(sample_shape), "rows": rows, "memory": footprint}
-
-
-def format_rows(rows: list[dict[str, Any]]) -> str:
-    return text_table(
-        ["backend", "precision", "batch", "p50 ms", "± ms (95%, rerun)", "mean ms", "std ms", "p90 ms",
-         "p99 ms", "runs", "samples/s", "memory MB", "size MB"],
-        [[r["backend"], r["precision"], r["batch_size"], ms(r["latency_ms"]["p50"]), ms(r["latency_ms"].get("p50_spread")),
-          ms(r["latency_ms"]["mean"]), ms(r["latency_ms"]["std"]), ms(r["latency_ms"]["p90"]),
-          ms(r["latency_ms"]["p99"]), r["latency_ms"]["runs"],
-          num(r["throughput_per_s"], ".1f"), num((r.get("memory") or {}).get("peak_mb"), ".0f"),
-          num(r["size_mb"], ".3f")]
-         for r in rows])

@@ -31,7 +31,8 @@ class ModelSpec:
     pruned: dict[str, Any] | None = None
 
     @property
-    def is_text(self) -> bool:
+    def takes_tokens(self) -> bool:
+        """A model of token ids (a vocabulary), not of pixels."""
         return self.vocab_size > 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,7 +132,7 @@ def build_model(spec: ModelSpec):
 def _build(spec: ModelSpec, geometry: dict[str, Any]):
     from compress.models import external as sources
 
-    if spec.is_text:
+    if spec.takes_tokens:
         from compress.models import text_models
 
         if spec.name.startswith("hf-config:"):
@@ -248,19 +249,18 @@ def kwargs_problem(name: str, kwargs: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def model_outline(name: str, kwargs: dict[str, Any], text: bool = False):
+def model_outline(spec: ModelSpec):
     """The model a config names, built on torch's meta device (no weights in memory, no data read).
 
     For `compress validate` to check the module paths a config names (feature losses, NNCF's
-    ignored scope) before anything runs. The geometry is a placeholder (3 channels, 10 classes,
-    32 px): module paths do not depend on it. None when the model cannot be built that way; the
-    stage checks again on the real model when it starts.
+    ignored scope) before anything runs. The geometry of `spec` is a placeholder its task gives
+    (compress.tasks: Task.outline_spec): module paths do not depend on it. None when the model cannot
+    be built that way; the stage checks again on the real model when it starts.
     """
     import torch
 
     try:
         with torch.device("meta"):
-            spec = ModelSpec(name, 0, 10, 128, dict(kwargs), 1000, 128) if text else ModelSpec(name, 3, 10, 32, dict(kwargs))
             return build_model(spec)
     except Exception:
         return None

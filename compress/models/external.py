@@ -88,12 +88,13 @@ def build_hf(folder: str, in_channels: int, num_classes: int, kwargs: dict[str, 
     return _logits_module()(AutoModelForImageClassification.from_config(config))
 
 
-def hf_state(folder: str, text: bool = False) -> dict[str, Any]:
+def hf_state(folder: str, auto_class: str) -> dict[str, Any]:
     """The weights of an hf: folder under the names the built model uses: transformers renames some keys on
-    loading (the file keeps the older names), so the file is read through transformers itself."""
+    loading (the file keeps the older names), so the file is read through transformers itself, by the Auto
+    class the pipeline's task names."""
     import transformers
 
-    auto = transformers.AutoModelForSequenceClassification if text else transformers.AutoModelForImageClassification
+    auto = getattr(transformers, auto_class)
     transformers.utils.logging.set_verbosity_error()  # its notes of a head for another class count: the stage says it
     transformers.utils.logging.disable_progress_bar()
     try:

@@ -18,7 +18,7 @@ from torch import nn
 
 from compress.core.errors import UsageError
 from compress.models import count_macs, count_params
-from compress.tasks import call_model, rows
+from compress.tasks.inputs import call_model, rows
 
 # Attention modules by the projections that hold their heads, and the attribute counting them:
 # (projection names, head-count attribute, per-head width attribute, projections fused in one layer).

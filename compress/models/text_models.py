@@ -41,10 +41,6 @@ class TextLogits(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **extra).logits
 
 
-def is_text_model(name: str) -> bool:
-    return name.startswith("hf-config:")
-
-
 def check_hf_config(arch: str, kwargs: dict[str, Any] | None = None) -> str | None:
     if arch not in ARCHITECTURES:
         return f"unknown hf-config architecture '{arch}'; known: {', '.join(sorted(ARCHITECTURES))}"

@@ -5,13 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from compress.data.splits import Split
+from compress.tasks.inputs import as_feed
 
 
 def calibration_samples(train: Split, count: int, seed: int) -> np.ndarray | dict[str, np.ndarray]:
     """`count` training samples (all of them when there are fewer), in a seeded random order, as evaluated."""
     order = np.random.default_rng(seed).permutation(len(train))
     chosen = np.concatenate([np.sort(order[:count]), order[count:]])  # the seeded few first, in file order
-    inputs = train.sample(chosen, count)[0]
-    if isinstance(inputs, dict):  # token ids of a text split, padded to the longest of these samples
-        return inputs
-    return np.ascontiguousarray(inputs, dtype=np.float32)
+    return as_feed(train.sample(chosen, count)[0])  # token ids come padded to the longest of these samples

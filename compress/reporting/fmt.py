@@ -93,3 +93,16 @@ def text_table(headers: list[str], rows: list[list[Any]]) -> str:
         return "  ".join(out).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def latency_table(rows: list[dict[str, Any]]) -> str:
+    """The table `compress benchmark MODEL` prints: one row per backend, precision and batch."""
+    return text_table(
+        ["backend", "precision", "batch", "p50 ms", "± ms (95%, rerun)", "mean ms", "std ms", "p90 ms",
+         "p99 ms", "runs", "samples/s", "memory MB", "size MB"],
+        [[r["backend"], r["precision"], r["batch_size"], ms(r["latency_ms"]["p50"]), ms(r["latency_ms"].get("p50_spread")),
+          ms(r["latency_ms"]["mean"]), ms(r["latency_ms"]["std"]), ms(r["latency_ms"]["p90"]),
+          ms(r["latency_ms"]["p99"]), r["latency_ms"]["runs"],
+          num(r["throughput_per_s"], ".1f"), num((r.get("memory") or {}).get("peak_mb"), ".0f"),
+          num(r["size_mb"], ".3f")]
+         for r in rows])

@@ -23,7 +23,7 @@ from compress.data.splits import predict as predict_split
 from compress.measuring.environment import artifact_mb, environment
 from compress.measuring.footprint import describe, measure_footprint
 from compress.stages.contract import Stage, StageContext
-from compress.tasks import TextClassification, task_of
+from compress.tasks.registry import task_for
 
 
 class BenchmarkConfig(Strict):
@@ -45,9 +45,9 @@ class BenchmarkConfig(Strict):
         if not self.memory and pipeline.gates.max_memory_mb is not None:
             return "memory", "is false, but gates.max_memory_mb needs each artifact's memory measured"
         if self.sequence_lengths is not None:
-            if not pipeline.data.is_text:
+            longest = task_for(pipeline).max_sequence_length()
+            if longest is None:
                 return "sequence_lengths", "times text models; this pipeline's data are not texts"
-            longest = pipeline.data.text_options.max_length
             wrong = [n for n in self.sequence_lengths if not 1 <= n <= longest]
             if wrong or not self.sequence_lengths:
                 return "sequence_lengths", (f"{wrong[0]} is outside 1..{longest} (data.text.max_length)" if wrong
@@ -86,26 +86,23 @@ class BenchmarkStage(Stage):
         return {"data": pipeline.data.model_dump(mode="json"), "seed": pipeline.seed}
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from compress.models import count_macs, count_params, load_model
+        from compress.models import count_params, load_model
 
         cfg: BenchmarkConfig = ctx.config
         threads = cfg.threads or os.cpu_count() or 1
         data = ctx.data
         settings = LatencySettings(cfg.warmup, cfg.warmup_seconds, cfg.runs, cfg.min_seconds, ctx.pipeline.seed)
-        task = task_of(data)
-        text = isinstance(task, TextClassification)
-        # Images: one per-sample shape. Texts: the input specs, timed at max_length (the fixed-shape worst case,
-        # what gates and the recommendation read) and over the (batch, length) grid.
-        shape = task.input_specs() if text else data.input_shape
-        length = task.max_length if text else None
-        example = {k: v[:1] for k, v in task.example_inputs(1, task.max_length).items()} if text else None
+        task = ctx.task
+        # A per-sample shape, or the input specs timed at their longest sequence (the fixed-shape worst case,
+        # what gates and the recommendation read) and over the task's (batch, length) grid.
+        shape = task.timing_inputs(data)
+        length = task.max_sequence_length()
         teacher_path = ctx.outputs["teacher"]["checkpoint"]
         student_path = ctx.outputs["distill"]["checkpoint"]
         teacher, _ = load_model(ctx.path(teacher_path))
         student, _ = load_model(ctx.path(student_path))
-        macs = (lambda model: count_macs(model, example=example)) if text else (lambda model: count_macs(model, shape))
-        t_params, t_macs = count_params(teacher), macs(teacher)
-        s_params, s_macs = count_params(student), macs(student)
+        t_params, t_macs = count_params(teacher), task.count_macs(teacher, data)
+        s_params, s_macs = count_params(student), task.count_macs(student, data)
         del teacher, student
 
         def loader(artifact: str, backend: str) -> Callable[[], Any]:
@@ -154,7 +151,7 @@ class BenchmarkStage(Stage):
         timings = measure_rounds([a.load for a in artifacts], shape, cfg.batch_sizes, settings, cfg.rounds,
                                  on_first_load=score,
                                  on_round=lambda r: ctx.log(f"round {r + 1}/{cfg.rounds} timed"), sequence_length=length)
-        grid = self.sequence_grid(ctx, artifacts, shape, settings, task, timings) if text else None
+        grid = self.sequence_grid(ctx, artifacts, shape, settings, timings) if task.sequence_lengths(data) else None
         accuracy_only = []
         if baseline_path is not None and not shipped_alone:  # scored for the report's KD comparison, not timed
             with open_session(ctx.path(baseline_path), "torch", threads) as session:
@@ -181,21 +178,22 @@ class BenchmarkStage(Stage):
         results = {"env": environment(threads), "val_samples": int(len(y_scored)), "accuracy_split": split,
                    "class_names": list(data.class_names), "settings": cfg.model_dump(mode="json"),
                    "labels": encode(y_scored), "accuracy_only": accuracy_only, "rows": rows,
-                   **({"task": task.name, "sequence_length": length, "sequence_grid": grid} if text else {})}
+                   **task.results_fields(length, grid)}
         path = ctx.stage_dir / "results.json"
         write_json(path, results)
         return {"results": ctx.relative(path)}
 
     @staticmethod
     def sequence_grid(ctx: StageContext, artifacts: list[Measured], specs, settings: LatencySettings,
-                      task: TextClassification, main_timings: list[list[dict]]) -> list[dict[str, Any]]:
+                      main_timings: list[list[dict]]) -> list[dict[str, Any]]:
         """Latency and tokens/s of every artifact at each (batch, sequence length), one round each: how the
         cost grows with the text, beside the main rows at max_length (whose timings it reuses, not repeats)."""
         cfg: BenchmarkConfig = ctx.config
-        lengths = cfg.sequence_lengths or task.sequence_lengths()
+        lengths = cfg.sequence_lengths or ctx.task.sequence_lengths(ctx.data)
+        longest = ctx.task.max_sequence_length()
         grid = []
         for length in lengths:
-            per_artifact = main_timings if length == task.max_length else measure_rounds(
+            per_artifact = main_timings if length == longest else measure_rounds(
                 [a.load for a in artifacts], specs, cfg.batch_sizes, settings, 1, sequence_length=length)
             for a, per_batch in zip(artifacts, per_artifact):
                 for timing in per_batch:

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from compress.config import ADDED_LATER, PipelineConfig, Strict
 from compress.quantize.calibration import calibration_samples
 from compress.stages.contract import Stage, StageContext
+from compress.tasks.registry import task_for
 from compress.stages.engine_parity import References, check_engine
 from compress.stages.tensorrt_targets import (EXPORT_TARGETS, TensorRTOptions, check_targets, defer_tensorrt, export_sources,
                                   tensorrt_build_options, write_triton)
@@ -100,7 +101,7 @@ class BuildConfig(Strict):
         return normalized
 
     def check(self, pipeline: PipelineConfig) -> tuple[str, str] | None:
-        if self.transformer_optimize and not pipeline.data.is_text:
+        if self.transformer_optimize and not task_for(pipeline).transformer_graphs:
             return "transformer_optimize", "fuses Transformer ops of text models; this pipeline's data are not texts"
         if self.transformer_optimize and "onnxruntime:fp32" not in self.targets:
             return "transformer_optimize", "applies to the onnxruntime:fp32 target: add it to targets"

@@ -13,6 +13,8 @@ from typing import Any, Callable, ClassVar
 from pydantic import BaseModel
 
 from compress.config import PipelineConfig, Strict
+from compress.tasks.task import Task
+from compress.tasks.registry import task_for
 
 
 class NoOptions(Strict):
@@ -34,6 +36,11 @@ class StageContext:
     def data(self):
         """The pipeline's dataset, loaded once per run and shared by the stages."""
         return self._dataset_loader()
+
+    @property
+    def task(self) -> Task:
+        """The pipeline's task: what a stage asks instead of testing which kind of model it serves."""
+        return task_for(self.pipeline)
 
     def path(self, relative: str) -> Path:
         """An artifact path recorded by a stage (relative to the run dir) as an absolute path."""

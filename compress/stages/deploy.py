@@ -23,8 +23,7 @@ from pydantic import Field
 from compress.config import ADDED_LATER, DataConfig, PipelineConfig, Strict
 from compress.core.console import Console
 from compress.core.errors import CompressError, ConfigError, UsageError
-from compress.data import load_dataset
-from compress.data.tokenizer import encode, load_tokenizer
+from compress.tasks.registry import task_named
 from compress.reporting import rewrite_report
 from compress.stages.contract import Stage, StageContext
 from deploy.bundle import RUNTIMES, ValSample, choose, read_run
@@ -96,49 +95,20 @@ class DeployConfig(Strict):
 def make_val_sample(run_dir: Path, onnx_path: Path, limit: int) -> ValSample:
     """A seeded slice of the run's val split (already preprocessed) with the host's fp32 predictions.
 
-    Read from the run's own resolved pipeline.yaml; only its data section is needed (no model code).
-    A text model's slice is token ids made by the tokenizer.json the bundle ships (`text_sample`).
+    Read from the run's own resolved pipeline.yaml; only its data section (and task) is needed, no model code.
+    What a sample holds is the task's (pixels; token ids made by the tokenizer.json the bundle ships).
     """
     pipeline = yaml.safe_load((run_dir / "pipeline.yaml").read_text())
     seed = pipeline.get("seed", 0)
-    data = load_dataset(DataConfig.model_validate(pipeline["data"]), seed)
-    text = data.preprocessing().get("text")
-    # int64 token ids of every input, or float32 pixels
-    per_sample = int(np.prod(data.input_shape)) * (8 * len(text["inputs"]) if text else 4)
-    count = max(1, min(limit, len(data.val), MAX_SAMPLE_BYTES // per_sample))
+    task = task_named(pipeline.get("task"), DataConfig.model_validate(pipeline["data"]))
+    data = task.load_data(seed)
+    count = max(1, min(limit, len(data.val), MAX_SAMPLE_BYTES // task.sample_bytes(data)))
     order = np.random.default_rng(seed).permutation(len(data.val))
     with OnnxRuntimeSession(onnx_path, providers=["CPUExecutionProvider"]) as session:
-        if text is not None:
-            arrays = text_sample(run_dir, data.val.texts_at(order[:count]), text, session.input_names)
-            y = data.val.labels[order[:count]]
-            x = {name: arrays[name] for name in session.input_names}
-        else:
-            x, y = data.val.sample(order, count)
-            x = x.astype(np.float32)
-            arrays = {"x": x}
+        arrays, x, y = task.device_sample(run_dir, data, order, count, session.input_names)
         host_top1 = harness.predict(session.infer, x).argmax(1)
     return ValSample({**arrays, "y": y.astype(np.int64), "host_top1": host_top1.astype(np.int64)},
-                     data.preprocessing(), list(data.class_names))
-
-
-def text_sample(run_dir: Path, texts: list[str], text: dict[str, Any], names: list[str]) -> dict[str, np.ndarray]:
-    """The texts' token ids by the export's tokenizer.json (the file the bundle ships), and the texts themselves
-    as UTF-8 end to end with their offsets, so that the device can tokenise them again and compare."""
-    exported = read_run(run_dir)["stages"].get("export", {}).get("outputs", {}).get("tokenizer")
-    if not exported:
-        raise UsageError(f"{run_dir / 'run.json'}: stages.export.tokenizer: no tokenizer.json recorded for this text "
-                         "model (run the export stage again)")
-    tokenizer = load_tokenizer(run_dir / exported, "stages.export.tokenizer")
-    arrays = encode(tokenizer, texts, int(text["max_length"]), text.get("pad_to"))
-    unknown = [name for name in names if name not in arrays]
-    if unknown:
-        raise UsageError(f"{run_dir / 'run.json'}: stages.export.onnx: input {unknown[0]!r} is not one a tokenizer "
-                         f"makes ({', '.join(arrays)})")
-    encoded = [t.encode("utf-8") for t in texts]
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-    np.cumsum([len(b) for b in encoded], out=offsets[1:])
-    return {**{name: arrays[name] for name in names}, "texts_utf8": np.frombuffer(b"".join(encoded), dtype=np.uint8),
-            "text_offsets": offsets}
+                     task.preprocessing(data), list(data.class_names))
 
 
 def refresh_report(run_dir: Path) -> None:

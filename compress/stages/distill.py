@@ -17,10 +17,11 @@ from compress.data.transforms import batch_mixer
 from compress.distill.objective import (LossSpec, Objective, check_feature_paths, check_loss_specs,
                                        check_transformer_losses, default_losses)
 from compress.distill.train import NO_LABEL, accuracy, fit, is_main_process
-from compress.models import build_model, load_model, save_checkpoint
+from compress.models import build_model, load_model, model_outline, save_checkpoint
 from compress.models.text_models import init_every_other
 from compress.stages.contract import Stage, StageContext
-from compress.stages.teacher import TeacherStage, model_spec, student_weights_key, weights_path
+from compress.tasks.registry import task_for
+from compress.stages.teacher import TeacherStage, student_weights_key, weights_path
 
 
 class DistillConfig(TrainConfig):
@@ -36,8 +37,20 @@ class DistillConfig(TrainConfig):
     def check(self, pipeline: PipelineConfig) -> tuple[str, str] | None:
         if self.losses is not None and "alpha" in self.model_fields_set:
             return "alpha", "alpha weighs the default KD + CE; with `losses` give each loss a weight instead"
-        return (check_loss_specs(self.loss_specs()) or check_feature_paths(self.loss_specs(), pipeline)
-                or check_transformer_losses(self.loss_specs(), pipeline))
+        outline = role_outline(pipeline)
+        return (check_loss_specs(self.loss_specs()) or check_feature_paths(self.loss_specs(), outline)
+                or check_transformer_losses(self.loss_specs(), outline))
+
+
+def role_outline(pipeline: PipelineConfig):
+    """role -> the role's model built on the meta device at the task's placeholder geometry (or None)."""
+    task = task_for(pipeline)
+
+    def outline(role: str):
+        role_cfg = getattr(pipeline, role)
+        return model_outline(task.outline_spec(role_cfg.model, role_cfg.kwargs))
+
+    return outline
 
 
 def training_inputs(data) -> Split:
@@ -52,7 +65,7 @@ def train_student(ctx: StageContext, cfg: TrainConfig, train: Split, objective=N
 
     data = ctx.data
     torch.manual_seed(ctx.pipeline.seed)
-    spec = model_spec(ctx.pipeline.student, data)
+    spec = ctx.task.model_spec(ctx.pipeline.student, data)
     if ctx.has("prune"):  # the student is the pruned teacher: its shapes and weights
         student, spec = load_model(ctx.path(ctx.outputs["prune"]["checkpoint"]))
         ctx.log(f"student starts from the pruned teacher ({ctx.outputs['prune']['checkpoint']})")

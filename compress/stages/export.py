@@ -14,13 +14,11 @@ from pydantic import Field
 from compress.config import ADDED_LATER, PipelineConfig, Strict
 from compress.distill.train import predict_logits
 from compress.core.errors import StageFailed
-from compress.exporting.torch_to_onnx import (export_onnx, export_onnx_inputs, onnx_logits, parity, parity_at_lengths,
-                                             simplify_onnx)
-from compress.core.fileio import sha256_file, write_json
+from compress.exporting.torch_to_onnx import onnx_logits, parity, parity_at_lengths, simplify_onnx
+from compress.core.fileio import sha256_file, write_json, write_text
 from compress.models import load_model
 from compress.stages.contract import Stage, StageContext
 from compress.stages.tensorrt_checks import export_for_tensorrt, tensorrt_key_material
-from compress.tasks import TextClassification, task_of
 
 
 class ExportConfig(Strict):
@@ -47,20 +45,17 @@ class ExportConfig(Strict):
 
 
 def export_model(ctx: StageContext, cfg: ExportConfig, model, path, shape=None) -> None:
-    """The task's inputs by name with their dynamic axes: one float32 image batch, or a text model's token ids."""
-    task = task_of(ctx.data)
-    if isinstance(task, TextClassification):
-        export_onnx_inputs(model, task.input_specs(), task.example_inputs(2), path, cfg.opset, cfg.dynamic_batch)
-    else:
-        export_onnx(model, ctx.data.input_shape or shape, path, cfg.opset, cfg.dynamic_batch)
+    """The task's inputs by name with their dynamic axes (one float32 image batch, a text model's token ids)."""
+    ctx.task.export(model, path, ctx.data, cfg.opset, cfg.dynamic_batch, shape)
 
 
 def length_parity(ctx: StageContext, cfg: ExportConfig, model, path) -> dict[str, Any] | None:
-    """A text model's parity at the shortest, a middle and the longest sequence length (None for images)."""
-    task = task_of(ctx.data)
-    if not isinstance(task, TextClassification):
+    """Parity at the shortest, a middle and the longest sequence length (None for fixed-shape inputs)."""
+    task, data = ctx.task, ctx.data
+    lengths = task.sequence_lengths(data)
+    if not lengths:
         return None
-    per_length = parity_at_lengths(model, path, lambda length: task.example_inputs(4, length), task.sequence_lengths())
+    per_length = parity_at_lengths(model, path, lambda length: task.example_inputs(data, 4, length), lengths)
     for report in per_length.values():
         report["passed"] = report["max_abs_error"] <= cfg.atol and report["top1_agreement"] >= cfg.min_top1_agreement
     return {str(length): report for length, report in per_length.items()}
@@ -112,12 +107,9 @@ class ExportStage(Stage):
             ctx.log("parity by sequence length: " + ", ".join(
                 f"{length}: {r['max_abs_error']:.1e}" for length, r in by_length.items()))
         outputs = {}
-        if ctx.data.tokenizer_json is not None:  # the tokenisation travels with the model it feeds
-            from compress.core.fileio import write_text
-
-            tokenizer_path = ctx.stage_dir / "tokenizer.json"
-            write_text(tokenizer_path, ctx.data.tokenizer_json)
-            outputs["tokenizer"] = ctx.relative(tokenizer_path)
+        for key, (name, text) in ctx.task.export_files(ctx.data).items():  # what travels with the model (tokenizer)
+            write_text(ctx.stage_dir / name, text)
+            outputs[key] = ctx.relative(ctx.stage_dir / name)
         if ctx.has("quantize"):  # Q/DQ ONNX of the quantized student, parity vs its fake-quantized model
             from compress.quantize.strip_to_onnx import export_qdq
 
@@ -142,7 +134,7 @@ class ExportStage(Stage):
             raise StageFailed("export", f"ONNX parity outside tolerance (see {ctx.stage_dir / 'parity.json'})")
         outputs.update({"onnx": ctx.relative(path), "parity": ctx.relative(ctx.stage_dir / "parity.json"),
                         "onnx_sha256": sha256_file(path), "input_shape": list(ctx.data.input_shape),
-                        "inputs": task_of(ctx.data).input_specs()})
+                        "inputs": ctx.task.input_specs(ctx.data)})
         # TensorRT: FP16 copy + lint (of student.onnx and, when written above, student.qdq.onnx).
         outputs.update(export_for_tensorrt(ctx, path, x))
         return outputs

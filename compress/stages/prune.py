@@ -27,7 +27,7 @@ from compress.models import count_params, load_model, model_outline, save_checkp
 from compress.models.pruned_shapes import structure_of
 from compress.models.pruning import (Budget, NotPrunable, accumulate_taylor_gradients, classifier_heads,
                                      head_widths, hidden_width_inputs, layer_widths, macs, prune_to)
-from compress.tasks import task_of
+from compress.tasks.registry import task_for
 from compress.stages.contract import Stage, StageContext
 
 MAX_ROUNDS = 50
@@ -75,7 +75,7 @@ class PruneConfig(TrainConfig):
         if (self.target_macs is None) == (self.target_params is None):
             return "target_macs", ("give target_macs or target_params, not both" if self.target_macs is not None
                                    else "give target_macs (or target_params): the teacher's share to keep, e.g. 0.25")
-        outline = model_outline(pipeline.teacher.model, pipeline.teacher.kwargs, text=pipeline.data.is_text)
+        outline = model_outline(task_for(pipeline).outline_spec(pipeline.teacher.model, pipeline.teacher.kwargs))
         return self.modules_problem(outline, pipeline.teacher.model) if outline is not None else None
 
     def modules_problem(self, teacher: torch.nn.Module, model_name: str) -> tuple[str, str] | None:
@@ -134,8 +134,8 @@ class PruneStage(Stage):
         if problem:
             raise ConfigError(file, f"stages.prune.{problem[0]}", problem[1])
         torch.manual_seed(ctx.pipeline.seed)
-        # A text model's example is token ids at max_length: the MACs budget holds for the longest input.
-        example = task_of(data).example_inputs(2, getattr(spec, "max_length", 0) or None)
+        # Inputs with a sequence axis are traced at their longest: the MACs budget holds for the longest input.
+        example = ctx.task.example_inputs(data, 2, ctx.task.max_sequence_length())
         keep = [*cfg.ignore, *classifier_heads(teacher, example), *hidden_width_inputs(teacher)]
         before = cost(teacher, example)
         ctx.log(f"pruning {spec.name} to {cfg.budget.fraction:.0%} of its {cfg.budget.metric} ({before['macs']:,} MACs, "

@@ -20,6 +20,7 @@ from compress.core.errors import ConfigError
 from compress.models import load_model, model_outline
 from compress.quantize.calibration import calibration_samples
 from compress.stages.contract import Stage, StageContext
+from compress.tasks.registry import task_for
 
 TRAINING_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "schedule",
                    "temperature", "alpha")
@@ -51,9 +52,9 @@ class QuantizeConfig(TrainConfig):
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the KD term; 1 - alpha weighs cross-entropy")
 
     def check(self, pipeline: PipelineConfig) -> tuple[str, str] | None:
-        if pipeline.data.is_text:
-            return "mode", ("quantizes image models in torch; a text model is quantized by its engines: add "
-                            "onnxruntime:int8 or openvino:int8 (NNCF, transformer mode) to stages.build.targets")
+        refusal = task_for(pipeline).torch_quantization
+        if refusal:
+            return "mode", refusal
         if self.mode == "ptq":
             training = [name for name in TRAINING_FIELDS if name in self.model_fields_set]
             if training:
@@ -66,7 +67,8 @@ class QuantizeConfig(TrainConfig):
             return "preset", "target tensorrt needs symmetric activations: use preset performance or leave it out"
         if len(set(self.ignored_scope)) != len(self.ignored_scope):
             return "ignored_scope", "a module is listed twice"
-        student = model_outline(pipeline.student.model, pipeline.student.kwargs) if self.ignored_scope else None
+        student = model_outline(task_for(pipeline).outline_spec(pipeline.student.model, pipeline.student.kwargs)) \
+            if self.ignored_scope else None
         return self.scope_problem(student, pipeline.student.model) if student is not None else None
 
     def scope_problem(self, student: torch.nn.Module, model_name: str) -> tuple[str, str] | None:

@@ -8,14 +8,11 @@ reading it, and against the real data when the stage starts, before anything is 
 
 from __future__ import annotations
 
-import zipfile
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from compress.config import DataConfig, PipelineConfig
+from compress.config import PipelineConfig
 from compress.core.errors import ConfigError
 from compress.data.transforms import batch_mixer
 from compress.distill.train import accuracy, fit
@@ -24,73 +21,20 @@ from compress.models import (CheckpointError, ModelSpec, build_model, kwargs_pro
                              save_checkpoint, weights_problem)
 from compress.models.external import adapt_keys, head_keys, hf_state, hf_weights
 from compress.stages.contract import Stage, StageContext
-from compress.tasks import TextClassification, task_of
-
-
-def model_spec(role_cfg, data) -> ModelSpec:
-    task = task_of(data)
-    if isinstance(task, TextClassification):
-        return ModelSpec(role_cfg.model, 0, data.num_classes, task.max_length, dict(role_cfg.kwargs),
-                         task.vocab_size, task.max_length)
-    channels, height, _ = data.input_shape
-    return ModelSpec(role_cfg.model, channels, data.num_classes, height, dict(role_cfg.kwargs))
-
-
-@dataclass
-class Geometry:
-    """What the data will look like; None where it cannot be told without reading the data."""
-
-    in_channels: int | None = None
-    input_size: int | None = None
-    num_classes: int | None = None
-
-    @property
-    def known(self) -> bool:
-        return None not in (self.in_channels, self.input_size, self.num_classes)
-
-
-def declared_geometry(data: DataConfig) -> Geometry:
-    """The data's geometry from the config and file headers alone (cheap enough for every validate)."""
-    if data.source == "digits":
-        return Geometry(1, 8, 10)
-    if data.is_text:  # the vocabulary is known once the tokenizer is (the stage checks the checkpoint then)
-        return Geometry()
-    if data.streams:  # image files: their channels show in the headers unless the config converts them
-        return Geometry(1 if data.grayscale else data.channels, data.image_size, None)
-    if data.source == "npz" and data.path is not None:
-        return _npz_geometry(data.path)
-    return Geometry()
-
-
-def _npz_geometry(path) -> Geometry:
-    """x's shape from its .npy header, the classes from y (small) or class_names; as compress.data reads them."""
-    try:
-        with zipfile.ZipFile(path) as archive, archive.open("x.npy") as fh:
-            version = np.lib.format.read_magic(fh)
-            npy = np.lib.format
-            shape = (npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0)(fh)[0]
-        arrays = np.load(path, allow_pickle=False)
-        classes = len(arrays["class_names"]) if "class_names" in arrays.files else int(arrays["y"].max()) + 1
-    except Exception:  # the data stage names what is wrong with the file
-        return Geometry()
-    if len(shape) == 3:
-        return Geometry(1, shape[1], classes)
-    if len(shape) != 4:
-        return Geometry()
-    channels_last = shape[-1] in (1, 3) and shape[1] not in (1, 3)
-    return Geometry(shape[-1], shape[1], classes) if channels_last else Geometry(shape[1], shape[2], classes)
+from compress.tasks.task import Geometry
+from compress.tasks.registry import task_for
 
 
 def check_models(pipeline: PipelineConfig) -> None:
     """What the run would refuse about the models, found before it starts: kwargs, channels, checkpoint."""
     file = pipeline.source_file
-    geometry = declared_geometry(pipeline.data)
+    geometry = task_for(pipeline).declared_geometry()  # None: only reading the data tells
     for role in ("teacher", "student"):
         cfg = getattr(pipeline, role)
         problem = kwargs_problem(cfg.model, cfg.kwargs)
         if problem:
             raise ConfigError(file, f"{role}.kwargs.{problem[0]}", problem[1])
-        _check_channels(pipeline, role, geometry)
+        _check_channels(pipeline, role, geometry or Geometry())
     for role in ("teacher", "student"):
         if weights_path(pipeline, role) is not None:
             state, stored = _read_checkpoint(pipeline, role)
@@ -132,7 +76,7 @@ def _read_checkpoint(pipeline: PipelineConfig, role: str = "teacher") -> tuple[d
     path = weights_path(pipeline, role)
     try:
         if getattr(pipeline, role).checkpoint is None:  # an hf: folder's own weights
-            return hf_state(str(path.parent), text=pipeline.data.is_text), None
+            return hf_state(str(path.parent), task_for(pipeline).hf_auto_class), None
         return load_state_dict(path)
     except CheckpointError as error:
         raise ConfigError(pipeline.source_file, weights_field(pipeline, role), f"{path.name}: {error.reason}") from None
@@ -140,14 +84,17 @@ def _read_checkpoint(pipeline: PipelineConfig, role: str = "teacher") -> tuple[d
         raise ConfigError(pipeline.source_file, weights_field(pipeline, role), f"{path}: {error}") from None
 
 
-def _config_spec(pipeline: PipelineConfig, geometry: Geometry, stored: dict | None,
+def _config_spec(pipeline: PipelineConfig, geometry: Geometry | None, stored: dict | None,
                  role: str = "teacher") -> ModelSpec | None:
     """The teacher the config describes, at the data's geometry where known, else the checkpoint's; None when
-    neither tells it (a bare state_dict for data whose geometry shows only when it is read)."""
+    neither tells it (a bare state_dict for data whose geometry shows only when it is read, or a task whose
+    geometry only the data tells: the stage checks the checkpoint when it starts)."""
+    if geometry is None:
+        return None
     stored = stored or {}
     values = [getattr(geometry, k) if getattr(geometry, k) is not None else stored.get(k)
               for k in ("in_channels", "num_classes", "input_size")]
-    if None in values or pipeline.data.is_text:
+    if None in values:
         return None
     cfg = getattr(pipeline, role)
     return ModelSpec(cfg.model, *values, dict(cfg.kwargs))
@@ -207,7 +154,7 @@ class TeacherStage(Stage):
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         cfg, data = ctx.pipeline.teacher, ctx.data
-        spec = model_spec(cfg, data)
+        spec = ctx.task.model_spec(cfg, data)
         torch.manual_seed(ctx.pipeline.seed)
         model, best_epoch, head = None, None, []
         if weights_path(ctx.pipeline) is not None:

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from compress.config import ADDED_LATER, PipelineConfig, Strict
+from compress.tasks.registry import task_for
 from deploy.engines.trtexec import DEFAULT_WORKSPACE_MB, build_script, trtexec_args
 
 EXPORT_TARGETS = ("triton",)
@@ -51,13 +52,14 @@ def check_targets(pipeline: PipelineConfig, targets: list[str], options: TensorR
     if "tensorrt:int8" in targets and "quantize" not in pipeline.stages:
         return "targets", ("tensorrt:int8 builds from the Q/DQ ONNX of the quantize stage: add stages.quantize "
                            "or drop the target")
-    if pipeline.data.is_text and any(t.startswith("tensorrt:") for t in targets):
-        low, opt, high = options.sequence_range(pipeline.data.text_options.max_length)
+    longest = task_for(pipeline).max_sequence_length()  # inputs with a sequence axis get a profile over it
+    if longest is not None and any(t.startswith("tensorrt:") for t in targets):
+        low, opt, high = options.sequence_range(longest)
         if not low <= opt <= high:
             return "tensorrt.opt_sequence", f"need min_sequence <= opt_sequence <= max_sequence, got {low}, {opt}, {high}"
-        if high < pipeline.data.text_options.max_length:
+        if high < longest:
             return "tensorrt.max_sequence", (f"{high} is below data.text.max_length "
-                                             f"{pipeline.data.text_options.max_length}: the profile must cover it")
+                                             f"{longest}: the profile must cover it")
     benchmark = pipeline.stages.get("benchmark")
     if any(t.startswith("tensorrt:") for t in targets) and benchmark is not None:
         too_big = [b for b in benchmark.batch_sizes if b > options.max_batch]
@@ -78,8 +80,9 @@ def tensorrt_build_options(ctx, options: TensorRTOptions) -> dict[str, Any]:
     built = {"min_batch": options.min_batch, "opt_batch": options.opt_batch, "max_batch": options.max_batch,
              "workspace_mb": options.workspace_mb,
              "timing_cache": ctx.run_dir / TIMING_CACHE if options.timing_cache else None}
-    if ctx.data.text_spec is not None:
-        low, opt, high = options.sequence_range(int(ctx.data.text_spec["max_length"]))
+    longest = ctx.task.max_sequence_length()
+    if longest is not None:
+        low, opt, high = options.sequence_range(longest)
         built.update(min_sequence=low, opt_sequence=opt, max_sequence=high)
     return built
 
@@ -93,8 +96,9 @@ def defer_tensorrt(ctx, out_dir: Path, precision: str, source: Path, options: Te
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, out_dir / "model.onnx")
     script = out_dir / "build_engine.sh"
-    if ctx.data.text_spec is not None:  # every token input over batch x sequence
-        low, opt, high = options.sequence_range(int(ctx.data.text_spec["max_length"]))
+    longest = ctx.task.max_sequence_length()
+    if longest is not None:  # every input over batch x sequence
+        low, opt, high = options.sequence_range(longest)
         per_input = input_profile_shapes(onnx_inputs(source), options.min_batch, options.opt_batch, options.max_batch,
                                          low, opt, high, source.name)
         script.write_text(build_script("model.onnx", "model.plan", precision, input_shapes=per_input))

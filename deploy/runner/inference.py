@@ -127,13 +127,7 @@ def check_tokenizer(release: Path, manifest: dict):
     A tokenizer changed after the deploy would quietly give other token ids: refused, as `verify` does.
     """
     steps = text_steps(release)
-    name = str(steps.text_spec(manifest)["tokenizer"])
-    expected = manifest.get("files", {}).get(name)
-    if expected is not None and (release / name).is_file():
-        actual = releases.sha256_file(release / name)
-        if actual != expected:
-            raise runner.RunnerError(f"checksum mismatch: {name} (sha256 {actual[:12]}, manifest {expected[:12]}); "
-                                     "deploy the release again")
+    steps.check_tokenizer_file(release, manifest, releases.sha256_file)
     return steps
 
 

@@ -2,7 +2,7 @@
 
 A text bundle ships the host's tokenizer.json and records in manifest.json how it was used
 (`preprocessing.text`: the file, max_length, pad_id, the model's input names). The host encodes
-with these very functions (compress.data.tokenizer.encode calls `token_rows` and `padded`), so a
+with these very functions (compress.tasks.text_classification.tokenizer.encode calls `token_rows` and `padded`), so a
 device given the same texts builds the same int64 arrays the host measured with. The tokenizer's
 own truncation and padding settings, whatever its file says, are replaced by the recorded ones.
 
@@ -84,6 +84,19 @@ def text_spec(manifest: dict) -> dict:
     if spec is None:
         raise runner.RunnerError("this bundle's model does not take text: give it images or a .npy of inputs")
     return spec
+
+
+def check_tokenizer_file(release, manifest: dict, sha256_file) -> None:
+    """The release's tokenizer.json must match the manifest's checksum: a tokenizer changed after the deploy would
+    quietly give other token ids (refused, as `verify` does)."""
+    name = str(text_spec(manifest)["tokenizer"])
+    expected = manifest.get("files", {}).get(name)
+    path = os.path.join(str(release), name)
+    if expected is not None and os.path.isfile(path):
+        actual = sha256_file(path)
+        if actual != expected:
+            raise runner.RunnerError(f"checksum mismatch: {name} (sha256 {actual[:12]}, manifest {expected[:12]}); "
+                                     "deploy the release again")
 
 
 def load_tokenizer_file(path):

@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import Sampler
 
 from compress.data.splits import NO_LABEL, Split
-from compress.data.text import TextRecords
-from compress.data.tokenizer import pad_id
+from compress.tasks.text_classification.text import TextRecords
+from compress.tasks.text_classification.tokenizer import pad_id
 from deploy.runner.preprocess_text import padded, token_rows
 
 

@@ -2,7 +2,7 @@
 
 The tokenizer is the user's (`data.text.tokenizer`) or a WordPiece vocabulary trained here on the
 training texts only (val and test never shape it). Either way its JSON travels with the data set
-(`tokenizer_json`), so the export stage writes it beside the ONNX and every bundle ships it: the
+(`task_files`), so the export stage writes it beside the ONNX and every bundle ships it: the
 device tokenises raw text exactly as training did.
 """
 
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from compress.config import DataConfig
+from compress.config import DataConfig, TextConfig
 from compress.data.dataset import Dataset, seeded_split
-from compress.data.text import TextRecords, read_text_split, read_texts
-from compress.data.text_split import TextSplit
-from compress.data.tokenizer import TOKENIZER_FILE, load_tokenizer, pad_id, tokenizer_spec, train_wordpiece
+from compress.tasks.text_classification.text import TextRecords, read_text_split, read_texts
+from compress.tasks.text_classification.text_split import TextSplit
+from compress.tasks.text_classification.tokenizer import TOKENIZER_FILE, load_tokenizer, pad_id, tokenizer_spec, train_wordpiece
 
 
 def _held_out(records: TextRecords, fraction: float, seed: int) -> tuple[TextRecords, TextRecords]:
@@ -22,8 +22,7 @@ def _held_out(records: TextRecords, fraction: float, seed: int) -> tuple[TextRec
     return records.subset(np.sort(kept)), records.subset(np.sort(held))
 
 
-def load_text_dataset(cfg: DataConfig, seed: int) -> Dataset:
-    options = cfg.text_options
+def load_text_dataset(cfg: DataConfig, options: TextConfig, seed: int) -> Dataset:
     train = read_texts(cfg.path, cfg.columns, field="data.path")
     classes = train.classes
     test = (read_texts(cfg.test_path, cfg.columns, classes, "data.test_path") if cfg.test_path is not None
@@ -46,5 +45,5 @@ def load_text_dataset(cfg: DataConfig, seed: int) -> Dataset:
     def split(records: TextRecords | None) -> TextSplit | None:
         return TextSplit.from_records(records, tokenizer, options.max_length) if records is not None else None
 
-    return Dataset(split(train), split(val), [str(name) for name in classes], test=split(test), text_spec=spec,
-                   tokenizer_json=tokenizer.to_str(pretty=True))
+    return Dataset(split(train), split(val), [str(name) for name in classes], test=split(test), task_spec=spec,
+                   task_files={TOKENIZER_FILE: tokenizer.to_str(pretty=True)})
