@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 import typing
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Annotated, Any, Callable, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from compress.config.base import ADDED_LATER, Strict  # noqa: F401  (stage configs import them from here)
 from compress.config.data import AugmentConfig, DataConfig, TextConfig, TransferConfig  # noqa: F401
@@ -23,6 +23,18 @@ from deploy.runner.harness import ENGINE_AGREEMENT, engine_agreement
 
 # Beyond any training budget of this tool: more epochs than this is a typo (an extra zero or two), not a plan.
 MAX_EPOCHS = 10_000
+
+
+def _fraction_of_top1(drop: float) -> float:
+    """A top-1 drop of 1 or more would let any model pass: it is points written where a fraction is meant."""
+    if drop >= 1:
+        raise ValueError(f"{drop:g} is not a fraction: a top-1 drop is a fraction below 1 (0.02 = 2 points; "
+                         f"for {drop:g} points write {drop / 100:g})")
+    return drop
+
+
+# A top-1 accuracy drop (gates, accuracy control): a fraction, 0.02 = 2 points.
+TopOneDrop = Annotated[float, AfterValidator(_fraction_of_top1)]
 
 
 class TrainConfig(Strict):
@@ -93,7 +105,7 @@ TASKS = ("image-classification", "text-classification")
 
 
 class GatesConfig(Strict):
-    max_accuracy_drop: float | None = Field(None, ge=0, description="top-1 points (0.02 = 2 points)")
+    max_accuracy_drop: TopOneDrop | None = Field(None, ge=0, description="top-1, a fraction (0.02 = 2 points)")
     min_speedup: float | None = Field(None, gt=0)
     max_latency_ms: float | dict[int, float] | None = None
     max_size_mb: float | None = Field(None, gt=0)
