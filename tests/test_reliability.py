@@ -214,10 +214,11 @@ def a_file(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("run_dir_of, words", [
-    (lambda tmp: a_file(tmp), "notes.txt: is a file, not a folder"),
-    (lambda tmp: a_file(tmp) / "run", "lies under {tmp}/notes.txt, which is a file, not a folder"),
-    (lambda tmp: Path("/proc/compress-run"), "/proc/compress-run: lies under /proc, a kernel file system"),
-    (lambda tmp: Path("/proc/self"), "lies under /proc"),
+    (lambda tmp: a_file(tmp), "--run-dir {tmp}/notes.txt: is a file, not a folder"),
+    (lambda tmp: a_file(tmp) / "run", "--run-dir {tmp}/notes.txt/run: lies under {tmp}/notes.txt, which is a file, "
+                                      "not a folder"),
+    (lambda tmp: Path("/proc/compress-run"), "--run-dir /proc/compress-run: lies under /proc, a kernel file system"),
+    (lambda tmp: Path("/proc/self"), "--run-dir /proc/self: lies under /proc"),
 ])
 def test_a_run_dir_that_cannot_be_one_is_refused_in_one_line(tiny_config, write_pipeline, tmp_path, capsys,
                                                              run_dir_of, words):
@@ -246,7 +247,7 @@ def test_a_run_dir_that_cannot_be_written_is_refused_in_one_line(tiny_config, wr
     path = write_pipeline(tiny_config)
     with immutable(run_dir):
         assert main(["--quiet", "run", str(path), "--run-dir", str(run_dir)]) == 2
-    assert f"{run_dir}: cannot write files in this folder: Operation not permitted" in error_line(capsys)
+    assert f"--run-dir {run_dir}: cannot write files in this folder: Operation not permitted" in error_line(capsys)
     assert list(run_dir.iterdir()) == []
 
 
