@@ -126,6 +126,42 @@ def test_an_npz_without_y_leaves_the_finished_run_as_it_was(copy_of_finished, tm
     assert snapshot(run_dir) == before  # teacher, baseline and the rest byte for byte; run.json too
 
 
+@pytest.mark.parametrize("layout, damage, words", [
+    ("N,H,W", lambda x: x.fill(np.nan), "x: sample 0 holds NaN ({n} of {n} samples hold NaN or inf)"),
+    ("N,C,H,W", lambda x: x.__setitem__((1500, 3, 5), np.inf), "x: sample 1500 holds inf (1 of {n} samples"),
+])
+def test_an_npz_with_nan_or_inf_leaves_the_finished_run_as_it_was(copy_of_finished, tmp_path, capsys, monkeypatch,
+                                                                  layout, damage, words):
+    from compress.data import sources
+
+    run_dir, config = copy_of_finished
+    before = snapshot(run_dir)
+    with np.load(config["data"]["path"]) as arrays:
+        x, y = arrays["x"].copy(), arrays["y"]
+    damage(x)
+    np.savez(tmp_path / "bad.npz", x=x if layout == "N,H,W" else x[:, None], y=y)  # N,C,H,W is memory-mapped
+    monkeypatch.setattr(sources, "FINITE_CHUNK_BYTES", 100 * x[0].nbytes)  # read in chunks of 100 samples
+    config["data"]["path"] = str(tmp_path / "bad.npz")
+    assert run(config, tmp_path, run_dir) == 2
+    assert f"{tmp_path / 'bad.npz'}: {words.format(n=format(len(y), ','))}" in error_line(capsys)
+    assert snapshot(run_dir) == before  # no stage retrained on NaN
+
+
+def nan_arrays():
+    """What a data function may return: arrays, one sample of them NaN."""
+    x, y = np.zeros((40, 8, 8), np.float32), np.arange(40) % 4
+    x[3, 2, 2] = np.nan
+    return x, y
+
+
+def test_nan_in_a_data_functions_arrays_is_refused(tiny_config, write_pipeline, tmp_path, capsys):
+    tiny_config["data"] = {"source": "tests.test_reliability:nan_arrays"}
+    assert main(["--quiet", "run", str(write_pipeline(tiny_config)), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "data source 'tests.test_reliability:nan_arrays': x: sample 3 holds NaN (1 of 40 samples hold NaN or " \
+           "inf); fix or drop them" in error_line(capsys)
+    assert not (tmp_path / "run" / "stages").exists()
+
+
 def test_a_typo_in_student_kwargs_leaves_the_finished_run_as_it_was(copy_of_finished, tmp_path, capsys):
     run_dir, config = copy_of_finished
     before = snapshot(run_dir)
