@@ -162,6 +162,38 @@ def test_nan_in_a_data_functions_arrays_is_refused(tiny_config, write_pipeline, 
     assert not (tmp_path / "run" / "stages").exists()
 
 
+def write_texts(path: Path, topics: tuple[str, ...]) -> Path:
+    rows = [f"the {topic} story number {i},{topic}" for i in range(30) for topic in topics]
+    path.write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda path: write_texts(path, ("sport",)), "{path}: label: only class 'sport'; a classifier needs at least "
+                                                 "two classes"),
+    (lambda path: path.write_bytes(write_texts(path, ("sport", "money")).read_bytes()
+                                   + "café,sport\n".encode("latin-1")),
+     "{path}:62: not UTF-8 text (byte 0xe9); save the file as UTF-8"),
+    (lambda path: path.write_bytes(np.random.default_rng(0).bytes(4096)), "not UTF-8 text (byte 0x"),
+    (lambda path: path.write_text(f'text,label\nfine,a\n"{"word " * 30_000}",b\n'),
+     "{path}:3: field larger than field limit"),
+])
+def test_a_text_file_with_one_class_or_not_utf8_leaves_the_finished_run_as_it_was(copy_of_finished, tmp_path,
+                                                                                   capsys, damage, words):
+    run_dir, config = copy_of_finished
+    before = snapshot(run_dir)
+    damage(tmp_path / "train.csv")
+    config["data"] = {"source": "text", "path": str(tmp_path / "train.csv"), "text": {"max_length": 16}}
+    config["teacher"]["model"] = config["student"]["model"] = "hf-config:bert"
+    config["teacher"]["kwargs"] = config["student"]["kwargs"] = {"layers": 1, "hidden": 16, "heads": 2}
+    assert run(config, tmp_path, run_dir) == 2
+    line = error_line(capsys)
+    assert f"{tmp_path / 'train.csv'}:" in line and words.format(path=tmp_path / "train.csv") in line
+    assert main(["--quiet", "validate", str(tmp_path / "pipeline.yaml")]) == 2  # validate said "ok (1 classes)"
+    assert error_line(capsys) == line
+    assert snapshot(run_dir) == before
+
+
 def test_a_typo_in_student_kwargs_leaves_the_finished_run_as_it_was(copy_of_finished, tmp_path, capsys):
     run_dir, config = copy_of_finished
     before = snapshot(run_dir)
