@@ -64,6 +64,9 @@ def test_absent_core_stages_get_defaults(tiny_config):
      "1.5 is not a fraction"),
     (lambda c: c["stages"]["build"].update(targets=["openvino:int8"], accuracy_control={"max_accuracy_drop": 1}),
      "stages.build.accuracy_control.max_accuracy_drop", "1 is not a fraction"),
+    (lambda c: c.update(threads=0), "threads", "greater than or equal to 1"),
+    (lambda c: c["stages"]["distill"].update(threads=0), "stages.distill.threads", "greater than or equal to 1"),
+    (lambda c: c["teacher"]["train"].update(threads="all"), "teacher.train.threads", "valid integer"),
 ])
 def test_bad_field_names_file_and_path(tiny_config, tmp_path, mutate, path, words):
     mutate(tiny_config)

@@ -15,7 +15,8 @@ from typing import Annotated, Any, Callable, Literal, Mapping
 import yaml
 from pydantic import AfterValidator, BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from compress.config.base import ADDED_LATER, Strict  # noqa: F401  (stage configs import them from here)
+# stage configs import these from here
+from compress.config.base import ADDED_LATER, KEY_DUMP, NOT_IN_KEY, Strict  # noqa: F401
 from compress.config.data import AugmentConfig, DataConfig, TextConfig, TransferConfig  # noqa: F401
 from compress.core.errors import ConfigError
 from deploy.runner.harness import ENGINE_AGREEMENT, engine_agreement
@@ -55,6 +56,9 @@ class TrainConfig(Strict):
     crop_padding: int = Field(0, ge=0, description="random crop after zero padding by this many pixels")
     flip: bool = Field(False, description="random horizontal flip")
     progress: bool = Field(True, description="a progress bar per epoch when the console is a terminal")
+    threads: int | None = Field(None, ge=1, json_schema_extra=NOT_IN_KEY,
+                                description="torch intra-op threads while this stage trains and evaluates "
+                                            "(default: the pipeline's threads, else torch's)")
 
     @field_validator("epochs")
     @classmethod
@@ -179,6 +183,10 @@ class PipelineConfig(Strict):
     student: StudentConfig
     stages: dict[str, Any] = Field(default_factory=dict)
     gates: GatesConfig = Field(default_factory=GatesConfig)
+    threads: int | None = Field(None, ge=1, json_schema_extra=NOT_IN_KEY,
+                                description="torch intra-op threads of every stage that trains or evaluates, "
+                                            "unless it sets its own (default: torch's, one per core); 1 on a busy "
+                                            "machine")
     # The YAML file it came from, so a stage that finds a bad field at run time can name it.
     _source_file: str = PrivateAttr("pipeline.yaml")
 
