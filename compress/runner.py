@@ -14,6 +14,7 @@ resumed by a run of the same key.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -27,7 +28,7 @@ import torch
 import yaml
 
 from compress import __version__, distributed
-from compress.config import PipelineConfig, dump_config, parse_config, read_yaml
+from compress.config import KEY_DUMP, PipelineConfig, dump_config, parse_config, read_yaml
 from compress.core.errors import CompressError, ConfigError, StageFailed, UsageError
 from compress.core.fileio import DirLock, ensure_writable_dir, read_json, sha256_json, write_json, write_text
 from compress.data.fingerprint import fingerprint
@@ -123,7 +124,7 @@ class Runner:
         section = self.pipeline.stages.get(name)
         material = {
             "stage": name,
-            "config": section.model_dump(mode="json") if section is not None else None,
+            "config": section.model_dump(**KEY_DUMP) if section is not None else None,
             "depends": stage.key_material(self.pipeline),
             "upstream": {up: keys[up] for up in stage.reads_in(self.pipeline) if up in keys},
             "version": __version__,
@@ -313,7 +314,8 @@ class Runner:
         )
         started = time.perf_counter()
         try:
-            produced = STAGES[name]().run(ctx) or {}
+            with self._threads(name, ctx.log):
+                produced = STAGES[name]().run(ctx) or {}
         except BaseException as error:
             entry.update(status="failed", seconds=round(time.perf_counter() - started, 3),
                          error=str(error).splitlines()[0] if str(error) else type(error).__name__)
@@ -351,7 +353,30 @@ class Runner:
             log=lambda msg: None,
             _dataset_loader=self._load_dataset,
         )
-        STAGES[name]().run(ctx)
+        with self._threads(name, ctx.log):
+            STAGES[name]().run(ctx)
+
+    @contextlib.contextmanager
+    def _threads(self, name: str, log: Callable[[str], None]):
+        """torch's intra-op threads while stage `name` runs: its own setting, else the pipeline's `threads`, else
+        what the process has (torch's default, one per core); said in the log, and put back after.
+
+        On cores other processes keep busy, torch's threads spin waiting for each other (a student
+        epoch took 40 s instead of 2 s on 2 shared cores): `threads: 1` is the remedy. It is in no
+        cache key: threads change how fast a stage runs, and at most the last bits of float sums (as
+        OMP_NUM_THREADS, another CPU or another BLAS would, which no key sees either), so setting it
+        on a finished run retrains nothing.
+        """
+        before = torch.get_num_threads()
+        field, count = STAGES[name]().threads(self.pipeline) or \
+            (("threads", self.pipeline.threads) if self.pipeline.threads else ("torch's default", before))
+        torch.set_num_threads(count)
+        if name not in READS_NO_DATA:  # the report and deploy read files; they compute nothing to speak of
+            log(f"torch threads: {count} ({field})")
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def _outputs_exist(self, produced: Any) -> bool:
         """Every output that names a file of the run dir must still be there, nested ones too (the build's

@@ -57,6 +57,16 @@ def test_absent_core_stages_get_defaults(tiny_config):
     (lambda c: c["stages"]["distill"].update(epochs=20_000), "stages.distill.epochs", "beyond any training budget"),
     (lambda c: c["stages"].update(quantize={"mode": "qat", "epochs": 50_000}), "stages.quantize.epochs",
      "beyond any training budget"),
+    # a top-1 drop is a fraction: 5 would let any model pass
+    (lambda c: c.setdefault("gates", {}).update(max_accuracy_drop=5), "gates.max_accuracy_drop",
+     "5 is not a fraction: a top-1 drop is a fraction below 1 (0.02 = 2 points; for 5 points write 0.05)"),
+    (lambda c: c["stages"].update(quantize={"max_accuracy_drop": 1.5}), "stages.quantize.max_accuracy_drop",
+     "1.5 is not a fraction"),
+    (lambda c: c["stages"]["build"].update(targets=["openvino:int8"], accuracy_control={"max_accuracy_drop": 1}),
+     "stages.build.accuracy_control.max_accuracy_drop", "1 is not a fraction"),
+    (lambda c: c.update(threads=0), "threads", "greater than or equal to 1"),
+    (lambda c: c["stages"]["distill"].update(threads=0), "stages.distill.threads", "greater than or equal to 1"),
+    (lambda c: c["teacher"]["train"].update(threads="all"), "teacher.train.threads", "valid integer"),
 ])
 def test_bad_field_names_file_and_path(tiny_config, tmp_path, mutate, path, words):
     mutate(tiny_config)

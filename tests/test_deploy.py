@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from compress.cli import main
+from compress.core.errors import UsageError
 from compress.core.fileio import read_json, write_json
 from deploy.engines import get_engine
 from compress.stages.deploy import make_val_sample
@@ -463,6 +464,8 @@ def test_a_jetson_target_that_is_no_jetson_is_refused(sshd, run_dir, tmp_path, c
     (["--target", "local:{device}", "--runtime", "tensorrt"], "trtexec not found"),
     (["--target", "local:{device}", "--target", "local:{device}/"], "the same device folder"),
     (["--target", "ssh://127.0.0.1"], "no folder on the device"),
+    (["--target", "ssh://root$(touch x)@host/path"], "user 'root$(touch x)' is not a user name"),
+    (["--target", "jetson://nvidia@-oProxyCommand=x/opt"], "host '-oproxycommand=x' is not a host name"),
 ])
 def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, capsys, args, message):
     device = tmp_path / "device"
@@ -471,6 +474,26 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, capsys, args, messa
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err
     assert not device.exists()
+
+
+def test_targets_name_hosts_and_users_ssh_can_take_as_they_are():
+    """A user or host name reaches ssh, its config's %r/%h expansions and ProxyCommand shells: names only."""
+    for spec, user, host in [("ssh://nvidia@jetson.local/opt/models", "nvidia", "jetson.local"),
+                             ("ssh://deploy_bot.2@10.0.0.7:2222/srv/m", "deploy_bot.2", "10.0.0.7"),
+                             ("ssh://edge-box-3/srv/m", None, "edge-box-3"),  # a Host of ~/.ssh/config
+                             ("ssh://me@[fe80::1]/srv/m", "me", "fe80::1")]:
+        target = parse_target(spec)
+        assert (target.user, target.host) == (user, host)
+    for spec, words in [("ssh://root$(touch x)@host/p", "--target ssh://root$(touch x)@host/p: user 'root$(touch x)' "
+                                                        "is not a user name (letters, digits, '_', '.', '-')"),
+                        ("ssh://a%20b@host/p", "user 'a b' is not a user name"),
+                        ("ssh://-oProxyCommand=x@host/p", "user '-oProxyCommand=x' is not a user name"),
+                        ("ssh://me@ho;st/p", "host 'ho;st' is not a host name"),
+                        ("ssh://me@ho%60id%60st/p", "is not a host name"),
+                        ("jetson://me@-oproxycommand=x/p", "host '-oproxycommand=x' is not a host name")]:
+        with pytest.raises(UsageError) as info:
+            parse_target(spec)
+        assert words in str(info.value), info.value
 
 
 def test_a_device_python_without_the_runtime_is_refused(run_dir, tmp_path, capsys):

@@ -280,6 +280,25 @@ def test_global_options_work_after_the_subcommand(tiny_config, write_pipeline, c
     assert capsys.readouterr().out == ""
 
 
+@pytest.mark.parametrize("argv, words", [
+    ([], "the following arguments are required: command (see compress --help)"),
+    (["run"], "the following arguments are required: pipeline (see compress run --help)"),
+    (["run", "p.yaml", "--bogus"], "unrecognized arguments: --bogus (see compress run --help)"),
+    (["--quiet", "nosuch"], "argument command: invalid choice: 'nosuch'"),
+    (["deploy", "runs/x"], "the following arguments are required: --target (see compress deploy --help)"),
+    (["diagnose", "runs/x", "student.onnxruntime.int8", "--samples", "-5"],
+     "argument --samples: must be >= 1, got -5 (see compress diagnose --help)"),
+    (["diagnose", "runs/x", "student.onnxruntime.int8", "--samples", "many"],
+     "argument --samples: 'many' is not a whole number"),
+])
+def test_command_line_misuse_is_one_line_naming_the_help_and_exit_2(argv, words, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], err
+
+
 def test_unknown_field_lists_what_the_section_takes(tiny_config, write_pipeline, capsys):
     tiny_config["data"]["valid_path"] = "val"  # data.val_path is the field
     code, err = validate(tiny_config, write_pipeline, capsys)

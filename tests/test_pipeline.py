@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -167,3 +169,53 @@ def test_a_strict_gate_fails_with_exit_3_after_writing_the_report(tiny_config, w
     assert "gate failed: max_size_mb" in capsys.readouterr().err
     assert "GATES FAILED**: max_size_mb" in (run_dir / "report.md").read_text()
     assert "Gates failed: max_size_mb" in (run_dir / "report.html").read_text()
+
+
+# Threads: how many intra-op threads torch uses in each stage; set on a busy machine, never part of a key.
+
+THREADS_SEEN: dict[tuple[str, bool], set[int]] = {}
+
+
+class NotesThreads(torch.nn.Module):
+    """An MLP that notes torch's intra-op threads at every forward, by role and by whether it trains."""
+
+    def __init__(self, inner: torch.nn.Module, role: str):
+        super().__init__()
+        self.inner, self.role = inner, role
+
+    def forward(self, x):
+        THREADS_SEEN.setdefault((self.role, self.training), set()).add(torch.get_num_threads())
+        return self.inner(x)
+
+
+def noting_mlp(in_channels: int, num_classes: int, input_size: int, role: str):
+    return NotesThreads(build_model(ModelSpec("mlp", in_channels, num_classes, input_size, {"hidden": [16]})), role)
+
+
+def test_threads_are_set_per_stage_logged_and_left_out_of_the_keys(tiny_config, write_pipeline, tmp_path, capsys):
+    run_dir, before = tmp_path / "run", torch.get_num_threads()
+    tiny_config["teacher"] = {"model": "tests.test_pipeline:noting_mlp", "kwargs": {"role": "teacher"},
+                              "train": {"epochs": 1, "batch_size": 64}}
+    tiny_config["student"] = {"model": "tests.test_pipeline:noting_mlp", "kwargs": {"role": "student"}}
+    tiny_config["stages"]["distill"]["epochs"] = 1
+    tiny_config["stages"]["baseline"] = {}
+    tiny_config["threads"] = 1  # every stage that trains or evaluates ...
+    tiny_config["stages"]["distill"]["threads"] = 2  # ... but this one (and baseline, which trains as it does)
+    seen = importlib.import_module("tests.test_pipeline").THREADS_SEEN  # the module the factory is imported from
+    seen.clear()
+    assert main(["run", str(write_pipeline(tiny_config)), "--run-dir", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert seen[("teacher", True)] == {1} and seen[("student", True)] == {2}
+    for line in ("[teacher] torch threads: 1 (threads)", "[baseline] torch threads: 2 (stages.distill.threads)",
+                 "[distill] torch threads: 2 (stages.distill.threads)", "[export] torch threads: 1 (threads)",
+                 f"[benchmark] torch threads: {os.cpu_count()} (all cores: stages.benchmark.threads is unset)"):
+        assert line in out, line
+    assert "[report] torch threads" not in out  # it reads files, computes nothing
+    assert torch.get_num_threads() == before  # put back after each stage
+    assert read_json(run_dir / "stages" / "distill" / "stage.json")["status"] == "done"
+
+    del tiny_config["threads"], tiny_config["stages"]["distill"]["threads"]  # as a pipeline written before threads
+    tiny_config["teacher"]["train"]["threads"] = 2
+    assert main(["run", str(write_pipeline(tiny_config)), "--run-dir", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert all(f"[{name}] cached" in out for name in read_json(run_dir / "run.json")["stages"]), out

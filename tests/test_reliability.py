@@ -126,6 +126,74 @@ def test_an_npz_without_y_leaves_the_finished_run_as_it_was(copy_of_finished, tm
     assert snapshot(run_dir) == before  # teacher, baseline and the rest byte for byte; run.json too
 
 
+@pytest.mark.parametrize("layout, damage, words", [
+    ("N,H,W", lambda x: x.fill(np.nan), "x: sample 0 holds NaN ({n} of {n} samples hold NaN or inf)"),
+    ("N,C,H,W", lambda x: x.__setitem__((1500, 3, 5), np.inf), "x: sample 1500 holds inf (1 of {n} samples"),
+])
+def test_an_npz_with_nan_or_inf_leaves_the_finished_run_as_it_was(copy_of_finished, tmp_path, capsys, monkeypatch,
+                                                                  layout, damage, words):
+    from compress.data import sources
+
+    run_dir, config = copy_of_finished
+    before = snapshot(run_dir)
+    with np.load(config["data"]["path"]) as arrays:
+        x, y = arrays["x"].copy(), arrays["y"]
+    damage(x)
+    np.savez(tmp_path / "bad.npz", x=x if layout == "N,H,W" else x[:, None], y=y)  # N,C,H,W is memory-mapped
+    monkeypatch.setattr(sources, "FINITE_CHUNK_BYTES", 100 * x[0].nbytes)  # read in chunks of 100 samples
+    config["data"]["path"] = str(tmp_path / "bad.npz")
+    assert run(config, tmp_path, run_dir) == 2
+    assert f"{tmp_path / 'bad.npz'}: {words.format(n=format(len(y), ','))}" in error_line(capsys)
+    assert snapshot(run_dir) == before  # no stage retrained on NaN
+
+
+def nan_arrays():
+    """What a data function may return: arrays, one sample of them NaN."""
+    x, y = np.zeros((40, 8, 8), np.float32), np.arange(40) % 4
+    x[3, 2, 2] = np.nan
+    return x, y
+
+
+def test_nan_in_a_data_functions_arrays_is_refused(tiny_config, write_pipeline, tmp_path, capsys):
+    tiny_config["data"] = {"source": "tests.test_reliability:nan_arrays"}
+    assert main(["--quiet", "run", str(write_pipeline(tiny_config)), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "data source 'tests.test_reliability:nan_arrays': x: sample 3 holds NaN (1 of 40 samples hold NaN or " \
+           "inf); fix or drop them" in error_line(capsys)
+    assert not (tmp_path / "run" / "stages").exists()
+
+
+def write_texts(path: Path, topics: tuple[str, ...]) -> Path:
+    rows = [f"the {topic} story number {i},{topic}" for i in range(30) for topic in topics]
+    path.write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda path: write_texts(path, ("sport",)), "{path}: label: only class 'sport'; a classifier needs at least "
+                                                 "two classes"),
+    (lambda path: path.write_bytes(write_texts(path, ("sport", "money")).read_bytes()
+                                   + "café,sport\n".encode("latin-1")),
+     "{path}:62: not UTF-8 text (byte 0xe9); save the file as UTF-8"),
+    (lambda path: path.write_bytes(np.random.default_rng(0).bytes(4096)), "not UTF-8 text (byte 0x"),
+    (lambda path: path.write_text(f'text,label\nfine,a\n"{"word " * 30_000}",b\n'),
+     "{path}:3: field larger than field limit"),
+])
+def test_a_text_file_with_one_class_or_not_utf8_leaves_the_finished_run_as_it_was(copy_of_finished, tmp_path,
+                                                                                   capsys, damage, words):
+    run_dir, config = copy_of_finished
+    before = snapshot(run_dir)
+    damage(tmp_path / "train.csv")
+    config["data"] = {"source": "text", "path": str(tmp_path / "train.csv"), "text": {"max_length": 16}}
+    config["teacher"]["model"] = config["student"]["model"] = "hf-config:bert"
+    config["teacher"]["kwargs"] = config["student"]["kwargs"] = {"layers": 1, "hidden": 16, "heads": 2}
+    assert run(config, tmp_path, run_dir) == 2
+    line = error_line(capsys)
+    assert f"{tmp_path / 'train.csv'}:" in line and words.format(path=tmp_path / "train.csv") in line
+    assert main(["--quiet", "validate", str(tmp_path / "pipeline.yaml")]) == 2  # validate said "ok (1 classes)"
+    assert error_line(capsys) == line
+    assert snapshot(run_dir) == before
+
+
 def test_a_typo_in_student_kwargs_leaves_the_finished_run_as_it_was(copy_of_finished, tmp_path, capsys):
     run_dir, config = copy_of_finished
     before = snapshot(run_dir)
@@ -214,10 +282,11 @@ def a_file(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("run_dir_of, words", [
-    (lambda tmp: a_file(tmp), "notes.txt: is a file, not a folder"),
-    (lambda tmp: a_file(tmp) / "run", "lies under {tmp}/notes.txt, which is a file, not a folder"),
-    (lambda tmp: Path("/proc/compress-run"), "/proc/compress-run: lies under /proc, a kernel file system"),
-    (lambda tmp: Path("/proc/self"), "lies under /proc"),
+    (lambda tmp: a_file(tmp), "--run-dir {tmp}/notes.txt: is a file, not a folder"),
+    (lambda tmp: a_file(tmp) / "run", "--run-dir {tmp}/notes.txt/run: lies under {tmp}/notes.txt, which is a file, "
+                                      "not a folder"),
+    (lambda tmp: Path("/proc/compress-run"), "--run-dir /proc/compress-run: lies under /proc, a kernel file system"),
+    (lambda tmp: Path("/proc/self"), "--run-dir /proc/self: lies under /proc"),
 ])
 def test_a_run_dir_that_cannot_be_one_is_refused_in_one_line(tiny_config, write_pipeline, tmp_path, capsys,
                                                              run_dir_of, words):
@@ -246,7 +315,7 @@ def test_a_run_dir_that_cannot_be_written_is_refused_in_one_line(tiny_config, wr
     path = write_pipeline(tiny_config)
     with immutable(run_dir):
         assert main(["--quiet", "run", str(path), "--run-dir", str(run_dir)]) == 2
-    assert f"{run_dir}: cannot write files in this folder: Operation not permitted" in error_line(capsys)
+    assert f"--run-dir {run_dir}: cannot write files in this folder: Operation not permitted" in error_line(capsys)
     assert list(run_dir.iterdir()) == []
 
 

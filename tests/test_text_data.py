@@ -234,6 +234,14 @@ def test_bad_text_files_are_one_line_naming_file_and_field(tmp_path):
     (tmp_path / "notes.txt").write_text("hello\n")
     assert usage_error(read_texts, tmp_path / "notes.txt").startswith(f"{tmp_path / 'notes.txt'}: data.path: a text")
     assert usage_error(read_texts, no_column, columns={"sentence": "body"}).startswith("data.columns.sentence: ")
+    one_class = write_csv(tmp_path / "one.csv", [["x", "cats"], ["y", "cats"]])
+    assert usage_error(read_texts, one_class) == \
+        f"{one_class}: label: only class 'cats'; a classifier needs at least two classes"
+    assert read_texts(one_class, classes=["cats", "dogs"]).labels.tolist() == [0, 0]  # a val split may hold one
+    (tmp_path / "latin1.jsonl").write_bytes('{"text": "fine", "label": "a"}\n{"text": "café", "label": "b"}\n'
+                                            .encode("latin-1"))
+    assert usage_error(read_texts, tmp_path / "latin1.jsonl") == \
+        f"{tmp_path / 'latin1.jsonl'}:2: not UTF-8 text (byte 0xe9); save the file as UTF-8"
 
 
 def test_bad_hugging_face_text_datasets_name_folder_row_and_column(tmp_path):
@@ -255,6 +263,9 @@ def test_bad_hugging_face_text_datasets_name_folder_row_and_column(tmp_path):
     datasets.DatasetDict({"validation": datasets.Dataset.from_dict({"text": ["x"], "label": [0]})}).save_to_disk(
         str(tmp_path / "dict"))
     assert "the DatasetDict has no 'train' split (it has validation)" in usage_error(read_texts, tmp_path / "dict")
+    datasets.Dataset.from_dict({"text": ["a", "b"], "label": ["x", "x"]}).save_to_disk(str(tmp_path / "one"))
+    assert usage_error(read_texts, tmp_path / "one") == f"{tmp_path / 'one'}: label: only class 'x'; a classifier " \
+                                                         "needs at least two classes"
     datasets.Dataset.from_dict({"text": ["a", "b"], "label": ["x", "y"]}).save_to_disk(str(tmp_path / "val"))
     assert usage_error(read_texts, tmp_path / "val", classes=["x"]).startswith(
         f"{tmp_path / 'val'}: row 1: label: class 'y' is not among the train classes")

@@ -16,6 +16,7 @@ from compress.core.errors import CompressError, GateFailed, UsageError
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from compress.core.fileio import ensure_writable_dir
     from compress.runner import Runner, load_pipeline
 
     cfg = load_pipeline(args.pipeline)
@@ -24,6 +25,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
         train.SHOW_PROGRESS = False
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name
+    # named as typed, with the option that changes it (the runner checks the folder again, resolved)
+    ensure_writable_dir(run_dir, name=f"--run-dir {run_dir}" if args.run_dir else
+                        f"{run_dir} (the default run dir; --run-dir chooses another)")
     record = Runner(cfg, run_dir, force=args.force, log=console, debug=args.debug).run()
     if record.get("rank"):  # a non-zero torchrun rank: rank 0 reports
         return 0
@@ -150,6 +154,38 @@ def cmd_deploy(args: argparse.Namespace, console: Console) -> int:
     return run_deploy(args, console, make_val_sample, refresh_report)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that answers misuse in one line, like every other refusal: the error and where the help is.
+
+    argparse prints its usage block first, several lines that hide the one that says what is wrong.
+    Sub-command parsers are made of this class too (add_subparsers uses the parent's class), and
+    an argument no parser knows is blamed on the sub-command it was typed after.
+    """
+
+    commands: dict[str, argparse.ArgumentParser] = {}
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            self.commands.get(getattr(parsed, "command", None), self).error(
+                f"unrecognized arguments: {' '.join(unknown)}")
+        return parsed
+
+
+def count(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (samples, rounds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 GLOBAL_OPTIONS = (("--quiet", "no progress output"),
                   ("--debug", "show tracebacks, and the libraries' warnings on the console too"))
 
@@ -166,7 +202,7 @@ def add_global_options(parser: argparse.ArgumentParser, after_command: bool = Fa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="compress", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="compress", description=__doc__.splitlines()[0])
     add_global_options(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -222,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose = sub.add_parser("diagnose", help="where an engine's outputs start to differ from its model, tensor by tensor")
     diagnose.add_argument("run_dir")
     diagnose.add_argument("artifact", help="an engine of the run, e.g. student.onnxruntime.int8")
-    diagnose.add_argument("--samples", type=int, default=64, help="val inputs to compare on (default 64)")
+    diagnose.add_argument("--samples", type=count, default=64, help="val inputs to compare on (default 64)")
     diagnose.add_argument("--json", help="also write every tensor's error to this file")
     diagnose.set_defaults(func=cmd_diagnose)
 
@@ -233,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.set_defaults(func=cmd_deploy)
     for command in sub.choices.values():
         add_global_options(command, after_command=True)
+    parser.commands = dict(sub.choices)
     return parser
 
 

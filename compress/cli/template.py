@@ -5,6 +5,7 @@ PIPELINE_TEMPLATE = """\
 # Run it with:  compress run pipeline.yaml      (results in runs/<name>/)
 name: digits
 seed: 0
+# threads: 1            # torch threads for training; 1 when other jobs share the cores
 
 data:
   source: digits          # digits (bundled with scikit-learn) | npz | imagefolder | manifest | hf | webdataset

@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 import typing
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Annotated, Any, Callable, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from compress.config.base import ADDED_LATER, Strict  # noqa: F401  (stage configs import them from here)
+# stage configs import these from here
+from compress.config.base import ADDED_LATER, KEY_DUMP, NOT_IN_KEY, Strict  # noqa: F401
 from compress.config.data import AugmentConfig, DataConfig, TextConfig, TransferConfig  # noqa: F401
 from compress.core.errors import ConfigError
 from deploy.runner.harness import ENGINE_AGREEMENT, engine_agreement
@@ -23,6 +24,18 @@ from deploy.runner.harness import ENGINE_AGREEMENT, engine_agreement
 
 # Beyond any training budget of this tool: more epochs than this is a typo (an extra zero or two), not a plan.
 MAX_EPOCHS = 10_000
+
+
+def _fraction_of_top1(drop: float) -> float:
+    """A top-1 drop of 1 or more would let any model pass: it is points written where a fraction is meant."""
+    if drop >= 1:
+        raise ValueError(f"{drop:g} is not a fraction: a top-1 drop is a fraction below 1 (0.02 = 2 points; "
+                         f"for {drop:g} points write {drop / 100:g})")
+    return drop
+
+
+# A top-1 accuracy drop (gates, accuracy control): a fraction, 0.02 = 2 points.
+TopOneDrop = Annotated[float, AfterValidator(_fraction_of_top1)]
 
 
 class TrainConfig(Strict):
@@ -43,6 +56,9 @@ class TrainConfig(Strict):
     crop_padding: int = Field(0, ge=0, description="random crop after zero padding by this many pixels")
     flip: bool = Field(False, description="random horizontal flip")
     progress: bool = Field(True, description="a progress bar per epoch when the console is a terminal")
+    threads: int | None = Field(None, ge=1, json_schema_extra=NOT_IN_KEY,
+                                description="torch intra-op threads while this stage trains and evaluates "
+                                            "(default: the pipeline's threads, else torch's)")
 
     @field_validator("epochs")
     @classmethod
@@ -90,7 +106,7 @@ class StudentConfig(ModelConfig):
 
 
 class GatesConfig(Strict):
-    max_accuracy_drop: float | None = Field(None, ge=0, description="top-1 points (0.02 = 2 points)")
+    max_accuracy_drop: TopOneDrop | None = Field(None, ge=0, description="top-1, a fraction (0.02 = 2 points)")
     min_speedup: float | None = Field(None, gt=0)
     max_latency_ms: float | dict[int, float] | None = None
     max_size_mb: float | None = Field(None, gt=0)
@@ -164,6 +180,10 @@ class PipelineConfig(Strict):
     student: StudentConfig
     stages: dict[str, Any] = Field(default_factory=dict)
     gates: GatesConfig = Field(default_factory=GatesConfig)
+    threads: int | None = Field(None, ge=1, json_schema_extra=NOT_IN_KEY,
+                                description="torch intra-op threads of every stage that trains or evaluates, "
+                                            "unless it sets its own (default: torch's, one per core); 1 on a busy "
+                                            "machine")
     # The YAML file it came from, so a stage that finds a bad field at run time can name it.
     _source_file: str = PrivateAttr("pipeline.yaml")
     # The task it runs: `task`, else the one that claims the data (parse_config resolves it).

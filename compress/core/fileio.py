@@ -84,33 +84,35 @@ def sha256_json(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def ensure_writable_dir(path: str | os.PathLike, create: bool = True) -> None:
+def ensure_writable_dir(path: str | os.PathLike, create: bool = True, name: str | None = None) -> None:
     """Refuse, in one line, a folder that cannot hold the files a command is about to write.
 
     Checked before anything is written, so that a bad --run-dir is a usage error (exit 2), not a
-    traceback from the first write halfway through a run.
+    traceback from the first write halfway through a run. `name` is how the messages name the folder
+    (`--run-dir runs/x`: the option that fixes it); default: its path.
     """
     path = Path(path)
+    name = name or str(path)
     absolute = Path(os.path.abspath(path))
     for root in KERNEL_FILE_SYSTEMS:
         if absolute == root or root in absolute.parents:
-            raise UsageError(f"{path}: lies under {root}, a kernel file system that cannot hold these files")
+            raise UsageError(f"{name}: lies under {root}, a kernel file system that cannot hold these files")
     if path.exists() and not path.is_dir():
-        raise UsageError(f"{path}: is a file, not a folder")
+        raise UsageError(f"{name}: is a file, not a folder")
     blocker = next((p for p in absolute.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
-        raise UsageError(f"{path}: lies under {blocker}, which is a file, not a folder")
+        raise UsageError(f"{name}: lies under {blocker}, which is a file, not a folder")
     if not path.exists():
         if not create:
-            raise UsageError(f"{path}: no such folder")
+            raise UsageError(f"{name}: no such folder")
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise UsageError(f"{path}: cannot create this folder: {error.strerror or error}") from None
+            raise UsageError(f"{name}: cannot create this folder: {error.strerror or error}") from None
     try:  # what every atomic write does: a new file in the folder (root ignores modes, not chattr +i)
         fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
     except OSError as error:
-        raise UsageError(f"{path}: cannot write files in this folder: {error.strerror or error}") from None
+        raise UsageError(f"{name}: cannot write files in this folder: {error.strerror or error}") from None
     os.close(fd)
     os.unlink(probe)
 

@@ -152,7 +152,23 @@ def _rows(path: Path, field: str, needed: tuple[str, str]) -> Iterator[tuple[int
     if not path.is_file():
         raise UsageError(f"{path}: {field}: no such file")
     reader = _csv_rows if suffix in CSV_SUFFIXES else _jsonl_rows
-    yield from reader(path, needed)
+    try:
+        yield from reader(path, needed)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _not_utf8(path: Path) -> UsageError:
+    """The first line of `path` that is not UTF-8, with its byte; lines decode alone, as a newline byte
+    is never part of a UTF-8 character. Read a line at a time, only once the decoder has failed."""
+    with path.open("rb") as stream:
+        for line, raw in enumerate(stream, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return UsageError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[error.start]:02x}); save the file "
+                                  "as UTF-8")
+    return UsageError(f"{path}: not UTF-8 text; save the file as UTF-8")
 
 
 def _csv_rows(path: Path, needed: tuple[str, str]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -164,8 +180,11 @@ def _csv_rows(path: Path, needed: tuple[str, str]) -> Iterator[tuple[int, dict[s
                 found = ", ".join(header) if header else "none"
                 raise UsageError(f"{path}:1: {column}: no such column in the header (columns: {found}); "
                                  "name it in data.columns")
-        for row in reader:
-            yield reader.line_num, row
+        try:
+            for row in reader:
+                yield reader.line_num, row
+        except csv.Error as error:  # a field over csv's size limit; line_num counts the lines before the row
+            raise UsageError(f"{path}:{reader.line_num + 1}: {error}") from None
 
 
 def _jsonl_rows(path: Path, needed: tuple[str, str]) -> Iterator[tuple[int, dict[str, Any]]]:

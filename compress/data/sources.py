@@ -47,7 +47,33 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if x.ndim != 4 or len(x) != len(y):
         raise UsageError(f"{path}: x must be (N,H,W), (N,C,H,W) or (N,H,W,C) with N == len(y); got {x.shape}, {y.shape}")
     names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else None
+    check_finite(f"{path}: x", x)
     return x, y, names or numbered_classes(y)
+
+
+# Inputs are checked for NaN and inf this many bytes at a time: a memory-mapped x is read, never copied whole.
+FINITE_CHUNK_BYTES = 64 << 20
+
+
+def check_finite(where: str, x: np.ndarray) -> None:
+    """Refuse inputs holding NaN or inf, naming the first such sample and how many there are.
+
+    A model trained on them learns NaN, and replaces finished stages before the export finds out.
+    """
+    if not np.issubdtype(x.dtype, np.floating) or not len(x):
+        return
+    rows = max(1, FINITE_CHUNK_BYTES // max(1, x[0].nbytes))
+    first, bad = None, 0
+    for start in range(0, len(x), rows):
+        chunk = np.asarray(x[start:start + rows])
+        finite = np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
+        bad += int(len(finite) - finite.sum())
+        if first is None and not finite.all():
+            first = start + int(np.argmin(finite))
+    if first is not None:
+        kind = "NaN" if np.isnan(x[first]).any() else "inf"
+        raise UsageError(f"{where}: sample {first} holds {kind} ({bad:,} of {len(x):,} samples hold NaN or inf); "
+                         "fix or drop them")
 
 
 def numbered_classes(y: np.ndarray) -> list[str]:
@@ -113,7 +139,7 @@ def call_user_function(source: str, kwargs: dict[str, Any]) -> Any:
     return function(**kwargs)
 
 
-def _user_arrays(result: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _user_arrays(result: Any, source: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if isinstance(result, dict):
         x, y, names = result["x"], result["y"], result.get("class_names")
     else:
@@ -122,6 +148,7 @@ def _user_arrays(result: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
     x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
     if x.ndim == 3:
         x = x[:, None]
+    check_finite(f"data source '{source}': x", x)
     return x, y, [str(n) for n in names] if names is not None else numbered_classes(y)
 
 
@@ -133,12 +160,12 @@ def read_source(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
         return _npz(cfg.path)
     if cfg.source == "imagefolder":
         return _imagefolder(cfg.path, cfg.image_size, cfg.grayscale)
-    return _user_arrays(call_user_function(cfg.source, cfg.kwargs))
+    return _user_arrays(call_user_function(cfg.source, cfg.kwargs), cfg.source)
 
 
 def read_labelled(cfg: DataConfig, result: Any = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The labelled data set: `read_source` (or a function's `result` already called) with its labels checked."""
-    x, y, names = read_source(cfg) if result is None else _user_arrays(result)
+    x, y, names = read_source(cfg) if result is None else _user_arrays(result, cfg.source)
     where = {"npz": f"{cfg.path}: y", "imagefolder": f"{cfg.path}: class folders"}.get(
         cfg.source, f"data source '{cfg.source}': y")
     check_labels(where, y, names)

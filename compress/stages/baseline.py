@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from compress.config import PipelineConfig, Strict
+from compress.config import KEY_DUMP, PipelineConfig, Strict
 from compress.stages.contract import Stage, StageContext
 from compress.stages.distill import train_student
 from compress.stages.teacher import student_weights_key
@@ -26,7 +26,7 @@ class BaselineConfig(Strict):
 
 def training_options(pipeline: PipelineConfig):
     distill = pipeline.stages["distill"]
-    return distill, {k: v for k, v in distill.model_dump(mode="json").items() if k not in KD_ONLY_FIELDS}
+    return distill, {k: v for k, v in distill.model_dump(**KEY_DUMP).items() if k not in KD_ONLY_FIELDS}
 
 
 class BaselineStage(Stage):
@@ -40,6 +40,11 @@ class BaselineStage(Stage):
         return {"student": pipeline.student.model_dump(mode="json"), **student_weights_key(pipeline),
                 "data": pipeline.data.model_dump(mode="json"),
                 "seed": pipeline.seed, "train": training_options(pipeline)[1]}
+
+    def threads(self, pipeline: PipelineConfig) -> tuple[str, int] | None:
+        """Distill's, as every other training option."""
+        count = pipeline.stages["distill"].threads
+        return ("stages.distill.threads", count) if count else None
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         cfg, _ = training_options(ctx.pipeline)

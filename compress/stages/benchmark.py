@@ -85,11 +85,18 @@ class BenchmarkStage(Stage):
     def key_material(self, pipeline: PipelineConfig) -> dict[str, Any]:
         return {"data": pipeline.data.model_dump(mode="json"), "seed": pipeline.seed}
 
+    def threads(self, pipeline: PipelineConfig) -> tuple[str, int] | None:
+        """Its own `threads` or all cores, never the pipeline's: latency is what it measures, and its threads
+        are part of its key and its results."""
+        count = pipeline.stages[self.name].threads
+        return ("stages.benchmark.threads", count) if count else \
+            ("all cores: stages.benchmark.threads is unset", os.cpu_count() or 1)
+
     def run(self, ctx: StageContext) -> dict[str, Any]:
         from compress.models import count_params, load_model
 
         cfg: BenchmarkConfig = ctx.config
-        threads = cfg.threads or os.cpu_count() or 1
+        threads = self.threads(ctx.pipeline)[1]
         data = ctx.data
         settings = LatencySettings(cfg.warmup, cfg.warmup_seconds, cfg.runs, cfg.min_seconds, ctx.pipeline.seed)
         task = ctx.task

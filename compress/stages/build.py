@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from compress.config import ADDED_LATER, PipelineConfig, Strict
+from compress.config import ADDED_LATER, PipelineConfig, Strict, TopOneDrop
 from compress.quantize.calibration import calibration_samples
 from compress.stages.contract import Stage, StageContext
 from compress.tasks.registry import task_for
@@ -43,7 +43,8 @@ def parse_target(target: str) -> tuple[str, str]:
 
 
 class Int8AccuracyControl(Strict):
-    max_accuracy_drop: float = Field(gt=0, description="top-1 drop allowed against the fp32 ONNX (0.005 = half a point)")
+    max_accuracy_drop: TopOneDrop = Field(gt=0, description="top-1 drop allowed against the fp32 ONNX "
+                                                         "(0.005 = half a point)")
     max_float_layers: int | None = Field(None, ge=0, description="at most this many ops back in float (default: any)")
     ranking_size: int = Field(300, ge=1, description="validation samples the per-op sensitivity is measured on")
 

@@ -73,5 +73,13 @@ class Stage:
         """Everything outside the stage's own section that changes its result."""
         return {}
 
+    def threads(self, pipeline: PipelineConfig) -> tuple[str, int] | None:
+        """(the field that sets it, the count) of the stage's own torch intra-op threads; None: the pipeline's.
+
+        Default: a `threads` option in its section (every training section has one).
+        """
+        count = getattr(pipeline.stages.get(self.name), "threads", None)
+        return (f"stages.{self.name}.threads", count) if count else None
+
     def run(self, ctx: StageContext) -> dict[str, Any]:
         raise NotImplementedError

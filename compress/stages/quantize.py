@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from compress.config import ADDED_LATER, PipelineConfig, TrainConfig
+from compress.config import ADDED_LATER, PipelineConfig, TopOneDrop, TrainConfig
 from compress.distill.objective import Objective, default_losses
 from compress.distill.train import accuracy, fit, predict_logits
 from compress.core.errors import ConfigError
@@ -36,7 +36,7 @@ class QuantizeConfig(TrainConfig):
         "cpu", description="tensorrt: signed int8 activations and weights, zero point 0, per-channel weights")
     bias_correction: bool = Field(False, description="NNCF fast bias correction after calibration")
     # Accuracy control (ptq, and qat before it fine-tunes): layers return to float until the drop fits.
-    max_accuracy_drop: float | None = Field(
+    max_accuracy_drop: TopOneDrop | None = Field(
         None, gt=0, json_schema_extra=ADDED_LATER,
         description="top-1 drop allowed against the float student (0.005 = half a point): the most sensitive "
                     "layers return to float, one at a time, until it holds")

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from compress.config import PipelineConfig
+from compress.config import KEY_DUMP, PipelineConfig
 from compress.core.errors import ConfigError
 from compress.data.transforms import batch_mixer
 from compress.distill.train import accuracy, fit
@@ -146,11 +146,15 @@ class TeacherStage(Stage):
     def key_material(self, pipeline: PipelineConfig) -> dict[str, Any]:
         teacher = pipeline.teacher
         return {
-            "teacher": teacher.model_dump(mode="json", exclude={"checkpoint"}),
+            "teacher": teacher.model_dump(**KEY_DUMP, exclude={"checkpoint"}),
             "checkpoint_sha256": sha256_file(weights_path(pipeline)) if weights_path(pipeline) else None,
             "data": pipeline.data.model_dump(mode="json"),
             "seed": pipeline.seed,
         }
+
+    def threads(self, pipeline: PipelineConfig) -> tuple[str, int] | None:
+        train = pipeline.teacher.train
+        return ("teacher.train.threads", train.threads) if train is not None and train.threads else None
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         cfg, data = ctx.pipeline.teacher, ctx.data

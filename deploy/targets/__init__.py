@@ -7,6 +7,8 @@ and /proc/device-tree under this folder instead of /).
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import sys
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -20,6 +22,23 @@ from deploy.targets.ssh import SshOptions, SshTarget
 SCHEMES = ("local", "ssh", "jetson")
 QUERY_KEYS = ("python", "tools", "sysroot")
 USAGE = "use local:/path, ssh://user@host[:port]/path or jetson://user@host[:port]/path"
+# A DNS name or a Host alias of ~/.ssh/config, and a login name: never a leading '-' (ssh reads it as an option)
+# nor shell characters (ssh puts both into ProxyCommand and other configured commands through %r and %h).
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def name_problem(user: str | None, host: str) -> str | None:
+    """Why ssh must not be handed this user or host (refused here, before anything connects), or None."""
+    if user is not None and not NAME.fullmatch(user):
+        return f"user '{user}' is not a user name (letters, digits, '_', '.', '-')"
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    if not NAME.fullmatch(host) or len(host) > 253:
+        return f"host '{host}' is not a host name or address (letters, digits, '_', '.', '-'; an IPv6 address in [])"
+    return None
 
 
 def parse_target(spec: str, ssh: SshOptions | None = None) -> Target:
@@ -47,11 +66,14 @@ def parse_target(spec: str, ssh: SshOptions | None = None) -> Target:
         raise UsageError(f"{where}: no folder on the device; {USAGE}")
     if path.startswith("/~"):
         path = path[1:]
+    user = unquote(url.username) if url.username else None
+    problem = name_problem(user, url.hostname)
+    if problem:
+        raise UsageError(f"{where}: {problem}")
     cls = JetsonTarget if url.scheme == "jetson" else SshTarget
     return cls(spec, path, query.get("python", "python3"), query.get("sysroot"), query.get("tools"),
                kind=url.scheme, default_runtime="tensorrt" if url.scheme == "jetson" else "onnxruntime",
-               user=unquote(url.username) if url.username else None, host=url.hostname, port=port,
-               ssh=ssh or SshOptions())
+               user=user, host=url.hostname, port=port, ssh=ssh or SshOptions())
 
 
 __all__ = ["SCHEMES", "DeviceError", "JetsonTarget", "LocalTarget", "SshOptions", "SshTarget", "Target",

@@ -18,6 +18,7 @@ import numpy as np
 from compress.core.errors import UsageError
 from compress.data.hf_source import _is_dict, _labels, _load
 from compress.data.manifest import CSV_SUFFIXES, JSONL_SUFFIXES, _rows, column_names, number_labels
+from compress.data.sources import check_labels
 
 TEXT_DEFAULTS = {"text": "text", "label": "label"}
 HF_SUFFIXES = {".parquet", ".arrow"}
@@ -62,6 +63,8 @@ def read_texts(path: str | Path, columns: dict[str, str] | None = None, classes:
                          ".arrow file, or a Hugging Face dataset folder (save_to_disk)")
     if every_class and classes is not None:
         _check_every_class(records, names["label"])
+    if classes is None:  # the split that defines the classes: one class would score top-1 1.0 and mean nothing
+        check_labels(f"{records.where}: {names['label']}", records.labels, records.classes)
     return records
 
 
