@@ -103,8 +103,10 @@ def test_torchvision_num_classes_in_kwargs_is_one_line_in_validate(tiny_config, 
 # --- channels ------------------------------------------------------------------------------------
 
 def pipeline_without_model_check(config: dict, tmp_path):
-    """The schema and the stages, without the model-name check that needs torchvision installed."""
-    return parse_config(config, "pipeline.yaml", tmp_path, stages=STAGES)
+    """The schema, the stages and the tasks, without the model-name check that needs torchvision installed."""
+    from compress.tasks.registry import TASKS
+
+    return parse_config(config, "pipeline.yaml", tmp_path, stages=STAGES, tasks=TASKS)
 
 
 def gray_images(folder, classes=("a", "b", "c"), per_class=2, size=8):
