@@ -58,24 +58,8 @@ def parse_pipeline(raw: Any, file: str = "pipeline.yaml", base: Path | None = No
     (names, kwargs, channels, the teacher checkpoint: see compress.stages.teacher.check_models)."""
     cfg = parse_config(raw, file, base, stages=STAGES, tasks=TASKS, check_model=check_model_name)
     check_models(cfg)
-    _resolve_model_statistics(cfg)
+    task_for(cfg).complete_config(cfg)
     return cfg
-
-
-def _resolve_model_statistics(cfg: PipelineConfig) -> None:
-    """`data.mean: model` becomes the teacher's (else the student's) numbers, so the run and bundles record them."""
-    if cfg.data.mean != "model":
-        return
-    from compress.models.external import model_statistics
-
-    for role in ("teacher", "student"):
-        found = model_statistics(getattr(cfg, role).model)
-        if found is not None:
-            cfg.data.mean, cfg.data.std = found
-            return
-    raise ConfigError(cfg.source_file, "data.mean", f"is 'model', but neither {cfg.teacher.model} nor "
-                      f"{cfg.student.model} says its mean/std (timm:, torchvision:, hf: with a "
-                      "preprocessor_config.json do): give the numbers")
 
 
 def load_pipeline(path: str | Path) -> PipelineConfig:

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from compress.measuring.artifacts import open_session
 from compress.reporting.uncertainty import encode
-from deploy.runner.harness import LatencySettings, accuracy_report, measure_rounds
+from deploy.runner.harness import LatencySettings, measure_rounds
 from compress.config import ADDED_LATER, PipelineConfig, Strict
 from compress.core.fileio import write_json
 from compress.data.splits import predict as predict_split
@@ -139,7 +139,8 @@ class BenchmarkStage(Stage):
             logits, y_scored = predict_split(session.infer, scored_split, 64)  # engine profiles stop at 64
             if teacher_top1 is None:
                 teacher_top1 = logits.argmax(1)
-            return accuracy_report(logits, y_scored, teacher_top1), encode(logits.argmax(1))
+            metrics, predicted = task.evaluate(logits, y_scored, teacher_top1)
+            return metrics, encode(predicted)
 
         computed_in: dict[int, str] = {}  # artifact index -> what its backend computed in, where not its precision
 

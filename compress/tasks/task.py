@@ -42,8 +42,6 @@ class Geometry:
 class Task:
     name: ClassVar[str]
     metric: ClassVar[str] = "top1"
-    # What a benchmark's throughput counts per second, beside samples.
-    unit: ClassVar[str] = "samples"
     # The transformers Auto class an hf: folder's own weights are read through.
     hf_auto_class: ClassVar[str]
     # None when the quantize stage (NNCF in torch) applies; else why not, and what to do instead.
@@ -65,6 +63,9 @@ class Task:
     def check_data(cls, data: DataConfig) -> tuple[str, str] | None:
         """(field under data, message) for a data option this task cannot use, or a source it cannot read."""
         return None
+
+    def complete_config(self, pipeline) -> None:
+        """Fill in what the config leaves to the task once the models are known (image mean/std of the model)."""
 
     # --- data ---
 
@@ -160,6 +161,14 @@ class Task:
 
     def export(self, model, path, data: Dataset, opset: int, dynamic: bool, shape=None) -> None:
         raise NotImplementedError
+
+    def evaluate(self, logits: np.ndarray, labels: np.ndarray,
+                 reference: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray]:
+        """A model's or engine's metrics on a split (`reference`: the teacher's predictions, for agreement) and
+        the per-sample predictions the report's paired tests compare."""
+        from deploy.runner.harness import accuracy_report
+
+        return accuracy_report(logits, labels, reference), logits.argmax(1)
 
     def results_fields(self, length: int | None, grid: list[dict] | None) -> dict[str, Any]:
         """What this task adds to results.json beside the rows (nothing for image classification)."""

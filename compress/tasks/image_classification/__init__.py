@@ -14,6 +14,7 @@ import torch
 
 from compress.config import DataConfig
 from compress.config.data import TEXT_SOURCES
+from compress.core.errors import ConfigError
 from compress.data.dataset import Dataset
 from compress.models import ModelSpec
 from compress.tasks.task import Geometry, Task
@@ -35,6 +36,21 @@ class ImageClassification(Task):
         if data.text is not None:
             return "data.text", f"data.text configures a text source; source is '{data.source}'"
         return None
+
+    def complete_config(self, pipeline) -> None:
+        """`data.mean: model` becomes the teacher's (else the student's) numbers, so the run and bundles record them."""
+        if self.data_cfg.mean != "model":
+            return
+        from compress.models.external import model_statistics
+
+        for role in ("teacher", "student"):
+            found = model_statistics(getattr(pipeline, role).model)
+            if found is not None:
+                self.data_cfg.mean, self.data_cfg.std = found
+                return
+        raise ConfigError(pipeline.source_file, "data.mean", f"is 'model', but neither {pipeline.teacher.model} nor "
+                          f"{pipeline.student.model} says its mean/std (timm:, torchvision:, hf: with a "
+                          "preprocessor_config.json do): give the numbers")
 
     def load_data(self, seed: int) -> Dataset:
         from compress.data import load_dataset

@@ -26,7 +26,6 @@ TOKENIZER_KEY = "tokenizer"  # the export's outputs key of the tokenizer.json wr
 
 class TextClassification(Task):
     name = "text-classification"
-    unit = "tokens"
     hf_auto_class = "AutoModelForSequenceClassification"
     torch_quantization = ("quantizes image models in torch; a text model is quantized by its engines: add "
                           "onnxruntime:int8 or openvino:int8 (NNCF, transformer mode) to stages.build.targets")
