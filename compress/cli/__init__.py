@@ -49,13 +49,19 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
     from compress.tasks.registry import task_for
 
     cfg = load_pipeline(args.pipeline)
+    task = task_for(cfg)
+    data = task.load_data(cfg.seed)  # read and split as the run will: bad data is refused here, not halfway
     console(f"{args.pipeline}: ok (stages: {', '.join(cfg.stages)})")
+    console(f"task: {cfg.task_name}")
     files = fingerprint(cfg.data)
     console(f"data: {cfg.data.source}" + (f", {files['files']} files, fingerprint {files['sha256']} (names, sizes "
                                           "and times: a change reruns what reads the data)" if files else ""))
-    counts = task_for(cfg).declared_class_counts()
+    counts = task.declared_class_counts()
     if counts:
-        console(f"samples per class ({len(counts)} classes): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        console(f"samples per class ({len(counts)} classes): " + ", ".join(f"{k} {v}" for k, v in counts.items()) +
+                f" ({sum(counts.values())} in the main source, before its val/test split)")
+    for line in task.describe_data(data):  # what `compress run` logs as [data]: one description, one function
+        console(f"data: {line}")
     return 0
 
 
