@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup, escape
 
 from compress.core.fileio import write_json, write_text
 from compress.reporting import fmt
@@ -20,6 +21,7 @@ from compress.reporting.charts import data_uri, render_charts
 from compress.reporting.collect import collect
 from compress.reporting.markdown import MEMORY_NOTE, RESULT_HEADERS, render_markdown, result_cells
 from compress.reporting.uncertainty import noise_phrase
+from compress.reporting.verdict import recommendation_sentence
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -40,7 +42,15 @@ def render_html(report: dict[str, Any], charts: dict[str, bytes]) -> str:
     template = env.get_template("report.html.j2")
     return template.render(r=report, f=fmt, charts={k: data_uri(v) for k, v in charts.items()},
                            headers=RESULT_HEADERS, cells=result_cells, quiet=QUIET, noise=noise_phrase,
-                           memory_note=MEMORY_NOTE.replace("`", ""))
+                           memory_note=MEMORY_NOTE.replace("`", ""), recommendation=recommendation_html)
+
+
+def recommendation_html(headline: dict[str, Any], budget: dict[str, Any]) -> Markup:
+    """The summary's sentence of verdict.recommendation_sentence, its words escaped, the artifact in <strong>."""
+    marked = Markup("<strong>{}</strong> <code>{}</code>").format(headline["recommended"], headline["artifact"])
+    placeholder = "\x00"
+    sentence = escape(recommendation_sentence(headline, budget, mark=lambda _: placeholder))
+    return Markup(str(sentence).replace(placeholder, str(marked)))
 
 
 def build_report(run_dir: str | Path, outputs: dict[str, dict] | None = None) -> tuple[dict, str, str]:

@@ -192,6 +192,7 @@ def analyze(facts: RunFacts) -> dict[str, Any]:
     if choice:
         headline = {
             "recommended": info["recommended"], "artifact": choice["artifact"], "batch_size": choice["batch_size"],
+            "model": choice["model"], "within_budget": info["within_budget"],
             "p50_ms": choice["latency_ms"]["p50"], "p50_spread_ms": choice["latency_ms"].get("p50_spread"),
             "teacher_p50_ms": teacher["latency_ms"]["p50"] if teacher else None,
             "speedup": choice.get("speedup_vs_teacher"), "top1": choice["accuracy"]["top1"],

@@ -11,6 +11,7 @@ from compress.reporting.quantization import accuracy_control_markdown
 from compress.reporting.sequence import sequence_markdown
 from compress.reporting.fmt import count, ms, num, pct, pct_interval, plus_minus, pts, pts_interval, table, times
 from compress.reporting.uncertainty import noise_phrase
+from compress.reporting.verdict import recommendation_sentence
 
 RESULT_HEADERS = ["model", "backend", "precision", "batch", "p50 ms", "± ms", "p90 ms", "p99 ms", "std ms",
                   "throughput/s", "top-1", "top-1 95% CI", "top-5", "agreement", "Δ top-1", "speedup", "params",
@@ -83,9 +84,8 @@ def render_markdown(report: dict[str, Any]) -> str:
 
     out += ["## Summary", ""]
     if h:
-        alone = " (the student trained alone: the more accurate student on this engine)" \
-            if h.get("student") == "the student trained alone" else ""
-        out += [f"- Recommended artifact: **{h['recommended']}** (`{h['artifact']}`){alone}",
+        sentence = recommendation_sentence(h, report["accuracy_budget"], mark=lambda name: f"**{name}** (`{h['artifact']}`)")
+        out += [f"- {sentence}",
                 f"- Speedup vs teacher at batch {h['batch_size']}: **{times(h['speedup'])}** "
                 f"({ms(h['p50_ms'])}{plus_minus(h.get('p50_spread_ms'))} ms vs {ms(h['teacher_p50_ms'])} ms p50)",
                 f"- {top1_line(h, report['accuracy']['split'])}",
