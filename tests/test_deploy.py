@@ -696,3 +696,24 @@ def test_a_run_whose_report_recommends_nothing_says_what_is_deployed_instead(run
         assert ("note: the run's report recommends no artifact (none is within its accuracy budget); deploying "
                 "student.onnxruntime.fp32, the first built for the runtime" in out) is noted
 
+
+
+def test_compress_deploy_refuses_a_run_whose_gates_failed_unless_told(run_dir, tmp_path, capsys):
+    """As the pipeline's deploy stage does: exit 3 (the gate's own code), one line naming the gates, no device touched."""
+    run = Path(shutil.copytree(run_dir, tmp_path / "run", symlinks=True))
+    record = read_json(run / "run.json")
+    record["stages"]["report"]["outputs"].update(gates_passed=False, gates=[
+        {"gate": "max_accuracy_drop", "limit": 0.03, "value": 0.038, "passed": False, "detail": "3.80 points"},
+        {"gate": "max_size_mb", "limit": 1.0, "value": 0.1, "passed": True, "detail": "0.100 MB"},
+        {"gate": "min_speedup", "limit": 9.0, "value": 2.0, "passed": False, "detail": "2.00x"}])
+    write_json(run / "run.json", record)
+    device = tmp_path / "device"
+    assert deploy(run, "--target", f"local:{device}") == 3
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {run}: not deployed: gate(s) failed (max_accuracy_drop, min_speedup); "
+                   "--allow-failed-gates deploys anyway")
+    assert not device.exists()
+
+    assert deploy(run, "--target", f"local:{device}", "--allow-failed-gates") == 0
+    assert "note: deploying although gate(s) failed (max_accuracy_drop, min_speedup)" in capsys.readouterr().out
+    assert current_release(device) is not None

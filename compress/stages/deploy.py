@@ -27,7 +27,7 @@ from compress.data import load_dataset
 from compress.data.tokenizer import encode, load_tokenizer
 from compress.reporting import rewrite_report
 from compress.stages.contract import Stage, StageContext
-from deploy.bundle import RUNTIMES, ValSample, choose, read_run
+from deploy.bundle import RUNTIMES, ValSample, choose, failed_gates, gates_refusal, read_run
 from deploy.fleet import KEEP, deploy_command
 from deploy.release import check_slugs
 from deploy.runner import harness
@@ -173,10 +173,10 @@ class DeployStage(Stage):
     def run(self, ctx: StageContext) -> dict[str, Any]:
         cfg: DeployConfig = ctx.config
         report = ctx.outputs.get("report") or {}
-        if cfg.require_gates and report.get("gates_passed") is False:
-            failed = ", ".join(g["gate"] for g in report.get("gates", []) if not g["passed"])
-            ctx.log(f"not deployed: gate(s) failed ({failed}); stages.deploy.require_gates: false deploys anyway")
-            return {"deployed": [], "skipped": f"gates failed: {failed}"}
+        failed = failed_gates(report)
+        if cfg.require_gates and failed:
+            ctx.log(gates_refusal(failed, "stages.deploy.require_gates: false"))
+            return {"deployed": [], "skipped": f"gates failed: {', '.join(failed)}"}
         targets = cfg.parsed_targets()
         record = read_run(ctx.run_dir)
         for target in targets:  # an unknown artifact or runtime is a config error, before any device is touched
