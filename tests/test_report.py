@@ -469,3 +469,29 @@ def test_the_tradeoff_chart_draws_an_artifact_at_top1_one():
             for model, p50 in (("teacher", 5.0), ("student", 2.0))]
     report = {"pareto_batch": 1, "rows": rows, "headline": None, "pareto": ["student.torch.fp32"], "gate_limits": {}}
     assert latency_vs_accuracy(report)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- things a reader notices ----------------------------------------------------------------------
+
+def test_the_header_names_the_command_that_wrote_the_report(tmp_path):
+    from compress.core.fileio import read_json
+    from compress.stages.contract import StageContext
+    from compress.stages.deploy import refresh_report
+    from compress.stages.report import ReportStage
+
+    run_dir = write_run(tmp_path / "r1", device=False)
+    outputs = {name: entry["outputs"] for name, entry in read_json(run_dir / "run.json")["stages"].items()}
+    logged: list[str] = []
+    ctx = StageContext("report", None, None, run_dir, run_dir / "stages" / "report", outputs, logged.append)
+    ctx.stage_dir.mkdir(parents=True)
+    ReportStage().run(ctx)  # what `compress run` does
+    md, html = (run_dir / "report.md").read_text(), (run_dir / "report.html").read_text()
+    assert "Measured 2026-11-23T12:00:00+0000; written by `compress run` (its report stage)." in md
+    assert "written by compress run (its report stage)" in html and "compress report" not in md.split("\n## ")[0]
+    assert ("Recommended artifact: student.openvino.int8: the fastest student artifact at batch 1 within the "
+            "accuracy budget (20.00x the teacher, -3.00 pts top-1)") in logged  # the summary's words on the console
+
+    assert main(["--quiet", "report", str(run_dir)]) == 0
+    assert "; rebuilt from saved results by `compress report RUN_DIR`." in (run_dir / "report.md").read_text()
+    refresh_report(run_dir)  # what a deploy does once the device results are in
+    assert "; rebuilt from saved results after a deploy added the device results." in (run_dir / "report.md").read_text()

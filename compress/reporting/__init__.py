@@ -53,19 +53,27 @@ def recommendation_html(headline: dict[str, Any], budget: dict[str, Any]) -> Mar
     return Markup(str(sentence).replace(placeholder, str(marked)))
 
 
-def build_report(run_dir: str | Path, outputs: dict[str, dict] | None = None) -> tuple[dict, str, str]:
-    """(report data, markdown, html) of a run dir."""
+# The header says which command wrote the report: the report stage of `compress run` writes it
+# first; `compress report` and a deploy (which adds the device results) write it again later.
+WRITTEN_BY = {"run": "written by `compress run` (its report stage)",
+              "report": "rebuilt from saved results by `compress report RUN_DIR`",
+              "deploy": "rebuilt from saved results after a deploy added the device results"}
+
+
+def build_report(run_dir: str | Path, outputs: dict[str, dict] | None = None,
+                 written_by: str = "report") -> tuple[dict, str, str]:
+    """(report data, markdown, html) of a run dir; `written_by` is a key of WRITTEN_BY."""
     facts = collect(run_dir, outputs)
-    report = analyze(facts)
+    report = {**analyze(facts), "written_by": WRITTEN_BY[written_by]}
     charts = render_charts(report, facts.metrics)
     return report, render_markdown(report), render_html(report, charts)
 
 
 def write_report(run_dir: str | Path, outputs: dict[str, dict] | None = None,
-                 copy_to: Path | None = None) -> WrittenReport:
+                 copy_to: Path | None = None, written_by: str = "report") -> WrittenReport:
     """Write report.md, report.html and report.json at the run dir's root (and into `copy_to`)."""
     run_dir = Path(run_dir)
-    report, markdown, html = build_report(run_dir, outputs)
+    report, markdown, html = build_report(run_dir, outputs, written_by)
     paths = []
     for folder in [run_dir, *([copy_to] if copy_to else [])]:
         write_text(folder / "report.md", markdown)
@@ -75,7 +83,7 @@ def write_report(run_dir: str | Path, outputs: dict[str, dict] | None = None,
     return WrittenReport(report, paths)
 
 
-def rewrite_report(run_dir: str | Path) -> WrittenReport:
+def rewrite_report(run_dir: str | Path, written_by: str = "report") -> WrittenReport:
     """Rebuild a run's report from its saved files, keeping the report stage's copies in step."""
     stage_dir = Path(run_dir) / "stages" / "report"
-    return write_report(run_dir, copy_to=stage_dir if stage_dir.is_dir() else None)
+    return write_report(run_dir, copy_to=stage_dir if stage_dir.is_dir() else None, written_by=written_by)

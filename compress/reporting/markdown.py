@@ -79,8 +79,8 @@ def kd_section(kd: dict[str, Any]) -> list[str]:
 def render_markdown(report: dict[str, Any]) -> str:
     h = report["headline"]
     out = [f"# Deployment report: {report['name']}", "",
-           f"Measured {report['measured_at'] or '(time not recorded)'}; rebuilt from saved results by "
-           "`compress report RUN_DIR`. Charts: `report.html`.", ""]
+           f"Measured {report['measured_at'] or '(time not recorded)'}; {report['written_by']}. "
+           "Charts: `report.html`.", ""]
 
     out += ["## Summary", ""]
     if h:

@@ -145,7 +145,7 @@ def refresh_report(run_dir: Path) -> None:
     """Fold the device results into the run's report (when the run has a benchmark to report)."""
     if (run_dir / "stages" / "benchmark" / "results.json").is_file():
         try:
-            rewrite_report(run_dir)
+            rewrite_report(run_dir, written_by="deploy")
         except CompressError as error:
             Console.error(str(error))
 

@@ -18,7 +18,7 @@ class ReportStage(Stage):
         return {"gates": pipeline.gates.model_dump(mode="json"), "name": pipeline.name}
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        written = write_report(ctx.run_dir, ctx.outputs, copy_to=ctx.stage_dir)
+        written = write_report(ctx.run_dir, ctx.outputs, copy_to=ctx.stage_dir, written_by="run")
         report = written.report
         for verdict in report["gates"]:
             ctx.log(f"gate {verdict['gate']}: {'PASS' if verdict['passed'] else 'FAIL'} ({verdict['detail']})")
