@@ -495,3 +495,17 @@ def test_the_header_names_the_command_that_wrote_the_report(tmp_path):
     assert "; rebuilt from saved results by `compress report RUN_DIR`." in (run_dir / "report.md").read_text()
     refresh_report(run_dir)  # what a deploy does once the device results are in
     assert "; rebuilt from saved results after a deploy added the device results." in (run_dir / "report.md").read_text()
+
+
+def test_every_accuracy_difference_to_the_teacher_has_one_sign(tmp_path):
+    """Student minus teacher everywhere: a student below the teacher is negative in the summary and the KD table."""
+    run_dir = write_run(tmp_path / "r1", device=False)
+    assert main(["--quiet", "report", str(run_dir)]) == 0
+    md, html = (run_dir / "report.md").read_text(), (run_dir / "report.html").read_text()
+    assert "(**-3.00 pts**" in md  # the summary: openvino int8 at 95% against the teacher's 98%
+    kd = md.split("## What distillation bought")[1].split("\n## ")[0]
+    assert "| Δ top-1 vs teacher |" in kd
+    assert "| student with KD | 96.00% | 93.6–97.7% | -2.00 pts | 6 |" in kd
+    assert "| student alone (baseline) | 93.00% | 89.9–95.3% | -5.00 pts | 5 |" in kd
+    for text in (md, html):
+        assert "gap to teacher" not in text and "+2.00 pts" not in text and "+5.00 pts" not in text

@@ -61,12 +61,12 @@ def kd_section(kd: dict[str, Any]) -> list[str]:
     if kd["teacher_note"]:
         out += [f"**First, the teacher.** {kd['teacher_note']}", ""]
     ci = kd["intervals"]
-    out += table(["", f"top-1 ({kd['split']})", "95% CI", "gap to teacher", "best epoch"],
+    out += table(["", f"top-1 ({kd['split']})", "95% CI", "Δ top-1 vs teacher", "best epoch"],
                  [["teacher", pct(kd["teacher_top1"]), pct_interval(ci["teacher"]), "-", "-"],
-                  ["student with KD", pct(kd["student_kd_top1"]), pct_interval(ci["kd"]), pts(kd["teacher_gap_kd_pts"]),
-                   num(kd["student_kd_best_epoch"], "d")],
+                  ["student with KD", pct(kd["student_kd_top1"]), pct_interval(ci["kd"]),
+                   pts(kd["kd_delta_vs_teacher_pts"]), num(kd["student_kd_best_epoch"], "d")],
                   ["student alone (baseline)", pct(kd["student_alone_top1"]), pct_interval(ci["alone"]),
-                   pts(kd["teacher_gap_alone_pts"]), num(kd["student_alone_best_epoch"], "d")]], "lrrrr")
+                   pts(kd["alone_delta_vs_teacher_pts"]), num(kd["student_alone_best_epoch"], "d")]], "lrrrr")
     line = kd["headline"]
     out += ["", f"{line['lead']} **{line['value']}**{line['rest']}", ""]
     if kd["better_student"]:
