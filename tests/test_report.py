@@ -509,3 +509,38 @@ def test_every_accuracy_difference_to_the_teacher_has_one_sign(tmp_path):
     assert "| student alone (baseline) | 93.00% | 89.9–95.3% | -5.00 pts | 5 |" in kd
     for text in (md, html):
         assert "gap to teacher" not in text and "+2.00 pts" not in text and "+5.00 pts" not in text
+
+
+def parity_entry(backend: str, precision: str, reference: str) -> dict:
+    return {"model": "student", "backend": backend, "precision": precision,
+            "parity": {"reference": reference, "samples": 360, "top1_agreement": 1.0, "max_abs_error": 1e-6,
+                       "mean_abs_error": 1e-7, "min_agreement": 0.999, "passed": True}}
+
+
+def with_engines(run_dir: Path, engines: list[dict], quantize: dict | None = None) -> Path:
+    record = json.loads((run_dir / "run.json").read_text())
+    record["stages"]["build"]["outputs"]["engines"] = engines
+    if quantize:
+        record["stages"]["quantize"] = {"key": "k", "status": "done", "outputs": quantize}
+    (run_dir / "run.json").write_text(json.dumps(record))
+    return run_dir
+
+
+def test_the_engine_parity_intro_speaks_of_q_dq_only_in_a_quantized_run(tmp_path):
+    plain = with_engines(write_run(tmp_path / "plain", device=False),
+                         [parity_entry("onnxruntime", "fp32", "stages/distill/student.pt")])
+    assert main(["--quiet", "report", str(plain)]) == 0
+    md, html = (plain / "report.md").read_text(), (plain / "report.html").read_text()
+    assert "## Engine parity\n\nEach engine against the model it came from, on the same val inputs.\n" in md
+    for text in (md, html):
+        assert "Q/DQ" not in text.split("Engine parity")[1] and "fake-quantized" not in text
+
+    engines = [parity_entry("onnxruntime", "fp32", "stages/distill/student.pt"),
+               parity_entry("onnxruntime", "int8", "stages/quantize/student.int8.pt"),
+               parity_entry("openvino", "int8", "stages/distill/student.pt")]
+    quantized = with_engines(write_run(tmp_path / "int8", device=False), engines,
+                             {"checkpoint": "stages/quantize/student.int8.pt", "mode": "ptq"})
+    assert main(["--quiet", "report", str(quantized)]) == 0
+    assert ("Each engine against the model it came from, on the same val inputs (int8 built from the Q/DQ ONNX: "
+            "against the fake-quantized torch model; int8 the engine quantized itself: against the float torch "
+            "model, so the quantization error counts).") in (quantized / "report.md").read_text()

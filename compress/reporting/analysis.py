@@ -178,6 +178,19 @@ def device_sections(devices: list[dict], host_rows: list[dict]) -> list[dict[str
     return sections
 
 
+def engine_parity_intro(entries: list[dict[str, Any]], quantized: str | None) -> str:
+    """What each engine of the "Engine parity" table is compared with, naming only the cases the run has:
+    Q/DQ and the fake-quantized model exist only in a run with a quantize stage."""
+    intro = "Each engine against the model it came from, on the same val inputs"
+    cases = []
+    if quantized and any(e.get("reference") == quantized for e in entries):
+        cases.append("int8 built from the Q/DQ ONNX: against the fake-quantized torch model")
+    if any(e["engine"].endswith(".int8") and e.get("reference") != quantized for e in entries):
+        cases.append("int8 the engine quantized itself: against the float torch model, so the quantization "
+                     "error counts")
+    return intro + (f" ({'; '.join(cases)})" if cases else "") + "."
+
+
 def analyze(facts: RunFacts) -> dict[str, Any]:
     """The report as data: every section's numbers, ready for report.json, markdown and HTML."""
     results = facts.results
@@ -212,6 +225,8 @@ def analyze(facts: RunFacts) -> dict[str, Any]:
     noisy = [{"artifact": artifact_id(r), "batch_size": r["batch_size"], "note": r.get("note") or "spread is high"}
              for r in rows if r["latency_ms"].get("noisy")]
     build = facts.outputs.get("build") or {}
+    parity = [{"engine": f"{e['model']}.{e['backend']}.{e['precision']}", **e["parity"]}
+              for e in build.get("engines") or [] if isinstance(e, dict) and e.get("parity")]
     return {
         "name": facts.name,
         "measured_at": (results.get("env") or {}).get("measured_at"),
@@ -235,8 +250,8 @@ def analyze(facts: RunFacts) -> dict[str, Any]:
         "training": training_summary(facts.metrics),
         "per_class": per_class(rows, choice, results.get("class_names")),
         "deferred": [d for d in build.get("deferred") or [] if isinstance(d, dict)],
-        "engine_parity": [{"engine": f"{e['model']}.{e['backend']}.{e['precision']}", **e["parity"]}
-                          for e in build.get("engines") or [] if isinstance(e, dict) and e.get("parity")],
+        "engine_parity": parity,
+        "engine_parity_intro": engine_parity_intro(parity, (facts.outputs.get("quantize") or {}).get("checkpoint")),
         "devices": device_sections(facts.devices, rows),
         "noisy": noisy,
         "harness": harness_line(results.get("settings") or {}, results.get("env") or {}, samples,

@@ -155,8 +155,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += accuracy_control_markdown(report.get("accuracy_control"))
 
     if report.get("engine_parity"):
-        out += ["## Engine parity", "", "Each engine against the model it came from, on the same val inputs "
-                "(int8 built from the Q/DQ ONNX: against the fake-quantized torch model):", ""]
+        out += ["## Engine parity", "", report["engine_parity_intro"], ""]
         out += table(["engine", "reference", "samples", "top-1 agreement", "max |diff|", "mean |diff|", "needs", "result"],
                      [[e["engine"], f"`{e['reference']}`", e["samples"], pct(e["top1_agreement"]),
                        num(e["max_abs_error"], ".2e"), num(e["mean_abs_error"], ".2e"), pct(e["min_agreement"]),
