@@ -544,3 +544,20 @@ def test_the_engine_parity_intro_speaks_of_q_dq_only_in_a_quantized_run(tmp_path
     assert ("Each engine against the model it came from, on the same val inputs (int8 built from the Q/DQ ONNX: "
             "against the fake-quantized torch model; int8 the engine quantized itself: against the float torch "
             "model, so the quantization error counts).") in (quantized / "report.md").read_text()
+
+
+def test_the_device_top1_carries_its_sample_size_and_interval_beside_the_hosts(tmp_path):
+    run_dir = write_run(tmp_path / "r1")
+    path = run_dir / "stages" / "deploy" / "jetson-orin" / "results.json"
+    device = json.loads(path.read_text())
+    device["rows"][0]["accuracy"] = {"top1": 246 / 256, "agreement_with_host": 0.98, "samples": 256}  # 96.09%
+    path.write_text(json.dumps(device))
+    assert main(["--quiet", "report", str(run_dir)]) == 0
+    md, html = (run_dir / "report.md").read_text(), (run_dir / "report.html").read_text()
+    section = md.split("## Device results")[1].split("\n## ")[0]
+    assert "| top-1 | top-1 95% CI | samples | host top-1 | host 95% CI | host p50 ms |" in section
+    # 246 of 256 on the device; the host's 95.00% on its 360 validation samples.
+    assert "| 96.09% | 93.0–97.9% | 256 | 95.00% | 92.2–96.8% | 0.500 |" in section
+    assert ("Top-1 on the device is on the labelled val sample the bundle ships (256 samples), the host's on the "
+            "validation split (360 samples): compare their 95% intervals (Wilson), not the two numbers.") in section
+    assert "93.0–97.9%" in html and "the labelled val sample the bundle ships (256 samples)" in html

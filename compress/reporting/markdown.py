@@ -16,6 +16,8 @@ from compress.reporting.verdict import recommendation_sentence
 RESULT_HEADERS = ["model", "backend", "precision", "batch", "p50 ms", "± ms", "p90 ms", "p99 ms", "std ms",
                   "throughput/s", "top-1", "top-1 95% CI", "top-5", "agreement", "Δ top-1", "speedup", "params",
                   "MACs", "size MB", "memory MB"]
+# The device's top-1 beside the host's, each with its interval and sample size (analysis.device_sections).
+DEVICE_TOP1 = ["top-1", "top-1 95% CI", "samples", "host top-1", "host 95% CI"]
 MEMORY_NOTE = ("memory MB is the peak resident memory of a fresh process that loads only that artifact and its "
                "runtime and runs it at the largest batch (`stages.benchmark.memory`).")
 
@@ -201,13 +203,16 @@ def render_markdown(report: dict[str, Any]) -> str:
                 out += ["- " + ", ".join(f"{k}: {v}" for k, v in dev["device"].items() if v not in (None, ""))]
                 out.append("")
             power = ["power W", "mJ/sample"] if dev["power_rail"] else []
-            out += table(["artifact", "batch", "p50 ms", "± ms", "p90 ms", "std ms", "throughput/s", "top-1",
+            out += table(["artifact", "batch", "p50 ms", "± ms", "p90 ms", "std ms", "throughput/s", *DEVICE_TOP1,
                           "host p50 ms", "peak RSS MB", *power],
                          [[r["id"], r.get("batch_size", "-"), ms(r["p50"]), ms(r.get("p50_spread")), ms(r["p90"]),
-                           ms(r["std"]), num(r.get("throughput_per_s"), ".1f"), pct(r["top1"]), ms(r["host_p50"]),
-                           num(r.get("peak_rss_mb"), ".0f"),
+                           ms(r["std"]), num(r.get("throughput_per_s"), ".1f"), pct(r["top1"]),
+                           pct_interval(r["top1_interval"]), num(r["top1_samples"], "d"), pct(r["host_top1"]),
+                           pct_interval(r["host_top1_interval"]), ms(r["host_p50"]), num(r.get("peak_rss_mb"), ".0f"),
                            *([num(r["power_w"], ".2f"), num(r["energy_mj"], ".3f")] if power else [])]
-                          for r in dev["rows"]], "l" + "r" * (9 + len(power)))
+                          for r in dev["rows"]], "l" + "r" * (8 + len(DEVICE_TOP1) + len(power)))
+            if dev["accuracy_note"]:
+                out += ["", dev["accuracy_note"]]
             if power:
                 out += ["", dev["power_note"]]
             out.append("")
