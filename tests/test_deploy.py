@@ -199,7 +199,7 @@ def test_deploy_over_ssh_benchmarks_on_the_device_then_status_and_rollback(sshd,
     np.save(sample, raw)
     out = subprocess.run([sys.executable, str(device / "current" / "runner.py"), "infer", str(device / "current"),
                           str(sample)], capture_output=True, text=True, check=True)
-    predictions = json.loads(out.stdout)["predictions"]
+    predictions = [json.loads(line)["label"] for line in out.stdout.splitlines()]  # one JSON line per input
     pre = read_json(device / "current" / "manifest.json")["preprocessing"]
     with get_engine("onnxruntime").load(run_dir / "stages" / "export" / "student.onnx") as session:
         expected = session.infer((raw - pre["mean"][0]) / pre["std"][0]).argmax(1)
@@ -249,7 +249,7 @@ def test_the_device_side_runs_on_jetpack_5s_python_3_8(sshd, run_dir, tmp_path, 
     np.save(sample, (load_digits().images[:10] / 16.0).astype(np.float32)[:, None])
     out = subprocess.run([DEVICE_PYTHON, str(device / "current" / "runner.py"), "infer", str(device / "current"),
                           str(sample)], capture_output=True, text=True, check=True)
-    assert len(json.loads(out.stdout)["predictions"]) == 10
+    assert [json.loads(line)["index"] for line in out.stdout.splitlines()] == list(range(10))
 
     capsys.readouterr()
     assert deploy(run_dir, "--target", target, "--status", *sshd.client_args()) == 0
