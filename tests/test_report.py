@@ -494,7 +494,8 @@ def test_the_header_names_the_command_that_wrote_the_report(tmp_path):
     assert main(["--quiet", "report", str(run_dir)]) == 0
     assert "; rebuilt from saved results by `compress report RUN_DIR`." in (run_dir / "report.md").read_text()
     refresh_report(run_dir)  # what a deploy does once the device results are in
-    assert "; rebuilt from saved results after a deploy added the device results." in (run_dir / "report.md").read_text()
+    md = (run_dir / "report.md").read_text()
+    assert "; rebuilt from saved results after a deploy added the device results." in md
 
 
 def test_every_accuracy_difference_to_the_teacher_has_one_sign(tmp_path):

@@ -86,7 +86,8 @@ def render_markdown(report: dict[str, Any]) -> str:
 
     out += ["## Summary", ""]
     if h:
-        sentence = recommendation_sentence(h, report["accuracy_budget"], mark=lambda name: f"**{name}** (`{h['artifact']}`)")
+        sentence = recommendation_sentence(h, report["accuracy_budget"],
+                                           mark=lambda name: f"**{name}** (`{h['artifact']}`)")
         out += [f"- {sentence}",
                 f"- Speedup vs teacher at batch {h['batch_size']}: **{times(h['speedup'])}** "
                 f"({ms(h['p50_ms'])}{plus_minus(h.get('p50_spread_ms'))} ms vs {ms(h['teacher_p50_ms'])} ms p50)",

@@ -126,8 +126,8 @@ def recommendation_sentence(headline: dict[str, Any], budget: dict[str, Any], ma
                 f"teacher); the fastest at batch {batch} is {name}, {drop:.2f} points below the teacher: "
                 f"{budget['source']} fails on it")
     if headline.get("within_budget") is None:
-        return (f"Recommended artifact: {name}: the fastest student artifact at batch {batch}; no teacher was measured, "
-                "so no accuracy budget applies")
+        return (f"Recommended artifact: {name}: the fastest student artifact at batch {batch}; no teacher was "
+                "measured, so no accuracy budget applies")
     return f"Recommended artifact: {name}: the fastest student artifact at batch {batch} within the accuracy budget"
 
 
