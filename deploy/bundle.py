@@ -86,6 +86,16 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return record
 
 
+def failed_gates(report: dict[str, Any]) -> list[str]:
+    """The gates a run's report stage judged failed (its outputs in run.json); none when it judged none."""
+    return [g.get("gate", "?") for g in report.get("gates") or [] if isinstance(g, dict) and not g.get("passed")]
+
+
+def gates_refusal(failed: list[str], override: str) -> str:
+    """Why a run is not deployed: the one sentence `compress deploy` and the pipeline's deploy stage both say."""
+    return f"not deployed: gate(s) failed ({', '.join(failed)}); {override} deploys anyway"
+
+
 def candidates(run_dir: Path, record: dict[str, Any]) -> list[Choice]:
     """Every artifact of the run that can be deployed, by runtime."""
     stages = record["stages"]

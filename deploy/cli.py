@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from compress.core.errors import UsageError
-from deploy.bundle import SampleMaker
+from compress.core.errors import GateFailed, UsageError
+from deploy.bundle import SampleMaker, failed_gates, gates_refusal, read_run
 from deploy.fleet import KEEP, Console, ReportRefresher, deploy_command, releases_command
 from deploy.release import check_slugs
 from deploy.targets import SshOptions, parse_target
@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE", help="ssh -o, repeatable")
     parser.add_argument("--bwlimit", type=int, metavar="KBPS", help="upload bandwidth limit in KB/s")
     parser.add_argument("--val-samples", type=int, default=256, help="labelled val samples shipped for top-1")
+    parser.add_argument("--allow-failed-gates", action="store_true",
+                        help="deploy a run whose gates failed (refused otherwise, exit 3)")
     parser.add_argument("--keep", type=int, default=KEEP, metavar="N",
                         help=f"releases kept on each device and bundles on this machine (default {KEEP}); older "
                              "ones are removed after a switch, never the current one nor the one --rollback goes to")
@@ -53,6 +55,20 @@ def ssh_options(args: argparse.Namespace) -> SshOptions:
                       absolute["--ssh-config"])
 
 
+def check_gates(run_dir: Path, allow_failed: bool, console: Console) -> None:
+    """Refuse a run whose gates failed, as the pipeline's deploy stage does, unless --allow-failed-gates.
+
+    Exit 3, not 2: the input is sound and the verdict is the one `compress run` gave with 3, so a
+    script that stops on a failed gate treats both commands alike; nothing on a device has changed.
+    """
+    failed = failed_gates(read_run(run_dir)["stages"].get("report", {}).get("outputs") or {})
+    if not failed:
+        return
+    if not allow_failed:
+        raise GateFailed(f"{run_dir}: {gates_refusal(failed, '--allow-failed-gates')}")
+    console(f"note: deploying although gate(s) failed ({', '.join(failed)}): --allow-failed-gates")
+
+
 def run_deploy(args: argparse.Namespace, console: Console, make_sample: SampleMaker,
                refresh_report: ReportRefresher) -> int:
     """The parsed `compress deploy` arguments, carried out; the two hooks come from the compress side."""
@@ -66,6 +82,7 @@ def run_deploy(args: argparse.Namespace, console: Console, make_sample: SampleMa
     if args.status or args.rollback:
         return releases_command(targets, "status" if args.status else "rollback", console, Path(args.run_dir),
                                 refresh_report)
+    check_gates(Path(args.run_dir), args.allow_failed_gates, console)
     failed = deploy_command(Path(args.run_dir), targets, console, make_sample, refresh_report, args.runtime,
                             args.artifact, args.val_samples, args.bwlimit, args.keep)
     return 1 if failed else 0

@@ -137,7 +137,9 @@ def summary_line(results: dict[str, Any]) -> str:
         text += f", b{first['batch_size']} p50 {first['latency_ms']['p50']:.3f} ms"
         if first.get("tokens_per_s"):
             text += f" ({first['tokens_per_s']:,.0f} tokens/s at length {first['sequence_length']})"
+        samples = first["accuracy"].get("samples")
         text += f", top-1 {'-' if top1 is None else format(top1, '.4f')}"
+        text += f" on {samples} val samples" if top1 is not None and samples else ""
     return text
 
 

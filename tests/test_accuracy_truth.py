@@ -8,6 +8,7 @@ the real stages write what these tests read.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -250,6 +251,28 @@ def test_gates_fail_when_no_artifact_is_within_the_accuracy_budget(tmp_path):
     (gate,) = report["gates"]
     assert gate["gate"] == "min_speedup" and gate["passed"] is False
     assert gate["detail"] == "no student artifact is within the accuracy budget (3 pts top-1): nothing to judge"
+
+
+def test_with_an_accuracy_gate_and_every_student_below_it_the_summary_says_none_is_within(tmp_path, capsys):
+    """Every student is a candidate then (the gate needs an artifact to fail on): the fastest is named as what it is."""
+    run_dir = write_run(tmp_path / "r1", device=False, deferred=False, gates={"max_accuracy_drop": 0.03})
+    rows = [scored("teacher", "torch", "fp32", 1, 10.0, window(0, 784), 4.0),
+            scored("student", "onnxruntime", "fp32", 1, 1.5, window(0, 754)),  # 3.75 points down
+            scored("student", "openvino", "fp32", 1, 1.2, window(0, 754))]
+    md, report, html = report_of(rewrite(run_dir, rows))
+    assert report["headline"]["recommended"] == "student.openvino.fp32"
+    assert report["gates"][0]["gate"] == "max_accuracy_drop" and report["gates"][0]["passed"] is False
+    sentence = ("No student artifact is within the accuracy budget (3 points top-1 below the teacher); the fastest at "
+                "batch 1 is student.openvino.fp32, 3.75 points below the teacher: gates.max_accuracy_drop fails on it")
+    assert main(["report", str(run_dir)]) == 0
+    assert sentence in capsys.readouterr().out  # and the console, in the same words
+    summary = md.split("## Summary")[1].split("## Gates")[0]
+    assert sentence in re.sub(r"\*\*(\S+)\*\* \(`[^`]*`\)", r"\1", summary)
+    assert "**student.openvino.fp32** (`stages/x/student.openvino.fp32`)" in summary
+    assert sentence in re.sub(r"<strong>(\S+)</strong> <code>[^<]*</code>", r"\1", html)
+    for text in (md, html):
+        assert "Recommended artifact" not in text and "within the accuracy budget)" not in text
+    assert report["headline"]["within_budget"] is False
 
 
 # --- the split each number comes from ------------------------------------------------------------

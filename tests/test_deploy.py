@@ -200,7 +200,7 @@ def test_deploy_over_ssh_benchmarks_on_the_device_then_status_and_rollback(sshd,
     np.save(sample, raw)
     out = subprocess.run([sys.executable, str(device / "current" / "runner.py"), "infer", str(device / "current"),
                           str(sample)], capture_output=True, text=True, check=True)
-    predictions = json.loads(out.stdout)["predictions"]
+    predictions = [json.loads(line)["label"] for line in out.stdout.splitlines()]  # one JSON line per input
     pre = read_json(device / "current" / "manifest.json")["preprocessing"]
     with get_engine("onnxruntime").load(run_dir / "stages" / "export" / "student.onnx") as session:
         expected = session.infer((raw - pre["mean"][0]) / pre["std"][0]).argmax(1)
@@ -250,7 +250,7 @@ def test_the_device_side_runs_on_jetpack_5s_python_3_8(sshd, run_dir, tmp_path, 
     np.save(sample, (load_digits().images[:10] / 16.0).astype(np.float32)[:, None])
     out = subprocess.run([DEVICE_PYTHON, str(device / "current" / "runner.py"), "infer", str(device / "current"),
                           str(sample)], capture_output=True, text=True, check=True)
-    assert len(json.loads(out.stdout)["predictions"]) == 10
+    assert [json.loads(line)["index"] for line in out.stdout.splitlines()] == list(range(10))
 
     capsys.readouterr()
     assert deploy(run_dir, "--target", target, "--status", *sshd.client_args()) == 0
@@ -719,3 +719,24 @@ def test_a_run_whose_report_recommends_nothing_says_what_is_deployed_instead(run
         assert ("note: the run's report recommends no artifact (none is within its accuracy budget); deploying "
                 "student.onnxruntime.fp32, the first built for the runtime" in out) is noted
 
+
+
+def test_compress_deploy_refuses_a_run_whose_gates_failed_unless_told(run_dir, tmp_path, capsys):
+    """As the pipeline's deploy stage does: exit 3 (the gate's own code), one line naming the gates, no device touched."""
+    run = Path(shutil.copytree(run_dir, tmp_path / "run", symlinks=True))
+    record = read_json(run / "run.json")
+    record["stages"]["report"]["outputs"].update(gates_passed=False, gates=[
+        {"gate": "max_accuracy_drop", "limit": 0.03, "value": 0.038, "passed": False, "detail": "3.80 points"},
+        {"gate": "max_size_mb", "limit": 1.0, "value": 0.1, "passed": True, "detail": "0.100 MB"},
+        {"gate": "min_speedup", "limit": 9.0, "value": 2.0, "passed": False, "detail": "2.00x"}])
+    write_json(run / "run.json", record)
+    device = tmp_path / "device"
+    assert deploy(run, "--target", f"local:{device}") == 3
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {run}: not deployed: gate(s) failed (max_accuracy_drop, min_speedup); "
+                   "--allow-failed-gates deploys anyway")
+    assert not device.exists()
+
+    assert deploy(run, "--target", f"local:{device}", "--allow-failed-gates") == 0
+    assert "note: deploying although gate(s) failed (max_accuracy_drop, min_speedup)" in capsys.readouterr().out
+    assert current_release(device) is not None

@@ -107,12 +107,12 @@ def host_logits(run_dir: Path, texts: list[str]) -> np.ndarray:
     return session.run(None, arrays)[0]
 
 
-def device_infer(release: Path, *inputs, python: str = sys.executable) -> tuple[int, dict]:
-    """`runner.py infer` run from the release folder as a user runs it on the device: exit code, last JSON line."""
+def device_infer(release: Path, *inputs, python: str = sys.executable) -> tuple[int, list[dict]]:
+    """`runner.py infer` run from the release folder as a user runs it on the device: exit code, its JSON lines
+    (one per input; one {"error": ...} line on failure)."""
     done = subprocess.run([python, str(release / "runner.py"), "infer", str(release), *map(str, inputs)],
                           capture_output=True, text=True)
-    lines = done.stdout.strip().splitlines()
-    return done.returncode, json.loads(lines[-1]) if lines else {}
+    return done.returncode, [json.loads(line) for line in done.stdout.strip().splitlines()]
 
 
 def assert_device_predicts_as_the_host(run_dir: Path, release: Path, folder: Path, python: str = sys.executable):
@@ -122,7 +122,7 @@ def assert_device_predicts_as_the_host(run_dir: Path, release: Path, folder: Pat
     code, answer = device_infer(release, write_lines(folder / "texts.txt", TEXTS), "--output", folder / "logits.npy",
                                 python=python)
     assert code == 0, answer
-    predictions = answer["predictions"]
+    predictions = answer  # one JSON line per text
     assert [p["text"] for p in predictions] == TEXTS and {p["file"] for p in predictions} == {str(folder / "texts.txt")}
     assert [p["label"] for p in predictions] == [labels[i] for i in expected.argmax(1)]
     np.testing.assert_allclose(np.load(folder / "logits.npy"), expected, atol=1e-5)
@@ -168,7 +168,9 @@ def test_a_text_run_deploys_and_the_device_classifies_raw_texts_as_the_host_does
 
     np.savez(tmp_path / "ids.npz", **encode(load_tokenizer(tokenizer), TEXTS, MAX_LENGTH))
     code, answer = device_infer(release, tmp_path / "ids.npz")
-    assert code == 0 and answer["predictions"] == [manifest["labels"][i] for i in host_logits(text_run, TEXTS).argmax(1)]
+    assert code == 0 and [a["label"] for a in answer] == [manifest["labels"][i]
+                                                         for i in host_logits(text_run, TEXTS).argmax(1)]
+    assert [(a["file"], a["index"]) for a in answer] == [(str(tmp_path / "ids.npz"), i) for i in range(len(TEXTS))]
 
 
 @pytest.mark.skipif(not DEVICE_PYTHON, reason="COMPRESS_TEST_DEVICE_PYTHON not set (.ci/run sets it)")
@@ -212,7 +214,8 @@ def test_a_text_file_and_an_npz_together_are_refused(text_deployed, tmp_path):
     np.savez(tmp_path / "ids.npz", input_ids=np.ones((1, 3), dtype=np.int64))
     code, answer = device_infer(text_deployed / "current", write_lines(tmp_path / "a.txt", ["goal"]),
                                 tmp_path / "ids.npz")
-    assert code == 1 and answer["error"].endswith("ids.npz: give one .npz alone, or text files only")
+    assert code == 1 and len(answer) == 1
+    assert answer[0]["error"].endswith("ids.npz: give one .npz alone, or text files only")
 
 
 # ---------------------------------------------------------------- the tokenizer is checked like every file
@@ -239,7 +242,8 @@ def test_the_device_refuses_texts_when_its_tokenizer_changed_after_the_deploy(te
     tokenizer = release / "tokenizer.json"
     tokenizer.write_text(tokenizer.read_text().replace('"lowercase": true', '"lowercase": false'))
     code, answer = device_infer(release, texts)
-    assert code == 1 and answer["error"].startswith("checksum mismatch: tokenizer.json (sha256 ")
+    assert code == 1 and len(answer) == 1
+    assert answer[0]["error"].startswith("checksum mismatch: tokenizer.json (sha256 ")
     done = subprocess.run([sys.executable, str(release / "runner.py"), "verify", str(release)],
                           capture_output=True, text=True)
     assert done.returncode == 1 and "checksum mismatch: tokenizer.json" in done.stdout

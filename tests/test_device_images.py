@@ -176,6 +176,11 @@ def run_runner(python: str, *args, env: dict | None = None) -> subprocess.Comple
     return done
 
 
+def answers(done: subprocess.CompletedProcess) -> list[dict]:
+    """What `runner.py infer` printed: one JSON line per input, nothing else on stdout."""
+    return [json.loads(line) for line in done.stdout.strip().splitlines()]
+
+
 def host_logits(release_dir: Path, files: list[Path]) -> np.ndarray:
     import onnxruntime as ort
 
@@ -202,15 +207,16 @@ def test_runner_classifies_image_files_as_the_host_would(python, release, photos
     out = tmp_path / "logits.npy"
     done = run_runner(python, release, *photos, "--output", out)
     assert done.returncode == 0, done.stdout + done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = answers(done)  # one JSON line per file, in the order given
     expected = host_logits(release, photos)
     probabilities = np.exp(expected - expected.max(1, keepdims=True))
     probabilities /= probabilities.sum(1, keepdims=True)
-    assert [p["file"] for p in result["predictions"]] == [str(f) for f in photos]
-    assert [p["label"] for p in result["predictions"]] == [LABELS[i] for i in expected.argmax(1)]
-    assert len({p["label"] for p in result["predictions"]}) > 1  # the files are told apart, not all one class
-    assert np.allclose([p["score"] for p in result["predictions"]], probabilities.max(1), atol=1e-5)
-    assert result["output"] == str(out) and np.abs(np.load(out) - expected).max() <= 1e-4
+    assert all(set(p) == {"file", "label", "score"} for p in result)
+    assert [p["file"] for p in result] == [str(f) for f in photos]
+    assert [p["label"] for p in result] == [LABELS[i] for i in expected.argmax(1)]
+    assert len({p["label"] for p in result}) > 1  # the files are told apart, not all one class
+    assert np.allclose([p["score"] for p in result], probabilities.max(1), atol=1e-5)
+    assert np.abs(np.load(out) - expected).max() <= 1e-4
 
 
 @pytest.mark.parametrize("python", pythons(needs_pillow=False))
@@ -224,7 +230,10 @@ def test_runner_still_classifies_one_npy_of_raw_inputs(python, release, tmp_path
     x = (raw - np.float32(MEAN)[None, :, None, None]) / np.float32(STD)[None, :, None, None]
     session = ort.InferenceSession(str(release / "model.onnx"), providers=["CPUExecutionProvider"])
     expected = session.run(None, {"input": x})[0].argmax(1)
-    assert json.loads(done.stdout) == {"predictions": [LABELS[i] for i in expected], "output": None}
+    result = answers(done)  # one JSON line per row of the .npy
+    assert [(p["file"], p["index"], p["label"]) for p in result] == [
+        (str(tmp_path / "raw.npy"), i, LABELS[label]) for i, label in enumerate(expected)]
+    assert all(0 < p["score"] <= 1 for p in result)
 
 
 # ---------------------------------------------------------------- bad inputs: one line, naming the file

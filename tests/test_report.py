@@ -469,3 +469,96 @@ def test_the_tradeoff_chart_draws_an_artifact_at_top1_one():
             for model, p50 in (("teacher", 5.0), ("student", 2.0))]
     report = {"pareto_batch": 1, "rows": rows, "headline": None, "pareto": ["student.torch.fp32"], "gate_limits": {}}
     assert latency_vs_accuracy(report)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- things a reader notices ----------------------------------------------------------------------
+
+def test_the_header_names_the_command_that_wrote_the_report(tmp_path):
+    from compress.core.fileio import read_json
+    from compress.stages.contract import StageContext
+    from compress.stages.deploy import refresh_report
+    from compress.stages.report import ReportStage
+
+    run_dir = write_run(tmp_path / "r1", device=False)
+    outputs = {name: entry["outputs"] for name, entry in read_json(run_dir / "run.json")["stages"].items()}
+    logged: list[str] = []
+    ctx = StageContext("report", None, None, run_dir, run_dir / "stages" / "report", outputs, logged.append)
+    ctx.stage_dir.mkdir(parents=True)
+    ReportStage().run(ctx)  # what `compress run` does
+    md, html = (run_dir / "report.md").read_text(), (run_dir / "report.html").read_text()
+    assert "Measured 2026-11-23T12:00:00+0000; written by `compress run` (its report stage)." in md
+    assert "written by compress run (its report stage)" in html and "compress report" not in md.split("\n## ")[0]
+    assert ("Recommended artifact: student.openvino.int8: the fastest student artifact at batch 1 within the "
+            "accuracy budget (20.00x the teacher, -3.00 pts top-1)") in logged  # the summary's words on the console
+
+    assert main(["--quiet", "report", str(run_dir)]) == 0
+    assert "; rebuilt from saved results by `compress report RUN_DIR`." in (run_dir / "report.md").read_text()
+    refresh_report(run_dir)  # what a deploy does once the device results are in
+    md = (run_dir / "report.md").read_text()
+    assert "; rebuilt from saved results after a deploy added the device results." in md
+
+
+def test_every_accuracy_difference_to_the_teacher_has_one_sign(tmp_path):
+    """Student minus teacher everywhere: a student below the teacher is negative in the summary and the KD table."""
+    run_dir = write_run(tmp_path / "r1", device=False)
+    assert main(["--quiet", "report", str(run_dir)]) == 0
+    md, html = (run_dir / "report.md").read_text(), (run_dir / "report.html").read_text()
+    assert "(**-3.00 pts**" in md  # the summary: openvino int8 at 95% against the teacher's 98%
+    kd = md.split("## What distillation bought")[1].split("\n## ")[0]
+    assert "| Δ top-1 vs teacher |" in kd
+    assert "| student with KD | 96.00% | 93.6–97.7% | -2.00 pts | 6 |" in kd
+    assert "| student alone (baseline) | 93.00% | 89.9–95.3% | -5.00 pts | 5 |" in kd
+    for text in (md, html):
+        assert "gap to teacher" not in text and "+2.00 pts" not in text and "+5.00 pts" not in text
+
+
+def parity_entry(backend: str, precision: str, reference: str) -> dict:
+    return {"model": "student", "backend": backend, "precision": precision,
+            "parity": {"reference": reference, "samples": 360, "top1_agreement": 1.0, "max_abs_error": 1e-6,
+                       "mean_abs_error": 1e-7, "min_agreement": 0.999, "passed": True}}
+
+
+def with_engines(run_dir: Path, engines: list[dict], quantize: dict | None = None) -> Path:
+    record = json.loads((run_dir / "run.json").read_text())
+    record["stages"]["build"]["outputs"]["engines"] = engines
+    if quantize:
+        record["stages"]["quantize"] = {"key": "k", "status": "done", "outputs": quantize}
+    (run_dir / "run.json").write_text(json.dumps(record))
+    return run_dir
+
+
+def test_the_engine_parity_intro_speaks_of_q_dq_only_in_a_quantized_run(tmp_path):
+    plain = with_engines(write_run(tmp_path / "plain", device=False),
+                         [parity_entry("onnxruntime", "fp32", "stages/distill/student.pt")])
+    assert main(["--quiet", "report", str(plain)]) == 0
+    md, html = (plain / "report.md").read_text(), (plain / "report.html").read_text()
+    assert "## Engine parity\n\nEach engine against the model it came from, on the same val inputs.\n" in md
+    for text in (md, html):
+        assert "Q/DQ" not in text.split("Engine parity")[1] and "fake-quantized" not in text
+
+    engines = [parity_entry("onnxruntime", "fp32", "stages/distill/student.pt"),
+               parity_entry("onnxruntime", "int8", "stages/quantize/student.int8.pt"),
+               parity_entry("openvino", "int8", "stages/distill/student.pt")]
+    quantized = with_engines(write_run(tmp_path / "int8", device=False), engines,
+                             {"checkpoint": "stages/quantize/student.int8.pt", "mode": "ptq"})
+    assert main(["--quiet", "report", str(quantized)]) == 0
+    assert ("Each engine against the model it came from, on the same val inputs (int8 built from the Q/DQ ONNX: "
+            "against the fake-quantized torch model; int8 the engine quantized itself: against the float torch "
+            "model, so the quantization error counts).") in (quantized / "report.md").read_text()
+
+
+def test_the_device_top1_carries_its_sample_size_and_interval_beside_the_hosts(tmp_path):
+    run_dir = write_run(tmp_path / "r1")
+    path = run_dir / "stages" / "deploy" / "jetson-orin" / "results.json"
+    device = json.loads(path.read_text())
+    device["rows"][0]["accuracy"] = {"top1": 246 / 256, "agreement_with_host": 0.98, "samples": 256}  # 96.09%
+    path.write_text(json.dumps(device))
+    assert main(["--quiet", "report", str(run_dir)]) == 0
+    md, html = (run_dir / "report.md").read_text(), (run_dir / "report.html").read_text()
+    section = md.split("## Device results")[1].split("\n## ")[0]
+    assert "| top-1 | top-1 95% CI | samples | host top-1 | host 95% CI | host p50 ms |" in section
+    # 246 of 256 on the device; the host's 95.00% on its 360 validation samples.
+    assert "| 96.09% | 93.0–97.9% | 256 | 95.00% | 92.2–96.8% | 0.500 |" in section
+    assert ("Top-1 on the device is on the labelled val sample the bundle ships (256 samples), the host's on the "
+            "validation split (360 samples): compare their 95% intervals (Wilson), not the two numbers.") in section
+    assert "93.0–97.9%" in html and "the labelled val sample the bundle ships (256 samples)" in html

@@ -79,6 +79,7 @@ def cmd_init(args: argparse.Namespace, console: Console) -> int:
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from compress.core.fileio import DirLock, ensure_writable_dir
     from compress.reporting import rewrite_report
+    from compress.reporting.verdict import recommendation_sentence
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "pipeline.yaml").is_file():  # what is read first: a folder that is no run dir says so
@@ -92,6 +93,8 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
         written = rewrite_report(run_dir)
     finally:
         lock.release()
+    if written.report["headline"]:
+        console(recommendation_sentence(written.report["headline"], written.report["accuracy_budget"]))
     for gate in written.failed_gates:
         console(f"gate {gate['gate']}: FAIL ({gate['detail']})")
     console(f"report: {Path(args.run_dir) / 'report.html'} (and report.md, report.json)")

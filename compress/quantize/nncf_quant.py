@@ -27,6 +27,7 @@ from compress.core.errors import UsageError
 from compress.core.fileio import atomic_path
 from compress.models import ModelSpec, build_model
 from compress.quantize.fold import fold_batchnorm
+from compress.quantize.kernels import use_reference_functions
 
 TARGETS = ("cpu", "tensorrt")
 PRESETS = ("performance", "mixed")
@@ -106,6 +107,7 @@ def quantize_model(model: nn.Module, calibration: np.ndarray, *, target: str = "
 
     if target not in TARGETS:
         raise UsageError(f"unknown quantization target '{target}'; known: {', '.join(TARGETS)}")
+    use_reference_functions()  # never NNCF's C++ build: see kernels.py
     missing = missing_modules(model, ignored_scope or [])
     if missing:
         raise UsageError(f"no module '{missing[0]}' in the model")
@@ -175,6 +177,7 @@ def load_quantized(path: str | Path) -> tuple[nn.Module, ModelSpec, dict[str, An
     """Rebuild the fake-quantized model saved by `save_quantized`; returns (model, spec, payload)."""
     import nncf
 
+    use_reference_functions()  # never NNCF's C++ build: see kernels.py
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or "nncf_config" not in payload:
         raise UsageError(f"{path}: not a quantized checkpoint (no nncf_config)")

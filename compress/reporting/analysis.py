@@ -147,8 +147,20 @@ def release_line(release: dict[str, Any] | None) -> str | None:
     return line
 
 
-def device_sections(devices: list[dict], host_rows: list[dict]) -> list[dict[str, Any]]:
-    """Device rows with the host's p50 of the same artifact and batch beside them, when measured here."""
+def device_accuracy_note(rows: list[dict[str, Any]], host_samples: int | None, split: str) -> str | None:
+    """How far apart the device's top-1 and the host's may be by sampling alone: they are on different samples."""
+    sizes = sorted({r["top1_samples"] for r in rows if r.get("top1_samples")})
+    if not sizes:
+        return None
+    return (f"Top-1 on the device is on the labelled val sample the bundle ships ({', '.join(map(str, sizes))} "
+            f"samples), the host's on the {SPLIT_NAMES.get(split, split)} split ({host_samples or '?'} samples): "
+            "compare their 95% intervals (Wilson), not the two numbers.")
+
+
+def device_sections(devices: list[dict], host_rows: list[dict], host_samples: int | None = None,
+                    split: str = "val") -> list[dict[str, Any]]:
+    """Device rows with the host's p50 and top-1 of the same artifact and batch beside them, when measured here;
+    each top-1 with its 95% interval on its own sample size."""
     host = {tuple(r[k] for k in SAME_ARTIFACT): r for r in host_rows}
     sections = []
     for device in devices:
@@ -160,10 +172,14 @@ def device_sections(devices: list[dict], host_rows: list[dict]) -> list[dict[str
             power = row.get("power") if isinstance(row.get("power"), dict) else {}
             mean_mw = power.get("mean_mw")
             match = host.get(tuple(row.get(k) for k in SAME_ARTIFACT))
+            accuracy = row.get("accuracy") if isinstance(row.get("accuracy"), dict) else {}
+            top1, samples = accuracy.get("top1"), accuracy.get("samples")
+            host_top1 = match["accuracy"]["top1"] if match else None
             rows.append({**row, "id": f"{row.get('model', '?')}.{row.get('backend', '?')}.{row.get('precision', '?')}",
                          "p50": lat.get("p50"), "p50_spread": lat.get("p50_spread"), "p90": lat.get("p90"),
                          "std": lat.get("std"),
-                         "top1": (row.get("accuracy") or {}).get("top1"),
+                         "top1": top1, "top1_samples": samples, "top1_interval": top1_interval(top1, samples),
+                         "host_top1": host_top1, "host_top1_interval": top1_interval(host_top1, host_samples),
                          "host_p50": match["latency_ms"]["p50"] if match else None,
                          "power_w": mean_mw / 1000 if isinstance(mean_mw, (int, float)) else None,
                          "energy_mj": row.get("energy_mj_per_sample")})
@@ -171,11 +187,25 @@ def device_sections(devices: list[dict], host_rows: list[dict]) -> list[dict[str
                 rail = power.get("rail")
         info = device["device"] if isinstance(device["device"], dict) else {"info": device["device"]}
         sections.append({"target": device["target"], "device": info, "rows": rows, "path": device.get("path"),
+                         "accuracy_note": device_accuracy_note(rows, host_samples, split),
                          "release": release_line(device.get("release")), "power_rail": rail,
                          "power_note": None if rail is None else (
                              f"Power: mean of tegrastats' {rail} rail while the batch ran; energy per sample = "
                              "power × p50 / batch.")})
     return sections
+
+
+def engine_parity_intro(entries: list[dict[str, Any]], quantized: str | None) -> str:
+    """What each engine of the "Engine parity" table is compared with, naming only the cases the run has:
+    Q/DQ and the fake-quantized model exist only in a run with a quantize stage."""
+    intro = "Each engine against the model it came from, on the same val inputs"
+    cases = []
+    if quantized and any(e.get("reference") == quantized for e in entries):
+        cases.append("int8 built from the Q/DQ ONNX: against the fake-quantized torch model")
+    if any(e["engine"].endswith(".int8") and e.get("reference") != quantized for e in entries):
+        cases.append("int8 the engine quantized itself: against the float torch model, so the quantization "
+                     "error counts")
+    return intro + (f" ({'; '.join(cases)})" if cases else "") + "."
 
 
 def analyze(facts: RunFacts) -> dict[str, Any]:
@@ -192,6 +222,7 @@ def analyze(facts: RunFacts) -> dict[str, Any]:
     if choice:
         headline = {
             "recommended": info["recommended"], "artifact": choice["artifact"], "batch_size": choice["batch_size"],
+            "model": choice["model"], "within_budget": info["within_budget"],
             "p50_ms": choice["latency_ms"]["p50"], "p50_spread_ms": choice["latency_ms"].get("p50_spread"),
             "teacher_p50_ms": teacher["latency_ms"]["p50"] if teacher else None,
             "speedup": choice.get("speedup_vs_teacher"), "top1": choice["accuracy"]["top1"],
@@ -211,6 +242,8 @@ def analyze(facts: RunFacts) -> dict[str, Any]:
     noisy = [{"artifact": artifact_id(r), "batch_size": r["batch_size"], "note": r.get("note") or "spread is high"}
              for r in rows if r["latency_ms"].get("noisy")]
     build = facts.outputs.get("build") or {}
+    parity = [{"engine": f"{e['model']}.{e['backend']}.{e['precision']}", **e["parity"]}
+              for e in build.get("engines") or [] if isinstance(e, dict) and e.get("parity")]
     return {
         "name": facts.name,
         "measured_at": (results.get("env") or {}).get("measured_at"),
@@ -234,9 +267,9 @@ def analyze(facts: RunFacts) -> dict[str, Any]:
         "training": training_summary(facts.metrics),
         "per_class": per_class(rows, choice, results.get("class_names")),
         "deferred": [d for d in build.get("deferred") or [] if isinstance(d, dict)],
-        "engine_parity": [{"engine": f"{e['model']}.{e['backend']}.{e['precision']}", **e["parity"]}
-                          for e in build.get("engines") or [] if isinstance(e, dict) and e.get("parity")],
-        "devices": device_sections(facts.devices, rows),
+        "engine_parity": parity,
+        "engine_parity_intro": engine_parity_intro(parity, (facts.outputs.get("quantize") or {}).get("checkpoint")),
+        "devices": device_sections(facts.devices, rows, samples, results.get("accuracy_split") or "val"),
         "noisy": noisy,
         "harness": harness_line(results.get("settings") or {}, results.get("env") or {}, samples,
                                 results.get("accuracy_split") or "val"),

@@ -157,8 +157,9 @@ def kd_gain(rows: list[dict], results: dict, outputs: dict, pipeline: dict,
     distill, baseline = outputs.get("distill") or {}, outputs.get("baseline") or {}
     return {
         "teacher_top1": teacher, "student_kd_top1": kd, "student_alone_top1": alone, "kd_gain_pts": gain,
-        "teacher_gap_kd_pts": (teacher - kd) * 100 if teacher is not None else None,
-        "teacher_gap_alone_pts": (teacher - alone) * 100 if teacher is not None else None,
+        # student minus teacher, as every Δ top-1 of the report: negative when the student is below
+        "kd_delta_vs_teacher_pts": (kd - teacher) * 100 if teacher is not None else None,
+        "alone_delta_vs_teacher_pts": (alone - teacher) * 100 if teacher is not None else None,
         "gap_closed": closed,
         "student_kd_best_epoch": distill.get("best_epoch"), "student_alone_best_epoch": baseline.get("best_epoch"),
         "split": s["split"], "samples": n,

@@ -11,10 +11,13 @@ from compress.reporting.quantization import accuracy_control_markdown
 from compress.reporting.sequence import sequence_markdown
 from compress.reporting.fmt import count, ms, num, pct, pct_interval, plus_minus, pts, pts_interval, table, times
 from compress.reporting.uncertainty import noise_phrase
+from compress.reporting.verdict import recommendation_sentence
 
 RESULT_HEADERS = ["model", "backend", "precision", "batch", "p50 ms", "± ms", "p90 ms", "p99 ms", "std ms",
                   "throughput/s", "top-1", "top-1 95% CI", "top-5", "agreement", "Δ top-1", "speedup", "params",
                   "MACs", "size MB", "memory MB"]
+# The device's top-1 beside the host's, each with its interval and sample size (analysis.device_sections).
+DEVICE_TOP1 = ["top-1", "top-1 95% CI", "samples", "host top-1", "host 95% CI"]
 MEMORY_NOTE = ("memory MB is the peak resident memory of a fresh process that loads only that artifact and its "
                "runtime and runs it at the largest batch (`stages.benchmark.memory`).")
 
@@ -60,12 +63,12 @@ def kd_section(kd: dict[str, Any]) -> list[str]:
     if kd["teacher_note"]:
         out += [f"**First, the teacher.** {kd['teacher_note']}", ""]
     ci = kd["intervals"]
-    out += table(["", f"top-1 ({kd['split']})", "95% CI", "gap to teacher", "best epoch"],
+    out += table(["", f"top-1 ({kd['split']})", "95% CI", "Δ top-1 vs teacher", "best epoch"],
                  [["teacher", pct(kd["teacher_top1"]), pct_interval(ci["teacher"]), "-", "-"],
-                  ["student with KD", pct(kd["student_kd_top1"]), pct_interval(ci["kd"]), pts(kd["teacher_gap_kd_pts"]),
-                   num(kd["student_kd_best_epoch"], "d")],
+                  ["student with KD", pct(kd["student_kd_top1"]), pct_interval(ci["kd"]),
+                   pts(kd["kd_delta_vs_teacher_pts"]), num(kd["student_kd_best_epoch"], "d")],
                   ["student alone (baseline)", pct(kd["student_alone_top1"]), pct_interval(ci["alone"]),
-                   pts(kd["teacher_gap_alone_pts"]), num(kd["student_alone_best_epoch"], "d")]], "lrrrr")
+                   pts(kd["alone_delta_vs_teacher_pts"]), num(kd["student_alone_best_epoch"], "d")]], "lrrrr")
     line = kd["headline"]
     out += ["", f"{line['lead']} **{line['value']}**{line['rest']}", ""]
     if kd["better_student"]:
@@ -78,14 +81,14 @@ def kd_section(kd: dict[str, Any]) -> list[str]:
 def render_markdown(report: dict[str, Any]) -> str:
     h = report["headline"]
     out = [f"# Deployment report: {report['name']}", "",
-           f"Measured {report['measured_at'] or '(time not recorded)'}; rebuilt from saved results by "
-           "`compress report RUN_DIR`. Charts: `report.html`.", ""]
+           f"Measured {report['measured_at'] or '(time not recorded)'}; {report['written_by']}. "
+           "Charts: `report.html`.", ""]
 
     out += ["## Summary", ""]
     if h:
-        alone = " (the student trained alone: the more accurate student on this engine)" \
-            if h.get("student") == "the student trained alone" else ""
-        out += [f"- Recommended artifact: **{h['recommended']}** (`{h['artifact']}`){alone}",
+        sentence = recommendation_sentence(h, report["accuracy_budget"],
+                                           mark=lambda name: f"**{name}** (`{h['artifact']}`)")
+        out += [f"- {sentence}",
                 f"- Speedup vs teacher at batch {h['batch_size']}: **{times(h['speedup'])}** "
                 f"({ms(h['p50_ms'])}{plus_minus(h.get('p50_spread_ms'))} ms vs {ms(h['teacher_p50_ms'])} ms p50)",
                 f"- {top1_line(h, report['accuracy']['split'])}",
@@ -155,8 +158,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += accuracy_control_markdown(report.get("accuracy_control"))
 
     if report.get("engine_parity"):
-        out += ["## Engine parity", "", "Each engine against the model it came from, on the same val inputs "
-                "(int8 built from the Q/DQ ONNX: against the fake-quantized torch model):", ""]
+        out += ["## Engine parity", "", report["engine_parity_intro"], ""]
         out += table(["engine", "reference", "samples", "top-1 agreement", "max |diff|", "mean |diff|", "needs", "result"],
                      [[e["engine"], f"`{e['reference']}`", e["samples"], pct(e["top1_agreement"]),
                        num(e["max_abs_error"], ".2e"), num(e["mean_abs_error"], ".2e"), pct(e["min_agreement"]),
@@ -202,13 +204,16 @@ def render_markdown(report: dict[str, Any]) -> str:
                 out += ["- " + ", ".join(f"{k}: {v}" for k, v in dev["device"].items() if v not in (None, ""))]
                 out.append("")
             power = ["power W", "mJ/sample"] if dev["power_rail"] else []
-            out += table(["artifact", "batch", "p50 ms", "± ms", "p90 ms", "std ms", "throughput/s", "top-1",
+            out += table(["artifact", "batch", "p50 ms", "± ms", "p90 ms", "std ms", "throughput/s", *DEVICE_TOP1,
                           "host p50 ms", "peak RSS MB", *power],
                          [[r["id"], r.get("batch_size", "-"), ms(r["p50"]), ms(r.get("p50_spread")), ms(r["p90"]),
-                           ms(r["std"]), num(r.get("throughput_per_s"), ".1f"), pct(r["top1"]), ms(r["host_p50"]),
-                           num(r.get("peak_rss_mb"), ".0f"),
+                           ms(r["std"]), num(r.get("throughput_per_s"), ".1f"), pct(r["top1"]),
+                           pct_interval(r["top1_interval"]), num(r["top1_samples"], "d"), pct(r["host_top1"]),
+                           pct_interval(r["host_top1_interval"]), ms(r["host_p50"]), num(r.get("peak_rss_mb"), ".0f"),
                            *([num(r["power_w"], ".2f"), num(r["energy_mj"], ".3f")] if power else [])]
-                          for r in dev["rows"]], "l" + "r" * (9 + len(power)))
+                          for r in dev["rows"]], "l" + "r" * (8 + len(DEVICE_TOP1) + len(power)))
+            if dev["accuracy_note"]:
+                out += ["", dev["accuracy_note"]]
             if power:
                 out += ["", dev["power_note"]]
             out.append("")

@@ -98,6 +98,39 @@ def unrecommended(rows: list[dict], gates: GatesConfig) -> str | None:
             "gates.max_accuracy_drop to the drop you accept")
 
 
+def choice_within_budget(choice: dict | None, gates: GatesConfig) -> bool | None:
+    """Whether the recommended artifact keeps to the accuracy budget; None when no teacher was measured.
+
+    It can be False: with gates.max_accuracy_drop set and no student within it, every student is a
+    candidate (so the gates have an artifact to judge and fail on), and the fastest is chosen.
+    """
+    if choice is None or "top1_delta_vs_teacher" not in choice:
+        return None
+    return within_budget(choice, accuracy_budget(gates)["limit"])
+
+
+ALONE = " (the student trained alone: the more accurate student on this engine)"
+
+
+def recommendation_sentence(headline: dict[str, Any], budget: dict[str, Any], mark=str) -> str:
+    """The summary's first sentence, in the same words in report.md, report.html and the console.
+
+    `mark` dresses the artifact's name for each (bold in markdown, <strong> in HTML, plain on the
+    console); the words around it are this function's alone, so the three cannot drift apart.
+    """
+    name = mark(headline["recommended"]) + (ALONE if headline.get("model") == "baseline" else "")
+    batch = headline["batch_size"]
+    if headline.get("within_budget") is False:
+        drop = -(headline.get("top1_delta_pts") or 0.0)
+        return (f"No student artifact is within the accuracy budget ({budget['limit'] * 100:g} points top-1 below the "
+                f"teacher); the fastest at batch {batch} is {name}, {drop:.2f} points below the teacher: "
+                f"{budget['source']} fails on it")
+    if headline.get("within_budget") is None:
+        return (f"Recommended artifact: {name}: the fastest student artifact at batch {batch}; no teacher was "
+                "measured, so no accuracy budget applies")
+    return f"Recommended artifact: {name}: the fastest student artifact at batch {batch} within the accuracy budget"
+
+
 def recommend(rows: list[dict], gates: GatesConfig) -> dict | None:
     """Fastest student artifact at the smallest batch whose accuracy drop is within the gate."""
     return min(candidates(rows, gates), key=lambda r: r["latency_ms"]["p50"], default=None)
@@ -204,6 +237,7 @@ def summary(results: dict, gates: GatesConfig) -> dict[str, Any]:
     return {
         "recommended": artifact_id(choice) if choice else None,
         "recommended_row": choice,
+        "within_budget": choice_within_budget(choice, gates),
         "accuracy_budget": accuracy_budget(gates),
         "unrecommended": unrecommended(rows, gates),
         "within_noise": [{"artifact": artifact_id(r), "p50": r["latency_ms"]["p50"],

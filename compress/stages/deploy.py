@@ -26,7 +26,7 @@ from compress.core.errors import CompressError, ConfigError, UsageError
 from compress.tasks.registry import task_named
 from compress.reporting import rewrite_report
 from compress.stages.contract import Stage, StageContext
-from deploy.bundle import RUNTIMES, ValSample, choose, read_run
+from deploy.bundle import RUNTIMES, ValSample, choose, failed_gates, gates_refusal, read_run
 from deploy.fleet import KEEP, deploy_command
 from deploy.release import check_slugs
 from deploy.runner import harness
@@ -115,7 +115,7 @@ def refresh_report(run_dir: Path) -> None:
     """Fold the device results into the run's report (when the run has a benchmark to report)."""
     if (run_dir / "stages" / "benchmark" / "results.json").is_file():
         try:
-            rewrite_report(run_dir)
+            rewrite_report(run_dir, written_by="deploy")
         except CompressError as error:
             Console.error(str(error))
 
@@ -143,10 +143,10 @@ class DeployStage(Stage):
     def run(self, ctx: StageContext) -> dict[str, Any]:
         cfg: DeployConfig = ctx.config
         report = ctx.outputs.get("report") or {}
-        if cfg.require_gates and report.get("gates_passed") is False:
-            failed = ", ".join(g["gate"] for g in report.get("gates", []) if not g["passed"])
-            ctx.log(f"not deployed: gate(s) failed ({failed}); stages.deploy.require_gates: false deploys anyway")
-            return {"deployed": [], "skipped": f"gates failed: {failed}"}
+        failed = failed_gates(report)
+        if cfg.require_gates and failed:
+            ctx.log(gates_refusal(failed, "stages.deploy.require_gates: false"))
+            return {"deployed": [], "skipped": f"gates failed: {', '.join(failed)}"}
         targets = cfg.parsed_targets()
         record = read_run(ctx.run_dir)
         for target in targets:  # an unknown artifact or runtime is a config error, before any device is touched

@@ -92,6 +92,7 @@ class QuantizeStage(Stage):
         return {"data": pipeline.data.model_dump(mode="json"), "seed": pipeline.seed}
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
+        from compress.quantize.kernels import use_reference_functions
         from compress.quantize.nncf_quant import NotQuantizable, quantize_model, quantizers, quiet_nncf, save_quantized
 
         cfg: QuantizeConfig = ctx.config
@@ -101,6 +102,7 @@ class QuantizeStage(Stage):
         if problem:
             raise ConfigError(ctx.pipeline.source_file, f"stages.quantize.{problem[0]}", problem[1])
         quiet_nncf()
+        ctx.log(use_reference_functions())
         calibration = calibration_samples(data.train, cfg.calibration_size, ctx.pipeline.seed)
         ctx.log(f"NNCF int8 PTQ ({cfg.target}) calibrating on {len(calibration)} training samples")
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from compress.config import PipelineConfig
 from compress.reporting import write_report
+from compress.reporting.verdict import recommendation_sentence
 from compress.stages.contract import Stage, StageContext
 
 
@@ -17,15 +18,15 @@ class ReportStage(Stage):
         return {"gates": pipeline.gates.model_dump(mode="json"), "name": pipeline.name}
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        written = write_report(ctx.run_dir, ctx.outputs, copy_to=ctx.stage_dir)
+        written = write_report(ctx.run_dir, ctx.outputs, copy_to=ctx.stage_dir, written_by="run")
         report = written.report
         for verdict in report["gates"]:
             ctx.log(f"gate {verdict['gate']}: {'PASS' if verdict['passed'] else 'FAIL'} ({verdict['detail']})")
         headline = report["headline"]
         if headline:
-            ctx.log(f"recommended: {headline['recommended']} ({headline['speedup']:.2f}x the teacher, "
-                    f"{headline['top1_delta_pts']:+.2f} pts top-1)" if headline["speedup"] is not None
-                    else f"recommended: {headline['recommended']}")
+            ctx.log(recommendation_sentence(headline, report["accuracy_budget"])
+                    + (f" ({headline['speedup']:.2f}x the teacher, {headline['top1_delta_pts']:+.2f} pts top-1)"
+                       if headline["speedup"] is not None else ""))
             if headline["within_noise"]:
                 ctx.log("within noise of it: " + ", ".join(w["artifact"] for w in headline["within_noise"]))
         elif report["unrecommended"]:

@@ -131,12 +131,25 @@ def check_tokenizer(release: Path, manifest: dict):
     return steps
 
 
-def infer(release: Path, inputs: list, output: Path | None, preprocessed: bool) -> dict:
+def records(origins: list, logits, labels: list) -> list:
+    """One record per input, in input order (where it came from, its label, the top class's softmax
+    probability): `runner.py infer` prints each as a JSON line, which a script reads one input at a time."""
+    predicted = [labels[i] for i in logits.argmax(1).tolist()]
+    return [{**origin, "label": label, "score": score}
+            for origin, label, score in zip(origins, predicted, top_probability(logits))]
+
+
+def rows_of(path: Path, count: int) -> list:
+    """Where each row of one array file came from: the file and the row's index."""
+    return [{"file": str(path), "index": index} for index in range(count)]
+
+
+def infer(release: Path, inputs: list, output: Path | None, preprocessed: bool) -> list:
     """Classify one .npy of inputs, or image files; raw inputs go through the recorded preprocessing first.
 
     A text model's release takes text files or one .npz of token ids instead (`infer_texts`).
-    A .npy answers with its labels in order (`predictions`); image files with one
-    {"file", "label", "score"} each, the score being the top class's softmax probability.
+    The answer is one record per input (`records`): {"file", "label", "score"} per image file,
+    {"file", "index", "label", "score"} per row of a .npy.
     """
     import numpy as np
 
@@ -153,14 +166,8 @@ def infer(release: Path, inputs: list, output: Path | None, preprocessed: bool) 
         logits = harness.predict(session.infer, x)
     if output:
         np.save(output, logits)
-    labels = manifest["labels"]
-    predicted = [labels[i] for i in logits.argmax(1).tolist()]
-    if not images:
-        return {"predictions": predicted, "output": str(output) if output else None}
-    scores = top_probability(logits)
-    return {"predictions": [{"file": str(path), "label": label, "score": score}
-                            for path, label, score in zip(inputs, predicted, scores)],
-            "output": str(output) if output else None}
+    origins = [{"file": str(path)} for path in inputs] if images else rows_of(inputs[0], len(logits))
+    return records(origins, logits, manifest["labels"])
 
 
 def image_inputs(inputs: list, preprocessed: bool) -> bool:
@@ -192,11 +199,11 @@ def top_probability(logits) -> list:
 TEXT_CHUNK = 4096  # texts tokenised and classified at a time: memory stays flat over a long file
 
 
-def infer_texts(release: Path, manifest: dict, inputs: list, output, preprocessed: bool) -> dict:
+def infer_texts(release: Path, manifest: dict, inputs: list, output, preprocessed: bool) -> list:
     """Classify the lines of text files (one text per non-empty line), or one .npz of token ids.
 
-    Text files answer with one {"file", "text", "label", "score"} per text, a .npz with its labels
-    in order (`predictions`), as image files and a .npy do.
+    One record per text, {"file", "text", "label", "score"}, or per row of the .npz, {"file",
+    "index", "label", "score"}, as image files and a .npy answer.
     """
     import numpy as np
 
@@ -214,13 +221,9 @@ def infer_texts(release: Path, manifest: dict, inputs: list, output, preprocesse
     logits = np.concatenate(logits)
     if output:
         np.save(output, logits)
-    labels = manifest["labels"]
-    predicted = [labels[i] for i in logits.argmax(1).tolist()]
-    if texts is None:
-        return {"predictions": predicted, "output": str(output) if output else None}
-    return {"predictions": [{"file": str(path), "text": text, "label": label, "score": score}
-                            for (path, text), label, score in zip(texts, predicted, top_probability(logits))],
-            "output": str(output) if output else None}
+    origins = [{"file": str(path), "text": text} for path, text in texts] if texts is not None \
+        else rows_of(inputs[0], len(logits))
+    return records(origins, logits, manifest["labels"])
 
 
 def text_inputs(release: Path, inputs: list, preprocessed: bool) -> bool:

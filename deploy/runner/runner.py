@@ -9,7 +9,9 @@ model travels in the bundle beside it and is loaded from the release folder (`re
 sessions.py (the one session per backend that the host uses too), harness.py (the host's latency
 harness), preprocess.py (and preprocess_text.py for a text model), inference.py and device_bench.py.
 Every command prints one JSON document on the last line of stdout (`{"error": ...}` and exit 1 on
-failure); progress goes to stderr.
+failure), but `infer`, which prints one JSON line per input (`{"file", "label", "score"}`, with
+`index` for a row of an array file and `text` for a line of a text file), so that a script reads
+its answers one input at a time; progress goes to stderr.
 
   python3 runner.py infer  RELEASE_DIR INPUT.npy [--output OUT.npy] [--preprocessed]
   python3 runner.py infer  RELEASE_DIR IMAGE [IMAGE ...] [--output OUT.npy]   (Pillow; the bundle's image steps)
@@ -240,7 +242,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def dispatch(args: argparse.Namespace) -> dict:
+def dispatch(args: argparse.Namespace) -> dict | list:
     command = args.command
     if command == "probe":
         return probe(args.sysroot, args.tools)
@@ -266,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RunnerError, OSError, ValueError, KeyError) as error:
         print(json.dumps({"error": str(error) or type(error).__name__}))
         return 1
-    print(json.dumps(result, default=str))
+    for record in result if isinstance(result, list) else [result]:  # infer: a JSON line per input
+        print(json.dumps(record, default=str))
     return 0
 
 
