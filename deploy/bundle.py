@@ -59,6 +59,7 @@ class ValSample:
     arrays: dict[str, np.ndarray]
     preprocessing: dict[str, Any]  # what the device applies to raw inputs
     labels: list[str]
+    task: str | None = None  # the run's task: the device's runner picks its per-task module by it
 
 
 # (run dir, the run's fp32 ONNX, at most this many samples) -> the val sample of the bundle.
@@ -281,7 +282,7 @@ def make_bundle(run_dir: Path, choice: Choice, out_root: Path, make_sample: Samp
         **({"float_precision": choice.float_precision} if choice.float_precision else {}),
         "model_file": choice.model_file, "engine": engine,
         **single, "inputs": inputs,
-        "preprocessing": preprocessing, "labels": list(val.labels),
+        **({"task": val.task} if val.task else {}), "preprocessing": preprocessing, "labels": list(val.labels),
         "val_sample": VAL_SAMPLE,
         "bench": {"batch_sizes": batch_sizes, "runs": bench.get("runs", 30), "warmup": bench.get("warmup", 5),
                   "warmup_seconds": bench.get("warmup_seconds", 0.2), "min_seconds": bench.get("min_seconds", 0.5),

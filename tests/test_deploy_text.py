@@ -253,12 +253,12 @@ def test_the_smoke_step_refuses_a_device_that_tokenises_otherwise(text_deployed,
     release = copy_of(text_deployed, tmp_path) / "current"
     manifest = read_json(release / "manifest.json")
     sample = inference.load_sample(release, manifest)
-    assert inference.check_tokenization(release, manifest, sample) == {"texts": 60, "identical": True}
+    assert inference.check_sample(release, manifest, sample) == {"texts": 60, "identical": True}
     # The host's ids of one text no longer match what this tokenizer makes of it (another tokenizers would do that).
     sample["input_ids"] = sample["input_ids"].copy()
     sample["input_ids"][3, 1] += 1
     with pytest.raises(RunnerError, match="encodes 1 of 60 val texts otherwise than the host did"):
-        inference.check_tokenization(release, manifest, sample)
+        inference.check_sample(release, manifest, sample)
 
 
 def test_a_device_without_tokenizers_is_refused_before_anything_changes(text_run, tmp_path, capsys):
@@ -317,5 +317,5 @@ def test_trtexec_shapes_of_an_image_bundle_are_as_before():
 
 def test_an_old_image_manifest_still_names_its_input():
     manifest = {"input": {"name": "input", "shape": [-1, 3, 4, 4]}, "preprocessing": {"mean": [0.5], "std": [0.5]}}
-    assert inference.input_names(manifest) == ["input"] and not inference.takes_text(manifest)
+    assert inference.input_names(manifest) == ["input"] and inference.task_of(manifest) == "image-classification"
     assert device_bench.timed_inputs(manifest) == (3, 4, 4)

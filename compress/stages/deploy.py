@@ -108,7 +108,7 @@ def make_val_sample(run_dir: Path, onnx_path: Path, limit: int) -> ValSample:
         arrays, x, y = task.device_sample(run_dir, data, order, count, session.input_names)
         host_top1 = harness.predict(session.infer, x).argmax(1)
     return ValSample({**arrays, "y": y.astype(np.int64), "host_top1": host_top1.astype(np.int64)},
-                     task.preprocessing(data), list(data.class_names))
+                     task.preprocessing(data), list(data.class_names), task.name)
 
 
 def refresh_report(run_dir: Path) -> None:

@@ -241,7 +241,7 @@ def smoke(release: Path, tools: str | None = None) -> dict:
 
     manifest = releases.read_manifest(release)
     sample = inference.load_sample(release, manifest)
-    tokenization = inference.check_tokenization(release, manifest, sample) if inference.takes_text(manifest) else None
+    tokenization = inference.check_sample(release, manifest, sample)  # a text model's token ids, checked here
     try:
         session = inference.open_release(release, manifest)
     except runner.RunnerError as error:
@@ -251,7 +251,7 @@ def smoke(release: Path, tools: str | None = None) -> dict:
         runner.log(f"TensorRT Python inference unavailable ({error}); smoke test with trtexec")
         time_trtexec(release, manifest, 1, tools, 0, iterations=1)
         return {"smoke": "ok", "providers": ["trtexec"], "tokenization": tokenization}
-    x = inference.sample_inputs(sample, manifest)
+    x = inference.task_steps(release, manifest).sample_inputs(sample, inference.input_names(manifest))
     first = {name: value[:2] for name, value in x.items()} if isinstance(x, dict) else x[:2]
     rows = len(sample["y"][:2])
     with session:

@@ -135,3 +135,42 @@ def center_crop(pixels, crop):
     top = int(round((height - crop_h) / 2.0))
     left = int(round((width - crop_w) / 2.0))
     return pixels[top:top + crop_h, left:left + crop_w]
+
+
+# --- the task's part of inference (deploy/runner/inference.py dispatches here for image classifiers) ---
+
+def image_inputs(inputs: list, preprocessed: bool) -> bool:
+    """True for image files, False for one .npy; anything else, or a mix, is refused naming the file."""
+    for path in inputs:
+        if not (is_image(path) or str(path).lower().endswith(".npy")):
+            raise runner.RunnerError(f"{path}: not an input the runner takes (one .npy, or image files: "
+                                     f"{' '.join(IMAGE_SUFFIXES)})")
+    arrays = [path for path in inputs if not is_image(path)]
+    if arrays and len(inputs) > 1:
+        raise runner.RunnerError(f"{arrays[0]}: give one .npy alone, or image files only")
+    if arrays:
+        return False
+    if preprocessed:
+        raise runner.RunnerError(f"{inputs[0]}: --preprocessed applies to a .npy of normalised inputs, "
+                                 "not to image files")
+    return True
+
+
+def read_inputs(release, manifest: dict, inputs: list, preprocessed: bool, names: list):
+    """(where each input came from, or None for the rows of one .npy; the model feeds, in chunks)."""
+    import numpy as np
+
+    if image_inputs(inputs, preprocessed):
+        return [{"file": str(path)} for path in inputs], [preprocess_images(inputs, manifest)]
+    x = np.load(inputs[0], allow_pickle=False)
+    return None, [x.astype(np.float32) if preprocessed else preprocess(x, manifest)]
+
+
+def sample_inputs(sample: dict, names: list):
+    """The val sample's feed: its preprocessed `x` batch."""
+    return sample["x"]
+
+
+def check_sample(release, manifest: dict, sample: dict, names: list):
+    """Nothing to repeat exactly beyond the recorded steps, which the val sample's accuracy already checks."""
+    return None

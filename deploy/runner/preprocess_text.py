@@ -15,8 +15,9 @@ from __future__ import annotations
 import os
 
 try:  # on the host: the deploy.runner package
-    from . import runner
+    from . import releases, runner
 except ImportError:  # on the device: loaded by runner.py from the release folder
+    import releases
     import runner
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -149,3 +150,102 @@ def read_text_lines(path) -> list:
     if not texts:
         raise runner.RunnerError(f"{path}: no text in it (one text per line)")
     return texts
+
+
+# --- the task's part of inference (deploy/runner/inference.py dispatches here for text classifiers) ---
+
+TEXT_CHUNK = 4096  # texts tokenised and classified at a time: memory stays flat over a long file
+
+
+def checked_encoder(release, manifest: dict):
+    """texts -> the model's arrays, once the release's tokenizer.json matches the manifest's checksum."""
+    check_tokenizer_file(release, manifest, releases.sha256_file)
+    return lambda texts: encode_texts(release, manifest, texts)
+
+
+def read_inputs(release, manifest: dict, inputs: list, preprocessed: bool, names: list):
+    """(where each text came from, or None for the rows of one .npz; the model feeds, tokenised a chunk at a
+    time as they are classified)."""
+    if not text_inputs(inputs, preprocessed):
+        return None, [token_ids(inputs[0], names)]
+    texts = [(path, text) for path in inputs for text in read_text_lines(path)]
+    encode = checked_encoder(release, manifest)
+    chunks = (encode([text for _, text in texts[i:i + TEXT_CHUNK]]) for i in range(0, len(texts), TEXT_CHUNK))
+    return [{"file": str(path), "text": text} for path, text in texts], chunks
+
+
+def sample_inputs(sample: dict, names: list) -> dict:
+    """The val sample's feed: a text model's token-id arrays by input name."""
+    return {name: sample[name] for name in names}
+
+
+def sample_texts(sample: dict) -> list:
+    """The raw val texts a text bundle ships beside their token ids (UTF-8 end to end, and where each begins)."""
+    data, offsets = sample["texts_utf8"].tobytes(), sample["text_offsets"].tolist()
+    return [data[start:stop].decode("utf-8") for start, stop in zip(offsets[:-1], offsets[1:])]
+
+
+def check_sample(release, manifest: dict, sample: dict, names: list) -> dict:
+    """Tokenise the shipped val texts here and compare with the host's token ids: raw texts then get the
+    predictions the host measured, or the deploy stops (another `tokenizers` may split words otherwise)."""
+    import numpy as np
+
+    if "texts_utf8" not in sample:
+        return {"texts": 0}
+    texts = sample_texts(sample)
+    encoded = checked_encoder(release, manifest)(texts)
+    differ = np.zeros(len(texts), dtype=bool)
+    for name in names:
+        ours, hosts = encoded[name], sample[name]
+        if ours.shape != hosts.shape:
+            differ[:] = True
+            break
+        differ |= (ours != hosts).any(axis=1)
+    if differ.any():
+        first = int(np.flatnonzero(differ)[0])
+        raise runner.RunnerError(f"tokenizers {runner.module_version('tokenizers')} on this device encodes "
+                                 f"{int(differ.sum())} of {len(texts)} val texts otherwise than the host did "
+                                 f"(the first: {texts[first][:60]!r}); install the host's tokenizers version")
+    return {"texts": len(texts), "identical": True}
+
+
+def text_inputs(inputs: list, preprocessed: bool) -> bool:
+    """True for text files, False for one .npz of token ids; anything else, or a mix, is refused naming the file."""
+    for path in inputs:
+        if not (is_text_file(path) or str(path).lower().endswith(".npz")):
+            raise runner.RunnerError(f"{path}: not an input this text model takes (text files "
+                                     f"{' '.join(TEXT_SUFFIXES)}, one text per line, or one .npz of token ids)")
+    arrays = [path for path in inputs if not is_text_file(path)]
+    if arrays and len(inputs) > 1:
+        raise runner.RunnerError(f"{arrays[0]}: give one .npz alone, or text files only")
+    if arrays:
+        return False
+    if preprocessed:
+        raise runner.RunnerError(f"{inputs[0]}: --preprocessed applies to a .npz of token ids, not to text files")
+    return True
+
+
+def token_ids(path, names: list) -> dict:
+    """The model's int64 inputs from a .npz that holds one (n, L) array per input name."""
+    import zipfile
+
+    import numpy as np
+
+    if not os.path.isfile(str(path)):
+        raise runner.RunnerError(f"{path}: not found")
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not hasattr(data, "files"):
+            raise ValueError(f"it holds one array, not one per input name ({', '.join(names)})")
+        with data:
+            arrays = {name: data[name] for name in names if name in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise runner.RunnerError(f"{path}: not a .npz of token ids ({error or type(error).__name__})") from None
+    missing = [name for name in names if name not in arrays]
+    if missing:
+        raise runner.RunnerError(f"{path}: no {', '.join(missing)} array (the model takes {', '.join(names)})")
+    shapes = {array.shape for array in arrays.values()}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2 or not next(iter(shapes))[0]:
+        raise runner.RunnerError(f"{path}: the token-id arrays must all be (n, length) with n >= 1, not "
+                                 f"{', '.join(str(list(a.shape)) for a in arrays.values())}")
+    return arrays
