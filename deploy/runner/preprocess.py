@@ -141,19 +141,9 @@ def center_crop(pixels, crop):
 
 def image_inputs(inputs: list, preprocessed: bool) -> bool:
     """True for image files, False for one .npy; anything else, or a mix, is refused naming the file."""
-    for path in inputs:
-        if not (is_image(path) or str(path).lower().endswith(".npy")):
-            raise runner.RunnerError(f"{path}: not an input the runner takes (one .npy, or image files: "
-                                     f"{' '.join(IMAGE_SUFFIXES)})")
-    arrays = [path for path in inputs if not is_image(path)]
-    if arrays and len(inputs) > 1:
-        raise runner.RunnerError(f"{arrays[0]}: give one .npy alone, or image files only")
-    if arrays:
-        return False
-    if preprocessed:
-        raise runner.RunnerError(f"{inputs[0]}: --preprocessed applies to a .npy of normalised inputs, "
-                                 "not to image files")
-    return True
+    return runner.raw_or_array(inputs, is_image, ".npy", f"the runner takes (one .npy, or image files: "
+                               f"{' '.join(IMAGE_SUFFIXES)})", "image files", "a .npy of normalised inputs",
+                               preprocessed)
 
 
 def read_inputs(release, manifest: dict, inputs: list, preprocessed: bool, names: list):

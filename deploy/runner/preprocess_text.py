@@ -211,18 +211,9 @@ def check_sample(release, manifest: dict, sample: dict, names: list) -> dict:
 
 def text_inputs(inputs: list, preprocessed: bool) -> bool:
     """True for text files, False for one .npz of token ids; anything else, or a mix, is refused naming the file."""
-    for path in inputs:
-        if not (is_text_file(path) or str(path).lower().endswith(".npz")):
-            raise runner.RunnerError(f"{path}: not an input this text model takes (text files "
-                                     f"{' '.join(TEXT_SUFFIXES)}, one text per line, or one .npz of token ids)")
-    arrays = [path for path in inputs if not is_text_file(path)]
-    if arrays and len(inputs) > 1:
-        raise runner.RunnerError(f"{arrays[0]}: give one .npz alone, or text files only")
-    if arrays:
-        return False
-    if preprocessed:
-        raise runner.RunnerError(f"{inputs[0]}: --preprocessed applies to a .npz of token ids, not to text files")
-    return True
+    return runner.raw_or_array(inputs, is_text_file, ".npz", f"this text model takes (text files "
+                               f"{' '.join(TEXT_SUFFIXES)}, one text per line, or one .npz of token ids)",
+                               "text files", "a .npz of token ids", preprocessed)
 
 
 def token_ids(path, names: list) -> dict:

@@ -74,6 +74,23 @@ def tail(text: str, lines: int = 3) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
 
 
+def raw_or_array(inputs: list, is_raw, array_suffix: str, takes: str, raw_kind: str, array_kind: str,
+                 preprocessed: bool) -> bool:
+    """True for raw inputs (image or text files), False for one array file of model inputs; anything else, a mix,
+    or --preprocessed with raw inputs is refused naming the file. `takes` says what the model takes."""
+    for path in inputs:
+        if not (is_raw(path) or str(path).lower().endswith(array_suffix)):
+            raise RunnerError(f"{path}: not an input {takes}")
+    arrays = [path for path in inputs if not is_raw(path)]
+    if arrays and len(inputs) > 1:
+        raise RunnerError(f"{arrays[0]}: give one {array_suffix} alone, or {raw_kind} only")
+    if arrays:
+        return False
+    if preprocessed:
+        raise RunnerError(f"{inputs[0]}: --preprocessed applies to {array_kind}, not to {raw_kind}")
+    return True
+
+
 def release_module(release: Path, name: str):
     """A module the bundle carries beside runner.py (inference, device_bench, ...), from the release folder.
 
