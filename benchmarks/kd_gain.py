@@ -132,10 +132,13 @@ def text_seed(seed: int, args, tmp: Path) -> dict[str, dict[str, float]]:
             init_every_other(model, teacher)
         return model
 
-    labelled, unlabelled, _ = split_labels(np.arange(len(data.train)), data.train.labels, 0.1, seed)
+    labelled, _, unlabelled = split_labels(np.arange(len(data.train)), data.train.labels, 0.1, seed)
     part = data.train.subset(np.sort(labelled))
-    settings = {"all labels": (data.train, data.train),
-                "10% labels": (part, join_texts(part, data.train.subset(np.sort(unlabelled)).unlabelled()))}
+    transfer = join_texts(part, data.train.subset(np.sort(unlabelled)).unlabelled())
+    if len(transfer) != len(data.train) or int((transfer.labels >= 0).sum()) != len(part):
+        raise SystemExit(f"10% labels: {len(part)} labelled + {len(transfer) - len(part)} transfer texts do not make "
+                         f"up the {len(data.train)} train texts")
+    settings = {"all labels": (data.train, data.train), "10% labels": (part, transfer)}
     rows: dict[str, dict[str, float]] = {}
     for setting, (labels_only, with_transfer) in settings.items():
         work = tmp / f"{setting[:3]}{seed}"
