@@ -19,6 +19,7 @@
 The generated images are kept under --cache and reused by the next run.
 
     python benchmarks/data_scale.py [--repeats 3] [--threads 1] [--cache /tmp/compress-data-scale]   # about 15 minutes
+    python benchmarks/data_scale.py --smoke   # 100 and 200 JPEGs of 32x32, one run each, 1-epoch digits: seconds
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ SIDE = 224
 # Fixed statistics: the runs compare memory and speed, not how mean/std are measured.
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 RSS_TARGET, THROUGHPUT_TARGET, EPOCH_TARGET = 1.25, 0.9, 1.10
+SMOKE = {"repeats": 1, "memory_repeats": 1, "threads": 1}
+
+
+def use_smoke_sizes() -> None:
+    """--smoke: the fewest, smallest images every part still runs on (ten classes, a val image in each)."""
+    global SIZES, SIDE
+    SIZES, SIDE = (100, 200), 32
 
 
 # ---------------------------------------------------------------- generated images
@@ -216,7 +224,7 @@ def measure_throughput(images: Path, repeats: int, workers: int = 2, batch: int 
     make_loader = torchvision_loader(images, files, workers, batch)
     # One short untimed pass each: compress's workers fork from a forkserver that starts (and imports torch)
     # on first use, once per process; the page cache gets the files.
-    images_per_second(split.subset(range(2 * batch)).batches(batch))
+    images_per_second(split.subset(range(min(2 * batch, len(split)))).batches(batch))
     images_per_second(make_loader())
     ours, theirs = [], []
     for _ in range(repeats):
@@ -225,7 +233,7 @@ def measure_throughput(images: Path, repeats: int, workers: int = 2, batch: int 
     ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
     ratio = ours_median / theirs_median
     rounds = ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(ours, theirs))
-    return [f"{len(split):,} train images of {images.name} (224x224 JPEG -> resize 256, centre crop 224, normalise), "
+    return [f"{len(split):,} train images of {images.name} ({SIDE}x{SIDE} JPEG -> resize 256, centre crop {SIDE}, normalise), "
             f"{workers} workers, batch {batch}; compress opened the folder (the headers of all {opened:,} files "
             f"read) in {open_seconds:.2f} s; one untimed pass of each first.\n",
             "| loader | images/s (median) | rounds (compress/torchvision) |", "|---|---:|---|",
@@ -264,9 +272,13 @@ def code_before(work: Path, commit: str) -> Path:
     return tree
 
 
-def digits_pipeline() -> dict:
-    """examples/digits/pipeline.yaml with the baseline left out and a one-run benchmark (after distill)."""
+def digits_pipeline(epochs: int | None = None) -> dict:
+    """examples/digits/pipeline.yaml with the baseline left out and a one-run benchmark (after distill); `epochs`
+    replaces the teacher's and the student's (--smoke)."""
     config = yaml.safe_load((ROOT / "examples" / "digits" / "pipeline.yaml").read_text())
+    if epochs is not None:
+        config["teacher"]["train"]["epochs"] = config["stages"]["distill"]["epochs"] = epochs
+        config.pop("gates", None)  # a 1-epoch student misses the accuracy gate (exit 3); the time is the point
     config["stages"].pop("baseline", None)
     config["stages"]["benchmark"] = {"batch_sizes": [1], "warmup": 0, "warmup_seconds": 0, "runs": 1,
                                      "min_seconds": 0, "rounds": 1, "memory": False}
@@ -302,19 +314,19 @@ def describe_trees(commit: str) -> str:
     return f"before = commit {commit[:7]} ({git('log', '-1', '--format=%s', commit)[:60]}...); this tree = {here}"
 
 
-def measure_distill(work: Path, repeats: int, commit: str) -> list[str]:
+def measure_distill(work: Path, repeats: int, commit: str, epochs: int | None = None) -> list[str]:
     before = code_before(work, commit)
     trees = {f"before ({commit[:7]})": before, "after (this tree)": ROOT}
     for tree in trees.values():
         if not imported_from(tree).is_relative_to(tree.resolve()):
             raise SystemExit(f"PYTHONPATH={tree} does not import compress from it")
     pipeline = work / "digits.yaml"
-    pipeline.write_text(yaml.safe_dump(digits_pipeline(), sort_keys=False))
+    pipeline.write_text(yaml.safe_dump(digits_pipeline(epochs), sort_keys=False))
     runs: dict[str, list[tuple[float, list[float]]]] = {name: [] for name in trees}
     for index in range(repeats):
         for label, tree in trees.items():
             runs[label].append(distill_times(tree, pipeline, work / f"digits_{index}_{label.split()[0]}"))
-    lines = [f"{describe_trees(commit)}; examples/digits/pipeline.yaml, distill 15 epochs; medians over {repeats} "
+    lines = [f"{describe_trees(commit)}; examples/digits/pipeline.yaml, distill {epochs or 15} epochs; medians over {repeats} "
              "fresh runs, interleaved (epoch s: the median of each run's epochs, then over runs; fastest epoch: "
              "the least disturbed by other load).\n",
              "| code | distill stage s | epoch s | fastest epoch s | stage s per run |", "|---|---:|---:|---:|---|"]
@@ -362,8 +374,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-repeats", type=int, default=2, help="runs of each size for the peak memory")
-    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "compress-data-scale",
-                        help="generated images and the unpacked last commit, reused by the next run")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="generated images and the unpacked last commit, reused by the next run (default "
+                             f"{Path(tempfile.gettempdir()) / 'compress-data-scale'}; with --smoke a temporary folder)")
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP_NUM_THREADS of every run (default: torch's own, all cores); on a machine others "
                              "load, 1 keeps the timings steady")
@@ -372,21 +385,33 @@ def main() -> None:
                              "added compress/data/streaming.py)")
     parser.add_argument("--only", choices=["memory", "throughput", "distill"], action="append",
                         help="run only this part (repeatable); default all three")
+    parser.add_argument("--smoke", action="store_true", help="smallest sizes, one run each: checks that the script runs")
     args = parser.parse_args()
-    parts = args.only or ["memory", "throughput", "distill"]
+    if args.smoke:
+        vars(args).update(SMOKE)
+        use_smoke_sizes()
     if args.threads is not None:
         import torch
 
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every compress run below
         torch.set_num_threads(args.threads)
+    if args.smoke and args.cache is None:
+        with tempfile.TemporaryDirectory(prefix="data_scale_") as cache:
+            run_parts(args, Path(cache))
+    else:
+        run_parts(args, args.cache or Path(tempfile.gettempdir()) / "compress-data-scale")
+
+
+def run_parts(args, cache: Path) -> None:
+    parts = args.only or ["memory", "throughput", "distill"]
     started = time.perf_counter()
     threads = args.threads if args.threads is not None else "torch default"
     print(f"start: {machine_line()}; threads: {threads}\n")
-    roots = generate_images(args.cache)
-    work = args.cache / "work"
+    roots = generate_images(cache)
+    work = cache / "work"
     work.mkdir(parents=True, exist_ok=True)
     if "memory" in parts:
-        print("### 1. Peak memory of `compress run`, 2k vs 20k images\n")
+        print(f"### 1. Peak memory of `compress run`, {min(SIZES):,} vs {max(SIZES):,} images\n")
         print("\n".join(measure_memory(roots, work, args.memory_repeats)) + "\n", flush=True)
     if "throughput" in parts:
         print("### 2. Loading throughput\n")
@@ -394,7 +419,7 @@ def main() -> None:
     if "distill" in parts:
         print("### 3. Digits distill stage, before and after streaming\n")
         before = git("rev-parse", args.before) if args.before else commit_before_streaming()
-        print("\n".join(measure_distill(work, args.repeats, before)) + "\n", flush=True)
+        print("\n".join(measure_distill(work, args.repeats, before, 1 if args.smoke else None)) + "\n", flush=True)
     print(f"end: {machine_line()}; {time.perf_counter() - started:.0f} s in all")
 
 

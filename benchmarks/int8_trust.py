@@ -1,6 +1,8 @@
 """int8 that can be trusted: accuracy-controlled PTQ, engine parity, int8 ONNX size, `targets: auto`.
 
-Four pipelines on digits, each a real `compress run` in a temporary folder:
+Five pipelines on digits, each a real `compress run` in a temporary folder. Pipelines that differ only
+after a stage share one run dir, so the runner's stage cache trains their teacher and student once
+(its key is the stage's config and what it reads): each result is read before the next run replaces it.
 
 1. plain PTQ and accuracy-controlled PTQ (budget 0.5 points) of a student whose plain PTQ loses more
    than a point (tests/quant_models.py OutlierCNN: an outlier-heavy first block), with the ONNX Runtime
@@ -10,18 +12,21 @@ Four pipelines on digits, each a real `compress run` in a temporary folder:
 3. a resnet8x4 student (PTQ, `targets: auto`): the int8 ONNX's size against the fp32 ONNX, the same
    recommendation check, and which precisions the table has.
 
-    python benchmarks/int8_trust.py [--work DIR]
+    python benchmarks/int8_trust.py [--work DIR]     # a temporary folder unless --work names one to keep
+    python benchmarks/int8_trust.py --smoke          # 1 epoch each, one short benchmark round: checks that it runs
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +39,8 @@ from compress.reporting.verdict import artifact_id, candidates  # noqa: E402
 
 BUDGET = 0.005
 BENCHMARK = {"batch_sizes": [1, 32], "rounds": 3, "memory": False}
+SMOKE_BENCHMARK = {"batch_sizes": [1], "rounds": 1, "runs": 1, "warmup": 0, "warmup_seconds": 0, "min_seconds": 0,
+                   "memory": False}
 
 
 def outlier_pipeline(budget: float | None, float_precision: str = "fp32") -> dict:
@@ -67,7 +74,19 @@ def resnet_auto() -> dict:
     return config
 
 
-def run(config: dict, work: Path) -> Path:
+def smallest(config: dict) -> dict:
+    """The same pipeline at one epoch per training stage and one short benchmark round (--smoke)."""
+    config["teacher"]["train"]["epochs"] = 1
+    config["stages"]["distill"]["epochs"] = 1
+    if config["stages"]["quantize"].get("mode") == "qat":
+        config["stages"]["quantize"]["epochs"] = 1
+    config["stages"]["benchmark"] = SMOKE_BENCHMARK
+    config["gates"] = {"max_accuracy_drop": 1.0}  # 1-epoch students: every row is within the budget the checks use
+    return config
+
+
+def run(config: dict, work: Path, smoke: bool = False) -> Path:
+    config = smallest(config) if smoke else config
     work.mkdir(parents=True, exist_ok=True)
     path = work / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -112,15 +131,31 @@ def recommendation_check(run_dir: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads of the training stages")
+    parser.add_argument("--smoke", action="store_true", help="smallest sizes, one round: checks that the script runs")
     args = parser.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="int8_trust_"))
+    if args.smoke:
+        args.threads = 1
+    torch.set_num_threads(args.threads)
+    if args.work is not None:
+        measure_all(args.work, args.smoke)
+        return
+    with tempfile.TemporaryDirectory(prefix="int8_trust_") as work:
+        measure_all(Path(work), args.smoke)
+
+
+def measure_all(work: Path, smoke: bool) -> None:
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")), "?")
     print(f"machine: {model}, {platform.python_version()}, work dir {work}")
 
-    plain, controlled = run(outlier_pipeline(None), work / "plain"), run(outlier_pipeline(BUDGET), work / "controlled")
-    mixed = run(outlier_pipeline(BUDGET, "bf16"), work / "controlled_bf16")
-    control = outputs(controlled, "quantize")["accuracy_control"]
+    runs: dict[str, list[dict]] = {}
+    for name, budget, float_precision in (("plain PTQ", None, "fp32"), ("controlled", BUDGET, "fp32"),
+                                          ("controlled, float layers bf16", BUDGET, "bf16")):
+        run_dir = run(outlier_pipeline(budget, float_precision), work / "outlier", smoke)
+        runs[name] = student_rows(run_dir)
+        if name == "controlled":
+            control = outputs(run_dir, "quantize")["accuracy_control"]
     print("\n## 1. accuracy-controlled PTQ (OutlierCNN, budget "
           f"{BUDGET * 100:.1f} pts, {control['layers']} quantizable layers)")
     print(f"float {control['float_top1']:.4f}  plain PTQ {control['plain_ptq_top1']:.4f} "
@@ -129,13 +164,11 @@ def main() -> None:
     print(f"float layers: {control['float_layers']}; int8 layers {control['int8_layers']}/{control['layers']} "
           f"= {control['int8_layers'] / control['layers']:.0%}")
     print("sensitivity: " + ", ".join(f"{s['layer']} {s['error_removed']:.1%}" for s in control["sensitivity"]))
-    runs = {"plain PTQ": student_rows(plain), "controlled": student_rows(controlled),
-            "controlled, float layers bf16": student_rows(mixed)}
     print("| int8 engine | batch | " + " | ".join(f"{name} p50 ms" for name in runs) + " | "
           + " | ".join(f"{name} top-1" for name in runs) + " |")
     print("|---|---:|" + "---:|" * 2 * len(runs))
     for backend in ("onnxruntime", "openvino"):
-        for batch in BENCHMARK["batch_sizes"]:
+        for batch in sorted({r["batch_size"] for r in runs["plain PTQ"]}):
             if backend == "onnxruntime":  # int8_float_precision applies to OpenVINO only
                 cells = {name: rows for name, rows in runs.items() if "bf16" not in name}
             else:
@@ -145,7 +178,7 @@ def main() -> None:
                     else "-" for name, rows in runs.items()]
             print(f"| {backend} | {batch} | " + " | ".join(times) + " | " + " | ".join(tops) + " |")
 
-    digits = run(digits_auto(), work / "digits")
+    digits = run(digits_auto(), work / "digits", smoke)
     print("\n## 2. examples/digits/quantized.yaml with targets: auto: engine parity")
     for engine in outputs(digits, "build")["engines"]:
         parity = engine["parity"]
@@ -153,7 +186,7 @@ def main() -> None:
               f"{parity['reference']} on {parity['samples']} val inputs (needs {parity['min_agreement']})")
     print(recommendation_check(digits))
 
-    resnet = run(resnet_auto(), work / "resnet8x4")
+    resnet = run(resnet_auto(), work / "digits", smoke)  # the same teacher as digits
     export = outputs(resnet, "export")
     fp32_mb, int8_mb = ((resnet / export[key]).stat().st_size / 1e6 for key in ("onnx", "onnx_qdq"))
     print(f"\n## 3. resnet8x4 student: int8 ONNX {int8_mb:.2f} MB / fp32 ONNX {fp32_mb:.2f} MB = {int8_mb / fp32_mb:.3f}x")

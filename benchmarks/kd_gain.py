@@ -1,12 +1,26 @@
-"""KD gain on digits: teacher, student alone, and the student with each logit loss, over seeds.
+"""KD gain: the teacher, the student alone, and the student with KD, over seeds, on digits or on texts.
 
-Two settings: all labels; labels kept on 10% of the train split with the other 90% as an
-unlabelled transfer set. The teacher is trained on all train labels in both settings (it stands
-for a checkpoint you already have); the student alone sees only the labels of its setting.
-Each KD row is `0.9 * LOSS + 0.1 * CE` (LOSS at the stage's default options; `kd` is the stage's
-default objective). Same student, seed, budget and training options in every row.
+Two settings per task: all labels; labels kept on a stratified 10% of the train split with the
+other 90% as an unlabelled transfer set. The teacher is trained on all train labels in both (it
+stands for a checkpoint you already have); the student alone sees only the labels of its setting,
+for as many epochs as the KD students (what the baseline stage does). With 10% of the labels that
+is a tenth of their optimizer steps, so the 10% setting has one more row, "student alone, KD's
+steps": as many epochs as give it the KD students' number of steps.
+Every row trains with `compress.distill.train.fit` and `compress.distill.objective.Objective`, as
+the distill and baseline stages call them, so an interface change breaks this script, not its numbers.
 
-    python benchmarks/kd_gain.py            # about 2-4 minutes on 2 cores
+- digits (default): teacher cnn[32,64,128], student cnn[8,16,32]; each KD row is
+  `0.9 * LOSS + 0.1 * CE` at the loss's default options (`kd` is the distill stage's default).
+- text: examples/text. Its make_texts.py writes the texts (seeded by the run's seed), and its
+  pipeline.yaml, read by the pipeline's own parser, gives the data options, both models, the
+  training options and the KD objective. Rows: the student alone (the baseline stage: random
+  init); the student started from the teacher's layers (`init_from_teacher`) without KD, which
+  says what the init alone buys; KD from a random init; and the example's distill stage (init
+  from the teacher + its losses). Targets (issue 13): KD >= +1 point over the student alone, or
+  >= +5 with 10% labels and a transfer set.
+
+    python benchmarks/kd_gain.py [--task digits|text] [--seeds 3] [--threads 1]
+    python benchmarks/kd_gain.py --smoke    # every task, 1 seed, 1 epoch, fewest texts: seconds
 """
 
 from __future__ import annotations
@@ -20,18 +34,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from compress.config import DataConfig, TrainConfig, TransferConfig  # noqa: E402
 from compress.data import load_dataset  # noqa: E402
+from compress.data.transfer import split_labels  # noqa: E402
 from compress.distill.objective import LossSpec, Objective  # noqa: E402
-from compress.distill.train import NO_LABEL, fit  # noqa: E402
+from compress.distill.train import fit  # noqa: E402
 from compress.models import ModelSpec, build_model  # noqa: E402
+from compress.stages.distill import training_inputs  # noqa: E402
 
 LOGIT_LOSSES = ["kd", "dkd", "lskd", "dist", "mse"]
 TEACHER = ModelSpec("cnn", 1, 10, 8, {"channels": [32, 64, 128]})
 STUDENT = ModelSpec("cnn", 1, 10, 8, {"channels": [8, 16, 32]})
+TEXT_EXAMPLE = ROOT / "examples" / "text"
+TEXT_TARGETS = {"all labels": 1.0, "10% labels": 5.0}  # points over the student alone (issue 13)
+TEXT_KD_ROW = "student + KD (the example's distill)"
+ALONE_SAME_STEPS = "student alone, KD's steps"
+SMOKE = {"seeds": 1, "epochs": 1, "teacher_epochs": 1, "texts": 160}
 
 
 def quiet(_: str) -> None:
@@ -43,60 +66,122 @@ def new(spec: ModelSpec, seed: int):
     return build_model(spec)
 
 
-def train_teacher(data, seed: int, work: Path):
-    model = new(TEACHER, seed)
-    cfg = TrainConfig(epochs=8, batch_size=64, lr=0.003, weight_decay=1e-4, progress=False)
-    return model, fit(model, data.x_train, data.y_train, data.x_val, data.y_val, cfg, work, seed, log=quiet).best_accuracy
-
-
-def student_cfg(epochs: int) -> TrainConfig:
-    return TrainConfig(epochs=epochs, batch_size=64, lr=0.005, progress=False)
-
-
-def train_student(data, x, y, seed, work, epochs, teacher=None, loss=None) -> float:
-    student = new(STUDENT, seed)
+def train(model, train_split, val_split, cfg: TrainConfig, seed: int, work: Path, teacher=None,
+          specs: list[LossSpec] | None = None, temperature: float = 4.0) -> float:
+    """Best val top-1 of `model` fitted as the stages fit it: CE alone, or the KD objective over `specs`."""
+    work.mkdir(parents=True, exist_ok=True)
     objective = None
-    if loss is not None:
-        specs = [LossSpec(name=loss, weight=0.9), LossSpec(name="ce", weight=0.1)]
-        objective = Objective(specs, student, teacher, x, student_cfg(epochs), 4.0, log=quiet)
-    result = fit(student, x, y, data.x_val, data.y_val, student_cfg(epochs), work, seed, loss_fn=objective,
-                 log=quiet, extra_modules=objective.modules if objective else None)
-    return result.best_accuracy
+    if specs is not None:
+        objective = Objective(specs, model, teacher, train_split, cfg, temperature,
+                              use_cache=getattr(cfg, "teacher_cache", True), log=quiet, cache_dir=work / "teacher_cache")
+    try:
+        return fit(model, train_split, val_split, cfg, work, seed, loss_fn=objective, log=quiet,
+                   extra_modules=objective.modules if objective else None).best_accuracy
+    finally:
+        if objective is not None:
+            objective.close()
 
 
-def run_seed(seed: int, epochs: int, tmp: Path) -> dict[str, dict[str, float]]:
+def same_steps(cfg: TrainConfig, labelled: int, with_transfer: int) -> TrainConfig:
+    """`cfg` with the epochs that give `labelled` inputs the optimizer steps `cfg` gives `with_transfer`."""
+    steps = -(-with_transfer // cfg.batch_size) * cfg.epochs
+    return cfg.model_copy(update={"epochs": -(-steps // -(-labelled // cfg.batch_size))})
+
+
+def digits_seed(seed: int, args, tmp: Path) -> dict[str, dict[str, float]]:
     full = load_dataset(DataConfig(source="digits"), seed)
     part = load_dataset(DataConfig(source="digits", transfer=TransferConfig(labeled_fraction=0.1)), seed)
-    teacher, teacher_acc = train_teacher(full, seed, tmp / f"teacher{seed}")
-    rows: dict[str, dict[str, float]] = {"all labels": {"teacher": teacher_acc}, "10% labels": {"teacher": teacher_acc}}
-    x_part = np.concatenate([part.x_train, part.x_transfer])
-    y_part = np.concatenate([part.y_train, np.full(len(part.x_transfer), NO_LABEL)])
-    for setting, data, x, y in (("all labels", full, full.x_train, full.y_train), ("10% labels", part, x_part, y_part)):
-        rows[setting]["student alone"] = train_student(data, data.x_train, data.y_train, seed,
-                                                       tmp / f"{setting}{seed}alone", epochs)
+    teacher = new(TEACHER, seed)
+    teacher_cfg = TrainConfig(epochs=args.teacher_epochs or 8, batch_size=64, lr=0.003, weight_decay=1e-4,
+                              progress=False)
+    teacher_acc = train(teacher, full.train, full.val, teacher_cfg, seed, tmp / f"teacher{seed}")
+    cfg = TrainConfig(epochs=args.epochs or 15, batch_size=64, lr=0.005, progress=False)
+    rows: dict[str, dict[str, float]] = {}
+    for setting, data in (("all labels", full), ("10% labels", part)):
+        work = tmp / f"{setting[:3]}{seed}"
+        rows[setting] = {"teacher": teacher_acc,
+                         "student alone": train(new(STUDENT, seed), data.train, data.val, cfg, seed, work / "alone")}
+        if data.transfer is not None:
+            rows[setting][ALONE_SAME_STEPS] = train(new(STUDENT, seed), data.train, data.val,
+                                                    same_steps(cfg, len(data.train), len(training_inputs(data))),
+                                                    seed, work / "alone_steps")
         for loss in LOGIT_LOSSES:
-            rows[setting][f"student + {loss}"] = train_student(data, x, y, seed, tmp / f"{setting}{seed}{loss}",
-                                                               epochs, teacher, loss)
+            specs = [LossSpec(name=loss, weight=0.9), LossSpec(name="ce", weight=0.1)]
+            rows[setting][f"student + {loss}"] = train(new(STUDENT, seed), training_inputs(data), data.val, cfg, seed,
+                                                       work / loss, teacher, specs)
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    results: dict[str, dict[str, list[float]]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in range(args.seeds):
-            for setting, rows in run_seed(seed, args.epochs, Path(tmp)).items():
-                for row, acc in rows.items():
-                    results.setdefault(setting, {}).setdefault(row, []).append(acc)
-            print(f"seed {seed} done ({time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)
-    print(f"digits, {args.seeds} seeds, student {STUDENT.kwargs['channels']} for {args.epochs} epochs, "
-          f"teacher {TEACHER.kwargs['channels']}; val top-1 in %, mean ± stdev (min..max)\n")
+def text_pipeline(folder: Path, args):
+    """examples/text/pipeline.yaml on texts written into `folder`, with this run's epochs where given."""
+    from compress.runner import parse_pipeline
+
+    raw = yaml.safe_load((TEXT_EXAMPLE / "pipeline.yaml").read_text())
+    raw["data"].update(path=str(folder / "train.csv"), val_path=str(folder / "val.csv"))
+    raw["teacher"]["train"].update(progress=False, **({"epochs": args.teacher_epochs} if args.teacher_epochs else {}))
+    raw["stages"]["distill"].update(progress=False, **({"epochs": args.epochs} if args.epochs else {}))
+    return parse_pipeline(raw, str(TEXT_EXAMPLE / "pipeline.yaml"), folder)
+
+
+def text_seed(seed: int, args, tmp: Path) -> dict[str, dict[str, float]]:
+    if str(TEXT_EXAMPLE) not in sys.path:
+        sys.path.insert(0, str(TEXT_EXAMPLE))
+    import make_texts
+
+    from compress.data.text_split import join_texts
+    from compress.models.text_models import init_every_other
+    from compress.stages.teacher import model_spec
+
+    folder = tmp / f"texts{seed}"
+    make_texts.main([str(folder), "--train", str(args.texts), "--val", str(args.texts // 5), "--seed", str(seed)])
+    pipeline = text_pipeline(folder, args)
+    data = load_dataset(pipeline.data, seed)
+    distill = pipeline.stages["distill"]
+    teacher = new(model_spec(pipeline.teacher, data), seed)
+    teacher_acc = train(teacher, data.train, data.val, pipeline.teacher.train, seed, tmp / f"teacher{seed}")
+
+    def student(from_teacher: bool):
+        model = new(model_spec(pipeline.student, data), seed)
+        if from_teacher:
+            init_every_other(model, teacher)
+        return model
+
+    labelled, _, unlabelled = split_labels(np.arange(len(data.train)), data.train.labels, 0.1, seed)
+    part = data.train.subset(np.sort(labelled))
+    transfer = join_texts(part, data.train.subset(np.sort(unlabelled)).unlabelled())
+    if len(transfer) != len(data.train) or int((transfer.labels >= 0).sum()) != len(part):
+        raise SystemExit(f"10% labels: {len(part)} labelled + {len(transfer) - len(part)} transfer texts do not make "
+                         f"up the {len(data.train)} train texts")
+    settings = {"all labels": (data.train, data.train), "10% labels": (part, transfer)}
+    rows: dict[str, dict[str, float]] = {}
+    for setting, (labels_only, with_transfer) in settings.items():
+        work = tmp / f"{setting[:3]}{seed}"
+        rows[setting] = {
+            "teacher": teacher_acc,
+            "student alone": train(student(False), labels_only, data.val, distill, seed, work / "alone"),
+            **({ALONE_SAME_STEPS: train(student(False), labels_only, data.val,
+                                        same_steps(distill, len(labels_only), len(with_transfer)), seed,
+                                        work / "alone_steps")} if len(labels_only) < len(with_transfer) else {}),
+            "student, init from teacher, no KD": train(student(True), labels_only, data.val, distill, seed,
+                                                       work / "init"),
+            "student + KD, random init": train(student(False), with_transfer, data.val, distill, seed, work / "kd",
+                                               teacher, distill.loss_specs(), distill.temperature),
+            TEXT_KD_ROW: train(student(pipeline.student.init_from_teacher == "every_other"), with_transfer, data.val,
+                               distill, seed, work / "distill", teacher, distill.loss_specs(), distill.temperature)}
+    return rows
+
+
+def describe(task: str, args) -> str:
+    if task == "digits":
+        return (f"digits, student {STUDENT.kwargs['channels']} for {args.epochs or 15} epochs, teacher "
+                f"{TEACHER.kwargs['channels']} for {args.teacher_epochs or 8}")
+    return (f"text (examples/text/pipeline.yaml, {args.texts} train / {args.texts // 5} val texts per seed, teacher "
+            f"{args.teacher_epochs or 'its'} epochs, students {args.epochs or 'the distill stage'} epochs)")
+
+
+def print_results(task: str, results: dict[str, dict[str, list[float]]], args) -> None:
+    print(f"\n{describe(task, args)}; {args.seeds} seed(s), {args.threads} thread(s); val top-1 in %, "
+          "mean ± stdev (min..max)\n")
     print("| setting | model | top-1 % | gain vs alone (pts) |\n|---|---|---:|---:|")
     for setting, rows in results.items():
         alone = statistics.mean(rows["student alone"])
@@ -104,13 +189,51 @@ def main() -> None:
             pct = [100 * a for a in accs]
             spread = statistics.stdev(pct) if len(pct) > 1 else 0.0
             gain = "" if row in ("teacher", "student alone") else f"{100 * (statistics.mean(accs) - alone):+.2f}"
-            print(f"| {setting} | {row} | {statistics.mean(pct):.2f} ± {spread:.2f} ({min(pct):.2f}..{max(pct):.2f}) | {gain} |")
-    print("\nper seed, KD gain of each loss in points (seed 0, 1, 2, ...):\n")
+            print(f"| {setting} | {row} | {statistics.mean(pct):.2f} ± {spread:.2f} ({min(pct):.2f}..{max(pct):.2f}) "
+                  f"| {gain} |")
+    print("\nper seed, gain over the student alone in points (seed 0, 1, 2, ...):\n")
     for setting, rows in results.items():
         for row, accs in rows.items():
-            if row.startswith("student +"):
+            if row not in ("teacher", "student alone"):
                 gains = [100 * (a - b) for a, b in zip(accs, rows["student alone"])]
-                print(f"- {setting}, {row[len('student + '):]}: " + ", ".join(f"{g:+.2f}" for g in gains))
+                print(f"- {setting}, {row}: " + ", ".join(f"{g:+.2f}" for g in gains))
+    if task == "text":
+        print()
+        for setting, target in TEXT_TARGETS.items():
+            rows = results[setting]
+            for alone in ("student alone", ALONE_SAME_STEPS):
+                if alone in rows:
+                    gain = 100 * (statistics.mean(rows[TEXT_KD_ROW]) - statistics.mean(rows[alone]))
+                    print(f"- target, {setting}: {TEXT_KD_ROW} {gain:+.2f} pts over the {alone} (target >= "
+                          f"+{target:g}: {'met' if gain >= target else 'MISSED'})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=["digits", "text"], action="append",
+                        help="repeatable; default digits (with --smoke: every task)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=None, help="student epochs (digits 15; text: the example's)")
+    parser.add_argument("--teacher-epochs", type=int, default=None, help="digits 8; text: the example's")
+    parser.add_argument("--texts", type=int, default=4000, help="train texts per seed (val: a fifth as many)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--smoke", action="store_true", help="smallest sizes, one seed: checks that the script runs")
+    args = parser.parse_args()
+    if args.smoke:
+        vars(args).update(SMOKE)
+    tasks = args.task or (["digits", "text"] if args.smoke else ["digits"])
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    for task in tasks:
+        results: dict[str, dict[str, list[float]]] = {}
+        with tempfile.TemporaryDirectory(prefix=f"kd_gain_{task}_") as tmp:
+            for seed in range(args.seeds):
+                per_seed = (digits_seed if task == "digits" else text_seed)(seed, args, Path(tmp))
+                for setting, rows in per_seed.items():
+                    for row, acc in rows.items():
+                        results.setdefault(setting, {}).setdefault(row, []).append(acc)
+                print(f"{task} seed {seed} done ({time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)
+        print_results(task, results, args)
     print(f"\n({time.perf_counter() - started:.0f}s)")
 
 

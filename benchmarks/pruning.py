@@ -10,6 +10,7 @@
    rounds: the latency ratio beside the MACs ratio.
 
     python benchmarks/pruning.py [--seeds 3] [--epochs 15] [--rounds 3]
+    python benchmarks/pruning.py --smoke    # 1 seed, 1 epoch, 1 round; resnet8x4, one ratio, 8x8: checks that it runs
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ from deploy.runner.harness import LatencySettings, measure_latency  # noqa: E402
 
 TEACHER = {"model": "cnn", "kwargs": {"channels": [32, 64, 128]}}
 HAND_WIDTHS = range(8, 21, 2)  # zoo cnn [c, 2c, 4c]: the hand-designed candidates
-SHAPE = (3, 32, 32)
-MACS_RATIOS = (0.5, 0.25, 0.125)
+SMOKE = {"seeds": 1, "epochs": 1, "teacher_epochs": 1, "rounds": 1, "runs": 1, "latency_rounds": 1, "threads": 1,
+         "latency_model": "resnet8x4", "size": 8, "ratios": [0.5]}
 QUICK_STAGES = {"export": {}, "build": {"targets": ["onnxruntime:fp32"]},
                 "benchmark": {"batch_sizes": [1], "warmup": 1, "runs": 3, "min_seconds": 0.0, "memory": False,
                               "rounds": 1}, "report": {}}
@@ -75,7 +76,7 @@ def nearest_hand_student(macs: int) -> dict:
 
 
 def digits_seed(seed: int, args, tmp: Path) -> dict:
-    teacher = {**TEACHER, "train": {"epochs": 8, "batch_size": 64, "optimizer": "adamw", "lr": 0.003,
+    teacher = {**TEACHER, "train": {"epochs": args.teacher_epochs, "batch_size": 64, "optimizer": "adamw", "lr": 0.003,
                                     "weight_decay": 0.0001, "progress": False}}
     prune = {"target_macs": 0.25, "method": "taylor", "rounds": args.rounds, "epochs_per_round": 2,
              "batch_size": 64, "lr": 0.003, "progress": False}
@@ -120,18 +121,19 @@ def digits_part(args, tmp: Path) -> None:
 
 
 def latency_part(args, tmp: Path) -> None:
+    shape = (3, args.size, args.size)
     torch.manual_seed(0)
-    teacher = build_model(ModelSpec("resnet32x4", 3, 100, 32)).eval()
-    example = torch.randn(1, *SHAPE)
-    reference = count_macs(teacher, SHAPE)
+    teacher = build_model(ModelSpec(args.latency_model, 3, 100, args.size)).eval()
+    example = torch.randn(1, *shape)
+    reference = count_macs(teacher, shape)
     models = {"teacher": teacher}
-    for ratio in MACS_RATIOS:
+    for ratio in args.ratios:
         models[f"{ratio:g}"] = prune_to(teacher, example, "magnitude", Budget("macs", ratio), reference,
                                         classifier_heads(teacher, example))[0]
     sessions = []
     for name, model in models.items():
-        onnx = tmp / f"resnet32x4.{name}.onnx"
-        export_onnx(model, SHAPE, onnx)
+        onnx = tmp / f"{args.latency_model}.{name}.onnx"
+        export_onnx(model, shape, onnx)
         simplify_onnx(onnx)
         for backend in ("onnxruntime", "openvino"):
             engine = get_engine(backend)
@@ -141,14 +143,14 @@ def latency_part(args, tmp: Path) -> None:
     p50s: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.latency_rounds):  # interleaved: a burst of load from other work hits every artifact alike
         for name, backend, infer in sessions:
-            p50s.setdefault((name, backend), []).append(measure_latency(infer, SHAPE, 1, settings)["latency_ms"]["p50"])
+            p50s.setdefault((name, backend), []).append(measure_latency(infer, shape, 1, settings)["latency_ms"]["p50"])
     p50 = {key: float(np.median(values)) for key, values in p50s.items()}
-    print(f"\n## resnet32x4, 3x32x32, batch 1, fp32, magnitude pruning; median of {args.latency_rounds} interleaved "
+    print(f"\n## {args.latency_model}, 3x{args.size}x{args.size}, batch 1, fp32, magnitude pruning; median of {args.latency_rounds} interleaved "
           f"rounds' p50\n")
     print("| model | MACs | MACs ratio | params ratio | ORT p50 ms | ORT latency ratio | OpenVINO p50 ms | "
           "OpenVINO latency ratio |\n|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, model in models.items():
-        macs = count_macs(model, SHAPE)
+        macs = count_macs(model, shape)
         cells = [f"{p50[(name, b)]:.3f} | {p50[(name, b)] / p50[('teacher', b)]:.2f}" for b in ("onnxruntime", "openvino")]
         print(f"| {'teacher' if name == 'teacher' else f'pruned to {name}'} | {macs / 1e6:.1f}M | {macs / reference:.3f} "
               f"| {count_params(model) / count_params(teacher):.3f} | {cells[0]} | {cells[1]} |")
@@ -163,7 +165,15 @@ def main() -> None:
     parser.add_argument("--latency-rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--skip-digits", action="store_true")
+    parser.add_argument("--teacher-epochs", type=int, default=8)
+    parser.add_argument("--latency-model", default="resnet32x4", help="the zoo model the latency part prunes")
+    parser.add_argument("--size", type=int, default=32, help="input height and width of the latency part")
+    parser.add_argument("--ratios", type=lambda v: [float(r) for r in v.split(",")], default=[0.5, 0.25, 0.125],
+                        help="MACs ratios of the latency part")
+    parser.add_argument("--smoke", action="store_true", help="smallest sizes, one round: checks that the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        vars(args).update(SMOKE)
     torch.set_num_threads(args.threads)
     from compress.measuring.environment import cpu_name
 

@@ -9,6 +9,7 @@
    with >= 5x the student's MACs (cache build time amortised over the epochs).
 
     python benchmarks/train_overhead.py      # about 2-3 minutes on 2 cores
+    python benchmarks/train_overhead.py --smoke   # 1 epoch, 1 repeat: checks that the script runs
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from compress.distill.train import accuracy, fit  # noqa: E402
 from compress.models import ModelSpec, build_model, count_macs  # noqa: E402
 
 STUDENT = ModelSpec("cnn", 1, 10, 8, {"channels": [8, 16, 32]})
+SMOKE = {"epochs": 1, "repeats": 1}
 TEACHERS = {"cnn[32,64,128]": ModelSpec("cnn", 1, 10, 8, {"channels": [32, 64, 128]}),
             "resnet8x4": ModelSpec("resnet8x4", 1, 10, 8, {})}
 
@@ -51,10 +53,11 @@ def stage_loop(data, teacher, epochs: int, cache: bool) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         student = new(STUDENT)
-        objective = Objective(default_losses(4.0, 0.9), student, teacher, data.x_train, cfg(epochs), 4.0,
-                              use_cache=cache, log=lambda _: None)
-        fit(student, data.x_train, data.y_train, data.x_val, data.y_val, cfg(epochs), Path(tmp), 0,
+        objective = Objective(default_losses(4.0, 0.9), student, teacher, data.train, cfg(epochs), 4.0,
+                              use_cache=cache, log=lambda _: None, cache_dir=Path(tmp) / "teacher_cache")
+        fit(student, data.train, data.val, cfg(epochs), Path(tmp), 0,
             loss_fn=objective, log=lambda _: None, extra_modules=objective.modules)
+        objective.close()
         return (time.perf_counter() - started) / epochs
 
 
@@ -62,7 +65,7 @@ def minimal_loop(data, teacher, epochs: int, precomputed: bool) -> float:
     """The shortest honest KD loop: what someone would write by hand."""
     started = time.perf_counter()
     student = new(STUDENT)
-    x, y = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)
+    x, y = torch.as_tensor(data.train.x), torch.as_tensor(data.train.labels)
     teacher.eval()
     if precomputed:
         with torch.no_grad():
@@ -87,7 +90,7 @@ def minimal_loop(data, teacher, epochs: int, precomputed: bool) -> float:
             loss.backward()
             optimizer.step()
             schedule.step()
-        accuracy(student, data.x_val, data.y_val)
+        accuracy(student, data.val)
     return (time.perf_counter() - started) / epochs
 
 
@@ -104,12 +107,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--smoke", action="store_true", help="smallest sizes, one repeat: checks that the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        vars(args).update(SMOKE)
     torch.set_num_threads(args.threads)
     data = load_dataset(DataConfig(source="digits"), 0)
     shape = data.input_shape
     student_macs = count_macs(new(STUDENT), shape)
-    print(f"digits train split {len(data.y_train)} inputs, batch 64, {args.epochs} epochs per measurement, "
+    print(f"digits train split {len(data.train)} inputs, batch 64, {args.epochs} epochs per measurement, "
           f"{args.repeats} interleaved repeats, {args.threads} thread(s); student cnn[8,16,32] {student_macs:,} MACs\n")
 
     teacher = new(TEACHERS["cnn[32,64,128]"], 1)
