@@ -229,10 +229,12 @@ def calibration_rows(count: int, length: int = 16) -> dict[str, np.ndarray]:
 def test_int8_of_a_multi_input_model_calibrates_on_feed_dicts(bert, tmp_path, backend):
     model, path = bert
     built = get_engine(backend).build(path, tmp_path / backend, "int8", sources={"fp32": path},
-                                      calibration=calibration_rows(40))
+                                      calibration=calibration_rows(40), timing={"rounds": 1}, timing_batches=[1])
     assert built.sidecar["quantization"]["calibration_samples"] == 40
-    if backend == "onnxruntime":
-        assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(built.artifact)).graph.node}
+    static = backend == "openvino" or built.sidecar["quantization"]["choice"]["chosen"] == "static"
+    if backend == "onnxruntime":  # static Q/DQ or dynamic, whichever measured faster (tests/test_int8_choice.py)
+        ops = {n.op_type for n in onnx.load(str(built.artifact)).graph.node}
+        assert ("QuantizeLinear" if static else "DynamicQuantizeLinear") in ops
         assert built.sidecar["quantization"]["op_types"] == ["MatMul", "Gemm", "Gather"]
     inputs = tokens(3, 20)
     with torch.no_grad():
@@ -244,7 +246,8 @@ def test_int8_of_a_multi_input_model_calibrates_on_feed_dicts(bert, tmp_path, ba
         masked = session.infer(numpy_feeds(padded))
     assert logits.shape == reference.shape and np.isfinite(logits).all()
     assert np.abs(logits - reference).max() < 0.05  # int8 of a random model: close, not exact
-    np.testing.assert_allclose(masked, logits, atol=1e-6)  # the int8 attention still ignores padding
+    # the int8 attention still ignores padding; a dynamic activation scale is taken over the padded positions too
+    np.testing.assert_allclose(masked, logits, atol=1e-6 if static else 0.01)
 
 
 def test_openvino_compiles_a_multi_input_model_with_dynamic_lengths(bert, tmp_path):

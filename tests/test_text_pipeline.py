@@ -88,6 +88,15 @@ def test_a_text_pipeline_runs_every_stage_on_token_ids(text_config, tmp_path, ca
 
     engine = json.loads((run_dir / "stages" / "build" / "student.onnxruntime.int8" / "engine.json").read_text())
     assert [i["name"] for i in engine["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
+    # int8 form chosen by measurement at the benchmark's batch sizes, scored on the parity check's inputs and budget
+    choice = engine["quantization"]["choice"]
+    assert choice["min_agreement"] == 0.99 and choice["checked_on"] == "the given check inputs"
+    assert choice["checked_on_samples"] == 60 and choice["timing"]["batch_sizes"] == [1, 4]
+    assert choice["chosen"] in choice["candidates"] and choice["why"]
+    built = json.loads((run_dir / "run.json").read_text())["stages"]["build"]["outputs"]["engines"]
+    entry = next(e for e in built if e["backend"] == "onnxruntime" and e["precision"] == "int8")
+    assert entry["int8_choice"] == {"chosen": choice["chosen"], "why": choice["why"]}
+    assert f"onnxruntime int8: ships {choice['chosen']}, {choice['why']}" in out
     fused = json.loads((run_dir / "stages" / "build" / "student.onnxruntime.fp32" / "engine.json").read_text())
     assert fused["transformer_optimized"]["model_type"] == "bert"
     script = (run_dir / "stages" / "build" / "student.tensorrt.fp16" / "build_engine.sh").read_text()

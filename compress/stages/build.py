@@ -7,6 +7,7 @@ fp32 ONNX; TensorRT and Triton stay the KD student's.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -147,6 +148,9 @@ class BuildStage(Stage):
             options = {"sources": sources, "calibration": calibration}
             if ctx.config.transformer_optimize and target == "onnxruntime:fp32":
                 options["transformer_optimize"] = True
+            if precision == "int8":
+                refs = refs or References(ctx)
+                options.update(int8_choice_options(ctx, refs))
             if target == "openvino:int8":
                 options["float_precision"] = ctx.config.int8_float_precision
             if ctx.config.accuracy_control and target == "openvino:int8":
@@ -167,6 +171,9 @@ class BuildStage(Stage):
             ctx.log(f"{backend} {precision}: {ctx.relative(built.artifact)} in {built.sidecar['build_seconds']:.2f}s; "
                     f"{parity_line(checked)}")
             control = (built.sidecar.get("quantization") or {}).get("accuracy_control")
+            choice = (built.sidecar.get("quantization") or {}).get("choice")
+            if choice:
+                ctx.log(f"{backend} {precision}: ships {choice['chosen']}, {choice['why']}")
             if control:
                 ctx.log(f"{backend} {precision}: accuracy control: top-1 {control['top1']:.4f} (fp32 "
                         f"{control['float_top1']:.4f}), {len(control['reverted_ops'])} ops back in float: "
@@ -174,6 +181,7 @@ class BuildStage(Stage):
             engines.append({"model": "student", "backend": backend, "precision": precision,
                             "dir": ctx.relative(out_dir), "artifact": ctx.relative(built.artifact), "parity": checked,
                             **({"accuracy_control": control} if control else {}),
+                            **({"int8_choice": {k: choice[k] for k in ("chosen", "why")}} if choice else {}),
                             **({"float_precision": built.sidecar["float_precision"]}
                                if built.sidecar.get("float_precision") else {})})
         for target in ctx.config.targets:
@@ -197,6 +205,16 @@ def accuracy_control_options(ctx: StageContext, control: Int8AccuracyControl) ->
     return {"accuracy_control": control.model_dump(), "validation": (inputs, labels)}
 
 
+def int8_choice_options(ctx: StageContext, refs: References) -> dict[str, Any]:
+    """What an int8 engine that chooses its form by measurement (deploy.engines.int8_choice) is scored and timed
+    with: the inputs and the agreement budget the engine parity check applies after it, the benchmark's batch
+    sizes and threads."""
+    bench = ctx.pipeline.stages.get("benchmark")
+    return {"check_inputs": refs.inputs, "min_agreement": ctx.pipeline.gates.engine_agreement("int8"),
+            "timing_batches": getattr(bench, "batch_sizes", None),
+            "threads": getattr(bench, "threads", None) or os.cpu_count()}
+
+
 def parity_line(checked: dict[str, Any]) -> str:
     verdict = "" if checked["passed"] else f" BELOW {checked['min_agreement']:g}"
     return (f"top-1 agreement {checked['top1_agreement']:.4f}{verdict} with {checked['reference']}, max |diff| "
@@ -215,7 +233,9 @@ def build_baseline(ctx: StageContext, onnx_path, calibration, refs: References) 
             continue
         out_dir = ctx.stage_dir / f"baseline.{backend}.{precision}"
         engine = get_engine(backend)
-        built = engine.build(onnx_path, out_dir, precision, sources={"fp32": onnx_path}, calibration=calibration)
+        extra = int8_choice_options(ctx, refs) if precision == "int8" else {}
+        built = engine.build(onnx_path, out_dir, precision, sources={"fp32": onnx_path}, calibration=calibration,
+                             **extra)
         checked = check_engine(refs, engine, built, "baseline", precision)
         ctx.log(f"baseline {backend} {precision}: {ctx.relative(built.artifact)} in "
                 f"{built.sidecar['build_seconds']:.2f}s; {parity_line(checked)}")

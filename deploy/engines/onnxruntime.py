@@ -1,10 +1,20 @@
-"""ONNX Runtime engine (CPU execution provider): fp32, and int8 as a Q/DQ ONNX.
+"""ONNX Runtime engine (CPU execution provider): fp32, and int8 as a Q/DQ or a dynamically quantized ONNX.
 
-int8 comes from the quantize stage's Q/DQ ONNX when there is one (the QAT/PTQ result is what ships);
-otherwise the fp32 ONNX is quantized here with ORT's static quantization: QDQ format, per-channel
-int8 weights, uint8 activations calibrated (min-max) on the `calibration` samples (an array for
-an image model, a dict input name -> rows for a multi-input one). Either way the weights are
-stored as int8 initializers (deploy.engines.qdq_fold), not fp32 behind a QuantizeLinear.
+int8 comes from the quantize stage's Q/DQ ONNX when there is one (the QAT/PTQ result is what ships).
+Otherwise the fp32 ONNX is quantized here. A graph with weights outside MatMul/Gemm/Gather (a CNN)
+gets ORT's static quantization: QDQ format, per-channel int8 weights, uint8 activations calibrated
+(min-max) on the `calibration` samples (an array for an image model, a dict input name -> rows for
+a multi-input one). A graph whose weights all sit in MatMul/Gemm/Gather (a Transformer, an MLP) gets
+every int8 form of deploy.engines.ort_quantize (static, dynamic, dynamic per-channel, fused +
+dynamic), each timed here against the fp32 ONNX and scored against its outputs, and ships the
+fastest within the accuracy budget (deploy.engines.int8_choice): on BERT shapes static Q/DQ was
+slower than dynamic, and even than fp32 at short sequences. engine.json records every candidate's
+numbers, the choice and why. Either way the weights are stored as int8 initializers
+(deploy.engines.qdq_fold), not fp32 behind a QuantizeLinear.
+
+Options of an int8 build by measurement: `check_inputs` (rows the candidates are scored on; the
+calibration rows otherwise), `min_agreement` (top-1 agreement with the fp32 ONNX; the int8 engine
+budget otherwise), `timing_batches`, `threads`.
 
 `transformer_optimize=True` builds fp32 through ONNX Runtime's transformer optimizer (BERT
 fusions: SkipLayerNormalization, BiasGelu, Attention where it matches): faster on ONNX Runtime,
@@ -17,67 +27,40 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from deploy.engines.interface import (Engine, EngineUnavailable, Session, calibration_batches, calibration_count,
-                                      onnx_inputs)
-from deploy.runner.harness import has_sequence_axis
+from deploy.engines.int8_choice import measure_and_choose, timing_length
+from deploy.engines.interface import Engine, EngineUnavailable, Session, calibration_count, onnx_inputs
+from deploy.engines.ort_quantize import dynamic_applies, int8_candidates, static_quantize, transformer_optimize
 from deploy.runner.sessions import OnnxRuntimeSession
 
-# What int8 covers in a model with a sequence axis (a Transformer): the weighted ops. The attention
-# mask's -inf/float-min bias and the NaN guards after Softmax have no finite range to quantize.
-SEQUENCE_MODEL_OPS = ["MatMul", "Gemm", "Gather"]
+
+def open_onnx(path: Path, threads: int | None):
+    return lambda: OnnxRuntimeSession(path, threads, providers=["CPUExecutionProvider"])
 
 
-def static_quantize(onnx_path: Path, out_path: Path, calibration: np.ndarray | dict[str, np.ndarray] | list,
-                    batch_size: int = 32) -> dict[str, Any]:
-    """ORT static quantization of an fp32 ONNX to QDQ with per-channel weights.
+def measured_int8(onnx_path: Path, artifact: Path, calibration: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """Build every int8 candidate, time and score them against `onnx_path`, keep the chosen one as `artifact`.
 
-    `calibration`: an array for a single-input model, or a dict name -> rows (or a list of such
-    batches) for a multi-input one, fed by name in each input's dtype. Returns what the sidecar
-    adds to its quantization record (the op types, where they are limited).
+    Returns the sidecar's quantization record: the chosen candidate's own record plus the choice.
+    `options["timing"]` (rounds, timer) goes to measure_and_choose as is: the benchmark's smoke run, tests.
     """
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    inputs = onnx_inputs(onnx_path)
-    batches = calibration_batches(calibration, inputs, batch_size)
-    input_name = inputs[0]["name"]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter(batches)
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return batch if batch is None or isinstance(batch, dict) else {input_name: batch}
-
-    prepared = out_path.with_name(f".{out_path.stem}.pre.onnx")  # ORT's recommended shape inference + fusions
-    # A dynamic axis beside the batch: symbolic shape inference must merge the dims the attention
-    # mask broadcasts (the sequence and a Shape-derived copy of it), or it gives up.
-    dynamic = any(isinstance(dim, str) for spec in inputs for dim in spec["shape"][1:])
-    op_types = SEQUENCE_MODEL_OPS if has_sequence_axis(inputs) else None
+    work = artifact.parent / ".int8-candidates"
     try:
-        quant_pre_process(str(onnx_path), str(prepared), auto_merge=dynamic)
-        quantize_static(str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=op_types)
+        candidates = int8_candidates(onnx_path, work, calibration)
+        inputs = onnx_inputs(onnx_path)
+        threads = options.get("threads")
+        check = options.get("check_inputs")
+        choice = measure_and_choose(
+            ("fp32", open_onnx(onnx_path, threads)),
+            [(name, open_onnx(path, threads), record["method"]) for name, path, record in candidates],
+            inputs, check if check is not None else calibration, timing_length(inputs, calibration),
+            options.get("min_agreement"), options.get("timing_batches"), threads, **options.get("timing", {}))
+        name, path, record = next(c for c in candidates if c[0] == choice["chosen"])
+        shutil.copyfile(path, artifact)
     finally:
-        prepared.unlink(missing_ok=True)
-    return {"op_types": list(op_types)} if op_types else {}
-
-
-def transformer_optimize(onnx_path: Path, out_path: Path, model_type: str = "bert", num_heads: int = 0,
-                         hidden_size: int = 0) -> dict[str, Any]:
-    """ONNX Runtime's transformer fusions of an fp32 ONNX (0 heads / hidden size: read from the graph).
-
-    Returns what the sidecar records: the model type and how many of each fused op were made.
-    """
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    optimized = optimize_model(str(onnx_path), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size)
-    optimized.save_model_to_file(str(out_path))
-    fused = {op: int(n) for op, n in (optimized.get_fused_operator_statistics() or {}).items() if n}
-    return {"model_type": model_type, "fused_ops": fused}
+        shutil.rmtree(work, ignore_errors=True)
+    choice["checked_on"] = "the given check inputs" if options.get("check_inputs") is not None else \
+        "the calibration samples"
+    return {**record, "calibration_samples": calibration_count(calibration), "choice": choice}
 
 
 class OnnxRuntimeEngine(Engine):
@@ -97,9 +80,12 @@ class OnnxRuntimeEngine(Engine):
             calibration = options.get("calibration")
             if not calibration_count(calibration):
                 raise EngineUnavailable("onnxruntime int8 without a Q/DQ ONNX needs calibration samples")
-            limited = static_quantize(onnx_path, artifact, calibration)
-            extra["quantization"] = {"method": "onnxruntime static (QDQ, per-channel, min-max)",
-                                     "calibration_samples": calibration_count(calibration), **limited}
+            if dynamic_applies(onnx_path):
+                extra["quantization"] = measured_int8(onnx_path, artifact, calibration, options)
+            else:
+                limited = static_quantize(onnx_path, artifact, calibration)
+                extra["quantization"] = {"method": "onnxruntime static (QDQ, per-channel, min-max)",
+                                         "calibration_samples": calibration_count(calibration), **limited}
         else:
             shutil.copyfile(onnx_path, artifact)
             if precision == "int8":
