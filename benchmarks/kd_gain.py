@@ -128,20 +128,21 @@ def text_seed(seed: int, args, tmp: Path) -> dict[str, dict[str, float]]:
         sys.path.insert(0, str(TEXT_EXAMPLE))
     import make_texts
 
-    from compress.data.text_split import join_texts
+    from compress.tasks.registry import task_for
+    from compress.tasks.text_classification.text_split import join_texts
     from compress.models.text_models import init_every_other
-    from compress.stages.teacher import model_spec
 
     folder = tmp / f"texts{seed}"
     make_texts.main([str(folder), "--train", str(args.texts), "--val", str(args.texts // 5), "--seed", str(seed)])
     pipeline = text_pipeline(folder, args)
-    data = load_dataset(pipeline.data, seed)
+    task = task_for(pipeline)
+    data = task.load_data(seed)
     distill = pipeline.stages["distill"]
-    teacher = new(model_spec(pipeline.teacher, data), seed)
+    teacher = new(task.model_spec(pipeline.teacher, data), seed)
     teacher_acc = train(teacher, data.train, data.val, pipeline.teacher.train, seed, tmp / f"teacher{seed}")
 
     def student(from_teacher: bool):
-        model = new(model_spec(pipeline.student, data), seed)
+        model = new(task.model_spec(pipeline.student, data), seed)
         if from_teacher:
             init_every_other(model, teacher)
         return model

@@ -17,7 +17,7 @@ from onnx_graphs import cnn_onnx
 
 from compress.exporting.torch_to_onnx import export_onnx_inputs
 from compress.models.text_models import build_hf_config
-from compress.tasks import TextClassification
+from compress.tasks.text_classification import token_example, token_input_specs
 from deploy.engines import get_engine, read_sidecar
 from deploy.engines import int8_choice
 from deploy.engines.int8_choice import choose
@@ -31,10 +31,9 @@ CANDIDATES = ("dynamic", "static", "dynamic-per-channel", "fused-dynamic")  # th
 def bert_onnx(tmp_path_factory):
     """A 1-layer random BERT classifier exported as the export stage does (named int64 inputs, dynamic axes)."""
     torch.manual_seed(0)
-    task = TextClassification(VOCAB, LENGTH)
     model = build_hf_config("bert", VOCAB, LENGTH, 3, {"layers": 1, "hidden": 32, "heads": 2}).eval()
     path = tmp_path_factory.mktemp("bert") / "student.onnx"
-    export_onnx_inputs(model, task.input_specs(), task.example_inputs(2), path)
+    export_onnx_inputs(model, token_input_specs(VOCAB, LENGTH), token_example(VOCAB, LENGTH, 2), path)
     return path
 
 

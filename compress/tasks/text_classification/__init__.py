@@ -89,10 +89,7 @@ class TextClassification(Task):
         return ModelSpec(name, 0, 10, 128, dict(kwargs), 1000, 128)
 
     def input_specs(self, data: Dataset) -> list[dict[str, Any]]:
-        specs = [{"name": name, "dtype": "int64", "shape": ["batch", "sequence"]} for name in INPUT_NAMES]
-        specs[0]["vocab_size"] = int(data.task_spec["vocab_size"])
-        specs[0]["max_length"] = self.options.max_length
-        return specs
+        return token_input_specs(int(data.task_spec["vocab_size"]), self.options.max_length)
 
     def example_inputs(self, data: Dataset, batch: int = 2, length: int | None = None) -> dict[str, torch.Tensor]:
         return token_example(int(data.task_spec["vocab_size"]), self.options.max_length, batch, length)
@@ -136,3 +133,11 @@ def token_example(vocab_size: int, max_length: int, batch: int = 2, length: int 
     ids = ids.masked_fill(mask == 0, 0)
     ids[:, 0] = 2  # [CLS]
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def token_input_specs(vocab_size: int, max_length: int) -> list[dict[str, Any]]:
+    """The three int64 inputs with dynamic batch and sequence axes; the first carries the vocabulary and length."""
+    specs = [{"name": name, "dtype": "int64", "shape": ["batch", "sequence"]} for name in INPUT_NAMES]
+    specs[0]["vocab_size"] = vocab_size
+    specs[0]["max_length"] = max_length
+    return specs
