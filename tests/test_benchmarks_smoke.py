@@ -71,6 +71,7 @@ def smoke_runs(request, tmp_path_factory):
 def test_benchmark_runs_in_smoke_mode_and_prints_its_table(script, smoke_runs):
     before, futures = smoke_runs
     result = futures[script.name].result()
+    print(f"{script.name} --smoke: {result['seconds']:.0f} s")  # shown with -s: how the two-minute budget is spent
     tail = f"\n--- stdout (end)\n{result['stdout'][-3000:]}\n--- stderr (end)\n{result['stderr'][-3000:]}"
     assert result["code"] == 0, f"{script.name} --smoke exited {result['code']} in {result['seconds']:.0f} s{tail}"
     assert TABLE.search(result["stdout"]), f"{script.name} --smoke printed no markdown table{tail}"
