@@ -5,7 +5,7 @@ A script's smoke mode runs the code paths of its real run at the smallest sizes.
 scripts, so this is where a broken one shows: each runs in a subprocess (a script added later is covered by
 the glob, and one without --smoke fails here), must exit 0, print its markdown table, and write nothing into
 the repository (temp folders only; benchmarks/README.md is written by hand from real runs). They run two at
-a time: most train on one thread, and together they must stay within about two minutes on two cores.
+a time, as most train on one thread; what they cost together is measured in benchmarks/README.md.
 """
 
 from __future__ import annotations
