@@ -46,3 +46,12 @@ def test_each_target_is_printed_with_its_number_met_or_missed(bench):
                                "the peer's time (target <= 1.0x): MISSED; other int8 builds: openvino int8 1.78x")
     assert lines[2] == ("tinybert4 b1 s128: best artifact (onnxruntime int8) 10.00x (rounds 9.00-11.00) faster than "
                         "the teacher in ONNX Runtime fp32 (target >= 9.4x): met")
+
+
+def test_the_build_shipping_the_peers_own_graph_is_said_so_beside_the_measured_ratio(bench):
+    ours = {**row("tinybert4", "onnxruntime", "int8", [10.0, 10.0]), "same_graph_as_peer": True}
+    rows = [row("tinybert4", "onnxruntime", "fp32", [20.0, 20.0]), ours,
+            row("tinybert4", "onnxruntime", "int8", [9.8, 10.1], source="peer quantize_dynamic")]
+    line = bench.targets(rows, Namespace(sequences=[128], batches=[1]))[1]
+    assert line == ("tinybert4 b1 s128: best int8 (onnxruntime int8) takes 1.01x (rounds 0.99-1.02) the peer's time "
+                    "(target <= 1.0x): the same graph as the peer (nodes and weights), so 1.00x but for noise")
