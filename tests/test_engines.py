@@ -90,6 +90,28 @@ def test_int8_actually_runs_int8_kernels(digits_onnx):
         assert "FakeQuantize" in ov.artifact.read_text()
 
 
+def test_int8_weights_are_seven_bit_where_the_cpu_would_saturate_eight(digits_onnx):
+    """On x86 without VNNI or AMX, ORT's u8s8 kernels sum in 16 bits: the build stores weights in [-64, 63]."""
+    import onnx
+    from onnx import numpy_helper
+
+    from deploy.engines.ort_quantize import saturating_int8_kernels
+
+    data = digits_onnx["data"]
+    built = get_engine("onnxruntime").build(digits_onnx["fp32"], digits_onnx["work"] / "ort-int8-bits", "int8",
+                                            sources={"fp32": digits_onnx["fp32"]}, calibration=data.x_train[:100])
+    model = onnx.load(str(built.artifact))
+    weights = [numpy_helper.to_array(t) for t in model.graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and numpy_helper.to_array(t).ndim == 4]
+    assert len(weights) == 2  # the two convolutions
+    largest = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+    quantization = built.sidecar["quantization"]
+    if saturating_int8_kernels():
+        assert largest <= 64 and quantization["weight_bits"] == 7 and "VNNI" in quantization["weight_bits_reason"]
+    else:
+        assert largest > 64 and "weight_bits" not in quantization
+
+
 def test_int8_without_qdq_or_calibration_is_refused(digits_onnx, tmp_path):
     from deploy.engines import EngineUnavailable
 

@@ -25,7 +25,7 @@ from compress.tasks.text_classification.text import TextRecords, read_text_split
 from compress.tasks.text_classification.text_split import TextSplit, join_texts
 from compress.tasks.text_classification.tokenizer import (SPECIAL_TOKENS, encode, is_lowercasing, load_tokenizer, pad_id, save_tokenizer,
                                      tokenizer_spec, train_wordpiece)
-from deploy.runner import RUNNER_DIR
+from deploy.runner import RUNNER_DIR, RUNNER_FILES
 from deploy.runner.preprocess_text import encode_texts, read_text_lines
 from deploy.runner.runner import RunnerError
 
@@ -344,9 +344,9 @@ def test_subset_unlabelled_and_joining_transfer_texts_keep_the_tokens(tokenizer)
 
 
 def make_release(folder: Path, tokenizer, spec: dict) -> tuple[Path, dict]:
-    """A release folder as the device holds it: runner.py, preprocess_text.py, tokenizer.json, manifest.json."""
+    """A release folder as the device holds it: the runner's files, tokenizer.json, manifest.json."""
     folder.mkdir(parents=True)
-    for name in ("runner.py", "preprocess_text.py"):
+    for name in (*RUNNER_FILES, "preprocess_text.py"):
         shutil.copy(RUNNER_DIR / name, folder / name)
     save_tokenizer(tokenizer, folder / spec["text"]["tokenizer"])
     manifest = {"preprocessing": {"layout": "NC", "dtype": "int64", **spec}}
