@@ -19,7 +19,17 @@ the distill and baseline stages call them, so an interface change breaks this sc
   from the teacher + its losses). Targets (issue 13): KD >= +1 point over the student alone, or
   >= +5 with 10% labels and a transfer set.
 
-    python benchmarks/kd_gain.py [--task digits|text] [--seeds 3] [--threads 1]
+- recipes (`--task recipes`): the distill stage's three ways, run by the stages themselves
+  (compress.stages: teacher, baseline, distill with a StageContext, as `compress run` runs them) on
+  the bundled digits and on the image-folder example's photo patches (examples/imagefolder's
+  make_images.py: real photographs, its augmentation, 32x32 crops, the cnn models): default KD
+  (the stage's defaults: kd at T 4, alpha 0.9), the patient recipe (`recipe: patient`, the
+  baseline trained as long), and the budgeted search (`search: {trials, budget}`, the baseline
+  given the same search). Each KD student against its own baseline: the share of the teacher-student
+  gap it closes, per seed, with a 95% interval over seeds. Targets (issue 27): searched >= 30%,
+  patient >= 20%, on both data sets; the search's wall time within its budget (+-10%).
+
+    python benchmarks/kd_gain.py [--task digits|text|recipes] [--seeds 3] [--threads 1]
     python benchmarks/kd_gain.py --smoke    # every task, 1 seed, 1 epoch, fewest texts: seconds
 """
 
@@ -54,7 +64,7 @@ TEXT_EXAMPLE = ROOT / "examples" / "text"
 TEXT_TARGETS = {"all labels": 1.0, "10% labels": 5.0}  # points over the student alone (issue 13)
 TEXT_KD_ROW = "student + KD (the example's distill)"
 ALONE_SAME_STEPS = "student alone, KD's steps"
-SMOKE = {"seeds": 1, "epochs": 1, "teacher_epochs": 1, "texts": 160}
+SMOKE = {"seeds": 1, "epochs": 1, "teacher_epochs": 1, "texts": 160, "trials": 2, "budget": "30s", "per_class": 8}
 
 
 def quiet(_: str) -> None:
@@ -172,6 +182,134 @@ def text_seed(seed: int, args, tmp: Path) -> dict[str, dict[str, float]]:
     return rows
 
 
+RECIPES = ("default", "patient", "searched")
+RECIPE_TEACHER, RECIPE_STUDENT = (32, 64, 128), (4, 8, 16)  # the student: an eighth of the teacher's channels
+SEARCH_BUDGETS = {"digits": "30s", "photos": "180s"}  # each of KD's and the baseline's searches
+RECIPE_TARGETS = {"patient": 0.20, "searched": 0.30}  # share of the teacher-student gap closed (issue 27)
+PHOTO_EXAMPLE = ROOT / "examples" / "imagefolder"
+
+
+def recipe_raw(data_set: str, folder: Path, args) -> dict:
+    """The pipeline of a recipe run: the data set, the cnn teacher and student, baseline and distill stages."""
+    if data_set == "digits":
+        data = {"source": "digits", "val_fraction": 0.5}  # 899 val images: a point is 9 of them, not 3.6
+    else:
+        data = {"source": "imagefolder", "path": str(folder / "train"), "val_path": str(folder / "val"),
+                "image_size": 32, "augment": {"random_resized_crop": True, "crop_scale": [0.35, 1.0], "flip": True},
+                "workers": 0}
+    epochs = args.epochs or 15
+    return {"name": f"kd-{data_set}", "seed": 0, "data": data,
+            "teacher": {"model": "cnn", "kwargs": {"channels": list(RECIPE_TEACHER)},
+                        "train": {"epochs": args.teacher_epochs or 30, "batch_size": 32, "lr": 0.003,
+                                  "weight_decay": 1e-4, "progress": False}},
+            "student": {"model": "cnn", "kwargs": {"channels": list(RECIPE_STUDENT)}},
+            "stages": {"baseline": {},
+                       "distill": {"epochs": epochs, "batch_size": 32, "lr": 0.005, "progress": False}}}
+
+
+def run_stages(raw: dict, run_dir: Path, names: list[str], outputs: dict, prefix: str = "") -> dict:
+    """Run `names` through the stages' own code (compress.runner's StageContext), adding to `outputs`;
+    each in stages/PREFIXNAME, so the recipes of one data set share its teacher's run folder."""
+    from compress.runner import parse_pipeline
+    from compress.stages import STAGES
+    from compress.stages.contract import StageContext
+    from compress.tasks.registry import task_for
+
+    pipeline = parse_pipeline(raw, str(run_dir / "pipeline.yaml"), run_dir)
+    loaded: list = []
+
+    def data():
+        if not loaded:
+            loaded.append(task_for(pipeline).load_data(pipeline.seed))
+        return loaded[0]
+
+    for name in names:
+        stage_dir = run_dir / "stages" / f"{prefix}{name}"
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        ctx = StageContext(name=name, pipeline=pipeline, config=pipeline.stages.get(name), run_dir=run_dir,
+                           stage_dir=stage_dir, outputs=outputs, log=quiet, _dataset_loader=data)
+        outputs[name] = STAGES[name]().run(ctx)
+    return outputs
+
+
+def recipes_seed(seed: int, args, tmp: Path) -> dict[str, dict[str, float]]:
+    """Per data set: the teacher, and each recipe's KD student and its own baseline (val top-1)."""
+    rows: dict[str, dict[str, float]] = {}
+    for data_set in args.data_sets:
+        folder = tmp / f"{data_set}{seed}"
+        if data_set == "photos":
+            if str(PHOTO_EXAMPLE) not in sys.path:
+                sys.path.insert(0, str(PHOTO_EXAMPLE))
+            import make_images
+
+            make_images.main(["--out", str(folder / "images"), "--seed", str(seed),
+                              *(["--per-class", str(args.per_class)] if args.per_class else [])])
+        raw = recipe_raw(data_set, folder / "images", args)
+        raw["seed"] = seed
+        teacher = run_stages(raw, folder, ["teacher"], {})["teacher"]
+        setting = rows.setdefault(data_set, {"teacher": teacher["val_top1"]})
+        for recipe in RECIPES:
+            distill = dict(raw["stages"]["distill"])
+            if recipe == "patient":
+                distill["recipe"] = "patient"
+            elif recipe == "searched":
+                distill["search"] = {"trials": args.trials, "budget": args.budget or SEARCH_BUDGETS[data_set]}
+            recipe_config = {**raw, "stages": {"baseline": {}, "distill": distill}}
+            started = time.perf_counter()
+            outputs = run_stages(recipe_config, folder, ["baseline", "distill"], {"teacher": teacher}, f"{recipe}-")
+            setting[f"KD, {recipe}"] = outputs["distill"]["val_top1"]
+            setting[f"alone, {recipe}"] = outputs["baseline"]["val_top1"]
+            if recipe == "searched":
+                for stage in ("distill", "baseline"):
+                    search = outputs[stage]["search"]
+                    setting[f"search seconds / budget, {stage}"] = search["seconds"] / search["budget_seconds"]
+                    setting[f"trials run, {stage}"] = search["trials_run"]
+            print(f"recipes {data_set} seed {seed} {recipe}: KD {outputs['distill']['val_top1']:.4f}, alone "
+                  f"{outputs['baseline']['val_top1']:.4f} ({time.perf_counter() - started:.0f}s)", file=sys.stderr,
+                  flush=True)
+    return rows
+
+
+def interval95(values: list[float]) -> tuple[float, float]:
+    """Mean +- Student's t 95% half-width over seeds (the seeds are the samples)."""
+    from scipy import stats
+
+    if len(values) < 2:
+        return values[0], float("nan")
+    return statistics.mean(values), stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+
+
+def print_recipes(results: dict[str, dict[str, list[float]]], args) -> None:
+    print(f"\nKD recipes through the stages: cnn teacher {list(RECIPE_TEACHER)} ({args.teacher_epochs or 30} epochs) -> "
+          f"student {list(RECIPE_STUDENT)}, {args.epochs or 15} student epochs (patient: x3), search up to "
+          f"{args.trials} trials in {args.budget or SEARCH_BUDGETS}; digits with half held out for val, photos "
+          f"{args.per_class} train / {args.per_class // 4} val per class at 32x32; {args.seeds} seed(s), "
+          f"{args.threads} thread(s); val top-1 in %; gap closed = (KD - its alone) / (teacher - its alone)\n")
+    print("| data | recipe | teacher | KD | alone (its own) | KD gain (pts) | gap closed, per seed | mean, 95% CI |")
+    print("|---|---|---:|---:|---:|---:|---|---|")
+    verdicts = []
+    for data_set, rows in results.items():
+        for recipe in RECIPES:
+            kd, alone, teacher = rows[f"KD, {recipe}"], rows[f"alone, {recipe}"], rows["teacher"]
+            closed = [(k - a) / (t - a) if t > a else float("nan") for k, a, t in zip(kd, alone, teacher)]
+            mean, half = interval95(closed)
+            print(f"| {data_set} | {recipe} | {100 * statistics.mean(teacher):.2f} | {100 * statistics.mean(kd):.2f} "
+                  f"| {100 * statistics.mean(alone):.2f} | {100 * (statistics.mean(kd) - statistics.mean(alone)):+.2f} "
+                  f"| {', '.join(f'{100 * c:.0f}%' for c in closed)} | {100 * mean:.0f}% ± {100 * half:.0f} |")
+            if recipe in RECIPE_TARGETS:
+                target = RECIPE_TARGETS[recipe]
+                verdicts.append(f"- target, {data_set}, {recipe}: closes {100 * mean:.0f}% of the gap (mean of seeds; "
+                                f">= {100 * target:.0f}%: {'met' if mean >= target else 'MISSED'})")
+        for stage in ("distill", "baseline"):
+            ratio = rows.get(f"search seconds / budget, {stage}")
+            if ratio:
+                trials = rows[f"trials run, {stage}"]
+                verdicts.append(f"- search wall time, {data_set}, {stage}: {', '.join(f'{100 * r:.0f}%' for r in ratio)}"
+                                f" of the budget ({', '.join(str(int(t)) for t in trials)} trials; within +10%: "
+                                f"{'met' if max(ratio) <= 1.10 else 'MISSED'})")
+    print("\n" + "\n".join(verdicts))
+
+
 def describe(task: str, args) -> str:
     if task == "digits":
         return (f"digits, student {STUDENT.kwargs['channels']} for {args.epochs or 15} epochs, teacher "
@@ -211,30 +349,39 @@ def print_results(task: str, results: dict[str, dict[str, list[float]]], args) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", choices=["digits", "text"], action="append",
+    parser.add_argument("--task", choices=["digits", "text", "recipes"], action="append",
                         help="repeatable; default digits (with --smoke: every task)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None, help="student epochs (digits 15; text: the example's)")
     parser.add_argument("--teacher-epochs", type=int, default=None, help="digits 8; text: the example's")
     parser.add_argument("--texts", type=int, default=4000, help="train texts per seed (val: a fifth as many)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data-sets", nargs="+", choices=["digits", "photos"], default=["digits", "photos"],
+                        help="recipes: which data sets")
+    parser.add_argument("--trials", type=int, default=40, help="recipes: the search's trials (the budget binds)")
+    parser.add_argument("--budget", default=None, help="recipes: the search's budget, each of KD and baseline "
+                                                       f"(default: {SEARCH_BUDGETS})")
+    parser.add_argument("--per-class", type=int, default=150, help="recipes: photo patches per class (val: a quarter)")
     parser.add_argument("--smoke", action="store_true", help="smallest sizes, one seed: checks that the script runs")
     args = parser.parse_args()
     if args.smoke:
         vars(args).update(SMOKE)
-    tasks = args.task or (["digits", "text"] if args.smoke else ["digits"])
+    tasks = args.task or (["digits", "text", "recipes"] if args.smoke else ["digits"])
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     for task in tasks:
         results: dict[str, dict[str, list[float]]] = {}
         with tempfile.TemporaryDirectory(prefix=f"kd_gain_{task}_") as tmp:
             for seed in range(args.seeds):
-                per_seed = (digits_seed if task == "digits" else text_seed)(seed, args, Path(tmp))
+                per_seed = {"digits": digits_seed, "text": text_seed, "recipes": recipes_seed}[task](seed, args, Path(tmp))
                 for setting, rows in per_seed.items():
                     for row, acc in rows.items():
                         results.setdefault(setting, {}).setdefault(row, []).append(acc)
                 print(f"{task} seed {seed} done ({time.perf_counter() - started:.0f}s)", file=sys.stderr, flush=True)
-        print_results(task, results, args)
+        if task == "recipes":
+            print_recipes(results, args)
+        else:
+            print_results(task, results, args)
     print(f"\n({time.perf_counter() - started:.0f}s)")
 
 

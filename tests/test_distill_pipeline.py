@@ -80,3 +80,56 @@ def test_two_process_gloo_run_trains_together_and_only_rank_0_writes(tiny_config
     parts = json.loads((run_dir / "stages" / "distill" / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"kd", "ce", "fitnet", "lr", "val_top1", "seconds"} <= set(parts)
     assert not list(run_dir.glob("**/.*.tmp"))
+
+
+def test_a_search_under_torchrun_runs_each_trial_on_both_ranks(tiny_config, write_pipeline, tmp_path):
+    """Rank 0 holds the study and says what to train; a trial's DDP training needs both ranks to finish."""
+    tiny_config["teacher"]["train"]["epochs"] = 1
+    tiny_config["stages"] = {"baseline": {"search": False},
+                             "distill": {"epochs": 2, "batch_size": 64, "lr": 0.01,
+                                         "search": {"trials": 3, "budget": "5m"}}}
+    path, run_dir = write_pipeline(tiny_config), tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "compress", "run", str(path), "--run-dir", str(run_dir)]
+    result = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-1500:] + result.stderr[:4000]
+    outputs = read_json(run_dir / "run.json")["stages"]["distill"]["outputs"]
+    assert len(outputs["search"]["trials"]) == 3 and "search" not in \
+        read_json(run_dir / "run.json")["stages"]["baseline"]["outputs"]
+    assert len(list((run_dir / "stages" / "distill" / "search").glob("*.journal"))) == 1
+    assert len(list((run_dir / "stages" / "distill" / "search" / "trials").iterdir())) == 3
+
+
+def test_kill_9_during_a_search_resumes_it_without_repeating_finished_trials(tiny_config, write_pipeline, tmp_path):
+    """SIGKILL inside the third trial: the rerun keeps trials 0 and 1 and finishes the third from its last epoch."""
+    tiny_config["stages"] = {"distill": {"epochs": 30, "batch_size": 64, "lr": 0.01,
+                                         "search": {"trials": 4, "budget": "10m", "min_epochs": 30}}}
+    path, run_dir = write_pipeline(tiny_config), tmp_path / "run"
+    command = [sys.executable, "-m", "compress", "run", str(path), "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trials = run_dir / "stages" / "distill" / "search" / "trials"
+
+    def third_trial_epochs() -> int:
+        folders = sorted(trials.iterdir(), key=lambda f: f.stat().st_mtime) if trials.is_dir() else []
+        return len(metric_epochs(folders[2] / "metrics.jsonl")) if len(folders) == 3 else 0
+
+    deadline = time.monotonic() + 240
+    while third_trial_epochs() < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.kill()
+    proc.wait()
+    folders = sorted(trials.iterdir(), key=lambda f: f.stat().st_mtime)
+    finished = {f.name: metric_epochs(f / "metrics.jsonl") for f in folders[:2]}
+    killed_at = len(metric_epochs(folders[2] / "metrics.jsonl"))
+    assert all(epochs == list(range(1, 31)) for epochs in finished.values()) and killed_at >= 2
+
+    rerun = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "trial 2 was interrupted; it resumes from its last epoch" in rerun.stdout
+    assert "search: trial 0:" not in rerun.stdout and "search: trial 1:" not in rerun.stdout
+    assert {f.name: metric_epochs(f / "metrics.jsonl") for f in folders[:2]} == finished  # not trained again
+    assert metric_epochs(folders[2] / "metrics.jsonl") == list(range(1, 31))  # resumed, each epoch once
+    search = read_json(run_dir / "run.json")["stages"]["distill"]["outputs"]["search"]
+    states = [t["state"] for t in search["trials"]]
+    assert states.count("interrupted") == 1 and states.count("complete") == 4 and search["trials_run"] == 4

@@ -148,6 +148,7 @@ BAD_CONFIGS = [
     (lambda c: c["stages"]["build"]["tensorrt"].update(max_sequence=16) if "tensorrt" in c["stages"]["build"]
      else c["stages"]["build"].update(tensorrt={"max_sequence": 16}), "stages.build.tensorrt.max_sequence",
      "below data.text.max_length"),
+    (lambda c: c["stages"]["distill"].update(recipe="patient"), "stages.distill.recipe", "crops images"),
 ]
 
 

@@ -34,6 +34,8 @@ stages:
     lr: 0.005
     temperature: 4.0
     alpha: 0.7
+    # recipe: patient      # random views seen by teacher and student alike, 3x the epochs (Beyer et al. 2022)
+    # search: {trials: 20, budget: 10m}   # Optuna over loss, temperature, alpha, lr; the baseline gets the same
     # losses:             # or a weighted family instead of alpha (kd dkd lskd dist mse fitnet at ce):
     #   - {name: kd, weight: 0.9, temperature: 4}
     #   - {name: ce, weight: 0.1}

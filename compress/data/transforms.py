@@ -86,14 +86,28 @@ def batch_mixer(augment: AugmentConfig | None, num_classes: int):
     """MixUp and/or CutMix over a batch (one of them per batch when both are on); None when neither is."""
     if augment is None or not (augment.mixup or augment.cutmix):
         return None
-    from torchvision.transforms import v2
+    return BatchMixer(num_classes, augment.mixup, augment.cutmix)
 
-    mixers = []
-    if augment.mixup:
-        mixers.append(v2.MixUp(alpha=augment.mixup, num_classes=num_classes))
-    if augment.cutmix:
-        mixers.append(v2.CutMix(alpha=augment.cutmix, num_classes=num_classes))
-    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+class BatchMixer:
+    """torchvision's MixUp / CutMix on (inputs, labels) -> (mixed inputs, (N, K) soft labels).
+
+    A transfer-set input (label NO_LABEL, -1) lends its pixels but no label mass: torchvision is
+    given one class more for it, dropped afterwards, so a row mixed from two such inputs has soft
+    labels of zero (the KD losses still learn from it; cross-entropy does not).
+    """
+
+    def __init__(self, num_classes: int, mixup: float, cutmix: float):
+        from torchvision.transforms import v2
+
+        self.num_classes = num_classes
+        mixers = ([v2.MixUp(alpha=mixup, num_classes=num_classes + 1)] if mixup else []) + \
+            ([v2.CutMix(alpha=cutmix, num_classes=num_classes + 1)] if cutmix else [])
+        self.mix = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, soft = self.mix(x, torch.where(labels < 0, self.num_classes, labels))
+        return x, soft[:, :self.num_classes]
 
 
 class ConvertMode(torch.nn.Module):

@@ -5,7 +5,8 @@
 sum(weight * loss). When the training inputs are the same every epoch (no random augmentation)
 the teacher's logits and hooked features are computed once and indexed per batch, from memory-mapped
 files in the stage's folder (so a data set of any size fits, and a resumed run reuses them);
-otherwise the teacher runs on each augmented batch in eval mode under no_grad.
+otherwise the teacher runs on each augmented (or mixed) batch in eval mode under no_grad, on the very
+inputs the student sees: the consistent views of a patient teacher (Beyer et al. 2022).
 """
 
 from __future__ import annotations
@@ -134,7 +135,10 @@ class Objective:
 
     def __init__(self, specs: list[LossSpec], student: nn.Module, teacher: nn.Module, train: Split,
                  cfg: TrainConfig, temperature: float, use_cache: bool = True, file: str = "pipeline.yaml",
-                 section: str = "stages.distill", log: Callable[[str], None] = print, cache_dir: Path | None = None):
+                 section: str = "stages.distill", log: Callable[[str], None] = print, cache_dir: Path | None = None,
+                 mixes: bool = False):
+        """`mixes`: the batches are mixed (MixUp/CutMix) before the losses see them, so the teacher must
+        see each mixed batch itself: a cache of its outputs on the unmixed inputs would not match."""
         self.device = training_device()
         self.teacher = teacher.to(self.device).eval()
         for p in self.teacher.parameters():
@@ -175,6 +179,8 @@ class Objective:
         room = DISK_SHARE * shutil.disk_usage(cache_dir.parent).free if cache_dir else CACHE_LIMIT_BYTES
         if augments(cfg) or train.augments:
             log("teacher runs on every batch (random augmentation changes the inputs each epoch), eval mode, no_grad")
+        elif mixes:
+            log("teacher runs on every batch (MixUp/CutMix: teacher and student see the same mixed inputs)")
         elif not use_cache:
             log("teacher runs on every batch (teacher_cache: false)")
         elif self.internal_taps is not None:
@@ -186,8 +192,7 @@ class Objective:
                 f"over {room / 2**30:.1f} GiB)")
         else:
             started = time.perf_counter()
-            reused = cache_dir is not None and self._cached(cache_dir, len(train))
-            self.cache = reused or self._shared_outputs(train, cache_dir)
+            self.cache, reused = self._shared_outputs(train, cache_dir)
             mapped = self.cache is not None and not isinstance(self.cache[0], torch.Tensor)
             where = "in memory" if cache_dir is None else \
                 f"memory-mapped in {cache_dir}" if mapped else f"in {cache_dir}, read into memory (small)"
@@ -212,15 +217,21 @@ class Objective:
         return student_shapes, teacher_shapes, teacher_logits.shape[1:]
 
     def _shared_outputs(self, train: Split, cache_dir: Path | None):
-        """Under torchrun every rank reads the files rank 0 wrote (one writer to a shared stage folder)."""
+        """(the teacher's outputs, whether a finished cache was reused). Under torchrun rank 0 alone decides and
+        writes (one writer to a shared stage folder) and every rank waits for it: a rank that found the cache
+        finished by itself would skip the wait the others are in."""
         import torch.distributed as dist
 
         if cache_dir is None or not dist.is_initialized() or dist.get_world_size() == 1:
-            return self._teacher_outputs(train, cache_dir)
+            reused = self._cached(cache_dir, len(train)) if cache_dir is not None else None
+            return (reused or self._teacher_outputs(train, cache_dir)), reused is not None
+        found = [None]
         if dist.get_rank() == 0:
-            self._teacher_outputs(train, cache_dir)
-        dist.barrier()
-        return self._cached(cache_dir, len(train))
+            found = [self._cached(cache_dir, len(train)) is not None]
+            if not found[0]:
+                self._teacher_outputs(train, cache_dir)
+        dist.broadcast_object_list(found, src=0)  # every rank waits here for rank 0's files
+        return self._cached(cache_dir, len(train)), found[0]
 
     @torch.no_grad()
     def _teacher_batches(self, train: Split, batch_size: int):

@@ -62,7 +62,7 @@ def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
 class FitResult:
     best_accuracy: float
     best_epoch: int
-    epochs_trained: int
+    epochs_trained: int  # the last epoch trained: cfg.epochs unless on_epoch stopped it sooner
     resumed_from: int
 
 
@@ -217,12 +217,15 @@ def tensorboard_writer(work_dir: Path):
 
 def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, work_dir: Path, seed: int,
         loss_fn: LossFn | None = None, log: Callable[[str], None] = print, extra_modules: nn.Module | None = None,
-        distributed: bool = False, mixer: Callable | None = None) -> FitResult:
+        distributed: bool = False, mixer: Callable | None = None,
+        on_epoch: Callable[[int, float], bool] | None = None) -> FitResult:
     """Train `model` in place; on return it holds the best weights by val accuracy (on the CPU).
 
     `train`'s labels may be NO_LABEL for inputs without a label; `extra_modules` (e.g. FitNets
     connectors) are optimised and checkpointed with the model; `distributed` trains on every rank of
-    the group; `mixer` (torchvision's MixUp/CutMix) mixes each batch and its labels.
+    the group; `mixer` (torchvision's MixUp/CutMix) mixes each batch and its labels. `on_epoch(epoch,
+    val_top1)`, called on rank 0 after each epoch is saved, stops the training early by returning True
+    (a search's pruner, a time budget); every rank follows its answer.
     """
     distributed = distributed and dist.is_initialized() and dist.get_world_size() > 1
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
@@ -264,7 +267,9 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, work_dir: 
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     writer = tensorboard_writer(work_dir) if main and start_epoch < cfg.epochs else None
 
+    last_epoch = start_epoch
     for epoch in range(start_epoch, cfg.epochs):
+        last_epoch = epoch + 1
         started = time.perf_counter()
         # Everything random in an epoch is seeded by (seed, epoch): a resumed run repeats it exactly.
         torch.manual_seed(seed * 100_003 + epoch)
@@ -279,7 +284,8 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, work_dir: 
             batch = Batch(x, labels, idx)
             if mixer is not None:
                 x, soft = mixer(x, labels)
-                batch = Batch(x, soft.argmax(1), idx, soft)
+                # a row mixed only from transfer-set inputs has no label mass: it stays unlabelled
+                batch = Batch(x, torch.where(soft.sum(1) > 0, soft.argmax(1), NO_LABEL), idx, soft)
             with autocast(cfg, device):
                 logits = call_model(trained, x)
                 loss, parts = loss_fn(logits, batch)
@@ -323,6 +329,11 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, work_dir: 
                 writer.flush()
             log(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['loss']:.4f}  val top-1 {val_acc:.4f}  "
                 f"lr {lr:.2e}  ({record['seconds']:.1f}s)")
+        stop = [bool(on_epoch(epoch + 1, val_acc)) if main and on_epoch is not None else False]
+        if distributed:
+            dist.broadcast_object_list(stop, src=0)
+        if stop[0]:
+            break
     train.close()  # loader workers stop here, not at some later garbage collection
     if writer is not None:
         writer.close()
@@ -335,7 +346,7 @@ def fit(model: nn.Module, train: Split, val: Split, cfg: TrainConfig, work_dir: 
         best = [best_acc, best_epoch]
         dist.broadcast_object_list(best, src=0)
         best_acc, best_epoch = best
-    return FitResult(best_acc, best_epoch, cfg.epochs, start_epoch)
+    return FitResult(best_acc, best_epoch, last_epoch, start_epoch)
 
 
 def _average_gradients(module: nn.Module) -> None:

@@ -20,6 +20,7 @@ from compress.reporting.analysis import QUIET, analyze
 from compress.reporting.charts import data_uri, render_charts
 from compress.reporting.collect import collect
 from compress.reporting.markdown import DEVICE_TOP1, MEMORY_NOTE, RESULT_HEADERS, render_markdown, result_cells
+from compress.reporting.search_trials import trial_cells, trial_headers
 from compress.reporting.uncertainty import noise_phrase
 from compress.reporting.verdict import recommendation_sentence
 
@@ -43,7 +44,7 @@ def render_html(report: dict[str, Any], charts: dict[str, bytes]) -> str:
     return template.render(r=report, f=fmt, charts={k: data_uri(v) for k, v in charts.items()},
                            headers=RESULT_HEADERS, cells=result_cells, quiet=QUIET, noise=noise_phrase,
                            memory_note=MEMORY_NOTE.replace("`", ""), recommendation=recommendation_html,
-                           device_top1=DEVICE_TOP1)
+                           device_top1=DEVICE_TOP1, trial_headers=trial_headers, trial_cells=trial_cells)
 
 
 def recommendation_html(headline: dict[str, Any], budget: dict[str, Any]) -> Markup:

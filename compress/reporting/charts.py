@@ -14,6 +14,7 @@ import matplotlib.transforms  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from compress.reporting.quantization import sensitivity_figure  # noqa: E402
+from compress.reporting.search_trials import trials_figure  # noqa: E402
 from compress.reporting.sequence import latency_by_length_figure  # noqa: E402
 
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"]
@@ -185,6 +186,11 @@ def layer_sensitivity(report: dict[str, Any]) -> bytes | None:
     return _png(fig) if fig is not None else None
 
 
+def search_trials(report: dict[str, Any]) -> bytes | None:
+    fig = trials_figure((report["kd_gain"] or {}).get("search"), plt)
+    return _png(fig) if fig is not None else None
+
+
 def training_curves(metrics: dict[str, list[dict]]) -> bytes | None:
     if not metrics:
         return None
@@ -244,6 +250,7 @@ def render_charts(report: dict[str, Any], metrics: dict[str, list[dict]]) -> dic
         "latency_per_batch": latency_per_batch(report),
         "latency_by_length": latency_by_length(report),
         "layer_sensitivity": layer_sensitivity(report),
+        "search_trials": search_trials(report),
         "training_curves": training_curves(metrics),
         "per_class": per_class_accuracy(report["per_class"], report["accuracy"]["split_name"]),
     }

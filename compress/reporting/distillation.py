@@ -3,7 +3,8 @@
 Said plainly when KD did not help, and first of all when the teacher itself is no better than the
 student alone (then KD cannot help: the student has nothing to learn from it). The better student
 is offered (`stages.export.recommend_from`) and the options worth trying next are named with their
-values in this run.
+values in this run. A student whose best epoch was its last is told to train longer whatever KD
+bought; a searched student comes with its trials (compress.reporting.search_trials).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from compress.reporting.fmt import pct, pts
+from compress.reporting.search_trials import configurations, search_section
 from compress.reporting.uncertainty import noise_phrase, paired, top1_interval
 
 CHECKPOINTS = ("teacher", "student", "baseline")  # teacher, student with KD, student alone
@@ -100,6 +102,27 @@ def better_student(rows: list[dict], recommended: str | None, outputs: dict) -> 
             "student is recommended.")
 
 
+def epochs_idea(pipeline: dict, outputs: dict) -> tuple[str | None, bool]:
+    """The "more epochs" idea with this run's numbers, and whether the KD student's best epoch was its last
+    (then it was still improving, which is worth saying whatever KD's outcome)."""
+    configured = ((pipeline.get("stages") or {}).get("distill") or {}).get("epochs")
+    distill = outputs.get("distill") or {}
+    trained, best = distill.get("epochs"), distill.get("best_epoch")
+    trained = trained if isinstance(trained, int) and trained > 0 else configured
+    if not trained:
+        return None, False
+    now = (f"now {configured}" if configured == trained else
+           f"now {configured}; the student trained {trained}" if configured else f"the student trained {trained}")
+    still = best is not None and best >= trained
+    idea = f"more epochs (stages.distill.epochs, {now})" + (
+        f": the best epoch was {best} of {trained}" + (", still improving at the end" if still else "")
+        if best is not None else "")
+    if still:
+        idea += ("; or a larger stages.distill.patience" if distill.get("recipe") == "patient"
+                 else "; or recipe: patient (stages.distill.recipe)")
+    return idea, still
+
+
 def what_to_try(pipeline: dict, outputs: dict) -> list[str]:
     """The KD options of this run with their values, and a direction for each."""
     distill = (pipeline.get("stages") or {}).get("distill") or {}
@@ -116,13 +139,27 @@ def what_to_try(pipeline: dict, outputs: dict) -> list[str]:
         ideas.append(f"alpha (stages.distill.alpha, now {alpha:g}: the weight of KD against the labels' cross-entropy)"
                      f": try {0.5 if alpha > 0.5 else 0.9:g}")
     ideas.append(f"another loss family (stages.distill.losses): {LOGIT_LOSSES}, each beside ce")
-    epochs, best = distill.get("epochs"), (outputs.get("distill") or {}).get("best_epoch")
+    epochs, _ = epochs_idea(pipeline, outputs)
     if epochs:
-        still = best is not None and best >= epochs
-        ideas.append(f"more epochs (stages.distill.epochs, now {epochs})" + (
-            f": the best epoch was {best} of {epochs}" + (", still improving at the end" if still else "")
-            if best is not None else ""))
+        ideas.append(epochs)
     return ideas
+
+
+def ideas_for(outcome: str, pipeline: dict, outputs: dict) -> list[str]:
+    """Every idea when KD did not help; when it did, only more epochs, and only if the student was still improving."""
+    if outcome != "helped":
+        return what_to_try(pipeline, outputs)
+    idea, still = epochs_idea(pipeline, outputs)
+    return [idea] if still else []
+
+
+def recipe_line(distill: dict) -> str | None:
+    """Said when the KD student trained with the patient recipe: its long schedule is part of what KD bought."""
+    if distill.get("recipe") != "patient":
+        return None
+    epochs = distill.get("epochs")
+    return "The student with KD trained with the patient recipe (stages.distill.recipe: patient" + (
+        f", {epochs} epochs)." if isinstance(epochs, int) else ").")
 
 
 def summary_line(outcome: str, gain: float, test: dict | None, teacher_note: str | None) -> str | None:
@@ -155,6 +192,7 @@ def kd_gain(rows: list[dict], results: dict, outputs: dict, pipeline: dict,
     outcome = outcome_of(gain, kd_vs_alone)
     note = teacher_note(teacher, alone, teacher_vs_alone, s["split"], pipeline)
     distill, baseline = outputs.get("distill") or {}, outputs.get("baseline") or {}
+    search = search_section(distill, baseline, s["split"], pipeline)
     return {
         "teacher_top1": teacher, "student_kd_top1": kd, "student_alone_top1": alone, "kd_gain_pts": gain,
         # student minus teacher, as every Δ top-1 of the report: negative when the student is below
@@ -169,5 +207,11 @@ def kd_gain(rows: list[dict], results: dict, outputs: dict, pipeline: dict,
         "teacher_note": note, "summary": summary_line(outcome, gain, kd_vs_alone, note),
         "headline": headline(outcome, gain, kd, alone, closed, kd_vs_alone),
         "better_student": better_student(rows, recommended, outputs) if outcome == "lost" else None,
-        "try": what_to_try(pipeline, outputs) if outcome != "helped" else [],
+        "try": ideas_for(outcome, pipeline, outputs),
+        "still_improving": epochs_idea(pipeline, outputs)[1],
+        "recipe_line": recipe_line(distill),
+        # the best of how many trained students each side is: 1 without a search
+        "configurations_tried": {"kd": configurations(distill.get("search")),
+                                 "alone": configurations(baseline.get("search"))},
+        "search": search,
     }

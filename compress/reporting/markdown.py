@@ -8,6 +8,7 @@ from compress.measuring.footprint import describe
 from compress.reporting.analysis import QUIET
 from compress.reporting.pruned_student import pruning_markdown
 from compress.reporting.quantization import accuracy_control_markdown
+from compress.reporting.search_trials import search_markdown
 from compress.reporting.sequence import sequence_markdown
 from compress.reporting.fmt import count, ms, num, pct, pct_interval, plus_minus, pts, pts_interval, table, times
 from compress.reporting.uncertainty import noise_phrase
@@ -71,11 +72,22 @@ def kd_section(kd: dict[str, Any]) -> list[str]:
                    pts(kd["alone_delta_vs_teacher_pts"]), num(kd["student_alone_best_epoch"], "d")]], "lrrrr")
     line = kd["headline"]
     out += ["", f"{line['lead']} **{line['value']}**{line['rest']}", ""]
+    out += search_lines(kd.get("search"))
+    if kd.get("recipe_line"):
+        out += [kd["recipe_line"], ""]
     if kd["better_student"]:
         out += [kd["better_student"], ""]
     if kd["try"]:
         out += ["What to try next:", "", *(f"- {idea}" for idea in kd["try"]), ""]
-    return out
+    return out + search_markdown(kd.get("search"))
+
+
+def search_lines(search: dict[str, Any] | None) -> list[str]:
+    """How many configurations each side tried, under the KD verdict that it qualifies (bold when biased)."""
+    if not search:
+        return []
+    bias = f" **{search['bias']}**" if search["bias"] else ""
+    return [f"{search['configurations']}{bias}", ""]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -106,6 +118,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += [f"- {budget_line(report['accuracy_budget'])}", f"- {report['accuracy']['note']}"]
     if report["kd_gain"] and report["kd_gain"]["summary"]:
         out.append(f"- **{report['kd_gain']['summary']}**")
+    if report["kd_gain"] and report["kd_gain"].get("search"):
+        out.append("- " + search_lines(report["kd_gain"]["search"])[0])
     if report["gates"]:
         verdict = "all gates pass" if report["gates_passed"] else "**GATES FAILED**: " + ", ".join(
             g["gate"] for g in report["gates"] if not g["passed"])

@@ -48,6 +48,8 @@ class Task:
     torch_quantization: ClassVar[str | None] = None
     # Whether build.transformer_optimize (ONNX Runtime's Transformer fusions) applies to its models.
     transformer_graphs: ClassVar[bool] = False
+    # None when KD's patient recipe (random crops seen by teacher and student alike) applies; else why not.
+    random_views: ClassVar[str | None] = None
 
     def __init__(self, data_cfg: DataConfig):
         self.data_cfg = data_cfg

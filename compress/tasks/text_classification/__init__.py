@@ -30,6 +30,7 @@ class TextClassification(Task):
     torch_quantization = ("quantizes image models in torch; a text model is quantized by its engines: add "
                           "onnxruntime:int8 or openvino:int8 (NNCF, transformer mode) to stages.build.targets")
     transformer_graphs = True
+    random_views = "the patient recipe crops images at random (consistent views); token ids have no such views"
 
     @classmethod
     def claims(cls, data: DataConfig) -> bool:
