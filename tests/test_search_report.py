@@ -177,7 +177,9 @@ def test_a_last_best_epoch_is_said_once_when_kd_did_not_help(tmp_path):
     assert report["kd_gain"]["outcome"] == "lost"
     section = kd_section(md)
     assert section.count("still improving") == 1 and section.count("more epochs") == 1
-    assert "another loss family (stages.distill.losses)" in section
+    # the search chose temperature, alpha and the loss: what is left is a larger search or the patient recipe
+    assert "another loss family" not in section and "a larger search (stages.distill.search" in section
+    assert "recipe: patient (stages.distill.recipe)" in section
 
 
 def test_the_patient_recipe_is_named_with_the_epochs_it_trained(tmp_path):

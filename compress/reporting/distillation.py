@@ -126,6 +126,16 @@ def epochs_idea(pipeline: dict, outputs: dict) -> tuple[str | None, bool]:
 def what_to_try(pipeline: dict, outputs: dict) -> list[str]:
     """The KD options of this run with their values, and a direction for each."""
     distill = (pipeline.get("stages") or {}).get("distill") or {}
+    search = (outputs.get("distill") or {}).get("search")
+    if isinstance(search, dict):  # temperature, alpha, loss and lr were the search's to choose
+        ideas = [f"a larger search (stages.distill.search: {configurations(search)} trials ran in "
+                 f"{search.get('seconds') or 0:.0f} s of a {search.get('budget_seconds') or 0:.0f} s budget): "
+                 "more trials or more time"]
+        if distill.get("recipe") != "patient":
+            ideas.append("recipe: patient (stages.distill.recipe): the same random views for teacher and student, "
+                         "three times the epochs; the search then runs on top of it")
+        epochs, _ = epochs_idea(pipeline, outputs)
+        return ideas + ([epochs] if epochs else [])
     losses = distill.get("losses")
     temperature = distill.get("temperature", 4.0)
     ideas = [f"temperature (stages.distill.temperature, now {temperature:g}): try {temperature / 2:g} and "
