@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import Field
 
-from compress.config import KEY_DUMP, PipelineConfig, Strict
+from compress.config import ADDED_LATER, KEY_DUMP, PipelineConfig, Strict
 from compress.data.transforms import batch_mixer
 from compress.distill.search import TrialResult, alone_space
 from compress.distill.train import fit
@@ -34,7 +34,7 @@ KD_ONLY_FIELDS = {"temperature", "alpha", "losses", "teacher_cache", "recipe", "
 class BaselineConfig(Strict):
     """The budget is the distill stage's, which is the point of the comparison."""
 
-    search: bool | None = Field(None, description="search lr and label smoothing with the distill search's trials "
+    search: bool | None = Field(None, json_schema_extra=ADDED_LATER, description="search lr and label smoothing with the distill search's trials "
                                                   "and budget (default: whenever stages.distill.search is set)")
 
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from compress.config import MAX_EPOCHS, PipelineConfig, TrainConfig
+from compress.config import ADDED_LATER, MAX_EPOCHS, PipelineConfig, TrainConfig
 from compress.core.errors import ConfigError, UsageError
 from compress.data.splits import Split, join
 from compress.data.transforms import batch_mixer
@@ -48,10 +48,10 @@ class DistillConfig(TrainConfig):
     losses: list[LossSpec] | None = Field(None, description="weighted loss terms; default: Hinton KD + CE by alpha")
     teacher_cache: bool = Field(True, description="compute teacher outputs once when the inputs do not change")
     recipe: Literal["default", "patient"] = Field(
-        "default", description="patient: random views seen by teacher and student alike, `patience` x the epochs, "
+        "default", json_schema_extra=ADDED_LATER, description="patient: random views seen by teacher and student alike, `patience` x the epochs, "
                                "cosine (Beyer et al. 2022); the baseline trains as long")
-    patience: int = Field(PATIENCE, ge=1, description="patient recipe: train this many times the epochs")
-    search: SearchConfig | None = Field(None, description="try loss families, temperatures, alphas and learning rates "
+    patience: int = Field(PATIENCE, ge=1, json_schema_extra=ADDED_LATER, description="patient recipe: train this many times the epochs")
+    search: SearchConfig | None = Field(None, json_schema_extra=ADDED_LATER, description="try loss families, temperatures, alphas and learning rates "
                                                           "with Optuna within a time budget; keep the best by val")
 
     def loss_specs(self) -> list[LossSpec]:
