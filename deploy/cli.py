@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from compress.core.console import count
 from compress.core.errors import GateFailed, UsageError
 from deploy.bundle import SampleMaker, failed_gates, gates_refusal, read_run
 from deploy.fleet import KEEP, Console, ReportRefresher, deploy_command, releases_command
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ssh-config", metavar="FILE", help="ssh -F FILE instead of ~/.ssh/config")
     parser.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE", help="ssh -o, repeatable")
     parser.add_argument("--bwlimit", type=int, metavar="KBPS", help="upload bandwidth limit in KB/s")
-    parser.add_argument("--val-samples", type=int, default=256, help="labelled val samples shipped for top-1")
+    parser.add_argument("--val-samples", type=count, default=256, help="labelled val samples shipped for top-1")
     parser.add_argument("--allow-failed-gates", action="store_true",
                         help="deploy a run whose gates failed (refused otherwise, exit 3)")
     parser.add_argument("--keep", type=int, default=KEEP, metavar="N",

@@ -292,6 +292,10 @@ def test_global_options_work_after_the_subcommand(tiny_config, write_pipeline, c
      "argument --samples: must be >= 1, got -5 (see compress diagnose --help)"),
     (["diagnose", "runs/x", "student.onnxruntime.int8", "--samples", "many"],
      "argument --samples: 'many' is not a whole number"),
+    (["benchmark", "model.onnx", "--runs", "0"], "argument --runs: must be >= 1, got 0 (see compress benchmark --help)"),
+    (["benchmark", "model.onnx", "--rounds", "-1"], "argument --rounds: must be >= 1, got -1"),
+    (["deploy", "runs/x", "--target", "local:/tmp/x", "--val-samples", "0"],
+     "argument --val-samples: must be >= 1, got 0 (see compress deploy --help)"),
 ])
 def test_command_line_misuse_is_one_line_naming_the_help_and_exit_2(argv, words, capsys):
     with pytest.raises(SystemExit) as info:

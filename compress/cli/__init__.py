@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from compress.core.console import Console
+from compress.core.console import Console, count
 from compress.core.errors import CompressError, GateFailed, UsageError
 
 
@@ -184,17 +184,6 @@ class OneLineParser(argparse.ArgumentParser):
         return parsed
 
 
-def count(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (samples, rounds)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 GLOBAL_OPTIONS = (("--quiet", "no progress output"),
                   ("--debug", "show tracebacks, and the libraries' warnings on the console too"))
 
@@ -245,9 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "AVX512-BF16); the table says what ran")
     bench.add_argument("--warmup", type=int, default=5)
     bench.add_argument("--warmup-seconds", type=float, default=0.2)
-    bench.add_argument("--runs", type=int, default=30)
+    bench.add_argument("--runs", type=count, default=30)
     bench.add_argument("--min-seconds", type=float, default=0.5)
-    bench.add_argument("--rounds", type=int, default=3,
+    bench.add_argument("--rounds", type=count, default=3,
                        help="load and time the artifact afresh this many times (default: 3); the rounds give the "
                             "p50's ± (how far a rerun may land, 95%%); 1 shows within-run sampling error only")
     bench.add_argument("--no-memory", action="store_true",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 
@@ -18,3 +19,14 @@ class Console:
     @staticmethod
     def error(message: str) -> None:
         print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def count(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (samples, rounds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
