@@ -234,9 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "AVX512-BF16); the table says what ran")
     bench.add_argument("--warmup", type=int, default=5)
     bench.add_argument("--warmup-seconds", type=float, default=0.2)
-    bench.add_argument("--runs", type=count, default=30)
+    bench.add_argument("--runs", type=int, default=30)
     bench.add_argument("--min-seconds", type=float, default=0.5)
-    bench.add_argument("--rounds", type=count, default=3,
+    bench.add_argument("--rounds", type=int, default=3,
                        help="load and time the artifact afresh this many times (default: 3); the rounds give the "
                             "p50's ± (how far a rerun may land, 95%%); 1 shows within-run sampling error only")
     bench.add_argument("--no-memory", action="store_true",
