@@ -34,8 +34,9 @@ KD_ONLY_FIELDS = {"temperature", "alpha", "losses", "teacher_cache", "recipe", "
 class BaselineConfig(Strict):
     """The budget is the distill stage's, which is the point of the comparison."""
 
-    search: bool | None = Field(None, json_schema_extra=ADDED_LATER, description="search lr and label smoothing with the distill search's trials "
-                                                  "and budget (default: whenever stages.distill.search is set)")
+    search: bool | None = Field(None, json_schema_extra=ADDED_LATER,
+                                description="search lr and label smoothing with the distill search's trials "
+                                            "and budget (default: whenever stages.distill.search is set)")
 
 
 def training_options(pipeline: PipelineConfig):

@@ -9,8 +9,9 @@ crop for arrays), the teacher run on the very view the student sees (never a cac
 outputs), and `patience` times the epochs under a cosine schedule; the baseline trains as long on
 the same views, so the gap between them is KD's alone. The paper's aggressive MixUp and function
 matching at T 1 lost to plain KD on small students here (benchmarks/README.md): MixUp/CutMix come
-from data.augment, where the user asks for them, and are then seen by both models alike. `search: {trials, budget}` tries loss families, temperatures, alphas and learning
-rates with Optuna (compress.distill.search) and keeps the best trial's student by val top-1.
+from data.augment, where the user asks for them, and are then seen by both models alike.
+`search: {trials, budget}` tries loss families, temperatures, alphas and learning rates with Optuna
+(compress.distill.search) and keeps the best trial's student by val top-1.
 """
 
 from __future__ import annotations
@@ -48,11 +49,14 @@ class DistillConfig(TrainConfig):
     losses: list[LossSpec] | None = Field(None, description="weighted loss terms; default: Hinton KD + CE by alpha")
     teacher_cache: bool = Field(True, description="compute teacher outputs once when the inputs do not change")
     recipe: Literal["default", "patient"] = Field(
-        "default", json_schema_extra=ADDED_LATER, description="patient: random views seen by teacher and student alike, `patience` x the epochs, "
-                               "cosine (Beyer et al. 2022); the baseline trains as long")
-    patience: int = Field(PATIENCE, ge=1, json_schema_extra=ADDED_LATER, description="patient recipe: train this many times the epochs")
-    search: SearchConfig | None = Field(None, json_schema_extra=ADDED_LATER, description="try loss families, temperatures, alphas and learning rates "
-                                                          "with Optuna within a time budget; keep the best by val")
+        "default", json_schema_extra=ADDED_LATER,
+        description="patient: random views seen by teacher and student alike, `patience` x the epochs, cosine "
+                    "(Beyer et al. 2022); the baseline trains as long")
+    patience: int = Field(PATIENCE, ge=1, json_schema_extra=ADDED_LATER,
+                          description="patient recipe: train this many times the epochs")
+    search: SearchConfig | None = Field(None, json_schema_extra=ADDED_LATER,
+                                        description="try loss families, temperatures, alphas and learning rates "
+                                                    "with Optuna within a time budget; keep the best by val")
 
     def loss_specs(self) -> list[LossSpec]:
         return self.losses if self.losses is not None else default_losses(self.temperature, self.alpha)
