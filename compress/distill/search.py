@@ -28,6 +28,7 @@ from typing import Any, Callable
 from pydantic import Field, field_validator, model_validator
 
 from compress.config import Strict
+from compress.reporting.collect import read_metrics
 
 # The logit losses a KD search tries by default: Hinton's KD, decoupled KD, logit standardisation, DIST.
 SEARCH_LOSSES = ["kd", "dkd", "lskd", "dist"]
@@ -275,7 +276,7 @@ def earlier_epochs(work: Path) -> list[tuple[int, float]]:
     metrics = work / "metrics.jsonl"
     if not (work / "last.pt").is_file() or not metrics.is_file():
         return []
-    return [(r["epoch"], r["val_top1"]) for r in map(json.loads, metrics.read_text().splitlines()) if r]
+    return [(r["epoch"], r["val_top1"]) for r in read_metrics(metrics)]
 
 
 def search_record(study, cfg: SearchConfig, epochs: int, what: str) -> dict[str, Any]:

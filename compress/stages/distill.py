@@ -31,6 +31,7 @@ from compress.distill.search import SearchConfig, SearchFailed, TrialResult, kd_
 from compress.distill.train import NO_LABEL, accuracy, fit, is_main_process
 from compress.models import build_model, load_model, model_outline, save_checkpoint
 from compress.models.text_models import init_every_other
+from compress.reporting.collect import read_metrics
 from compress.stages.contract import Stage, StageContext
 from compress.tasks.registry import task_for
 from compress.stages.teacher import TeacherStage, student_weights_key, weights_path
@@ -204,10 +205,7 @@ def broadcast(value):
 
 def best_epoch_of(metrics: Path) -> int:
     """The first epoch with the best val top-1 in a metrics.jsonl (fit keeps that epoch's weights)."""
-    import json
-
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return max(records, key=lambda r: (r["val_top1"], -r["epoch"]))["epoch"]
+    return max(read_metrics(metrics), key=lambda r: (r["val_top1"], -r["epoch"]))["epoch"]
 
 
 class DistillStage(Stage):
