@@ -33,7 +33,7 @@ from compress.core.errors import CompressError, ConfigError, StageFailed, UsageE
 from compress.core.fileio import DirLock, ensure_writable_dir, read_json, sha256_json, write_json, write_text
 from compress.data.fingerprint import fingerprint
 from compress.models import build_model, check_model_name
-from compress.stages import STAGES, StageContext
+from compress.stages import StageContext, stages_of
 from compress.stages.teacher import check_models
 from compress.tasks.registry import TASKS, task_for
 
@@ -56,7 +56,7 @@ class Step(NamedTuple):
 def parse_pipeline(raw: Any, file: str = "pipeline.yaml", base: Path | None = None) -> PipelineConfig:
     """Validate a loaded pipeline document against the schema, the stages' own configs and the models
     (names, kwargs, channels, the teacher checkpoint: see compress.stages.teacher.check_models)."""
-    cfg = parse_config(raw, file, base, stages=STAGES, tasks=TASKS, check_model=check_model_name)
+    cfg = parse_config(raw, file, base, stages=stages_of, tasks=TASKS, check_model=check_model_name)
     check_models(cfg)
     task_for(cfg).complete_config(cfg)
     return cfg
@@ -83,7 +83,9 @@ class Runner:
         self.run_dir = Path(run_dir).resolve()
         self.log = log
         self.debug = debug
-        self.stage_names = [name for name in STAGES if name in pipeline.stages or name == "teacher"]
+        # A task may run stages of its own (a causal LM trains and builds engines unlike a classifier).
+        self.stages = stages_of(pipeline.task_name)
+        self.stage_names = [name for name in self.stages if name in pipeline.stages or name == "teacher"]
         if force is not None and force not in self.stage_names:
             raise UsageError(f"--force: no stage '{force}' in this pipeline; stages: {', '.join(self.stage_names)}")
         self.force = force
@@ -104,7 +106,7 @@ class Runner:
         return self._dataset
 
     def stage_key(self, name: str, keys: dict[str, str]) -> str:
-        stage = STAGES[name]()
+        stage = self.stages[name]()
         section = self.pipeline.stages.get(name)
         material = {
             "stage": name,
@@ -228,9 +230,13 @@ class Runner:
     def _check_model(self, role: str, data) -> None:
         """Build the role's model for this data and drop it; the global RNG is left as it was."""
         cfg = getattr(self.pipeline, role)
+        task = task_for(self.pipeline)
+        if task.checks_models_itself:
+            task.check_model(role, cfg, data)
+            return
         try:
             with torch.random.fork_rng(devices=[]):
-                build_model(task_for(self.pipeline).model_spec(cfg, data))
+                build_model(task.model_spec(cfg, data))
         except ConfigError:
             raise
         except Exception as error:
@@ -249,7 +255,7 @@ class Runner:
         """Where the stage writes: an unfinished attempt of this key is resumed where it is; a fresh attempt builds
         beside a folder that is there (kept until the stage succeeds), else in the stage's own folder."""
         final, fresh, _ = self._folders(step.name)
-        if STAGES[step.name].keeps_dir:
+        if self.stages[step.name].keeps_dir:
             target = final
         elif not step.forced and previous.get("key") == step.key and (fresh.is_dir() or final.is_dir()):
             target = fresh if fresh.is_dir() else final
@@ -299,7 +305,7 @@ class Runner:
         started = time.perf_counter()
         try:
             with self._threads(name, ctx.log):
-                produced = STAGES[name]().run(ctx) or {}
+                produced = self.stages[name]().run(ctx) or {}
         except BaseException as error:
             entry.update(status="failed", seconds=round(time.perf_counter() - started, 3),
                          error=str(error).splitlines()[0] if str(error) else type(error).__name__)
@@ -323,7 +329,7 @@ class Runner:
 
     def runs_on_every_rank(self, name: str) -> bool:
         """Whether stage `name` trains on every torchrun rank (the others run on rank 0 alone)."""
-        return STAGES[name].distributed
+        return self.stages[name].distributed
 
     def run_stage_as_follower(self, name: str, outputs: dict) -> None:
         """A non-zero torchrun rank's share of a distributed stage: train, write nothing.
@@ -333,12 +339,12 @@ class Runner:
         final, fresh, _ = self._folders(name)
         ctx = StageContext(
             name=name, pipeline=self.pipeline, config=self.pipeline.stages.get(name), run_dir=self.run_dir,
-            stage_dir=fresh if fresh.is_dir() and not STAGES[name].keeps_dir else final, outputs=outputs,
+            stage_dir=fresh if fresh.is_dir() and not self.stages[name].keeps_dir else final, outputs=outputs,
             log=lambda msg: None,
             _dataset_loader=self._load_dataset,
         )
         with self._threads(name, ctx.log):
-            STAGES[name]().run(ctx)
+            self.stages[name]().run(ctx)
 
     @contextlib.contextmanager
     def _threads(self, name: str, log: Callable[[str], None]):
@@ -352,7 +358,7 @@ class Runner:
         on a finished run retrains nothing.
         """
         before = torch.get_num_threads()
-        field, count = STAGES[name]().threads(self.pipeline) or \
+        field, count = self.stages[name]().threads(self.pipeline) or \
             (("threads", self.pipeline.threads) if self.pipeline.threads else ("torch's default", before))
         torch.set_num_threads(count)
         if name not in READS_NO_DATA:  # the report and deploy read files; they compute nothing to speak of

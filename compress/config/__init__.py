@@ -117,6 +117,12 @@ class GatesConfig(Strict):
         description="top-1 agreement of the recommended engine with the model it came from (a number, or "
                     "{precision: number}); unset, engines are still checked against 0.99 int8 / 0.999 others")
 
+    max_perplexity_increase: float | None = Field(
+        None, ge=0, json_schema_extra=ADDED_LATER,
+        description="causal LMs: the recommended artifact's perplexity over the teacher's, relative (0.5 = +50%)")
+    min_tokens_per_s: float | None = Field(None, gt=0, json_schema_extra=ADDED_LATER,
+                                           description="causal LMs: decode tokens/s of the recommended artifact, batch 1")
+
     @field_validator("min_engine_agreement")
     @classmethod
     def _agreement_limits(cls, value: Any) -> Any:
@@ -297,6 +303,7 @@ def _path_fields(cfg: PipelineConfig) -> list[tuple[Any, str]]:
     fields = [(cfg.data, "path"), (cfg.data, "val_path"), (cfg.data, "test_path"), (cfg.teacher, "checkpoint"),
               (cfg.student, "checkpoint")]
     fields += [(cfg.data.text, "tokenizer")] if cfg.data.text is not None else []
+    fields += [(cfg.data.corpus, "tokenizer"), (cfg.data.corpus, "prompts")] if cfg.data.corpus is not None else []
     return fields + ([(cfg.data.transfer, "path")] if cfg.data.transfer is not None else [])
 
 
@@ -306,6 +313,7 @@ def _check_files(file: str, cfg: PipelineConfig) -> None:
         # webdataset shards may be a brace pattern (train-{000..009}.tar): its reader checks every shard
         if path is not None and not path.exists() and "{" not in path.name:
             where = "data.transfer" if owner is cfg.data.transfer else "data.text" if owner is cfg.data.text else \
+                "data.corpus" if owner is cfg.data.corpus else \
                 "data" if owner is cfg.data else "teacher" if owner is cfg.teacher else "student"
             raise ConfigError(file, f"{where}.{name}", f"file not found: {path}")
     for role in ("teacher", "student"):
@@ -336,12 +344,12 @@ def _resolve_task(file: str, cfg: PipelineConfig, tasks: Mapping[str, Any]) -> N
 
 
 def parse_config(raw: Any, file: str = "pipeline.yaml", base: Path | None = None, *,
-                 stages: Mapping[str, Any], tasks: Mapping[str, Any],
+                 stages: Mapping[str, Any] | Callable[[str | None], Mapping[str, Any]], tasks: Mapping[str, Any],
                  check_model: Callable[[str], str | None] | None = None) -> PipelineConfig:
     """Validate an already-loaded YAML document.
 
     The schema knows no stage and no task: `stages` (name -> a class with `Config` and `optional`, in
-    pipeline order), `tasks` (name -> a class with `claims(data)` and `check_data(data)`, in the order
+    pipeline order; or a task's name -> that mapping, where a task runs stages of its own), `tasks` (name -> a class with `claims(data)` and `check_data(data)`, in the order
     they claim data) and `check_model` (a model name -> the problem with it, or None) are handed in by
     whoever loads a pipeline (compress.runner), so this module stays below everything it configures.
     """
@@ -349,7 +357,8 @@ def parse_config(raw: Any, file: str = "pipeline.yaml", base: Path | None = None
         raise ConfigError(file, "", "the top level must be a mapping (name, data, teacher, student, stages, gates)")
     raw = dict(raw)
     stages_raw = raw.pop("stages", None) or {}
-    for name, stage_cls in stages.items():  # a stage may fill in what its presence implies (prune: the student)
+    stages_of = stages if callable(stages) else lambda task_name: stages
+    for name, stage_cls in stages_of(None).items():  # a stage may fill in what its presence implies (prune: the student)
         complete = getattr(stage_cls.Config, "complete_pipeline", None)
         if complete is not None and isinstance(stages_raw, dict) and name in stages_raw:
             raw = complete(raw)
@@ -358,10 +367,11 @@ def parse_config(raw: Any, file: str = "pipeline.yaml", base: Path | None = None
     except ValidationError as error:
         _raise_first(file, error)
     _resolve_task(file, cfg, tasks)
-    cfg.stages = _validate_stages(file, stages_raw, stages)
+    cfg.stages = _validate_stages(file, stages_raw, stages_of(cfg.task_name))
     cfg._source_file = file
     _resolve_paths(cfg, base or Path.cwd())
     _check_files(file, cfg)
+    check_model = getattr(tasks[cfg.task_name], "check_model_name", None) or check_model
     if check_model is not None:
         _check_models(file, cfg, check_model)
     for stage_cfg in cfg.stages.values():

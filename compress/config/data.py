@@ -63,12 +63,29 @@ class TextConfig(Strict):
     lowercase: bool = True
 
 
+class CorpusConfig(Strict):
+    """A causal LM's text corpus (compress.tasks.causal_lm): documents split by document, packed into blocks."""
+
+    block_size: int = Field(128, ge=8, le=32768, description="tokens per training block (at most the model's positions)")
+    tokenizer: Path | None = Field(None, description="a folder with tokenizer.json; unset: the teacher's hf: folder, "
+                                                    "else a byte-level BPE trained here on the training documents")
+    vocab_size: int = Field(2048, ge=256, description="size of the vocabulary trained here (no tokenizer given)")
+    text_column: str = Field("text", description="JSONL/CSV/Hugging Face datasets: the column holding the text")
+    suffixes: list[str] = Field([".txt", ".md", ".py", ".rst"], description="folders: the files read as documents")
+    max_documents: int | None = Field(None, ge=1, description="read at most this many documents (in file order)")
+    prompts: Path | None = Field(None, description="UTF-8 file, one prompt per line (\\n for a newline): greedy "
+                                                  "generations shown in the report; unset: starts of test documents")
+
+
 # Sources read lazily, one image at a time (compress.data.records); the rest are arrays.
 STREAM_SOURCES = ("imagefolder", "manifest", "hf", "webdataset")
 # Labelled texts: a CSV/JSONL file (text,label), parquet/arrow, or a Hugging Face dataset saved to disk.
 TEXT_SOURCES = ("text",)
-FILE_SOURCES = ("npz",) + STREAM_SOURCES + TEXT_SOURCES
-SOURCES = ("digits",) + FILE_SOURCES
+# A causal LM's documents: text files or folders, JSONL/CSV, a Hugging Face dataset on disk; python-stdlib: the
+# running interpreter's own library sources (a corpus every machine has).
+CORPUS_SOURCES = ("corpus", "python-stdlib")
+FILE_SOURCES = ("npz",) + STREAM_SOURCES + TEXT_SOURCES + ("corpus",)
+SOURCES = ("digits", "python-stdlib") + FILE_SOURCES
 
 
 class DataConfig(Strict):
@@ -105,6 +122,8 @@ class DataConfig(Strict):
     transfer: TransferConfig | None = Field(None, description="unlabelled inputs for KD (see compress.data.transfer)")
     text: TextConfig | None = Field(None, json_schema_extra=ADDED_LATER,
                                     description="source text: tokenizer and max_length (defaults when unset)")
+    corpus: CorpusConfig | None = Field(None, json_schema_extra=ADDED_LATER,
+                                        description="causal LM corpora: block size, tokenizer, text column")
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DataConfig":

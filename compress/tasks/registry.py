@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from compress.config import DataConfig, PipelineConfig
 from compress.tasks.task import Task
+from compress.tasks.causal_lm import CausalLM
 from compress.tasks.image_classification import ImageClassification
 from compress.tasks.text_classification import TextClassification
 
 # Most specific first: image classification claims every source no other task does.
-TASKS: dict[str, type[Task]] = {task.name: task for task in (TextClassification, ImageClassification)}
+TASKS: dict[str, type[Task]] = {task.name: task for task in (CausalLM, TextClassification, ImageClassification)}
 
 
 def task_for(pipeline: PipelineConfig) -> Task:

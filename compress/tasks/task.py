@@ -126,6 +126,12 @@ class Task:
 
     # --- models ---
 
+    # A task whose models are not built through compress.models (causal LMs) checks them in check_model.
+    checks_models_itself: ClassVar[bool] = False
+
+    def check_model(self, role: str, role_cfg, data) -> None:
+        """Refuse (ConfigError naming role.model or role.kwargs) a model that cannot serve this data."""
+
     def model_spec(self, role_cfg, data: Dataset) -> ModelSpec:
         """The spec of the teacher's or student's model (`role_cfg`) for this data."""
         raise NotImplementedError

@@ -12,7 +12,7 @@ RUNNER_DIR = Path(__file__).parent
 RUNNER_PATH = RUNNER_DIR / "runner.py"
 # Every file a bundle carries beside its model: the device programs, then the modules runner.py loads.
 RUNNER_FILES = ("runner.py", "releases.py", "sessions.py", "harness.py", "preprocess.py", "inference.py",
-                "device_bench.py")
+                "device_bench.py", "generation.py")
 
 
 def runner_source() -> bytes:

@@ -1,0 +1,205 @@
+"""Causal LMs: what KD buys on the example, and what a smaller, int4 student buys in tokens/s.
+
+- kd (default part): examples/causal_lm/pipeline.yaml, run by `compress run` itself, once per seed (the seed
+  changes the document split, the tokenizer's training documents' order, and every initialisation). Per seed:
+  teacher, student alone and KD student perplexity on the held-out test documents, the KD/alone ratio with its
+  95% paired bootstrap interval over documents (compress.tasks.causal_lm.metrics), and the share of the
+  student-teacher gap KD closed. Seed 0 also builds the engines: int4 and int8 perplexity against fp32.
+  Targets (issue 23): KD perplexity >= 5% below the student alone, closing >= 25% of the gap; int4 within
+  +5% of fp32.
+- speed: a realistically sized random-weight pair, no training: a Llama teacher of >= 100M parameters and a
+  student of half its layers, built by onnxruntime-genai's model builder (fp32, and int4 for the student),
+  timed by the harness the benchmark stage uses (deploy/runner/generation.py) at batch 1, and by
+  onnxruntime-genai's own generator loop timed the way its benchmark_e2e.py does (the harness must be within
+  10% of it). Targets: student decode tokens/s >= 1.8x the teacher's; int4 >= 1.5x its fp32; int4 size <=
+  0.3x fp32.
+
+    python benchmarks/causal_lm.py [--part kd|speed|all] [--seeds 3] [--threads 2]
+    python benchmarks/causal_lm.py --smoke    # tiny models, one seed, both parts: about a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from compress.cli import main as compress_main  # noqa: E402
+from compress.core.fileio import read_json  # noqa: E402
+from compress.tasks.causal_lm.metrics import TokenScores, gap_closed, paired_perplexity_ratio  # noqa: E402
+
+EXAMPLE = ROOT / "examples" / "causal_lm" / "pipeline.yaml"
+
+
+def smoke_config(config: dict) -> dict:
+    config["data"]["corpus"].update(block_size=32, vocab_size=300, max_documents=16)
+    config["teacher"]["kwargs"] = {"layers": 2, "hidden": 32, "heads": 2, "kv_heads": 1}
+    config["teacher"]["train"]["epochs"] = 1
+    config["student"]["kwargs"] = {"layers": 1, "hidden": 32, "heads": 2, "kv_heads": 1}
+    config["stages"]["distill"].update(epochs=1, eval_blocks=4)
+    config["stages"]["export"] = {"prompts": 1, "prompt_tokens": 8, "new_tokens": 4}
+    config["stages"]["benchmark"] = {"prompt_lengths": [8], "new_tokens": 4, "batch_sizes": [1], "rounds": 1,
+                                     "eval_blocks": 4}
+    return config
+
+
+def kd_part(seeds: int, threads: int, smoke: bool, work: Path) -> list[str]:
+    rows, lines = [], []
+    for seed in range(seeds):
+        config = yaml.safe_load(EXAMPLE.read_text())
+        config["seed"], config["threads"] = seed, threads
+        config["stages"]["benchmark"]["threads"] = threads
+        if smoke:
+            config = smoke_config(config)
+        if seed > 0:  # engines once: their numbers do not depend on the seed's training
+            for stage in ("export", "build", "benchmark", "report"):
+                config["stages"].pop(stage, None)
+            config.pop("gates", None)
+        path = work / f"seed{seed}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        run_dir = work / f"run{seed}"
+        started = time.perf_counter()
+        code = compress_main(["run", str(path), "--run-dir", str(run_dir)])
+        if code != 0:
+            raise SystemExit(f"compress run exited {code} for seed {seed}")
+        record = read_json(run_dir / "run.json")["stages"]
+        scores = {role: TokenScores.load(run_dir / record[role]["outputs"]["scores"])
+                  for role in ("teacher", "baseline", "distill")}
+        ratio = paired_perplexity_ratio(scores["distill"], scores["baseline"], seed)
+        closed = gap_closed(scores["teacher"].perplexity, scores["baseline"].perplexity, scores["distill"].perplexity)
+        rows.append({"seed": seed, "teacher": scores["teacher"].perplexity, "alone": scores["baseline"].perplexity,
+                     "kd": scores["distill"].perplexity, "ratio": ratio, "closed": closed,
+                     "minutes": (time.perf_counter() - started) / 60})
+        if seed == 0 and "benchmark" in record:
+            results = read_json(run_dir / record["benchmark"]["outputs"]["results"])
+            engines = {r["artifact"]: r for r in results["rows"]}
+            fp32 = engines.get("student-onnxruntime-fp32")
+            for precision in ("int8", "int4"):
+                quant = engines.get(f"student-onnxruntime-{precision}")
+                if fp32 and quant:
+                    lines.append(f"- {precision} weight-only: perplexity {quant['perplexity']:.3f} vs fp32 "
+                                 f"{fp32['perplexity']:.3f} ({quant['perplexity'] / fp32['perplexity'] - 1:+.2%}), "
+                                 f"size {quant['size_mb'] / fp32['size_mb']:.2f}x")
+    table = ["| seed | teacher ppl | student alone | KD student | KD / alone (95% paired CI) | gap closed | minutes |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = r["ratio"]
+        closed_cell = "-" if r["closed"] is None else f"{r['closed']:.0%}"
+        table.append(f"| {r['seed']} | {r['teacher']:.2f} | {r['alone']:.2f} | {r['kd']:.2f} | {ratio['ratio']:.3f} "
+                     f"({ratio['low']:.3f}-{ratio['high']:.3f}) | {closed_cell} | {r['minutes']:.1f} |")
+    mean_ratio = statistics.mean(r["ratio"]["ratio"] for r in rows)
+    closed = [r["closed"] for r in rows if r["closed"] is not None]
+    table.append(f"\nmean KD/alone perplexity ratio {mean_ratio:.3f} (target <= 0.95); mean gap closed "
+                 f"{statistics.mean(closed):.0%} (target >= 25%)" if closed else
+                 f"\nmean KD/alone perplexity ratio {mean_ratio:.3f} (target <= 0.95); no teacher-student gap")
+    return table + lines
+
+
+def speed_part(threads: int, smoke: bool, work: Path) -> list[str]:
+    import torch
+    import transformers
+
+    from compress.stages.lm.engines import build_folder, folder_mb
+    from compress.tasks.causal_lm.corpus import save_hf_tokenizer, train_tokenizer
+    from deploy.runner.generation import GreedyGenerator, time_generation
+
+    sizes = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                 vocab_size=512) if smoke else \
+        dict(hidden_size=768, intermediate_size=2048, num_attention_heads=12, num_key_value_heads=4, vocab_size=32000)
+    teacher_layers = 2 if smoke else 12
+    import sysconfig
+
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:40]
+    tokenizer = train_tokenizer((f.read_text(errors="replace") for f in files), min(sizes["vocab_size"], 8000))
+    save_hf_tokenizer(tokenizer, work / "tokenizer")
+    folders = {}
+    for name, layers in (("teacher", teacher_layers), ("student", teacher_layers // 2)):
+        torch.manual_seed(0)
+        config = transformers.LlamaConfig(num_hidden_layers=layers, max_position_embeddings=1024, bos_token_id=0,
+                                          eos_token_id=0, tie_word_embeddings=False, **sizes)
+        model = transformers.LlamaForCausalLM(config)
+        params = sum(p.numel() for p in model.parameters())
+        hf = work / f"{name}-hf"
+        model.save_pretrained(hf)
+        for f in (work / "tokenizer").iterdir():
+            (hf / f.name).write_bytes(f.read_bytes())
+        del model
+        for precision in (("fp32", "int4") if name == "student" else ("fp32",)):
+            out = work / f"{name}-{precision}"
+            build_folder(hf, out, precision)
+            folders[f"{name}-{precision}"] = (out, params)
+    prompt = list(range(1, 33))
+    new_tokens = 16 if smoke else 64
+    rounds = 1 if smoke else 5
+    found = {}
+    for name, (folder, params) in folders.items():
+        generator = GreedyGenerator(str(folder), backend="genai", threads=threads)
+        harness = time_generation(generator, prompt, new_tokens, rounds=rounds)
+        own = genai_own_loop(folder, prompt, new_tokens, rounds, threads)
+        found[name] = {"params": params, "size_mb": folder_mb(folder), "harness": harness["decode_tokens_per_s"],
+                       "own": own, "ttft": harness["time_to_first_token_s"]}
+    table = ["| artifact | params | size MB | decode tok/s (harness) | decode tok/s (onnxruntime-genai loop) | "
+             "harness / own | first token ms |", "|---|---|---|---|---|---|---|"]
+    for name, r in found.items():
+        table.append(f"| {name} | {r['params'] / 1e6:.1f}M | {r['size_mb']:.1f} | {r['harness']:.1f} | {r['own']:.1f} | "
+                     f"{r['harness'] / r['own']:.2f} | {1000 * r['ttft']:.1f} |")
+    t, s, q = found["teacher-fp32"], found["student-fp32"], found["student-int4"]
+    table += ["", f"student / teacher decode tokens/s {s['harness'] / t['harness']:.2f}x (target >= 1.8x); "
+                  f"int4 / fp32 {q['harness'] / s['harness']:.2f}x (target >= 1.5x); int4 size "
+                  f"{q['size_mb'] / s['size_mb']:.2f}x fp32 (target <= 0.3x)"]
+    return table
+
+
+def genai_own_loop(folder: Path, prompt: list[int], new_tokens: int, rounds: int, threads: int) -> float:
+    """Decode tokens/s as onnxruntime-genai's benchmark_e2e.py times it: generate_next_token calls after the
+    first, median over rounds."""
+    import onnxruntime_genai as og
+
+    config = og.Config(str(folder))
+    config.overlay('{"model": {"decoder": {"session_options": {"intra_op_num_threads": %d}}}}' % threads)
+    model = og.Model(config)
+    rates = []
+    for _ in range(rounds + 1):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(prompt) + new_tokens, do_sample=False)
+        generator = og.Generator(model, params)
+        generator.append_tokens(prompt)
+        generator.generate_next_token()
+        started = time.perf_counter()
+        steps = 0
+        while not generator.is_done() and steps < new_tokens - 1:
+            generator.generate_next_token()
+            steps += 1
+        rates.append(steps / (time.perf_counter() - started))
+    return statistics.median(rates[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["kd", "speed", "all"], default="all")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        if args.part in ("kd", "all"):
+            print("\n".join(kd_part(1 if args.smoke else args.seeds, args.threads, args.smoke, work)))
+        if args.part in ("speed", "all"):
+            (work / "speed").mkdir()
+            print("\n".join(speed_part(args.threads, args.smoke, work / "speed")))
+
+
+if __name__ == "__main__":
+    main()

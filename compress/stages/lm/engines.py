@@ -1,0 +1,194 @@
+"""The causal LM's export and build stages: onnxruntime-genai model folders with a KV cache.
+
+onnxruntime-genai's model builder writes the ONNX graph (GroupQueryAttention over past/present key-values,
+MatMulNBits for int4/int8 weight-only), genai_config.json and the tokenizer into one folder that
+onnxruntime-genai runs as is, and that deploy/runner/generation.py runs with plain ONNX Runtime where
+onnxruntime-genai is not installed. Export builds the fp32 folders of the teacher and the student and checks
+them against torch: prefill logits (max |diff|) and greedy tokens, which must be identical. Build adds the
+weight-only int8/int4 folders and measures how often their greedy tokens agree with torch's.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from compress.config import PipelineConfig, Strict
+from compress.core.errors import StageFailed
+from compress.stages.contract import Stage, StageContext
+
+PRECISIONS = ("fp32", "int8", "int4")
+
+
+class LMExportConfig(Strict):
+    atol: float = Field(1e-3, gt=0, description="largest |prefill logit - torch's| of an fp32 folder")
+    prompts: int = Field(4, ge=1, description="held-out prompts whose greedy tokens must equal torch's")
+    prompt_tokens: int = Field(24, ge=2)
+    new_tokens: int = Field(16, ge=1)
+
+
+class LMBuildConfig(Strict):
+    targets: list[str] = Field(["onnxruntime:fp32", "onnxruntime:int4"],
+                               description="onnxruntime:fp32|int8|int4 (weight-only MatMulNBits)")
+    block_size: int = Field(32, description="int4/int8: weights per quantization block (16, 32, 64, 128, 256)")
+
+    @field_validator("targets")
+    @classmethod
+    def _known(cls, targets: list[str]) -> list[str]:
+        for target in targets:
+            backend, _, precision = target.partition(":")
+            if backend == "openvino":
+                raise ValueError(f"{target}: OpenVINO engines for causal LMs are not built yet; "
+                                 "use onnxruntime:fp32|int8|int4")
+            if backend != "onnxruntime" or precision not in PRECISIONS:
+                raise ValueError(f"unknown target '{target}'; causal LMs: onnxruntime:{'|'.join(PRECISIONS)}")
+        return targets
+
+
+def build_folder(hf_folder: Path, out: Path, precision: str, block_size: int = 32) -> None:
+    """Run onnxruntime-genai's model builder on a Hugging Face folder (a subprocess: its memory goes with it)."""
+    command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(hf_folder), "-i", str(hf_folder),
+               "-o", str(out), "-p", precision, "-e", "cpu", "-c", str(out.parent / f".cache-{out.name}")]
+    if precision != "fp32":
+        command += ["--extra_options", f"int4_block_size={block_size}", "int4_accuracy_level=4"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0 or not (out / "genai_config.json").is_file():
+        lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+        raise StageFailed("build", f"onnxruntime-genai's model builder failed on {hf_folder.name} ({precision}): "
+                                   f"{lines[-1] if lines else done.returncode}")
+    import shutil
+
+    shutil.rmtree(out.parent / f".cache-{out.name}", ignore_errors=True)
+
+
+def held_out_prompts(ctx: StageContext, count: int, length: int) -> list[list[int]]:
+    """Token ids of `count` prompts: the lines of data.corpus.prompts, else the starts of held-out blocks."""
+    from compress.stages.lm.model_stages import corpus_blocks, eval_split
+
+    prompts_file = ctx.pipeline.data.corpus.prompts if ctx.pipeline.data.corpus else None
+    if prompts_file is not None:
+        from deploy.runner.generation import load_tokenizer
+
+        tokenizer = load_tokenizer(str(ctx.path(ctx.outputs["teacher"]["tokenizer"])))
+        return [tokenizer.encode(line) for line in read_prompts(Path(prompts_file), ctx.pipeline.source_file)[:count]]
+    blocks = corpus_blocks(ctx, eval_split(ctx))
+    step = max(1, len(blocks) // count)
+    return [blocks[i * step][:length].tolist() for i in range(min(count, len(blocks)))]
+
+
+def read_prompts(path: Path, config_file: str) -> list[str]:
+    from compress.core.errors import ConfigError
+
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(config_file, "data.corpus.prompts",
+                          f"{path} is not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start})") from None
+    prompts = [line.replace("\\n", "\n") for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ConfigError(config_file, "data.corpus.prompts", f"{path} holds no prompt (one per line)")
+    return prompts
+
+
+def torch_reference(hf_folder: Path, prompts: list[list[int]], new_tokens: int) -> tuple[list, list]:
+    """Torch's prefill logits and greedy continuation of every prompt."""
+    import torch
+
+    from compress.tasks.causal_lm.models import load_lm
+
+    model = load_lm(hf_folder).eval()
+    logits, tokens = [], []
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = torch.tensor([prompt])
+            logits.append(model(input_ids=ids).logits[0].numpy())
+            out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, attention_mask=torch.ones_like(ids),
+                                 pad_token_id=model.config.eos_token_id)
+            tokens.append(out[0, len(prompt):].tolist())
+    return logits, tokens
+
+
+def compare(folder: Path, prompts, reference_logits, reference_tokens, new_tokens: int) -> dict[str, Any]:
+    """Max |prefill logit diff| and the share of greedy tokens equal to torch's (position by position)."""
+    from deploy.runner.generation import GreedyGenerator
+
+    generator = GreedyGenerator(str(folder), backend="onnxruntime")
+    diffs, same, total, identical = [], 0, 0, 0
+    for prompt, logits, expected in zip(prompts, reference_logits, reference_tokens):
+        diffs.append(float(np.abs(generator.prefill_logits(prompt) - logits).max()))
+        produced = generator.generate(prompt, new_tokens)
+        same += sum(a == b for a, b in zip(produced, expected))
+        total += max(len(produced), len(expected))
+        identical += produced == expected
+    return {"max_abs_diff": round(max(diffs), 6), "token_agreement": round(same / max(1, total), 4),
+            "identical_prompts": identical, "prompts": len(prompts)}
+
+
+def folder_mb(folder: Path) -> float:
+    return round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6, 3)
+
+
+class LMExportStage(Stage):
+    name = "export"
+    Config = LMExportConfig
+    optional = True
+    reads = ("teacher", "distill")
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        cfg: LMExportConfig = ctx.config
+        prompts = held_out_prompts(ctx, cfg.prompts, cfg.prompt_tokens)
+        found = {}
+        for role in ("teacher", "distill"):
+            hf_folder = ctx.path(ctx.outputs[role]["model"])
+            out = ctx.stage_dir / f"{'teacher' if role == 'teacher' else 'student'}-onnxruntime-fp32"
+            build_folder(hf_folder, out, "fp32")
+            logits, tokens = torch_reference(hf_folder, prompts, cfg.new_tokens)
+            parity = compare(out, prompts, logits, tokens, cfg.new_tokens)
+            ctx.log(f"{out.name}: prefill max |diff| {parity['max_abs_diff']:.2e}, greedy tokens identical on "
+                    f"{parity['identical_prompts']}/{parity['prompts']} prompts")
+            if parity["max_abs_diff"] > cfg.atol or parity["identical_prompts"] != parity["prompts"]:
+                raise StageFailed("export", f"{out.name} differs from torch: prefill max |diff| "
+                                            f"{parity['max_abs_diff']:.2e} (atol {cfg.atol:g}), greedy tokens identical "
+                                            f"on {parity['identical_prompts']}/{parity['prompts']} prompts")
+            found[out.name] = {"folder": ctx.relative(out), "parity": parity, "size_mb": folder_mb(out)}
+        return {"engines": found, "prompts": prompts}
+
+
+class LMBuildStage(Stage):
+    name = "build"
+    Config = LMBuildConfig
+    optional = True
+    reads = ("export", "distill")
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        cfg: LMBuildConfig = ctx.config
+        export = ctx.outputs["export"]
+        prompts = export["prompts"]
+        hf_folder = ctx.path(ctx.outputs["distill"]["model"])
+        new_tokens = ctx.pipeline.stages["export"].new_tokens
+        logits, tokens = torch_reference(hf_folder, prompts, new_tokens)
+        built = {}
+        for target in cfg.targets:
+            precision = target.split(":")[1]
+            name = f"student-onnxruntime-{precision}"
+            if precision == "fp32":
+                built[name] = dict(export["engines"][name], precision=precision)
+                continue
+            out = ctx.stage_dir / name
+            build_folder(hf_folder, out, precision, cfg.block_size)
+            parity = compare(out, prompts, logits, tokens, new_tokens)
+            ctx.log(f"{name}: greedy tokens agree with torch's fp32 on {parity['token_agreement']:.0%} of positions "
+                    f"({parity['identical_prompts']}/{parity['prompts']} prompts identical), "
+                    f"prefill max |diff| {parity['max_abs_diff']:.3f}")
+            built[name] = {"folder": ctx.relative(out), "parity": parity, "size_mb": folder_mb(out),
+                           "precision": precision}
+        return {"engines": built}
+
+    def key_material(self, pipeline: PipelineConfig) -> dict[str, Any]:
+        return {"export": pipeline.stages["export"].model_dump()} if "export" in pipeline.stages else {}

@@ -1,0 +1,183 @@
+"""The causal LM's report stage: report.md and a self-contained report.html from the benchmark's results.json.
+
+What a reader needs to ship an LM: the perplexity gap KD closed against the student trained alone (with a
+paired bootstrap interval over documents), what int8/int4 cost in perplexity, tokens/s against the teacher,
+the greedy generations side by side, and the gates max_perplexity_increase and min_tokens_per_s.
+"""
+
+from __future__ import annotations
+
+import html
+import shutil
+from typing import Any
+
+from compress.config import PipelineConfig
+from compress.core.fileio import read_json, write_json, write_text
+from compress.stages.contract import Stage, StageContext
+
+
+def kd_lines(rows: dict[str, dict], ctx: StageContext) -> tuple[list[str], dict | None]:
+    from compress.tasks.causal_lm.metrics import TokenScores, gap_closed, paired_perplexity_ratio
+
+    if not {"teacher-torch", "baseline-torch", "distill-torch"} <= set(rows):
+        return [], None
+    scores = {k: TokenScores.load(ctx.path(rows[k]["scores"])) for k in ("teacher-torch", "baseline-torch",
+                                                                        "distill-torch")}
+    kd = paired_perplexity_ratio(scores["distill-torch"], scores["baseline-torch"], ctx.pipeline.seed)
+    vs_teacher = paired_perplexity_ratio(scores["distill-torch"], scores["teacher-torch"], ctx.pipeline.seed)
+    closed = gap_closed(*(rows[k]["perplexity"] for k in ("teacher-torch", "baseline-torch", "distill-torch")))
+    verdict = "KD helped" if kd["high"] < 1 else "KD hurt" if kd["low"] > 1 else "no difference the data can show"
+    lines = ["## What distillation bought", "",
+             f"- KD student perplexity {rows['distill-torch']['perplexity']:.2f} against "
+             f"{rows['baseline-torch']['perplexity']:.2f} for the student trained alone: ratio {kd['ratio']:.3f} "
+             f"(95% paired bootstrap over {kd['documents']} documents: {kd['low']:.3f} to {kd['high']:.3f}): "
+             f"**{verdict}**.",
+             f"- Against the teacher ({rows['teacher-torch']['perplexity']:.2f}): ratio {vs_teacher['ratio']:.3f} "
+             f"({vs_teacher['low']:.3f} to {vs_teacher['high']:.3f}).",
+             "- Share of the student-to-teacher gap KD closed (log perplexity): "
+             + (f"{closed:.0%}." if closed is not None else "no gap (the student alone is as good as the teacher)."),
+             ""]
+    return lines, {"kd_vs_alone": kd, "student_vs_teacher": vs_teacher, "gap_closed": closed, "verdict": verdict}
+
+
+def model_table(rows: list[dict]) -> list[str]:
+    teacher_tps = next((r["decode_tokens_per_s"].get("1") for r in rows if r["artifact"].startswith("teacher-onnx")),
+                       None)
+    lines = ["| artifact | perplexity | top-1 | agreement | size MB | first token ms | decode tok/s b1 | "
+             "decode tok/s b4 | vs teacher |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        tps = r.get("decode_tokens_per_s", {})
+        ttft = r.get("ttft_s", {})
+        first = f"{1000 * ttft[min(ttft, key=int)]:.1f}" if ttft else "-"
+        speed = f"{tps['1'] / teacher_tps:.2f}x" if tps.get("1") and teacher_tps else "-"
+        lines.append(f"| {r['artifact']} | {r['perplexity']:.2f} | {r['top1']:.3f} | {r.get('agreement', 1.0):.3f} | "
+                     f"{r.get('size_mb', '-')} | {first} | {tps.get('1', '-')} | {tps.get('4', '-')} | {speed} |")
+    return lines
+
+
+def gates(pipeline: PipelineConfig, rows: dict[str, dict], recommended: dict | None) -> list[dict[str, Any]]:
+    found = []
+    teacher = rows.get("teacher-torch")
+    if pipeline.gates.max_perplexity_increase is not None and recommended and teacher:
+        increase = recommended["perplexity"] / teacher["perplexity"] - 1
+        found.append({"gate": "max_perplexity_increase", "passed": increase <= pipeline.gates.max_perplexity_increase,
+                      "detail": f"{recommended['artifact']} {increase:+.1%} vs limit "
+                                f"{pipeline.gates.max_perplexity_increase:+.0%}"})
+    if pipeline.gates.min_tokens_per_s is not None and recommended:
+        tps = recommended.get("decode_tokens_per_s", {}).get("1", 0.0)
+        found.append({"gate": "min_tokens_per_s", "passed": tps >= pipeline.gates.min_tokens_per_s,
+                      "detail": f"{recommended['artifact']} {tps:.0f} tokens/s vs {pipeline.gates.min_tokens_per_s:g}"})
+    return found
+
+
+def recommend(rows: list[dict], pipeline: PipelineConfig) -> dict | None:
+    """The fastest student engine (batch 1 decode) within the perplexity gate, else the fastest one."""
+    engines = [r for r in rows if r["role"] == "distill" and r.get("decode_tokens_per_s")]
+    teacher = next((r for r in rows if r["artifact"] == "teacher-torch"), None)
+    limit = pipeline.gates.max_perplexity_increase
+    within = [r for r in engines if limit is None or teacher is None
+              or r["perplexity"] / teacher["perplexity"] - 1 <= limit]
+    pool = within or engines
+    return max(pool, key=lambda r: r["decode_tokens_per_s"].get("1", 0.0)) if pool else None
+
+
+def render_html(markdown: str, title: str) -> str:
+    """A self-contained page: headings, lists, tables and code blocks of the markdown, nothing fetched."""
+    body, in_table, in_code = [], False, False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            body.append("</pre>" if in_code else "<pre>")
+            in_code = not in_code
+            continue
+        if in_code:
+            body.append(html.escape(line))
+            continue
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-"):
+                continue
+            tag = "th" if not in_table else "td"
+            body.append(("<table>" if not in_table else "") + "<tr>" + "".join(
+                f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+            in_table = True
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
+        elif line.startswith("- "):
+            body.append(f"<li>{html.escape(line[2:]).replace('**', '')}</li>")
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        body.append("</table>")
+    style = ("body{font-family:sans-serif;max-width:70em;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:.2em .5em}pre{background:#f4f4f4;padding:.5em;white-space:pre-wrap}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+class LMReportStage(Stage):
+    name = "report"
+    reads = ("benchmark", "teacher", "baseline", "distill", "export", "build")
+
+    def key_material(self, pipeline: PipelineConfig) -> dict[str, Any]:
+        return {"gates": pipeline.gates.model_dump(mode="json"), "name": pipeline.name}
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        results = read_json(ctx.path(ctx.outputs["benchmark"]["results"]))
+        rows = results["rows"]
+        by_name = {r["artifact"]: r for r in rows}
+        recommended = recommend(rows, ctx.pipeline)
+        verdicts = gates(ctx.pipeline, by_name, recommended)
+        kd, kd_summary = kd_lines(by_name, ctx)
+        env = results["env"]
+        lines = [f"# {ctx.pipeline.name}: causal LM deployment report", "",
+                 f"Written by `compress run`. Perplexity is token-weighted on {results['eval_blocks']} held-out "
+                 f"{results['split']} blocks of {results['block_size']} tokens (documents never split across "
+                 f"train/val/test). Timings: {env.get('cpu', 'CPU')}, {env.get('threads', '?')} threads, "
+                 f"{results['new_tokens']} new tokens per round, medians.", ""]
+        if recommended:
+            lines += [f"**Recommended: {recommended['artifact']}** ({recommended['perplexity']:.2f} perplexity, "
+                      f"{recommended['decode_tokens_per_s'].get('1', 0):.0f} tokens/s at batch 1).", ""]
+        lines += ["## Models and engines", ""] + model_table(rows) + [""]
+        lines += ["Agreement: share of positions where the artifact's next token equals the teacher's. Engines' "
+                  "perplexity comes from their own prefill logits, int4 included.", ""]
+        lines += kd
+        quant = [r for r in rows if r["role"] == "distill" and r["precision"] in ("int8", "int4")]
+        fp32 = by_name.get("student-onnxruntime-fp32")
+        if quant and fp32:
+            lines += ["## What weight-only quantization cost", ""]
+            for r in quant:
+                lines.append(f"- {r['artifact']}: perplexity {r['perplexity'] / fp32['perplexity'] - 1:+.1%}, size "
+                             f"{r['size_mb'] / fp32['size_mb']:.2f}x, decode tokens/s "
+                             f"{r['decode_tokens_per_s'].get('1', 0) / max(1e-9, fp32['decode_tokens_per_s'].get('1', 0)):.2f}x "
+                             f"of fp32; greedy tokens agree with torch on "
+                             f"{(r.get('parity') or {}).get('token_agreement', float('nan')):.0%} of positions")
+            lines.append("")
+        generations = results.get("generations") or {}
+        if generations.get("prompts"):
+            lines += ["## Generations (greedy, held-out prompts)", ""]
+            for i, prompt in enumerate(generations["prompts"]):
+                lines += [f"### Prompt {i + 1}", "", "```", prompt, "```", ""]
+                for name, texts in generations["by"].items():
+                    lines += [f"- {name}:", "```", texts[i], "```"]
+                lines.append("")
+        if verdicts:
+            lines += ["## Gates", ""] + [f"- {g['gate']}: {'PASS' if g['passed'] else 'FAIL'} ({g['detail']})"
+                                         for g in verdicts] + [""]
+        markdown = "\n".join(lines)
+        write_text(ctx.stage_dir / "report.md", markdown)
+        write_text(ctx.stage_dir / "report.html", render_html(markdown, ctx.pipeline.name))
+        report = {"recommended": recommended["artifact"] if recommended else None, "gates": verdicts,
+                  "kd": kd_summary, "rows": rows}
+        write_json(ctx.stage_dir / "report.json", report)
+        for name in ("report.md", "report.html"):
+            shutil.copy2(ctx.stage_dir / name, ctx.run_dir / name)
+        for g in verdicts:
+            ctx.log(f"gate {g['gate']}: {'PASS' if g['passed'] else 'FAIL'} ({g['detail']})")
+        return {"report": ctx.relative(ctx.stage_dir / "report.md"), "html": ctx.relative(ctx.stage_dir / "report.html"),
+                "json": ctx.relative(ctx.stage_dir / "report.json"), "recommended": report["recommended"],
+                "gates": verdicts, "gates_passed": all(g["passed"] for g in verdicts)}

@@ -1,0 +1,154 @@
+"""The causal LM's benchmark stage: perplexity, time to first token and decode tokens/s of every engine folder.
+
+Every engine is scored on the same held-out blocks the torch models were (perplexity from its prefill logits,
+so int4 is measured, never assumed) and timed through onnxruntime-genai (deploy/runner/generation.py, the
+code a device runs): time to first token at each prompt length, decode tokens/s at each batch size, medians
+over rounds. Engines are timed one after another in the same process and threads, so ratios are fair.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from compress.config import PipelineConfig, Strict
+from compress.config.base import NOT_IN_KEY
+from compress.core.fileio import write_json
+from compress.stages.contract import Stage, StageContext
+
+
+class LMBenchmarkConfig(Strict):
+    prompt_lengths: list[int] = Field([32, 128], description="time to first token at these prompt lengths")
+    new_tokens: int = Field(32, ge=2, description="tokens generated per timing round")
+    batch_sizes: list[int] = Field([1, 4], description="decode tokens/s at these batch sizes")
+    rounds: int = Field(3, ge=1)
+    eval_blocks: int | None = Field(32, ge=1, description="held-out blocks each engine's perplexity is measured on")
+    threads: int | None = Field(None, ge=1, json_schema_extra=NOT_IN_KEY)
+
+
+def engine_scores(folder: Path, blocks, limit: int | None):
+    """An engine's TokenScores on the first `limit` blocks (prefill logits of each block, batch 1)."""
+    from compress.tasks.causal_lm.metrics import TokenScores, score_logits
+    from deploy.runner.generation import GreedyGenerator
+
+    generator = GreedyGenerator(str(folder), backend="onnxruntime")
+    count = len(blocks) if limit is None else min(limit, len(blocks))
+    parts = {"nll": [], "tokens": [], "correct": [], "predictions": []}
+    for i in range(count):
+        block = blocks[i].numpy()
+        logits = generator.prefill_logits(block[:-1].tolist())[None]
+        nll, tokens, correct, predictions = score_logits(logits, block[None, 1:])
+        for key, value in zip(parts, (nll, tokens, correct, predictions.astype(np.int32))):
+            parts[key].append(value)
+    documents = np.array([blocks.document_of_block(i) for i in range(count)], dtype=np.int64)
+    return TokenScores(**{k: np.concatenate(v) for k, v in parts.items()}, documents=documents)
+
+
+def torch_scores_on(path: Path, count: int):
+    """A torch model's saved scores cut to the blocks the engines were scored on."""
+    from compress.tasks.causal_lm.metrics import TokenScores
+
+    scores = TokenScores.load(path)
+    return TokenScores(scores.nll[:count], scores.tokens[:count], scores.correct[:count], scores.documents[:count],
+                       scores.predictions[:count])
+
+
+def timings(folder: Path, prompt_source: list[int], cfg: LMBenchmarkConfig, threads: int, context: int) -> dict:
+    from deploy.runner.generation import GreedyGenerator, time_batch, time_generation
+
+    generator = GreedyGenerator(str(folder), backend="auto", threads=threads)
+    found: dict[str, Any] = {"backend": generator.backend, "ttft_s": {}, "decode_tokens_per_s": {}}
+    for length in cfg.prompt_lengths:
+        if length + cfg.new_tokens > context:
+            continue
+        prompt = (prompt_source * (length // max(1, len(prompt_source)) + 1))[:length]
+        timed = time_generation(generator, prompt, cfg.new_tokens, rounds=cfg.rounds, eos_id=None)
+        found["ttft_s"][str(length)] = round(timed["time_to_first_token_s"], 5)
+        if length == min(cfg.prompt_lengths):
+            found["decode_tokens_per_s"]["1"] = round(timed["decode_tokens_per_s"] or 0.0, 2)
+    prompt = prompt_source[:min(cfg.prompt_lengths)]
+    for batch in cfg.batch_sizes:
+        if batch == 1:
+            continue
+        timed = time_batch(generator, [prompt] * batch, cfg.new_tokens, rounds=cfg.rounds)
+        found["decode_tokens_per_s"][str(batch)] = round(timed["decode_tokens_per_s"] or 0.0, 2)
+    return found
+
+
+class LMBenchmarkStage(Stage):
+    name = "benchmark"
+    Config = LMBenchmarkConfig
+    optional = True
+    reads = ("teacher", "baseline", "distill", "export", "build")
+
+    def threads(self, pipeline: PipelineConfig):
+        count = pipeline.stages[self.name].threads
+        return ("stages.benchmark.threads", count) if count else \
+            ("all cores: stages.benchmark.threads is unset", os.cpu_count() or 1)
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        from compress.measuring.environment import environment
+        from compress.stages.lm.model_stages import corpus_blocks, eval_split
+
+        cfg: LMBenchmarkConfig = ctx.config
+        threads = self.threads(ctx.pipeline)[1]
+        blocks = corpus_blocks(ctx, eval_split(ctx))
+        count = len(blocks) if cfg.eval_blocks is None else min(cfg.eval_blocks, len(blocks))
+        teacher_scores = torch_scores_on(ctx.path(ctx.outputs["teacher"]["scores"]), count)
+        rows = []
+        for role in ("teacher", "baseline", "distill"):
+            if role in ctx.outputs:
+                scores = torch_scores_on(ctx.path(ctx.outputs[role]["scores"]), count)
+                scores.save(ctx.stage_dir / f"{role}-torch.npz")
+                rows.append({"artifact": f"{role}-torch", "role": role, "backend": "torch", "precision": "fp32",
+                             **scores.summary(teacher_scores), "scores": ctx.relative(ctx.stage_dir / f"{role}-torch.npz"),
+                             "params": ctx.outputs[role]["params"]})
+        engines = dict(ctx.outputs.get("export", {}).get("engines", {}))
+        engines.update(ctx.outputs.get("build", {}).get("engines", {}))
+        prompt_source = np.concatenate([blocks[i].numpy() for i in range(min(len(blocks), 4))]).tolist()
+        context = 4 * ctx.outputs["teacher"]["corpus"]["block_size"]
+        for name, engine in engines.items():
+            folder = ctx.path(engine["folder"])
+            scores = engine_scores(folder, blocks, count)
+            scores.save(ctx.stage_dir / f"{name}.npz")
+            timed = timings(folder, prompt_source, cfg, threads, context)
+            row = {"artifact": name, "role": "teacher" if name.startswith("teacher") else "distill",
+                   "backend": "onnxruntime-genai" if timed["backend"] == "genai" else "onnxruntime",
+                   "precision": name.rsplit("-", 1)[1], **scores.summary(teacher_scores),
+                   "scores": ctx.relative(ctx.stage_dir / f"{name}.npz"), "size_mb": engine["size_mb"],
+                   "parity": engine.get("parity"), **timed}
+            ctx.log(f"{name}: perplexity {row['perplexity']:.2f}, decode {row['decode_tokens_per_s'].get('1', 0):.0f} "
+                    f"tokens/s at batch 1, first token {1000 * min(row['ttft_s'].values(), default=0):.1f} ms, "
+                    f"{row['size_mb']:.1f} MB")
+            rows.append(row)
+        generations = self.generations(ctx, engines)
+        results = {"task": "causal-lm", "generations": generations, "env": environment(threads), "split": eval_split(ctx), "eval_blocks": count,
+                   "block_size": ctx.outputs["teacher"]["corpus"]["block_size"], "rows": rows,
+                   "new_tokens": cfg.new_tokens}
+        write_json(ctx.stage_dir / "results.json", results)
+        return {"results": ctx.relative(ctx.stage_dir / "results.json")}
+
+    @staticmethod
+    def generations(ctx: StageContext, engines: dict[str, Any]) -> dict[str, Any]:
+        """Greedy continuations of the held-out prompts by every torch model and engine, decoded to text."""
+        from compress.stages.lm.engines import torch_reference
+        from deploy.runner.generation import GreedyGenerator, load_tokenizer
+
+        if "export" not in ctx.outputs:
+            return {}
+        prompts = ctx.outputs["export"]["prompts"]
+        new_tokens = ctx.pipeline.stages["export"].new_tokens
+        tokenizer = load_tokenizer(str(ctx.path(ctx.outputs["teacher"]["tokenizer"])))
+        found = {"prompts": [tokenizer.decode(p) for p in prompts], "by": {}}
+        for role in ("teacher", "baseline", "distill"):
+            if role in ctx.outputs:
+                _, tokens = torch_reference(ctx.path(ctx.outputs[role]["model"]), prompts, new_tokens)
+                found["by"][f"{role}-torch"] = [tokenizer.decode(t) for t in tokens]
+        for name, engine in engines.items():
+            generator = GreedyGenerator(str(ctx.path(engine["folder"])), backend="auto")
+            found["by"][name] = [tokenizer.decode(generator.generate(p, new_tokens)) for p in prompts]
+        return found

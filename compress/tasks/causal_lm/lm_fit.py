@@ -1,0 +1,236 @@
+"""Training a causal LM on packed blocks: alone (next-token cross-entropy) or distilled from a teacher.
+
+KD here is token-level: every position's next-token distribution of the student is pulled toward the
+teacher's by one of compress.tasks.causal_lm.token_losses (forward KL, reverse KL, generalized JSD, skew KL),
+mixed with the cross-entropy on the data by `alpha`, optionally with hidden states matched through a layer
+map. With `on_policy` (GKD's lambda, Agarwal et al. 2024) that share of batches continues each block's first
+half with the student's own samples, and the teacher scores those. With `teacher_top_k` the teacher's top-k
+log-probs per token are computed once into shards on disk and reused across epochs and reruns (DistillKit's
+offline distillation) instead of running the teacher every step.
+
+Each epoch ends with a checkpoint (weights, optimizer, schedule position) so a killed run resumes at the
+next epoch; the weights of the epoch with the lowest validation perplexity are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from compress.tasks.causal_lm import token_losses as lm_losses
+from compress.tasks.causal_lm.metrics import score_torch_model
+
+
+@dataclass
+class TrainOptions:
+    epochs: int = 3
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    grad_clip: float = 1.0
+    seed: int = 0
+    val_blocks: int | None = 64  # blocks of val scored each epoch (None: all)
+
+
+@dataclass
+class DistillOptions:
+    loss: str = "forward_kl"
+    alpha: float = 0.5  # weight of the KD loss; 1 - alpha goes to cross-entropy on the data
+    params: dict[str, Any] = field(default_factory=dict)  # temperature, beta, alpha of skew losses
+    hidden_weight: float = 0.0
+    hidden_kind: str = "cosine"
+    layer_map: list[tuple[int, int]] = field(default_factory=list)
+    on_policy: float = 0.0
+    teacher_top_k: int | None = None
+
+
+class TeacherCache:
+    """The teacher's top-k next-token log-probs of every training block, in shards of `per_shard` blocks."""
+
+    def __init__(self, folder: Path, per_shard: int = 64):
+        self.folder = folder
+        self.per_shard = per_shard
+
+    def build(self, teacher, blocks, k: int, batch_size: int, log: Callable[[str], None]) -> None:
+        done = self.folder / "done.json"
+        if done.is_file() and json.loads(done.read_text()).get("k") == k \
+                and json.loads(done.read_text()).get("blocks") == len(blocks):
+            log(f"teacher cache: reused ({json.loads(done.read_text())['bytes'] / 1e6:.1f} MB)")
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        teacher.eval()
+        total = 0
+        with torch.no_grad():
+            for shard_start in range(0, len(blocks), self.per_shard):
+                indices, logprobs = [], []
+                for start in range(shard_start, min(len(blocks), shard_start + self.per_shard), batch_size):
+                    stop = min(len(blocks), shard_start + self.per_shard, start + batch_size)
+                    batch = torch.stack([blocks[i] for i in range(start, stop)])
+                    top_i, top_lp = lm_losses.topk_teacher(teacher(input_ids=batch[:, :-1]).logits, k)
+                    indices.append(top_i.numpy().astype(np.int32))
+                    logprobs.append(top_lp.float().numpy().astype(np.float16))
+                name = self.folder / f"shard_{shard_start // self.per_shard:05d}"
+                np.save(f"{name}.idx.npy", np.concatenate(indices))
+                np.save(f"{name}.lp.npy", np.concatenate(logprobs))
+                total += sum(a.nbytes for a in indices) + sum(a.nbytes for a in logprobs)
+        tokens = len(blocks) * (len(blocks[0]) - 1)
+        done.write_text(json.dumps({"k": k, "blocks": len(blocks), "bytes": total}))
+        log(f"teacher cache: top-{k} of {tokens} tokens, {total / tokens:.0f} bytes/token, {total / 1e6:.1f} MB")
+
+    def lookup(self, block_indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx, lp = [], []
+        for i in block_indices:
+            name = self.folder / f"shard_{i // self.per_shard:05d}"
+            row = i % self.per_shard
+            idx.append(np.load(f"{name}.idx.npy", mmap_mode="r")[row])
+            lp.append(np.load(f"{name}.lp.npy", mmap_mode="r")[row])
+        return torch.from_numpy(np.stack(idx)).long(), torch.from_numpy(np.stack(lp).astype(np.float32))
+
+
+class IndexedBlocks(torch.utils.data.Dataset):
+    """Blocks with their index, so a batch can find its rows in the teacher cache."""
+
+    def __init__(self, blocks):
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i: int):
+        return i, self.blocks[i]
+
+
+def train_lm(model, train_blocks, val_blocks, options: TrainOptions, folder: Path,
+             log: Callable[[str], None], teacher=None, distill: DistillOptions | None = None) -> dict[str, Any]:
+    """Train `model` in place; returns the history and the chosen epoch. Resumes from folder/last.pt."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(options.seed)
+    random.seed(options.seed)
+    steps_per_epoch = max(1, len(train_blocks) // options.batch_size)
+    total_steps = steps_per_epoch * options.epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    warmup = max(1, int(options.warmup_fraction * total_steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, step / max(1, total_steps)))))
+    projections = None
+    if distill is not None and distill.hidden_weight > 0:
+        projections = lm_losses.make_projections(_hidden_dims(model), _hidden_dims(teacher), distill.layer_map)
+        optimizer.add_param_group({"params": list(projections.parameters()), "lr": options.lr})
+    cache = None
+    if distill is not None and distill.teacher_top_k:
+        cache = TeacherCache(folder / "teacher_cache")
+        cache.build(teacher, train_blocks, distill.teacher_top_k, options.batch_size, log)
+    history, start_epoch, best = _resume(folder, model, optimizer, schedule, projections)
+    loader = torch.utils.data.DataLoader(IndexedBlocks(train_blocks), batch_size=options.batch_size, shuffle=True,
+                                         drop_last=True, generator=torch.Generator().manual_seed(options.seed))
+    for epoch in range(start_epoch, options.epochs):
+        loader.generator.manual_seed(options.seed + epoch)
+        model.train()
+        started, loss_sum, seen = time.perf_counter(), 0.0, 0
+        for indices, batch in loader:
+            loss = _step_loss(model, batch, indices.tolist(), teacher, distill, cache, projections)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+            optimizer.step()
+            schedule.step()
+            loss_sum, seen = loss_sum + float(loss), seen + 1
+        val = score_torch_model(model, val_blocks, options.batch_size, options.val_blocks).summary()
+        entry = {"epoch": epoch + 1, "loss": round(loss_sum / max(1, seen), 4), "val_perplexity": val["perplexity"],
+                 "val_top1": val["top1"], "seconds": round(time.perf_counter() - started, 2)}
+        history.append(entry)
+        log(f"epoch {epoch + 1}/{options.epochs}: loss {entry['loss']:.4f}, val perplexity {val['perplexity']:.2f}, "
+            f"top-1 {val['top1']:.3f} ({entry['seconds']:.0f}s)")
+        if best is None or val["perplexity"] < best["val_perplexity"]:
+            best = entry
+            torch.save(model.state_dict(), folder / "best.pt")
+        _checkpoint(folder, model, optimizer, schedule, projections, history, best)
+    model.load_state_dict(torch.load(folder / "best.pt", weights_only=True))
+    return {"history": history, "best_epoch": best["epoch"], "steps_per_epoch": steps_per_epoch}
+
+
+def _hidden_dims(model) -> list[int]:
+    """The width of every hidden state a model returns (embeddings, then each layer)."""
+    from compress.tasks.causal_lm.models import count_layers
+
+    width = int(getattr(model.config, "hidden_size", None) or model.config.n_embd)
+    return [width] * (count_layers(model) + 1)
+
+
+def _step_loss(model, batch, block_indices, teacher, distill, cache, projections) -> torch.Tensor:
+    inputs, labels = batch[:, :-1], batch[:, 1:]
+    mask = torch.ones_like(labels, dtype=torch.bool)
+    if distill is None:
+        return torch.nn.functional.cross_entropy(model(input_ids=inputs).logits.flatten(0, 1), labels.flatten())
+    on_policy = distill.on_policy > 0 and random.random() < distill.on_policy
+    if on_policy:  # the student continues the first half; only the continuation is distilled, no data CE
+        inputs, mask = _student_samples(model, inputs)
+    wants_hidden = distill.hidden_weight > 0
+    out = model(input_ids=inputs, output_hidden_states=wants_hidden)
+    t_hidden = None
+    if cache is not None and not on_policy:
+        top_i, top_lp = cache.lookup(block_indices)
+        kd = lm_losses.forward_kl_topk(out.logits, top_i, top_lp, mask, **distill.params)
+    else:
+        with torch.no_grad():
+            t_out = teacher(input_ids=inputs, output_hidden_states=wants_hidden)
+        t_hidden = t_out.hidden_states if wants_hidden else None
+        kd = lm_losses.lm_distill_loss(distill.loss, out.logits, t_out.logits, mask, **distill.params)
+    loss = distill.alpha * kd
+    if not on_policy and distill.alpha < 1:
+        loss = loss + (1 - distill.alpha) * torch.nn.functional.cross_entropy(
+            out.logits.flatten(0, 1), labels.flatten())
+    if wants_hidden:
+        if t_hidden is None:
+            with torch.no_grad():
+                t_hidden = teacher(input_ids=inputs, output_hidden_states=True).hidden_states
+        loss = loss + distill.hidden_weight * lm_losses.hidden_state_loss(
+            list(out.hidden_states), list(t_hidden), distill.layer_map, mask, kind=distill.hidden_kind,
+            projections=projections)
+    return loss
+
+
+def _student_samples(model, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first half of each block continued by sampling the student; mask: the sampled positions."""
+    prompt = inputs.shape[1] // 2
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        sampled = model.generate(inputs[:, :prompt], max_new_tokens=inputs.shape[1] - prompt, do_sample=True,
+                                 top_k=0, temperature=1.0, min_new_tokens=inputs.shape[1] - prompt,
+                                 pad_token_id=0, attention_mask=torch.ones_like(inputs[:, :prompt]))
+    model.train(was_training)
+    sampled = sampled[:, :inputs.shape[1]]
+    mask = torch.zeros_like(sampled, dtype=torch.bool)
+    mask[:, prompt - 1:-1] = True  # positions whose next token was sampled
+    return sampled, mask
+
+
+def _checkpoint(folder, model, optimizer, schedule, projections, history, best) -> None:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+             "projections": projections.state_dict() if projections is not None else None}
+    torch.save(state, folder / "last.pt.tmp")
+    (folder / "last.pt.tmp").replace(folder / "last.pt")
+    (folder / "history.json").write_text(json.dumps({"history": history, "best": best}))
+
+
+def _resume(folder, model, optimizer, schedule, projections):
+    if not (folder / "last.pt").is_file() or not (folder / "history.json").is_file():
+        return [], 0, None
+    state = torch.load(folder / "last.pt", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    if projections is not None and state["projections"] is not None:
+        projections.load_state_dict(state["projections"])
+    saved = json.loads((folder / "history.json").read_text())
+    return saved["history"], len(saved["history"]), saved["best"]

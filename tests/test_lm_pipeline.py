@@ -1,0 +1,178 @@
+"""Causal LMs end to end: the Python standard library's sources -> a byte-level BPE trained here -> a Llama
+teacher -> the student alone and the student distilled -> onnxruntime-genai folders (fp32 with parity against
+torch, int4 weight-only) -> perplexity and tokens/s of each -> report; and the bad inputs each refused in one
+line naming the file and field, with exit code 2.
+
+The models are tiny and train for one epoch on a few dozen files, so this checks that every stage works,
+not that KD helps (benchmarks/causal_lm.py measures that).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from compress.cli import main
+
+pytest.importorskip("onnxruntime_genai")
+
+
+def lm_config(**changes) -> dict:
+    config = {
+        "name": "tiny-lm", "seed": 0, "task": "causal-lm",
+        "data": {"source": "python-stdlib", "val_fraction": 0.15, "test_fraction": 0.15,
+                 "corpus": {"block_size": 32, "vocab_size": 320, "max_documents": 24}},
+        "teacher": {"model": "hf-config:llama", "kwargs": {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2},
+                    "train": {"epochs": 1, "batch_size": 16, "lr": 0.003}},
+        "student": {"model": "hf-config:llama", "kwargs": {"layers": 1, "hidden": 64, "heads": 4, "kv_heads": 2}},
+        "stages": {
+            "baseline": {},
+            "distill": {"epochs": 1, "batch_size": 16, "lr": 0.003, "loss": "jsd", "beta": 0.5, "eval_blocks": 8},
+            "export": {"prompts": 2, "prompt_tokens": 12, "new_tokens": 8},
+            "build": {"targets": ["onnxruntime:fp32", "onnxruntime:int4"]},
+            "benchmark": {"prompt_lengths": [8, 16], "new_tokens": 4, "batch_sizes": [1, 2], "rounds": 1,
+                          "eval_blocks": 6},
+            "report": {},
+        },
+        "gates": {"max_perplexity_increase": 10.0},
+    }
+    for dotted, value in changes.items():
+        owner, *path = dotted.split(".")
+        target = config[owner] if path else config
+        for key in path[:-1]:
+            target = target.setdefault(key, {})
+        if value is None:
+            target.pop(path[-1] if path else owner, None)
+        else:
+            target[path[-1] if path else owner] = value
+    return config
+
+
+def write(tmp_path, config: dict):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lm")
+    path = write(folder, lm_config())
+    code = main(["run", str(path), "--run-dir", str(folder / "run")])
+    return code, folder / "run"
+
+
+def test_a_causal_lm_pipeline_runs_every_stage(finished_run):
+    code, run_dir = finished_run
+    assert code == 0
+    record = json.loads((run_dir / "run.json").read_text())
+    assert [name for name, entry in record["stages"].items() if entry["status"] == "done"] == \
+        ["teacher", "baseline", "distill", "export", "build", "benchmark", "report"]
+    teacher = record["stages"]["teacher"]["outputs"]
+    assert teacher["corpus"]["splits"]["train"]["blocks"] > 0 and teacher["has_test"]
+    export = record["stages"]["export"]["outputs"]["engines"]
+    for name in ("teacher-onnxruntime-fp32", "student-onnxruntime-fp32"):
+        parity = export[name]["parity"]
+        assert parity["max_abs_diff"] < 1e-3 and parity["identical_prompts"] == parity["prompts"] == 2
+    built = record["stages"]["build"]["outputs"]["engines"]
+    int4_folder = run_dir / built["student-onnxruntime-int4"]["folder"]
+    assert (int4_folder / "genai_config.json").is_file()
+    assert built["student-onnxruntime-int4"]["size_mb"] < built["student-onnxruntime-fp32"]["size_mb"]
+
+
+def test_every_artifact_is_measured_on_the_same_blocks(finished_run):
+    _, run_dir = finished_run
+    results = json.loads((run_dir / "stages/benchmark/results.json").read_text())
+    rows = {r["artifact"]: r for r in results["rows"]}
+    assert set(rows) == {"teacher-torch", "baseline-torch", "distill-torch", "teacher-onnxruntime-fp32",
+                         "student-onnxruntime-fp32", "student-onnxruntime-int4"}
+    # the fp32 engine scores what torch scores: perplexity from its own prefill logits
+    assert rows["student-onnxruntime-fp32"]["perplexity"] == pytest.approx(rows["distill-torch"]["perplexity"],
+                                                                           rel=1e-3)
+    assert rows["student-onnxruntime-fp32"]["agreement"] == pytest.approx(rows["distill-torch"]["agreement"], abs=0.01)
+    for name in ("teacher-onnxruntime-fp32", "student-onnxruntime-fp32", "student-onnxruntime-int4"):
+        assert rows[name]["decode_tokens_per_s"]["1"] > 0 and rows[name]["decode_tokens_per_s"]["2"] > 0
+        assert set(rows[name]["ttft_s"]) == {"8", "16"}
+    generations = results["generations"]
+    assert len(generations["prompts"]) == 2 and len(generations["by"]) == 6
+
+
+def test_the_report_says_what_kd_bought_and_judges_the_gates(finished_run):
+    _, run_dir = finished_run
+    report = (run_dir / "report.md").read_text()
+    assert "## What distillation bought" in report and "paired bootstrap over" in report
+    assert "## What weight-only quantization cost" in report and "student-onnxruntime-int4" in report
+    assert "## Generations" in report
+    assert "<table>" in (run_dir / "report.html").read_text()
+    summary = json.loads((run_dir / "stages/report/report.json").read_text())
+    assert summary["gates"][0]["gate"] == "max_perplexity_increase" and summary["gates"][0]["passed"]
+
+
+def test_a_rerun_reuses_every_stage(finished_run, capsys):
+    _, run_dir = finished_run
+    path = run_dir / "pipeline.yaml"
+    code = main(["run", str(write(run_dir.parent, lm_config())), "--run-dir", str(run_dir)])
+    assert code == 0 and path.is_file()
+    out = capsys.readouterr().out
+    assert "running" not in out
+
+
+BAD = [
+    ({"data.corpus.block_size": 100000}, "data.corpus.block_size"),
+    ({"teacher.kwargs": {"layers": 2, "hidden": 60, "heads": 8}}, "teacher.kwargs"),
+    ({"teacher.kwargs": {"depth": 2}}, "teacher.kwargs"),
+    ({"teacher.train": None}, "teacher: the teacher needs"),
+    ({"student.model": "cnn"}, "student.model"),
+    ({"stages.build": {"targets": ["openvino:int4"]}}, "stages.build.targets"),
+    ({"stages.distill": {"loss": "kl"}}, "stages.distill.loss"),
+    ({"stages.distill": {"loss": "jsd", "teacher_top_k": 8}}, "stages.distill.teacher_top_k"),
+    ({"stages.quantize": {}}, "stages.quantize"),
+    ({"data.image_size": 32}, "data.image_size"),
+]
+
+
+@pytest.mark.parametrize("changes,field", BAD, ids=[field for _, field in BAD])
+def test_bad_configs_are_one_line_naming_the_field(tmp_path, capsys, changes, field):
+    code = main(["validate", str(write(tmp_path, lm_config(**changes)))])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "pipeline.yaml" in err and field in err, err
+
+
+def test_an_empty_corpus_and_a_corpus_shorter_than_a_block_are_refused(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    config = lm_config(**{"data.source": "corpus", "data.path": "empty"})
+    assert main(["run", str(write(tmp_path, config)), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "data.path" in capsys.readouterr().err
+    (tmp_path / "short").mkdir()
+    (tmp_path / "short" / "a.txt").write_text("just a few words\n")
+    config = lm_config(**{"data.source": "corpus", "data.path": "short", "data.val_fraction": 0.01,
+                          "data.test_fraction": 0.01})
+    assert main(["run", str(write(tmp_path, config)), "--run-dir", str(tmp_path / "run2")]) == 2
+    assert "data.block_size" in capsys.readouterr().err
+
+
+def test_prompts_that_are_not_utf8_and_layer_maps_out_of_range_are_refused(tmp_path, capsys):
+    (tmp_path / "prompts.txt").write_bytes(b"def f(\xff\n")
+    from compress.stages.lm.engines import read_prompts
+    from compress.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.corpus.prompts.*not UTF-8"):
+        read_prompts(tmp_path / "prompts.txt", "pipeline.yaml")
+    from compress.tasks.causal_lm.token_losses import check_layer_map
+
+    assert "pair 0" in check_layer_map([(3, 1)], 1, 2)
+
+
+def test_an_hf_folder_without_a_causal_lm_head_is_refused(tmp_path, capsys):
+    import transformers
+
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=64)
+    transformers.BertForSequenceClassification(config).save_pretrained(tmp_path / "bert")
+    code = main(["validate", str(write(tmp_path, lm_config(**{"teacher.model": f"hf:{tmp_path / 'bert'}",
+                                                              "teacher.kwargs": {}})))])
+    err = capsys.readouterr().err
+    assert code == 2 and "teacher.model" in err and "not a causal LM head" in err
