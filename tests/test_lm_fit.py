@@ -34,7 +34,7 @@ def lm(tmp_path_factory):
     """A packed corpus (every 4th module to val) and a tiny teacher and student of its vocabulary."""
     files = sorted(f for f in STDLIB.glob("*.py") if 2_000 < f.stat().st_size < 8_000)[:12]
     assert len(files) == 12
-    documents = [(f.name, f.read_text(encoding="utf-8")) for f in files]
+    documents = [(f.name, f.read_text(encoding="utf-8")[:1_500]) for f in files]  # ~600 blocks: fast epochs
     tokenizer = corpus.train_tokenizer((text for _, text in documents), vocab_size=VOCAB)
     val_ids = {doc_id for doc_id, _ in documents[3::4]}
     folder = tmp_path_factory.mktemp("packed")
@@ -163,14 +163,29 @@ def test_every_other_layer_of_the_teacher_is_a_working_student(lm):
     assert student.model.layers[0].self_attn.layer_idx == 0
 
     prompt = lm["val"][0][:6][None]
-    with torch.no_grad():
-        generated = student.generate(prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0,
-                                     attention_mask=torch.ones_like(prompt))
-        ids = prompt
-        for _ in range(5):  # greedy without a KV cache
-            ids = torch.cat([ids, student(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    generated = _greedy_with_cache(student, prompt, 5)
     assert generated.shape == (1, 11)
-    assert torch.equal(generated, ids)
+    assert torch.equal(generated, _greedy_without_cache(student, prompt, 5))
+
+    # keeping the teacher's layer 1 alone: its attention now reads and writes the KV cache's layer 0
+    last = keep_layers(teacher, [1]).eval()
+    assert last.model.layers[0].self_attn.layer_idx == 0 and teacher.model.layers[1].self_attn.layer_idx == 1
+    assert torch.equal(_greedy_with_cache(last, prompt, 5), _greedy_without_cache(last, prompt, 5))
+
+
+def _greedy_with_cache(model, prompt, steps):
+    with torch.no_grad():
+        return model.generate(prompt, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, pad_token_id=0,
+                              attention_mask=torch.ones_like(prompt))
+
+
+def _greedy_without_cache(model, prompt, steps):
+    """Argmax of the last position's logits appended step by step, the whole sequence run each time."""
+    ids = prompt
+    with torch.no_grad():
+        for _ in range(steps):
+            ids = torch.cat([ids, model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids
 
 
 def test_model_names_folders_and_sizes_are_checked_with_reasons(tmp_path):

@@ -95,6 +95,7 @@ def test_every_artifact_is_measured_on_the_same_blocks(finished_run):
     for name in ("teacher-onnxruntime-fp32", "student-onnxruntime-fp32", "student-onnxruntime-int4"):
         assert rows[name]["decode_tokens_per_s"]["1"] > 0 and rows[name]["decode_tokens_per_s"]["2"] > 0
         assert set(rows[name]["ttft_s"]) == {"8", "16"}
+        assert 10 < rows[name]["peak_memory_mb"] < 4000  # the engine alone in a fresh process
     generations = results["generations"]
     assert len(generations["prompts"]) == 2 and len(generations["by"]) == 6
 
@@ -119,6 +120,21 @@ def test_a_rerun_reuses_every_stage(finished_run, capsys):
     assert "running" not in out
 
 
+def test_depth_pruning_starts_both_students_from_the_teachers_most_important_layers(tmp_path):
+    config = lm_config(**{"student": None, "stages.prune": {"layers": 1, "importance": "block_influence",
+                                                             "calibration_blocks": 4}})
+    for stage in ("export", "build", "benchmark", "report"):
+        config["stages"].pop(stage)
+    config.pop("gates")
+    assert main(["run", str(write(tmp_path, config)), "--run-dir", str(tmp_path / "run")]) == 0
+    record = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]
+    prune = record["prune"]["outputs"]
+    assert len(prune["importance"]) == 2 and len(prune["kept_layers"]) == 1
+    assert prune["kept_layers"] == [max(range(2), key=lambda i: prune["importance"][i])]
+    assert record["distill"]["outputs"]["layers"] == record["baseline"]["outputs"]["layers"] == 1
+    assert prune["params"] < prune["teacher_params"]
+
+
 BAD = [
     ({"data.corpus.block_size": 100000}, "data.corpus.block_size"),
     ({"teacher.kwargs": {"layers": 2, "hidden": 60, "heads": 8}}, "teacher.kwargs"),
@@ -130,6 +146,7 @@ BAD = [
     ({"stages.distill": {"loss": "jsd", "teacher_top_k": 8}}, "stages.distill.teacher_top_k"),
     ({"stages.quantize": {}}, "stages.quantize"),
     ({"data.image_size": 32}, "data.image_size"),
+    ({"stages.prune": {"layers": 0}}, "stages.prune.layers"),
 ]
 
 

@@ -43,15 +43,16 @@ def kd_lines(rows: dict[str, dict], ctx: StageContext) -> tuple[list[str], dict 
 def model_table(rows: list[dict]) -> list[str]:
     teacher_tps = next((r["decode_tokens_per_s"].get("1") for r in rows if r["artifact"].startswith("teacher-onnx")),
                        None)
-    lines = ["| artifact | perplexity | top-1 | agreement | size MB | first token ms | decode tok/s b1 | "
-             "decode tok/s b4 | vs teacher |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| artifact | perplexity | top-1 | agreement | size MB | peak memory MB | first token ms | "
+             "decode tok/s b1 | decode tok/s b4 | vs teacher |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         tps = r.get("decode_tokens_per_s", {})
         ttft = r.get("ttft_s", {})
         first = f"{1000 * ttft[min(ttft, key=int)]:.1f}" if ttft else "-"
         speed = f"{tps['1'] / teacher_tps:.2f}x" if tps.get("1") and teacher_tps else "-"
         lines.append(f"| {r['artifact']} | {r['perplexity']:.2f} | {r['top1']:.3f} | {r.get('agreement', 1.0):.3f} | "
-                     f"{r.get('size_mb', '-')} | {first} | {tps.get('1', '-')} | {tps.get('4', '-')} | {speed} |")
+                     f"{r.get('size_mb', '-')} | {r.get('peak_memory_mb') or '-'} | {first} | {tps.get('1', '-')} | "
+                     f"{tps.get('4', '-')} | {speed} |")
     return lines
 
 
@@ -79,6 +80,19 @@ def recommend(rows: list[dict], pipeline: PipelineConfig) -> dict | None:
               or r["perplexity"] / teacher["perplexity"] - 1 <= limit]
     pool = within or engines
     return max(pool, key=lambda r: r["decode_tokens_per_s"].get("1", 0.0)) if pool else None
+
+
+def torch_results(ctx: StageContext) -> dict[str, Any]:
+    """Without a benchmark stage: the torch models' scores as the training stages measured them."""
+    from compress.measuring.environment import environment
+
+    teacher = ctx.outputs["teacher"]
+    rows = [{"artifact": f"{role}-torch", "role": role, "backend": "torch", "precision": "fp32",
+             **ctx.outputs[role]["metrics"], "scores": ctx.outputs[role]["scores"], "params": ctx.outputs[role]["params"]}
+            for role in ("teacher", "baseline", "distill") if role in ctx.outputs]
+    blocks = teacher["corpus"]["splits"][teacher["split"]]["blocks"]
+    return {"rows": rows, "env": environment(None), "split": teacher["split"], "eval_blocks": blocks,
+            "block_size": teacher["corpus"]["block_size"], "new_tokens": 0}
 
 
 def render_html(markdown: str, title: str) -> str:
@@ -127,7 +141,8 @@ class LMReportStage(Stage):
         return {"gates": pipeline.gates.model_dump(mode="json"), "name": pipeline.name}
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        results = read_json(ctx.path(ctx.outputs["benchmark"]["results"]))
+        results = read_json(ctx.path(ctx.outputs["benchmark"]["results"])) if "benchmark" in ctx.outputs else \
+            torch_results(ctx)
         rows = results["rows"]
         by_name = {r["artifact"]: r for r in rows}
         recommended = recommend(rows, ctx.pipeline)

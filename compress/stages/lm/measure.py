@@ -8,6 +8,7 @@ over rounds. Engines are timed one after another in the same process and threads
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ class LMBenchmarkConfig(Strict):
     batch_sizes: list[int] = Field([1, 4], description="decode tokens/s at these batch sizes")
     rounds: int = Field(3, ge=1)
     eval_blocks: int | None = Field(32, ge=1, description="held-out blocks each engine's perplexity is measured on")
+    memory: bool = Field(True, description="peak resident memory of each engine generating alone in a fresh process")
     threads: int | None = Field(None, ge=1, json_schema_extra=NOT_IN_KEY)
 
 
@@ -79,6 +81,30 @@ def timings(folder: Path, prompt_source: list[int], cfg: LMBenchmarkConfig, thre
     return found
 
 
+PEAK_MEMORY_SCRIPT = """
+import json, resource, sys
+sys.path.insert(0, sys.argv[1])
+from generation import GreedyGenerator
+generator = GreedyGenerator(sys.argv[2], backend="auto", threads=int(sys.argv[3]))
+generator.generate(json.loads(sys.argv[4]), int(sys.argv[5]))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_memory_mb(folder: Path, prompt: list[int], new_tokens: int, threads: int) -> float | None:
+    """Peak resident memory of generating with the engine alone in a fresh process (the device runner's code:
+    Python, numpy, ONNX Runtime and the model, nothing of torch), in MB."""
+    import subprocess
+    import sys
+
+    runner = Path(__file__).resolve().parents[3] / "deploy" / "runner"
+    done = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT, str(runner), str(folder), str(threads),
+                           json.dumps(prompt), str(new_tokens)], capture_output=True, text=True)
+    if done.returncode != 0:
+        return None
+    return round(int(done.stdout.split()[-1]) / 1024, 1)
+
+
 class LMBenchmarkStage(Stage):
     name = "benchmark"
     Config = LMBenchmarkConfig
@@ -116,6 +142,8 @@ class LMBenchmarkStage(Stage):
             scores = engine_scores(folder, blocks, count)
             scores.save(ctx.stage_dir / f"{name}.npz")
             timed = timings(folder, prompt_source, cfg, threads, context)
+            timed["peak_memory_mb"] = peak_memory_mb(folder, prompt_source[:min(cfg.prompt_lengths)], cfg.new_tokens,
+                                                     threads) if cfg.memory else None
             row = {"artifact": name, "role": "teacher" if name.startswith("teacher") else "distill",
                    "backend": "onnxruntime-genai" if timed["backend"] == "genai" else "onnxruntime",
                    "precision": name.rsplit("-", 1)[1], **scores.summary(teacher_scores),

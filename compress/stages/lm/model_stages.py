@@ -171,6 +171,10 @@ def build_student(ctx: StageContext, teacher):
     from compress.tasks.causal_lm.models import build_lm, every_other_layer, keep_layers, vocab_of
 
     cfg = ctx.pipeline.student
+    if "prune" in ctx.outputs:
+        from compress.tasks.causal_lm.models import load_lm
+
+        return load_lm(ctx.path(ctx.outputs["prune"]["model"]))
     if cfg.init_from_teacher == "every_other":
         return keep_layers(teacher, every_other_layer(_layers(teacher)))
     torch.manual_seed(ctx.pipeline.seed + 1)
@@ -183,7 +187,7 @@ def build_student(ctx: StageContext, teacher):
 
 
 class _StudentStage(Stage):
-    reads = ("teacher",)
+    reads = ("teacher", "prune")
     distributed = False
 
     def train(self, ctx: StageContext, options_cfg, distill=None) -> dict[str, Any]:
@@ -244,8 +248,8 @@ class LMDistillStage(_StudentStage):
         cfg: LMDistillConfig = ctx.config
         hidden = cfg.hidden
         if hidden is not None:
-            student_layers = ctx.outputs["teacher"]["layers"] // 2 + ctx.outputs["teacher"]["layers"] % 2 \
-                if ctx.pipeline.student.init_from_teacher else \
+            student_layers = len(ctx.outputs["prune"]["kept_layers"]) if "prune" in ctx.outputs else \
+                (ctx.outputs["teacher"]["layers"] + 1) // 2 if ctx.pipeline.student.init_from_teacher else \
                 ctx.pipeline.student.kwargs.get("layers", 4)
             problem = check_layer_map(hidden.layer_map, student_layers, ctx.outputs["teacher"]["layers"])
             if problem:

@@ -118,13 +118,13 @@ def train_lm(model, train_blocks, val_blocks, options: TrainOptions, folder: Pat
     steps_per_epoch = max(1, len(train_blocks) // options.batch_size)
     total_steps = steps_per_epoch * options.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
-    warmup = max(1, int(options.warmup_fraction * total_steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(1.0, step / max(1, total_steps)))))
-    projections = None
+    projections = None  # before the schedule, which sets every group's lr
     if distill is not None and distill.hidden_weight > 0:
         projections = lm_losses.make_projections(_hidden_dims(model), _hidden_dims(teacher), distill.layer_map)
         optimizer.add_param_group({"params": list(projections.parameters()), "lr": options.lr})
+    warmup = max(1, int(options.warmup_fraction * total_steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, step / max(1, total_steps)))))
     cache = None
     if distill is not None and distill.teacher_top_k:
         cache = TeacherCache(folder / "teacher_cache")
@@ -143,7 +143,7 @@ def train_lm(model, train_blocks, val_blocks, options: TrainOptions, folder: Pat
             torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
             optimizer.step()
             schedule.step()
-            loss_sum, seen = loss_sum + float(loss), seen + 1
+            loss_sum, seen = loss_sum + loss.item(), seen + 1
         val = score_torch_model(model, val_blocks, options.batch_size, options.val_blocks).summary()
         entry = {"epoch": epoch + 1, "loss": round(loss_sum / max(1, seen), 4), "val_perplexity": val["perplexity"],
                  "val_top1": val["top1"], "seconds": round(time.perf_counter() - started, 2)}
