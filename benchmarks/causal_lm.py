@@ -14,7 +14,7 @@
   10% of it). Targets: student decode tokens/s >= 1.8x the teacher's; int4 >= 1.5x its fp32; int4 size <=
   0.3x fp32.
 
-    python benchmarks/causal_lm.py [--part kd|speed|all] [--seeds 3] [--threads 2]
+    python benchmarks/causal_lm.py [--part kd|speed|all] [--seeds 3] [--threads 2] [--work DIR]
     python benchmarks/causal_lm.py --smoke    # tiny models, one seed, both parts: about a minute
 """
 
@@ -188,16 +188,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--work", type=Path, help="keep the runs here (a rerun reuses every finished stage)")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
-        work = Path(folder)
+        work = args.work or Path(folder)
+        work.mkdir(parents=True, exist_ok=True)
         if args.part in ("kd", "all"):
             print("\n".join(kd_part(1 if args.smoke else args.seeds, args.threads, args.smoke, work)))
         if args.part in ("speed", "all"):
-            (work / "speed").mkdir()
+            (work / "speed").mkdir(exist_ok=True)
             print("\n".join(speed_part(args.threads, args.smoke, work / "speed")))
 
 

@@ -6,6 +6,8 @@ preprocessing, labels, and the source run and its stage keys, so a release on a 
 be traced back to the run that made it. For TensorRT the bundle carries the ONNX and
 `build_engine.sh`; the engine itself is built on the device. A text model's bundle carries the
 export's tokenizer.json and preprocess_text.py too, so the device tokenises raw texts as the host did.
+A causal LM's bundle is made by deploy/lm_bundle.py instead: a `Packer` says which artifact of a run a
+deploy ships and how its bundle is made, so the rest of a deploy is the same for every kind of model.
 """
 
 from __future__ import annotations
@@ -74,6 +76,25 @@ class Bundle:
     @property
     def version(self) -> str:
         return self.manifest["version"]
+
+
+@dataclass
+class Packer:
+    """Which artifact of a run a deploy ships (`choose`: run dir, run.json, --runtime, --artifact, the target's
+    default runtime) and its bundle (`make`: run dir, choice, the folder of bundles), and what the device needs
+    besides the runtime: `tokenizers` to tokenise raw texts (`text`), or tokenizers or onnxruntime-genai to turn
+    prompts into tokens (`generation`)."""
+
+    choose: Callable[[Path, dict[str, Any], str | None, str | None, str], Choice]
+    make: Callable[[Path, Choice, Path], Bundle]
+    text: bool = False
+    generation: bool = False
+
+
+def classifier_packer(record: dict[str, Any], make_sample: SampleMaker, val_samples: int) -> Packer:
+    """The bundles of an image or text classifier: a built engine (or the ONNX for TensorRT) and a val sample."""
+    return Packer(choose, lambda run_dir, choice, out_root: make_bundle(run_dir, choice, out_root, make_sample,
+                                                                        val_samples), text=takes_text(record))
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -256,13 +277,7 @@ def make_bundle(run_dir: Path, choice: Choice, out_root: Path, make_sample: Samp
     sample = val.arrays
     pipeline = yaml.safe_load((run_dir / "pipeline.yaml").read_text())
     bench = (pipeline.get("stages") or {}).get("benchmark") or {}
-    staging = out_root / f".staging-{time.time_ns()}"
-    staging.mkdir(parents=True)
-    for name, source in choice.files.items():
-        (staging / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, staging / name)
-    for name in RUNNER_FILES:  # the host's sessions and harness too, so the device runs and is timed alike
-        shutil.copyfile(RUNNER_DIR / name, staging / name)
+    staging = stage_files(out_root, choice)
     np.savez_compressed(staging / VAL_SAMPLE, **sample)
     preprocessing = dict(val.preprocessing)
     inputs = model_inputs(run_dir / export["onnx"], sample, preprocessing.get("text"))
@@ -276,9 +291,7 @@ def make_bundle(run_dir: Path, choice: Choice, out_root: Path, make_sample: Samp
     single = {} if preprocessing.get("text") is not None else {"input": image_input(run_dir / export["onnx"])}
     host = host_row(run_dir, record, choice)
     manifest = {
-        "format": 1,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": choice.model, "artifact": choice.name, "runtime": choice.runtime, "precision": choice.precision,
+        **manifest_head(choice),
         **({"float_precision": choice.float_precision} if choice.float_precision else {}),
         "model_file": choice.model_file, "engine": engine,
         **single, "inputs": inputs,
@@ -291,10 +304,39 @@ def make_bundle(run_dir: Path, choice: Choice, out_root: Path, make_sample: Samp
         "host": {"top1": (host.get("accuracy") or {}).get("top1"), "backend": host.get("backend")},
         # below this agreement with the host's predictions on the val sample, the device does not switch to it
         "min_agreement": device_agreement((pipeline.get("gates") or {}).get("min_engine_agreement"), choice.precision),
-        "source": {"run_dir": str(run_dir), "name": record.get("name"),
-                   "stage_keys": {k: v.get("key") for k, v in record["stages"].items()}},
-        "files": {str(p.relative_to(staging)): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()},
+        "source": run_source(run_dir, record),
     }
+    return seal_bundle(staging, manifest, out_root)
+
+
+def stage_files(out_root: Path, choice: Choice, extra_runner_files: tuple[str, ...] = ()) -> Path:
+    """A staging folder under `out_root` with the artifact's files and the device runner's."""
+    staging = out_root / f".staging-{time.time_ns()}"
+    staging.mkdir(parents=True)
+    for name, source in choice.files.items():
+        (staging / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, staging / name)
+    for name in (*RUNNER_FILES, *extra_runner_files):  # the host's sessions and harness too: run and timed alike
+        shutil.copyfile(RUNNER_DIR / name, staging / name)
+    return staging
+
+
+def manifest_head(choice: Choice) -> dict[str, Any]:
+    return {"format": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "model": choice.model,
+            "artifact": choice.name, "runtime": choice.runtime, "precision": choice.precision}
+
+
+def run_source(run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """The run a bundle comes from and its stage keys: a release on a device is traced back by them."""
+    return {"run_dir": str(run_dir), "name": record.get("name"),
+            "stage_keys": {k: v.get("key") for k, v in record["stages"].items()}}
+
+
+def seal_bundle(staging: Path, manifest: dict[str, Any], out_root: Path) -> Bundle:
+    """The sha256 of every staged file into `manifest`, a version from the time and those sums, manifest.json
+    written, and the folder renamed to the version: a bundle is complete or absent."""
+    manifest["files"] = {str(p.relative_to(staging)): sha256_file(p) for p in sorted(staging.rglob("*"))
+                         if p.is_file()}
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time_ns() // 1_000_000 % 1000:03d}Z"
     manifest["version"] = f"{stamp}-{sha256_json(manifest['files'])[:8]}"
     write_json(staging / "manifest.json", manifest)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from compress.core.console import count
 from compress.core.errors import GateFailed, UsageError
-from deploy.bundle import SampleMaker, failed_gates, gates_refusal, read_run
+from deploy.bundle import Packer, SampleMaker, failed_gates, gates_refusal, read_run
 from deploy.fleet import KEEP, Console, ReportRefresher, deploy_command, releases_command
 from deploy.release import check_slugs
 from deploy.targets import SshOptions, parse_target
@@ -70,9 +70,10 @@ def check_gates(run_dir: Path, allow_failed: bool, console: Console) -> None:
     console(f"note: deploying although gate(s) failed ({', '.join(failed)}): --allow-failed-gates")
 
 
-def run_deploy(args: argparse.Namespace, console: Console, make_sample: SampleMaker,
-               refresh_report: ReportRefresher) -> int:
-    """The parsed `compress deploy` arguments, carried out; the two hooks come from the compress side."""
+def run_deploy(args: argparse.Namespace, console: Console, make_sample: SampleMaker | None,
+               refresh_report: ReportRefresher, packer: Packer | None = None) -> int:
+    """The parsed `compress deploy` arguments, carried out; the hooks come from the compress side (`packer`: how
+    the run's artifact is chosen and bundled where it is no classifier's, e.g. a causal LM's)."""
     ssh = ssh_options(args)
     targets = [parse_target(spec, ssh) for spec in args.target]
     check_slugs(targets)
@@ -85,5 +86,5 @@ def run_deploy(args: argparse.Namespace, console: Console, make_sample: SampleMa
                                 refresh_report)
     check_gates(Path(args.run_dir), args.allow_failed_gates, console)
     failed = deploy_command(Path(args.run_dir), targets, console, make_sample, refresh_report, args.runtime,
-                            args.artifact, args.val_samples, args.bwlimit, args.keep)
+                            args.artifact, args.val_samples, args.bwlimit, args.keep, packer)
     return 1 if failed else 0

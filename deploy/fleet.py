@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from compress.core.errors import UsageError
-from deploy.bundle import SampleMaker, choose, make_bundle, prune_bundles, read_run, takes_text
+from deploy.bundle import Packer, SampleMaker, classifier_packer, prune_bundles, read_run
 from deploy.release import (deploy_bundle, in_parallel, note_current, probe, refuse_usage_errors, save_results,
                             summary_line)
 from deploy.targets import Target, describe
@@ -59,29 +59,31 @@ def releases_command(targets: list[Target], command: str, console: Console, run_
     return 1 if failed else 0
 
 
-def deploy_command(run_dir: Path, targets: list[Target], console: Console, make_sample: SampleMaker,
+def deploy_command(run_dir: Path, targets: list[Target], console: Console, make_sample: SampleMaker | None,
                    refresh_report: ReportRefresher, runtime: str | None = None, artifact: str | None = None,
-                   val_samples: int = 256, bwlimit: int | None = None, keep: int = KEEP) -> list[str]:
+                   val_samples: int = 256, bwlimit: int | None = None, keep: int = KEEP,
+                   packer: Packer | None = None) -> list[str]:
     """Deploy one artifact of the run to every target at once; returns the labels of the targets that failed.
 
     Bad input (an unknown runtime or artifact, a device that cannot run it) raises UsageError before
     any device is changed. The device results land in stages/deploy/<target>/results.json and the
     run's report is rebuilt with them (`refresh_report`); `make_sample` makes each bundle's val sample.
-    After a switch, each device and the run's bundles/ keep their newest `keep` releases.
+    After a switch, each device and the run's bundles/ keep their newest `keep` releases. `packer` chooses the
+    artifact and makes its bundle (default: a classifier's, with a val sample made by `make_sample`).
     """
     run_dir = run_dir.resolve()
     record = read_run(run_dir)
     if val_samples < 1:
         raise UsageError(f"--val-samples {val_samples}: must be >= 1")
-    choices = {t.spec: choose(run_dir, record, runtime, artifact, t.default_runtime) for t in targets}
+    packer = packer or classifier_packer(record, make_sample, val_samples)
+    choices = {t.spec: packer.choose(run_dir, record, runtime, artifact, t.default_runtime) for t in targets}
     report = record["stages"].get("report", {}).get("outputs", {})
     if artifact is None and "recommended" in report and report["recommended"] is None:
         chosen = ", ".join(sorted({c.name for c in choices.values()}))
         console(f"note: the run's report recommends no artifact (none is within its accuracy budget); deploying "
                 f"{chosen}, the first built for the runtime: name the one you want with --artifact")
 
-    text = takes_text(record)
-    probes = in_parallel(targets, lambda t: probe(t, choices[t.spec].runtime, text))
+    probes = in_parallel(targets, lambda t: probe(t, choices[t.spec].runtime, packer.text, packer.generation))
     refuse_usage_errors(probes)  # bad input: exit 2 before any device is changed
     devices = {t.spec: info for t, info, error in probes if error is None}
     for target, info, error in probes:
@@ -91,7 +93,7 @@ def deploy_command(run_dir: Path, targets: list[Target], console: Console, make_
     bundles: dict[str, Any] = {}
     out_root = run_dir / "stages" / "deploy" / "bundles"
     for choice in {choices[spec].name: choices[spec] for spec in devices}.values():
-        bundles[choice.name] = make_bundle(run_dir, choice, out_root, make_sample, val_samples)
+        bundles[choice.name] = packer.make(run_dir, choice, out_root)
         console(f"bundle {bundles[choice.name].version}: {choice.name} ({out_root / bundles[choice.name].version})")
 
     def ship(target: Target) -> dict[str, Any]:

@@ -24,15 +24,20 @@ from deploy.targets import DeviceError, Target
 Log = Callable[[str], None]
 
 
-def probe(target: Target, runtime: str, text: bool = False) -> dict[str, Any]:
+def probe(target: Target, runtime: str, text: bool = False, generation: bool = False) -> dict[str, Any]:
     """Connect and ask the device what it is; refuse one that cannot run `runtime` (nothing changed yet),
-    or, for a text model (`text`), one without `tokenizers`, which tokenises raw texts there."""
+    or, for a text model (`text`), one without `tokenizers`, which tokenises raw texts there; for a causal LM
+    (`generation`), one with neither `tokenizers` nor onnxruntime-genai, one of which turns prompts into tokens."""
     args = ["--sysroot", target.sysroot] if target.sysroot else []
     info = target.runner("probe", *args, timeout=120)
     target.check_device(info, runtime)
     if text and not info.get("tokenizers"):
         raise UsageError(f"{target.label}: tokenizers is not installed for {target.python} on the device (pip install "
                          "tokenizers; \"tokenizers<0.21\" on Python 3.8): it tokenises a text model's raw inputs")
+    if generation and not (info.get("tokenizers") or info.get("onnxruntime_genai")):
+        raise UsageError(f"{target.label}: neither tokenizers nor onnxruntime-genai is installed for {target.python} on "
+                         "the device (pip install tokenizers; \"tokenizers<0.21\" on Python 3.8): `runner.py generate` "
+                         "turns prompts into tokens with one of them")
     return info
 
 
@@ -91,6 +96,7 @@ def ship(target: Target, bundle: Bundle, log: Log, step: StepTimer, token: str, 
         tokenized = (smoke.get("tokenization") or {}).get("texts")
         log(f"smoke inference ok ({', '.join(smoke.get('providers') or [])})"
             + (f"; the device tokenises the {tokenized} val texts as the host did" if tokenized else "")
+            + (f"; {greedy_line(smoke['generation'])}" if smoke.get("generation") else "")
             + "; benchmarking on the device")
         measured = step("bench", lambda: target.runner("bench", remote, timeout=3600))
         refuse_disagreement(target, manifest, measured)
@@ -107,14 +113,23 @@ def ship(target: Target, bundle: Bundle, log: Log, step: StepTimer, token: str, 
 
 
 def refuse_disagreement(target: Target, manifest: dict[str, Any], measured: dict[str, Any]) -> None:
-    """An engine that predicts otherwise than the host did on the shipped val sample is not switched to."""
+    """An engine that predicts otherwise than the host did on the shipped val sample is not switched to (a causal
+    LM's: whose greedy tokens agree with the host's on fewer positions of the shipped prompts than it asks)."""
     limit = manifest.get("min_agreement")
     rows = measured.get("rows") or [{}]
     agreement = (rows[0].get("accuracy") or {}).get("agreement_with_host")
     if limit is not None and agreement is not None and agreement < limit:
+        on = rows[0].get("agreement_on", "the val sample")
+        why = (manifest.get("generation") or {}).get("agreement_from", "gates.min_engine_agreement")
         raise DeviceError(f"{target.label}: {manifest['artifact']} agrees with the host's predictions on "
-                          f"{agreement:.2%} of the val sample, below {limit:.2%} (gates.min_engine_agreement): "
-                          "not switched; the current release stays")
+                          f"{agreement:.2%} of {on}, below {limit:.2%} ({why}): not switched; the current release stays")
+
+
+def greedy_line(check: dict[str, Any]) -> str:
+    """What the device's greedy check of a causal LM found, in words."""
+    return (f"greedy tokens agree with the host's on {check['agreement']:.2%} of positions "
+            f"({check['identical_prompts']}/{check['prompts']} prompts identical; required {check['min_agreement']:.2%}"
+            f"{': ' + check['agreement_from'] if check.get('agreement_from') else ''})")
 
 
 def in_parallel(targets: list[Target], work: Callable[[Target], Any]) -> list[tuple[Target, Any, BaseException | None]]:
@@ -132,6 +147,13 @@ def in_parallel(targets: list[Target], work: Callable[[Target], Any]) -> list[tu
 def summary_line(results: dict[str, Any]) -> str:
     first = results["rows"][0] if results["rows"] else None
     text = f"release {results['release']}, {results['artifact']} on {results['runtime']}"
+    if first and first.get("timer") == "time_generation":  # a causal LM: tokens/s and the greedy check
+        accuracy = first["accuracy"]
+        rate = first.get("tokens_per_s")
+        return (text + f" ({first['backend']}), {'-' if rate is None else format(rate, ',.1f')} tokens/s at batch 1 "
+                f"({first['new_tokens']} new tokens), greedy tokens agree with the host's on "
+                f"{accuracy['agreement_with_host']:.2%} ({accuracy['identical_prompts']}/{accuracy['prompts']} prompts "
+                "identical)")
     if first:
         top1 = first["accuracy"].get("top1")
         text += f", b{first['batch_size']} p50 {first['latency_ms']['p50']:.3f} ms"

@@ -41,3 +41,23 @@ def write_pipeline(tmp_path: Path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def lm_run(tmp_path_factory):
+    """The tiny causal LM pipeline of tests/test_lm_pipeline.py with a deploy stage to a `local:` device, run once
+    for the session (its stages and its deploy are checked by two test files): (exit code, run dir, device, log)."""
+    import contextlib
+    import io
+
+    from compress.cli import main
+    from test_lm_pipeline import lm_config
+
+    folder = tmp_path_factory.mktemp("lm-run")
+    device = folder / "device"
+    config = lm_config(**{"stages.deploy": {"targets": [f"local:{device}"], "rounds": 1}})
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["run", str(folder / "pipeline.yaml"), "--run-dir", str(folder / "run")])
+    return code, folder / "run", device, out.getvalue()

@@ -56,12 +56,10 @@ def write(tmp_path, config: dict):
     return path
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("lm")
-    path = write(folder, lm_config())
-    code = main(["run", str(path), "--run-dir", str(folder / "run")])
-    return code, folder / "run"
+@pytest.fixture
+def finished_run(lm_run):
+    """The tiny pipeline run once for the session (tests/conftest.py), with a deploy stage to a local: device."""
+    return lm_run[0], lm_run[1]
 
 
 def test_a_causal_lm_pipeline_runs_every_stage(finished_run):
@@ -69,7 +67,7 @@ def test_a_causal_lm_pipeline_runs_every_stage(finished_run):
     assert code == 0
     record = json.loads((run_dir / "run.json").read_text())
     assert [name for name, entry in record["stages"].items() if entry["status"] == "done"] == \
-        ["teacher", "baseline", "distill", "export", "build", "benchmark", "report"]
+        ["teacher", "baseline", "distill", "export", "build", "benchmark", "report", "deploy"]
     teacher = record["stages"]["teacher"]["outputs"]
     assert teacher["corpus"]["splits"]["train"]["blocks"] > 0 and teacher["has_test"]
     export = record["stages"]["export"]["outputs"]["engines"]
@@ -111,13 +109,11 @@ def test_the_report_says_what_kd_bought_and_judges_the_gates(finished_run):
     assert summary["gates"][0]["gate"] == "max_perplexity_increase" and summary["gates"][0]["passed"]
 
 
-def test_a_rerun_reuses_every_stage(finished_run, capsys):
-    _, run_dir = finished_run
-    path = run_dir / "pipeline.yaml"
-    code = main(["run", str(write(run_dir.parent, lm_config())), "--run-dir", str(run_dir)])
-    assert code == 0 and path.is_file()
+def test_a_rerun_reuses_every_stage(lm_run, capsys):
+    _, run_dir, _, _ = lm_run
+    code = main(["run", str(run_dir.parent / "pipeline.yaml"), "--run-dir", str(run_dir)])
     out = capsys.readouterr().out
-    assert "running" not in out
+    assert code == 0 and "running" not in out, out
 
 
 def test_depth_pruning_starts_both_students_from_the_teachers_most_important_layers(tmp_path):

@@ -157,10 +157,30 @@ def cmd_diagnose(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace, console: Console) -> int:
-    from compress.stages.deploy import make_val_sample, refresh_report
     from deploy.cli import run_deploy
 
-    return run_deploy(args, console, make_val_sample, refresh_report)
+    run_dir = Path(args.run_dir)
+    return run_deploy(args, console, *deploy_stage_of(run_dir).command_hooks(run_dir))
+
+
+def deploy_stage_of(run_dir: Path):
+    """The deploy stage of the run's task (a causal LM deploys its own way): its hooks serve `compress deploy`.
+
+    A run dir without a readable pipeline.yaml gets the shared stage, whose deploy then says what is missing.
+    """
+    import yaml
+
+    from compress.config import DataConfig
+    from compress.stages import STAGES, stages_of
+    from compress.tasks.registry import task_named
+
+    try:
+        recorded = yaml.safe_load((run_dir / "pipeline.yaml").read_text()) or {}
+        task = task_named(recorded.get("task"), DataConfig.model_validate(recorded["data"])).name
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, StopIteration, yaml.YAMLError):
+        # no run, or not one of ours: `compress deploy` refuses it in one line
+        task = None
+    return stages_of(task).get("deploy") or STAGES["deploy"]
 
 
 class OneLineParser(argparse.ArgumentParser):

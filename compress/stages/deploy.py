@@ -140,6 +140,12 @@ class DeployStage(Stage):
     reads = ("build", "benchmark", "report")
     keeps_dir = True
 
+    @staticmethod
+    def command_hooks(run_dir: Path) -> tuple[Any, Any, Any]:
+        """What `compress deploy` hands the deploy package for a run of this stage's tasks: (the val sample maker,
+        the report refresher, the packer of its bundles: None, a classifier's)."""
+        return make_val_sample, refresh_report, None
+
     def run(self, ctx: StageContext) -> dict[str, Any]:
         cfg: DeployConfig = ctx.config
         report = ctx.outputs.get("report") or {}

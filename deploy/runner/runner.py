@@ -7,17 +7,21 @@ the protocol and the probe. The steps on the device folder (checksums, the deplo
 `current`, history, pruning) are releases.py's, piped alone in the same way. What runs a release's
 model travels in the bundle beside it and is loaded from the release folder (`release_module`):
 sessions.py (the one session per backend that the host uses too), harness.py (the host's latency
-harness), preprocess.py (and preprocess_text.py for a text model), inference.py and device_bench.py.
+harness), preprocess.py (and preprocess_text.py for a text model), inference.py and device_bench.py; a causal
+LM's release (its manifest carries generation settings) is checked, timed and run by lm_device.py with
+generation.py instead.
 Every command prints one JSON document on the last line of stdout (`{"error": ...}` and exit 1 on
 failure), but `infer`, which prints one JSON line per input (`{"file", "label", "score"}`, with
 `index` for a row of an array file and `text` for a line of a text file), so that a script reads
-its answers one input at a time; progress goes to stderr.
+its answers one input at a time, and `generate`, which prints the generated text (`--json`: one JSON
+document); progress goes to stderr.
 
   python3 runner.py infer  RELEASE_DIR INPUT.npy [--output OUT.npy] [--preprocessed]
   python3 runner.py infer  RELEASE_DIR IMAGE [IMAGE ...] [--output OUT.npy]   (Pillow; the bundle's image steps)
   python3 runner.py infer  RELEASE_DIR TEXTS.txt [...] | TOKENS.npz [--output OUT.npy]   (a text model: one text
                            a line, tokenised with the bundle's tokenizer.json by `tokenizers`)
   python3 runner.py bench  RELEASE_DIR [--batch-sizes 1,8] [--runs 30]
+  python3 runner.py generate RELEASE_DIR "PROMPT" [--max-new-tokens N] [--json]   (a causal LM: greedy text)
   python3 runner.py verify RELEASE_DIR          (sha256 of every file against manifest.json: releases.py's)
   python3 runner.py probe  [--sysroot DIR]      (host, arch, runtimes, Jetson L4T/TensorRT/power mode)
   python3 releases.py status ROOT | rollback ROOT   (and the deploy's own steps: see releases.py)
@@ -214,6 +218,7 @@ def probe(sysroot: str | None, tools: str | None) -> dict:
         "onnxruntime": module_version("onnxruntime"),
         "openvino": module_version("openvino"),
         "tokenizers": module_version("tokenizers"),
+        "onnxruntime_genai": module_version("onnxruntime_genai"),
         "tensorrt": trt,
         "tensorrt_source": trt_source,
         "jetson": l4t is not None,
@@ -251,12 +256,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=int)
     for name in ("smoke", "build-engine"):
         sub.add_parser(name).add_argument("release")
+    p = sub.add_parser("generate", help="a causal LM's release: the greedy continuation of PROMPT, as text")
+    p.add_argument("release")
+    p.add_argument("prompt")
+    p.add_argument("--max-new-tokens", type=int, help="default: the bundle's max_new_tokens")
+    p.add_argument("--backend", choices=("auto", "genai", "onnxruntime"), default="auto",
+                   help="genai: onnxruntime-genai; onnxruntime: the plain loop over the KV cache; auto: genai where "
+                        "installed")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--json", action="store_true", help="print one JSON document (prompt, tokens, text)")
     p = sub.add_parser("verify")
     p.add_argument("release")
     p.add_argument("--manifest-sha256", help="the sha256 manifest.json must have")
     p = sub.add_parser("probe")
     p.add_argument("--sysroot", help="read /etc/nv_tegra_release etc. under this folder")
     return parser.parse_args(argv)
+
+
+def generates_text(release: Path) -> bool:
+    """Whether a release is a causal LM's: its manifest.json carries generation settings."""
+    try:
+        return isinstance(json.loads((release / "manifest.json").read_text()).get("generation"), dict)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def dispatch(args: argparse.Namespace) -> dict | list:
@@ -266,6 +288,16 @@ def dispatch(args: argparse.Namespace) -> dict | list:
     release = Path(args.release).expanduser().resolve()
     if command == "verify":
         return release_module(release, "releases").verify(release, args.manifest_sha256)
+    if command == "generate":
+        return release_module(release, "lm_device").generate(release, args.prompt, args.max_new_tokens,
+                                                              args.threads, args.backend)
+    if generates_text(release):
+        if command in ("infer", "build-engine"):
+            raise RunnerError(f"{release}: this release generates text: python3 runner.py generate RELEASE \"PROMPT\"")
+        lm_device = release_module(release, "lm_device")
+        if command == "smoke":
+            return lm_device.smoke(release)
+        return lm_device.bench(release, args.threads, args.rounds)
     if command == "infer":
         return release_module(release, "inference").infer(release, [Path(p) for p in args.input],
                                                           Path(args.output) if args.output else None, args.preprocessed)
@@ -278,6 +310,15 @@ def dispatch(args: argparse.Namespace) -> dict | list:
                              args.threads, args.rounds)
 
 
+def print_text(text: str) -> None:
+    """Generated text on stdout, as UTF-8 even where the locale's encoding cannot hold it."""
+    try:
+        print(text, flush=True)
+    except UnicodeEncodeError:
+        sys.stdout.buffer.write((text + "\n").encode("utf-8"))
+        sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -285,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RunnerError, OSError, ValueError, KeyError) as error:
         print(json.dumps({"error": str(error) or type(error).__name__}))
         return 1
+    if args.command == "generate" and not args.json:
+        print_text(result["text"])
+        return 0
     for record in result if isinstance(result, list) else [result]:  # infer: a JSON line per input
         print(json.dumps(record, default=str))
     return 0

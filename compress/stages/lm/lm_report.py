@@ -16,23 +16,28 @@ from compress.core.fileio import read_json, write_json, write_text
 from compress.stages.contract import Stage, StageContext
 
 
-def kd_lines(rows: dict[str, dict], ctx: StageContext) -> tuple[list[str], dict | None]:
+def kd_lines(ctx: StageContext) -> tuple[list[str], dict | None]:
+    """KD against the student alone and the teacher, on the whole held-out split the training stages scored."""
     from compress.tasks.causal_lm.metrics import TokenScores, gap_closed, paired_perplexity_ratio
 
-    if not {"teacher-torch", "baseline-torch", "distill-torch"} <= set(rows):
+    roles = ("teacher", "baseline", "distill")
+    if not set(roles) <= set(ctx.outputs):
         return [], None
-    scores = {k: TokenScores.load(ctx.path(rows[k]["scores"])) for k in ("teacher-torch", "baseline-torch",
-                                                                        "distill-torch")}
-    kd = paired_perplexity_ratio(scores["distill-torch"], scores["baseline-torch"], ctx.pipeline.seed)
-    vs_teacher = paired_perplexity_ratio(scores["distill-torch"], scores["teacher-torch"], ctx.pipeline.seed)
-    closed = gap_closed(*(rows[k]["perplexity"] for k in ("teacher-torch", "baseline-torch", "distill-torch")))
+    scores = {role: TokenScores.load(ctx.path(ctx.outputs[role]["scores"])) for role in roles}
+    kd = paired_perplexity_ratio(scores["distill"], scores["baseline"], ctx.pipeline.seed)
+    vs_teacher = paired_perplexity_ratio(scores["distill"], scores["teacher"], ctx.pipeline.seed)
+    ppl = {role: scores[role].perplexity for role in roles}
+    closed = gap_closed(ppl["teacher"], ppl["baseline"], ppl["distill"])
     verdict = "KD helped" if kd["high"] < 1 else "KD hurt" if kd["low"] > 1 else "no difference the data can show"
+    split = ctx.outputs["distill"]["split"]
     lines = ["## What distillation bought", "",
-             f"- KD student perplexity {rows['distill-torch']['perplexity']:.2f} against "
-             f"{rows['baseline-torch']['perplexity']:.2f} for the student trained alone: ratio {kd['ratio']:.3f} "
+             f"On the whole {split} split ({int(scores['distill'].tokens.sum())} tokens of {kd['documents']} "
+             "documents).", "",
+             f"- KD student perplexity {ppl['distill']:.2f} against "
+             f"{ppl['baseline']:.2f} for the student trained alone: ratio {kd['ratio']:.3f} "
              f"(95% paired bootstrap over {kd['documents']} documents: {kd['low']:.3f} to {kd['high']:.3f}): "
              f"**{verdict}**.",
-             f"- Against the teacher ({rows['teacher-torch']['perplexity']:.2f}): ratio {vs_teacher['ratio']:.3f} "
+             f"- Against the teacher ({ppl['teacher']:.2f}): ratio {vs_teacher['ratio']:.3f} "
              f"({vs_teacher['low']:.3f} to {vs_teacher['high']:.3f}).",
              "- Share of the student-to-teacher gap KD closed (log perplexity): "
              + (f"{closed:.0%}." if closed is not None else "no gap (the student alone is as good as the teacher)."),
@@ -147,7 +152,7 @@ class LMReportStage(Stage):
         by_name = {r["artifact"]: r for r in rows}
         recommended = recommend(rows, ctx.pipeline)
         verdicts = gates(ctx.pipeline, by_name, recommended)
-        kd, kd_summary = kd_lines(by_name, ctx)
+        kd, kd_summary = kd_lines(ctx)
         env = results["env"]
         lines = [f"# {ctx.pipeline.name}: causal LM deployment report", "",
                  f"Written by `compress run`. Perplexity is token-weighted on {results['eval_blocks']} held-out "

@@ -38,25 +38,32 @@ def engine_scores(folder: Path, blocks, limit: int | None):
     from deploy.runner.generation import GreedyGenerator
 
     generator = GreedyGenerator(str(folder), backend="onnxruntime")
-    count = len(blocks) if limit is None else min(limit, len(blocks))
+    chosen = spread(len(blocks), limit)
     parts = {"nll": [], "tokens": [], "correct": [], "predictions": []}
-    for i in range(count):
+    for i in chosen:
         block = blocks[i].numpy()
         logits = generator.prefill_logits(block[:-1].tolist())[None]
         nll, tokens, correct, predictions = score_logits(logits, block[None, 1:])
         for key, value in zip(parts, (nll, tokens, correct, predictions.astype(np.int32))):
             parts[key].append(value)
-    documents = np.array([blocks.document_of_block(i) for i in range(count)], dtype=np.int64)
+    documents = np.array([blocks.document_of_block(i) for i in chosen], dtype=np.int64)
     return TokenScores(**{k: np.concatenate(v) for k, v in parts.items()}, documents=documents)
 
 
-def torch_scores_on(path: Path, count: int):
-    """A torch model's saved scores cut to the blocks the engines were scored on."""
+def spread(total: int, limit: int | None) -> list[int]:
+    """`limit` block indices spread evenly over the split (every document region, not the first few)."""
+    if limit is None or limit >= total:
+        return list(range(total))
+    return [int(i) for i in np.linspace(0, total - 1, limit).round()]
+
+
+def torch_scores_on(path: Path, chosen: list[int]):
+    """A torch model's saved scores of the blocks the engines were scored on."""
     from compress.tasks.causal_lm.metrics import TokenScores
 
     scores = TokenScores.load(path)
-    return TokenScores(scores.nll[:count], scores.tokens[:count], scores.correct[:count], scores.documents[:count],
-                       scores.predictions[:count])
+    return TokenScores(scores.nll[chosen], scores.tokens[chosen], scores.correct[chosen], scores.documents[chosen],
+                       scores.predictions[chosen])
 
 
 def timings(folder: Path, prompt_source: list[int], cfg: LMBenchmarkConfig, threads: int, context: int) -> dict:
@@ -81,13 +88,15 @@ def timings(folder: Path, prompt_source: list[int], cfg: LMBenchmarkConfig, thre
     return found
 
 
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent (this process) across exec.
 PEAK_MEMORY_SCRIPT = """
-import json, resource, sys
+import json, sys
 sys.path.insert(0, sys.argv[1])
 from generation import GreedyGenerator
+from harness import proc_status_kb
 generator = GreedyGenerator(sys.argv[2], backend="auto", threads=int(sys.argv[3]))
 generator.generate(json.loads(sys.argv[4]), int(sys.argv[5]))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(proc_status_kb("VmHWM"))
 """
 
 
@@ -123,12 +132,13 @@ class LMBenchmarkStage(Stage):
         cfg: LMBenchmarkConfig = ctx.config
         threads = self.threads(ctx.pipeline)[1]
         blocks = corpus_blocks(ctx, eval_split(ctx))
-        count = len(blocks) if cfg.eval_blocks is None else min(cfg.eval_blocks, len(blocks))
-        teacher_scores = torch_scores_on(ctx.path(ctx.outputs["teacher"]["scores"]), count)
+        chosen = spread(len(blocks), cfg.eval_blocks)
+        count = len(chosen)
+        teacher_scores = torch_scores_on(ctx.path(ctx.outputs["teacher"]["scores"]), chosen)
         rows = []
         for role in ("teacher", "baseline", "distill"):
             if role in ctx.outputs:
-                scores = torch_scores_on(ctx.path(ctx.outputs[role]["scores"]), count)
+                scores = torch_scores_on(ctx.path(ctx.outputs[role]["scores"]), chosen)
                 scores.save(ctx.stage_dir / f"{role}-torch.npz")
                 rows.append({"artifact": f"{role}-torch", "role": role, "backend": "torch", "precision": "fp32",
                              **scores.summary(teacher_scores), "scores": ctx.relative(ctx.stage_dir / f"{role}-torch.npz"),
@@ -139,7 +149,7 @@ class LMBenchmarkStage(Stage):
         context = 4 * ctx.outputs["teacher"]["corpus"]["block_size"]
         for name, engine in engines.items():
             folder = ctx.path(engine["folder"])
-            scores = engine_scores(folder, blocks, count)
+            scores = engine_scores(folder, blocks, cfg.eval_blocks)
             scores.save(ctx.stage_dir / f"{name}.npz")
             timed = timings(folder, prompt_source, cfg, threads, context)
             timed["peak_memory_mb"] = peak_memory_mb(folder, prompt_source[:min(cfg.prompt_lengths)], cfg.new_tokens,

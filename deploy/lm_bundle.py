@@ -1,0 +1,158 @@
+"""A causal LM's deploy bundle: an onnxruntime-genai engine folder, the device runner and the generation settings.
+
+What `compress deploy` and a causal LM's deploy stage ship through the same steps as every other bundle
+(checksums, upload, verify, smoke, bench, atomic switch; deploy/release.py). The artifact is one of the
+build stage's engine folders (default: the report's recommended one), copied whole under `model/`
+(genai_config.json, model.onnx and its .data, tokenizer.json). Its manifest's `generation` settings are
+what the device checks itself against before `current` is switched to it (deploy/runner/lm_device.py):
+
+- `prompts`: the token ids of the export stage's held-out prompts, and `max_new_tokens` (default: the
+  export's new_tokens, the length build measured its agreement with torch at);
+- `host_tokens`: this machine's greedy tokens for them from the same engine folder (GreedyGenerator);
+- `min_agreement`: the share of positions the device's tokens must agree on: 1.0 for an fp32 folder
+  (identical tokens), else the deploy section's `min_agreement`, else the build's measured agreement of that
+  engine with torch less `agreement_margin`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from compress.core.errors import UsageError
+from compress.core.fileio import read_json
+from deploy.bundle import Bundle, Choice, Packer, manifest_head, run_source, seal_bundle, stage_files
+from deploy.runner import GENERATION_FILES
+from deploy.runner.generation import GenerationError, GreedyGenerator, read_genai_config
+
+MODEL_FOLDER = "model"  # where the engine folder lies in the bundle (and the release)
+RUNTIME = "onnxruntime"
+
+
+@dataclass
+class GenerationSettings:
+    """A causal LM deploy's own options (stages.deploy of a causal-lm pipeline; the run's for `compress deploy`)."""
+
+    max_new_tokens: int | None = None  # None: the export's new_tokens
+    min_agreement: float | None = None  # int8/int4 only; None: build's agreement with torch less the margin
+    agreement_margin: float = 0.05
+    rounds: int = 3  # timing rounds of time_generation on the device
+    where: str = "stages.deploy"  # where the options were set, named in refusals
+
+
+def engines_of(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The build stage's engine folders by name (a causal LM's build records a mapping)."""
+    engines = record["stages"]["build"].get("outputs", {}).get("engines") or {}
+    return engines if isinstance(engines, dict) else {}
+
+
+def candidates(run_dir: Path, record: dict[str, Any]) -> list[Choice]:
+    """Every engine folder of the run's build, as a deployable artifact (its files under model/)."""
+    found = []
+    for name, engine in engines_of(record).items():
+        folder = run_dir / engine["folder"]
+        files = {f"{MODEL_FOLDER}/{p.relative_to(folder)}": p for p in sorted(folder.rglob("*")) if p.is_file()}
+        precision = engine.get("precision") or name.rsplit("-", 1)[-1]
+        found.append(Choice(name, name.split("-", 1)[0], RUNTIME, precision, files, f"{MODEL_FOLDER}/model.onnx"))
+    return found
+
+
+def choose(run_dir: Path, record: dict[str, Any], runtime: str | None, artifact: str | None,
+           default_runtime: str = RUNTIME) -> Choice:
+    """`artifact`, else the report's recommended engine folder, else the fp32 one; always on onnxruntime."""
+    if runtime is not None and runtime != RUNTIME:
+        raise UsageError(f"--runtime {runtime}: a causal LM ships its onnxruntime-genai folder, which runs on "
+                         f"onnxruntime (onnxruntime-genai where installed): use --runtime {RUNTIME}")
+    found = candidates(run_dir, record)
+    names = ", ".join(c.name for c in found) or "none"
+    if artifact is not None:
+        match = [c for c in found if c.name == artifact]
+        if not match:
+            raise UsageError(f"--artifact: no artifact '{artifact}' in {run_dir / 'run.json'}; deployable: {names}")
+        return match[0]
+    if not found:
+        raise UsageError(f"{run_dir / 'run.json'}: stages.build: no engine folder recorded (run the build stage)")
+    recommended = record["stages"].get("report", {}).get("outputs", {}).get("recommended")
+    preferred = [c for c in found if c.name == recommended] or [c for c in found if c.precision == "fp32"]
+    return (preferred or found)[0]
+
+
+def required_agreement(record: dict[str, Any], choice: Choice, settings: GenerationSettings,
+                       run_json: Path) -> tuple[float, str]:
+    """(the share of greedy positions the device must agree on, why that much)."""
+    if choice.precision == "fp32":
+        return 1.0, "identical tokens, as an fp32 folder must give"
+    if settings.min_agreement is not None:
+        return float(settings.min_agreement), f"{settings.where}.min_agreement"
+    measured = (engines_of(record)[choice.name].get("parity") or {}).get("token_agreement")
+    if measured is None:
+        raise UsageError(f"{run_json}: stages.build.engines.{choice.name}.parity.token_agreement: not recorded (run the "
+                         f"build stage again, or set {settings.where}.min_agreement)")
+    floor = max(0.0, round(float(measured) - settings.agreement_margin, 6))
+    return floor, (f"build's agreement with torch {float(measured):.2%} less the margin "
+                   f"{settings.agreement_margin:.2%}")
+
+
+def host_tokens(folder: Path, prompts: list[list[int]], max_new_tokens: int, where: str) -> tuple[list, str]:
+    """This machine's greedy tokens for the prompts from the engine folder itself, and the backend that made them."""
+    try:
+        generator = GreedyGenerator(str(folder), backend="auto")
+        return [generator.generate(prompt, max_new_tokens) for prompt in prompts], generator.backend
+    except ValueError as error:  # a prompt and max_new_tokens over the model's context length
+        raise UsageError(f"{where}.max_new_tokens: {error}") from None
+    except GenerationError as error:
+        raise UsageError(f"{folder}: {error}") from None
+
+
+def host_row(run_dir: Path, record: dict[str, Any], name: str) -> dict[str, Any]:
+    """What the benchmark stage measured of this engine on the host (perplexity, tokens/s)."""
+    results = record["stages"].get("benchmark", {}).get("outputs", {}).get("results")
+    if not results or not (run_dir / results).is_file():
+        return {}
+    row = next((r for r in read_json(run_dir / results).get("rows", []) if r.get("artifact") == name), {})
+    return {key: row.get(key) for key in ("backend", "perplexity", "decode_tokens_per_s", "ttft_s", "size_mb")}
+
+
+def make_bundle(run_dir: Path, choice: Choice, out_root: Path, settings: GenerationSettings) -> Bundle:
+    run_dir = Path(run_dir).resolve()
+    run_json = run_dir / "run.json"
+    record = read_json(run_json)
+    prompts = record["stages"].get("export", {}).get("outputs", {}).get("prompts")
+    if not prompts:
+        raise UsageError(f"{run_json}: stages.export.prompts: no prompts recorded (run the export stage again)")
+    folder = run_dir / engines_of(record)[choice.name]["folder"]
+    if not (folder / "genai_config.json").is_file():
+        raise UsageError(f"{folder}: no genai_config.json (run the build stage again)")
+    if not (folder / "tokenizer.json").is_file():
+        raise UsageError(f"{folder}: no tokenizer.json: the device could not turn prompts into tokens")
+    pipeline = yaml.safe_load((run_dir / "pipeline.yaml").read_text()) or {}
+    export = (pipeline.get("stages") or {}).get("export") or {}
+    max_new_tokens = int(settings.max_new_tokens or export.get("new_tokens") or 16)
+    minimum, why = required_agreement(record, choice, settings, run_json)
+    tokens, backend = host_tokens(folder, prompts, max_new_tokens, settings.where)
+    decoder = read_genai_config(folder)["model"]["decoder"]
+    choice.model_file = f"{MODEL_FOLDER}/{decoder.get('filename', 'model.onnx')}"
+    staging = stage_files(out_root, choice, GENERATION_FILES)
+    manifest = {
+        **manifest_head(choice),
+        **({"task": pipeline["task"]} if pipeline.get("task") else {}),
+        "model_file": choice.model_file, "model_folder": MODEL_FOLDER, "engine": None,
+        "generation": {"max_new_tokens": max_new_tokens, "prompts": prompts, "host_tokens": tokens,
+                       "host_backend": backend, "min_agreement": minimum, "agreement_from": why,
+                       "rounds": settings.rounds},
+        # what refuse_disagreement holds the device's measured agreement to, as for every bundle
+        "min_agreement": minimum,
+        "host": host_row(run_dir, record, choice.name),
+        "source": run_source(run_dir, record),
+    }
+    return seal_bundle(staging, manifest, out_root)
+
+
+def packer(settings: GenerationSettings | None = None) -> Packer:
+    """How a causal LM's run is deployed: its engine folder and generation settings; the device needs a tokenizer."""
+    settings = settings or GenerationSettings()
+    return Packer(choose, lambda run_dir, choice, out_root: make_bundle(run_dir, choice, out_root, settings),
+                  generation=True)
