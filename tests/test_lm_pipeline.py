@@ -109,6 +109,34 @@ def test_the_report_says_what_kd_bought_and_judges_the_gates(finished_run):
     assert summary["gates"][0]["gate"] == "max_perplexity_increase" and summary["gates"][0]["passed"]
 
 
+def test_the_tokens_per_s_gate_fails_a_recommendation_below_it(finished_run):
+    from compress.runner import load_pipeline
+    from compress.stages.lm.lm_report import gates, recommend
+
+    _, run_dir = finished_run
+    pipeline = load_pipeline(run_dir / "pipeline.yaml")
+    rows = json.loads((run_dir / "stages/benchmark/results.json").read_text())["rows"]
+    chosen = recommend(rows, pipeline)
+    assert chosen["role"] == "distill" and chosen["artifact"].startswith("student-onnxruntime-")
+    fastest = chosen["decode_tokens_per_s"]["1"]
+    pipeline.gates.min_tokens_per_s = fastest * 10
+    verdicts = {g["gate"]: g for g in gates(pipeline, {r["artifact"]: r for r in rows}, chosen)}
+    assert not verdicts["min_tokens_per_s"]["passed"] and verdicts["max_perplexity_increase"]["passed"]
+    pipeline.gates.min_tokens_per_s = fastest / 10
+    assert all(g["passed"] for g in gates(pipeline, {r["artifact"]: r for r in rows}, chosen))
+
+
+def test_run_commands_of_the_shared_report_say_how_to_rebuild_an_lm_report(finished_run, capsys):
+    _, run_dir = finished_run
+    assert main(["report", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--force report" in err
+    assert main(["compare", str(run_dir), str(run_dir)]) == 2
+    capsys.readouterr()
+    assert main(["runs", str(run_dir.parent)]) == 0
+    assert run_dir.name in capsys.readouterr().out
+
+
 def test_a_rerun_reuses_every_stage(lm_run, capsys):
     _, run_dir, _, _ = lm_run
     code = main(["run", str(run_dir.parent / "pipeline.yaml"), "--run-dir", str(run_dir)])
@@ -189,3 +217,43 @@ def test_an_hf_folder_without_a_causal_lm_head_is_refused(tmp_path, capsys):
                                                               "teacher.kwargs": {}})))])
     err = capsys.readouterr().err
     assert code == 2 and "teacher.model" in err and "not a causal LM head" in err
+
+
+def hf_llama(folder, vocab: int, tokenizer_vocab: int, seed_text: str):
+    """A tiny local Hugging Face causal LM with its own tokenizer.json (a byte-level BPE of tokenizer_vocab)."""
+    import sysconfig
+    from pathlib import Path
+
+    import transformers
+
+    from compress.tasks.causal_lm.corpus import save_hf_tokenizer, train_tokenizer
+
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:6]
+    texts = [seed_text] + [f.read_text(errors="replace") for f in files]
+    save_hf_tokenizer(train_tokenizer(texts, tokenizer_vocab), folder)
+    config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def test_teacher_and_student_with_different_tokenizers_are_refused(tmp_path, capsys):
+    teacher = hf_llama(tmp_path / "teacher", 300, 300, "alpha beta")
+    student = hf_llama(tmp_path / "student", 300, 280, "gamma delta")
+    config = lm_config(**{"teacher.model": f"hf:{teacher}", "teacher.kwargs": {}, "teacher.train": None,
+                          "student.model": f"hf:{student}", "student.kwargs": {}})
+    capsys.readouterr()
+    assert main(["validate", str(write(tmp_path, config))]) == 2
+    err = capsys.readouterr().err
+    assert "student.model" in err and "tokenizer" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_tokenizer_larger_than_the_teachers_embeddings_is_refused_before_training(tmp_path, capsys):
+    teacher = hf_llama(tmp_path / "teacher", 260, 300, "alpha beta")
+    config = lm_config(**{"teacher.model": f"hf:{teacher}", "teacher.kwargs": {}, "teacher.train": None})
+    config["stages"] = {"distill": config["stages"]["distill"]}
+    capsys.readouterr()
+    code = main(["run", str(write(tmp_path, config)), "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "teacher.model" in err and "300 tokens" in err and "260" in err
+    assert not (tmp_path / "run" / "stages" / "distill").exists()

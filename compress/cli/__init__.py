@@ -84,6 +84,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "pipeline.yaml").is_file():  # what is read first: a folder that is no run dir says so
         raise UsageError(f"{run_dir / 'pipeline.yaml'}: not found (not a run dir?)")
+    refuse_own_report(run_dir, "report")
     ensure_writable_dir(run_dir, create=False)  # a read-only folder: one line, before any work
     lock = DirLock(run_dir)  # a run's report stage writes the same files, from results that may be half made
     if not lock.acquire():
@@ -133,6 +134,8 @@ def cmd_runs(args: argparse.Namespace, console: Console) -> int:
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     from compress.reporting.runs import compare_runs
 
+    for run_dir in (Path(args.run_a), Path(args.run_b)):
+        refuse_own_report(run_dir, "compare")
     print(compare_runs(Path(args.run_a), Path(args.run_b)))
     return 0
 
@@ -163,10 +166,10 @@ def cmd_deploy(args: argparse.Namespace, console: Console) -> int:
     return run_deploy(args, console, *deploy_stage_of(run_dir).command_hooks(run_dir))
 
 
-def deploy_stage_of(run_dir: Path):
-    """The deploy stage of the run's task (a causal LM deploys its own way): its hooks serve `compress deploy`.
+def run_stage_of(run_dir: Path, name: str):
+    """Stage `name` of the run's task (a causal LM reports and deploys its own way).
 
-    A run dir without a readable pipeline.yaml gets the shared stage, whose deploy then says what is missing.
+    A run dir without a readable pipeline.yaml gets the shared stage, whose command then says what is missing.
     """
     import yaml
 
@@ -178,9 +181,24 @@ def deploy_stage_of(run_dir: Path):
         recorded = yaml.safe_load((run_dir / "pipeline.yaml").read_text()) or {}
         task = task_named(recorded.get("task"), DataConfig.model_validate(recorded["data"])).name
     except (OSError, ValueError, KeyError, TypeError, AttributeError, StopIteration, yaml.YAMLError):
-        # no run, or not one of ours: `compress deploy` refuses it in one line
         task = None
-    return stages_of(task).get("deploy") or STAGES["deploy"]
+    return stages_of(task).get(name) or STAGES[name]
+
+
+def deploy_stage_of(run_dir: Path):
+    """The deploy stage of the run's task: its hooks serve `compress deploy`."""
+    return run_stage_of(run_dir, "deploy")
+
+
+def refuse_own_report(run_dir: Path, command: str) -> None:
+    """`compress report` and `compare` read the shared report's results; a task with a report stage of its own
+    (causal LMs) rebuilds its report by rerunning that stage."""
+    from compress.stages import STAGES
+
+    if run_stage_of(run_dir, "report") is not STAGES["report"]:
+        raise UsageError(f"{run_dir}: compress {command} reads classification results; this run's task writes its own "
+                         f"report: rebuild it with `compress run {run_dir / 'pipeline.yaml'} --run-dir {run_dir} "
+                         "--force report` and read report.md")
 
 
 class OneLineParser(argparse.ArgumentParser):

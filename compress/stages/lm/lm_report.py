@@ -93,7 +93,7 @@ def torch_results(ctx: StageContext) -> dict[str, Any]:
 
     teacher = ctx.outputs["teacher"]
     rows = [{"artifact": f"{role}-torch", "role": role, "backend": "torch", "precision": "fp32",
-             **ctx.outputs[role]["metrics"], "scores": ctx.outputs[role]["scores"], "params": ctx.outputs[role]["params"]}
+             **ctx.outputs[role]["summary"], "scores": ctx.outputs[role]["scores"], "params": ctx.outputs[role]["params"]}
             for role in ("teacher", "baseline", "distill") if role in ctx.outputs]
     blocks = teacher["corpus"]["splits"][teacher["split"]]["blocks"]
     return {"rows": rows, "env": environment(None), "split": teacher["split"], "eval_blocks": blocks,

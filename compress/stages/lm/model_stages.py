@@ -139,7 +139,7 @@ class LMTeacherStage(Stage):
         ctx.log(f"teacher {split} perplexity {summary['perplexity']:.2f}, next-token top-1 {summary['top1']:.3f}")
         return {"model": ctx.relative(ctx.stage_dir / "model"), "data": ctx.relative(ctx.stage_dir / "data"),
                 "tokenizer": ctx.relative(tokenizer_dir), "scores": ctx.relative(ctx.stage_dir / "scores.npz"),
-                "has_test": has_test, "split": split, "metrics": summary, "corpus": meta,
+                "has_test": has_test, "split": split, "summary": summary, "corpus": meta,
                 "params": sum(p.numel() for p in model.parameters()), "layers": _layers(model),
                 "training": history}
 
@@ -209,7 +209,7 @@ class _StudentStage(Stage):
         ctx.log(f"student {split} perplexity {summary['perplexity']:.2f} (teacher "
                 f"{teacher_scores.perplexity:.2f}), top-1 {summary['top1']:.3f}, agreement {summary['agreement']:.3f}")
         return {"model": ctx.relative(ctx.stage_dir / "model"), "scores": ctx.relative(ctx.stage_dir / "scores.npz"),
-                "split": split, "metrics": summary, "params": sum(p.numel() for p in student.parameters()),
+                "split": split, "summary": summary, "params": sum(p.numel() for p in student.parameters()),
                 "layers": _layers(student), "training": result}
 
 
