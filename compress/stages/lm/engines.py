@@ -13,7 +13,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -35,7 +35,8 @@ class LMExportConfig(Strict):
 class LMBuildConfig(Strict):
     targets: list[str] = Field(["onnxruntime:fp32", "onnxruntime:int4"],
                                description="onnxruntime:fp32|int8|int4 (weight-only MatMulNBits)")
-    block_size: int = Field(32, description="int4/int8: weights per quantization block (16, 32, 64, 128, 256)")
+    block_size: Literal[16, 32, 64, 128, 256] = Field(32, description="int4/int8: weights per quantization block")
+    quantize_embeddings: bool = Field(True, description="int4/int8: the token embedding table too, not only MatMuls")
 
     @field_validator("targets")
     @classmethod
@@ -50,12 +51,19 @@ class LMBuildConfig(Strict):
         return targets
 
 
-def build_folder(hf_folder: Path, out: Path, precision: str, block_size: int = 32) -> None:
-    """Run onnxruntime-genai's model builder on a Hugging Face folder (a subprocess: its memory goes with it)."""
+def build_folder(hf_folder: Path, out: Path, precision: str, block_size: int = 32,
+                 quantize_embeddings: bool = True) -> None:
+    """Run onnxruntime-genai's model builder on a Hugging Face folder (a subprocess: its memory goes with it).
+
+    int8/int4 quantize every MatMul's weights (MatMulNBits, accuracy level 4: int8 activations on CPU) and, with
+    `quantize_embeddings`, the token embedding table too (GatherBlockQuantized): at a realistic vocabulary the
+    table is a large share of a small model's bytes.
+    """
     command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(hf_folder), "-i", str(hf_folder),
                "-o", str(out), "-p", precision, "-e", "cpu", "-c", str(out.parent / f".cache-{out.name}")]
     if precision != "fp32":
-        command += ["--extra_options", f"int4_block_size={block_size}", "int4_accuracy_level=4"]
+        command += ["--extra_options", f"block_size={block_size}", "accuracy_level=4",
+                    f"op_types_to_quantize={'MatMul/Gather' if quantize_embeddings else 'MatMul'}"]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0 or not (out / "genai_config.json").is_file():
         lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
@@ -181,7 +189,7 @@ class LMBuildStage(Stage):
                 built[name] = dict(export["engines"][name], precision=precision)
                 continue
             out = ctx.stage_dir / name
-            build_folder(hf_folder, out, precision, cfg.block_size)
+            build_folder(hf_folder, out, precision, cfg.block_size, cfg.quantize_embeddings)
             parity = compare(out, prompts, logits, tokens, new_tokens)
             ctx.log(f"{name}: greedy tokens agree with torch's fp32 on {parity['token_agreement']:.0%} of positions "
                     f"({parity['identical_prompts']}/{parity['prompts']} prompts identical), "
