@@ -128,15 +128,20 @@ def _jsonl_documents(file: Path, column: str, config_file: str, prefix: str) -> 
 
 
 def _csv_documents(file: Path, column: str, config_file: str, prefix: str) -> Documents:
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # a document is often over the 128 KiB default
-    with file.open(newline="", encoding="utf-8-sig") as stream:
-        reader = csv.DictReader(stream)
-        header = reader.fieldnames or []
-        if column not in header:
-            raise ConfigError(config_file, f"{prefix}.text_column", f"{file}: no column {column!r} "
-                                                                    f"(columns: {', '.join(header) or 'none'})")
-        for rowno, row in enumerate(reader, start=1):
-            yield f"{file.name}:{rowno}", row[column] or ""
+    # A document is often over the csv module's 128 KiB field limit. The limit is process-wide, and other
+    # readers (text classification's) rely on it to refuse a runaway field: raised only while this reads.
+    before = csv.field_size_limit(2**31 - 1)
+    try:
+        with file.open(newline="", encoding="utf-8-sig") as stream:
+            reader = csv.DictReader(stream)
+            header = reader.fieldnames or []
+            if column not in header:
+                raise ConfigError(config_file, f"{prefix}.text_column", f"{file}: no column {column!r} "
+                                                                        f"(columns: {', '.join(header) or 'none'})")
+            for rowno, row in enumerate(reader, start=1):
+                yield f"{file.name}:{rowno}", row[column] or ""
+    finally:
+        csv.field_size_limit(before)
 
 
 def _hf_documents(folder: Path, column: str, config_file: str, prefix: str) -> Documents:
