@@ -40,7 +40,7 @@ EXAMPLE = ROOT / "examples" / "causal_lm" / "pipeline.yaml"
 
 
 def smoke_config(config: dict) -> dict:
-    config["data"]["corpus"].update(block_size=32, vocab_size=300, max_documents=16)
+    config["data"]["corpus"].update(block_size=32, vocab_size=300, max_documents=11)  # before _pydecimal.py
     config["teacher"]["kwargs"] = {"layers": 2, "hidden": 32, "heads": 2, "kv_heads": 1}
     config["teacher"]["train"]["epochs"] = 1
     config["student"]["kwargs"] = {"layers": 1, "hidden": 32, "heads": 2, "kv_heads": 1}
