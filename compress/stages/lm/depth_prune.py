@@ -26,14 +26,8 @@ class LMPruneConfig(Strict):
     layers: int = Field(ge=1, description="decoder layers the student keeps")
     importance: Literal["perplexity", "block_influence"] = "perplexity"
     calibration_blocks: int = Field(16, ge=1, description="training blocks the importance is measured on")
-
-    @staticmethod
-    def complete_pipeline(raw: dict[str, Any]) -> dict[str, Any]:
-        """With stages.prune the student is the pruned teacher: an absent `student` section is the teacher's."""
-        teacher = raw.get("teacher")
-        if "student" in raw or not isinstance(teacher, dict) or "model" not in teacher:
-            return raw
-        return {**raw, "student": {"model": teacher["model"], "kwargs": teacher.get("kwargs") or {}}}
+    # An absent `student` section becomes the teacher's model: the shared prune stage's complete_pipeline does
+    # that for every task before the task is known (compress.config.parse_config).
 
 
 def calibration_batch(blocks, count: int) -> torch.Tensor:
