@@ -122,6 +122,19 @@ def torch_reference(hf_folder: Path, prompts: list[list[int]], new_tokens: int) 
     return logits, tokens
 
 
+def save_reference(path: Path, logits: list, tokens: list) -> None:
+    """Torch's prefill logits and greedy tokens of each prompt, kept so later stages compare without rerunning."""
+    arrays = {f"logits_{i}": a for i, a in enumerate(logits)}
+    arrays.update({f"tokens_{i}": np.asarray(t, dtype=np.int64) for i, t in enumerate(tokens)})
+    np.savez(path, **arrays)
+
+
+def load_reference(path: Path) -> tuple[list, list]:
+    with np.load(path) as data:
+        count = sum(1 for key in data.files if key.startswith("logits_"))
+        return [data[f"logits_{i}"] for i in range(count)], [data[f"tokens_{i}"].tolist() for i in range(count)]
+
+
 def compare(folder: Path, prompts, reference_logits, reference_tokens, new_tokens: int) -> dict[str, Any]:
     """Max |prefill logit diff| and the share of greedy tokens equal to torch's (position by position)."""
     from deploy.runner.generation import GreedyGenerator
@@ -157,6 +170,8 @@ class LMExportStage(Stage):
             out = ctx.stage_dir / f"{'teacher' if role == 'teacher' else 'student'}-onnxruntime-fp32"
             build_folder(hf_folder, out, "fp32")
             logits, tokens = torch_reference(hf_folder, prompts, cfg.new_tokens)
+            reference = ctx.stage_dir / f"{out.name}.reference.npz"
+            save_reference(reference, logits, tokens)
             parity = compare(out, prompts, logits, tokens, cfg.new_tokens)
             ctx.log(f"{out.name}: prefill max |diff| {parity['max_abs_diff']:.2e}, greedy tokens identical on "
                     f"{parity['identical_prompts']}/{parity['prompts']} prompts")
@@ -164,7 +179,8 @@ class LMExportStage(Stage):
                 raise StageFailed("export", f"{out.name} differs from torch: prefill max |diff| "
                                             f"{parity['max_abs_diff']:.2e} (atol {cfg.atol:g}), greedy tokens identical "
                                             f"on {parity['identical_prompts']}/{parity['prompts']} prompts")
-            found[out.name] = {"folder": ctx.relative(out), "parity": parity, "size_mb": folder_mb(out)}
+            found[out.name] = {"folder": ctx.relative(out), "parity": parity, "size_mb": folder_mb(out),
+                               "reference": ctx.relative(reference)}
         return {"engines": found, "prompts": prompts}
 
 
@@ -180,7 +196,7 @@ class LMBuildStage(Stage):
         prompts = export["prompts"]
         hf_folder = ctx.path(ctx.outputs["distill"]["model"])
         new_tokens = ctx.pipeline.stages["export"].new_tokens
-        logits, tokens = torch_reference(hf_folder, prompts, new_tokens)
+        logits, tokens = load_reference(ctx.path(export["engines"]["student-onnxruntime-fp32"]["reference"]))
         built = {}
         for target in cfg.targets:
             precision = target.split(":")[1]

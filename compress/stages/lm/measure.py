@@ -22,6 +22,10 @@ from compress.core.fileio import write_json
 from compress.stages.contract import Stage, StageContext
 
 
+# The export stage's fp32 folder of each torch model, whose torch reference it keeps (the baseline has none).
+EXPORTED_AS = {"teacher": "teacher-onnxruntime-fp32", "distill": "student-onnxruntime-fp32"}
+
+
 class LMBenchmarkConfig(Strict):
     prompt_lengths: list[int] = Field([32, 128], description="time to first token at these prompt lengths")
     new_tokens: int = Field(32, ge=2, description="tokens generated per timing round")
@@ -173,7 +177,7 @@ class LMBenchmarkStage(Stage):
     @staticmethod
     def generations(ctx: StageContext, engines: dict[str, Any]) -> dict[str, Any]:
         """Greedy continuations of the held-out prompts by every torch model and engine, decoded to text."""
-        from compress.stages.lm.engines import torch_reference
+        from compress.stages.lm.engines import load_reference, torch_reference
         from deploy.runner.generation import GreedyGenerator, load_tokenizer
 
         if "export" not in ctx.outputs:
@@ -184,7 +188,9 @@ class LMBenchmarkStage(Stage):
         found = {"prompts": [tokenizer.decode(p) for p in prompts], "by": {}}
         for role in ("teacher", "baseline", "distill"):
             if role in ctx.outputs:
-                _, tokens = torch_reference(ctx.path(ctx.outputs[role]["model"]), prompts, new_tokens)
+                exported = ctx.outputs["export"]["engines"].get(EXPORTED_AS.get(role, ""))
+                _, tokens = load_reference(ctx.path(exported["reference"])) if exported else \
+                    torch_reference(ctx.path(ctx.outputs[role]["model"]), prompts, new_tokens)
                 found["by"][f"{role}-torch"] = [tokenizer.decode(t) for t in tokens]
         for name, engine in engines.items():
             generator = GreedyGenerator(str(ctx.path(engine["folder"])), backend="auto")
