@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from compress.cli import main
+from dotted import changed
 
 pytest.importorskip("onnxruntime_genai")
 
@@ -39,16 +40,7 @@ def lm_config(**changes) -> dict:
         },
         "gates": {"max_perplexity_increase": 10.0},
     }
-    for dotted, value in changes.items():
-        owner, *path = dotted.split(".")
-        target = config[owner] if path else config
-        for key in path[:-1]:
-            target = target.setdefault(key, {})
-        if value is None:
-            target.pop(path[-1] if path else owner, None)
-        else:
-            target[path[-1] if path else owner] = value
-    return config
+    return changed(config, changes)
 
 
 def write(tmp_path, config: dict):

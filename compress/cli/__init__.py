@@ -62,6 +62,8 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
                 f" ({sum(counts.values())} in the main source, before its val/test split)")
     for line in task.describe_data(data):  # what `compress run` logs as [data]: one description, one function
         console(f"data: {line}")
+    for line in task.validate_models(cfg, data):
+        console(f"models: {line}")
     return 0
 
 
@@ -142,17 +144,17 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_diagnose(args: argparse.Namespace, console: Console) -> int:
     from compress.core.fileio import write_json
-    from compress.data import load_dataset
     from compress.measuring.diagnose import describe, diagnose, engine_entry
     from compress.runner import load_pipeline
+    from compress.tasks.registry import task_for
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "run.json").is_file():
         raise UsageError(f"{run_dir}: not a run dir (no run.json)")
     entry = engine_entry(run_dir, args.artifact)  # an artifact the run lacks is refused before the data is read
     pipeline = load_pipeline(run_dir / "pipeline.yaml")
-    val = load_dataset(pipeline.data, pipeline.seed).val
-    result = diagnose(run_dir, args.artifact, val.sample(range(len(val)), args.samples)[0], entry)
+    task = task_for(pipeline)
+    result = diagnose(run_dir, args.artifact, task.val_inputs(task.load_data(pipeline.seed), args.samples), entry)
     print("\n".join(describe(result)))
     if args.json:
         write_json(args.json, result)

@@ -29,15 +29,17 @@ def engine_entry(run_dir: Path, artifact: str) -> dict[str, Any]:
     record = read_json(run_dir / "run.json")
     engines = ((record.get("stages", {}).get("build") or {}).get("outputs") or {}).get("engines") or []
     ids = {f"{e['model']}.{e['backend']}.{e['precision']}": e for e in engines}
-    found = ids.get(artifact) or next((e for e in engines if e["artifact"] == artifact or e["dir"] == artifact), None)
+    found = ids.get(artifact) or next((e for e in engines if artifact in (e.get("artifact"), e.get("dir"))), None)
     if found is None:
         known = ", ".join(ids) or "none (the run has no build stage)"
         raise UsageError(f"{run_dir}: diagnose: no artifact '{artifact}' in this run; its engines: {known}")
-    if not found["artifact"].endswith((".onnx", ".xml")):
+    if not str(found.get("artifact", "")).endswith((".onnx", ".xml")):
         raise UsageError(f"{run_dir}: diagnose: {artifact} is neither an ONNX model nor an OpenVINO IR; diagnose "
                          f"compares those (the onnxruntime engine of the same precision shows the same quantizers)")
     export = record["stages"]["export"]["outputs"]
-    reference = export["baseline_onnx"] if found["model"] == "baseline" else export["onnx"]
+    # A detector's export keeps each model's ONNX forms under its name: the raw form is what engines are built from.
+    reference = export["baseline_onnx"] if found["model"] == "baseline" else export.get("onnx") or \
+        export[found["model"]]["raw"]
     return {**found, "reference": reference}
 
 

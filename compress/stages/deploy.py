@@ -170,3 +170,13 @@ class DeployStage(Stage):
         return {"deployed": [{"target": t.label,
                               "results": ctx.relative(ctx.stage_dir / t.slug / "results.json")} for t in targets]}
 
+
+def run_deploy_options(run_dir: Path, names) -> tuple[dict[str, Any], Path]:
+    """The options `names` that a finished run's deploy section sets (its pipeline.yaml; none without one), and
+    that file: what `compress deploy` applies to a task with deploy options of its own (causal LMs, detectors)."""
+    path = Path(run_dir) / "pipeline.yaml"
+    try:
+        section = ((yaml.safe_load(path.read_text()) or {}).get("stages") or {}).get("deploy") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        section = {}
+    return {name: section[name] for name in names if section.get(name) is not None}, path

@@ -104,6 +104,10 @@ class Task:
                              f"samples ({listed}): their accuracy is noise; add samples or raise data.val_fraction")
         return found
 
+    def val_inputs(self, data: Dataset, count: int):
+        """The first `count` val samples as an engine takes them (what `compress diagnose` compares on)."""
+        return data.val.sample(range(len(data.val)), count)[0]
+
     def preprocessing(self, data: Dataset) -> dict[str, Any]:
         """What a deployed runner must do to raw inputs (recorded in the run, shipped in every bundle)."""
         raise NotImplementedError
@@ -131,6 +135,11 @@ class Task:
 
     def check_model(self, role: str, role_cfg, data) -> None:
         """Refuse (ConfigError naming role.model or role.kwargs) a model that cannot serve this data."""
+
+    def validate_models(self, pipeline, data) -> list[str]:
+        """What `compress validate` says of the models and the KD between them, built on the meta device (no
+        weights, no data through them); refuses (ConfigError) what cannot be distilled. Default: nothing."""
+        return []
 
     def model_spec(self, role_cfg, data: Dataset) -> ModelSpec:
         """The spec of the teacher's or student's model (`role_cfg`) for this data."""

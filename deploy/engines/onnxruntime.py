@@ -83,7 +83,7 @@ class OnnxRuntimeEngine(Engine):
             if dynamic_applies(onnx_path):
                 extra["quantization"] = measured_int8(onnx_path, artifact, calibration, options)
             else:
-                limited = static_quantize(onnx_path, artifact, calibration)
+                limited = static_quantize(onnx_path, artifact, calibration, op_types=options.get("int8_op_types"))
                 extra["quantization"] = {"method": "onnxruntime static (QDQ, per-channel, min-max)",
                                          "calibration_samples": calibration_count(calibration), **limited}
         else:

@@ -47,13 +47,15 @@ def saturating_int8_kernels() -> bool:
 
 
 def static_quantize(onnx_path: Path, out_path: Path, calibration: np.ndarray | dict[str, np.ndarray] | list,
-                    batch_size: int = 32) -> dict[str, Any]:
+                    batch_size: int = 32, op_types: tuple[str, ...] | None = None) -> dict[str, Any]:
     """ORT static quantization of an fp32 ONNX to QDQ with per-channel weights.
 
     `calibration`: an array for a single-input model, or a dict name -> rows (or a list of such
     batches) for a multi-input one, fed by name in each input's dtype. Returns what the sidecar
     adds to its quantization record: the op types, where they are limited; 7-bit weights, where this
     CPU's kernels would saturate 8-bit ones (the artifact then also runs right on VNNI CPUs, a little coarser).
+    `op_types` limits what is quantized (a detector keeps its box decoding in float: one int8 scale cannot
+    hold pixel coordinates and scores in [0, 1] together).
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -74,7 +76,7 @@ def static_quantize(onnx_path: Path, out_path: Path, calibration: np.ndarray | d
     # A dynamic axis beside the batch: symbolic shape inference must merge the dims the attention
     # mask broadcasts (the sequence and a Shape-derived copy of it), or it gives up.
     dynamic = any(isinstance(dim, str) for spec in inputs for dim in spec["shape"][1:])
-    op_types = SEQUENCE_MODEL_OPS if has_sequence_axis(inputs) else None
+    op_types = op_types or (SEQUENCE_MODEL_OPS if has_sequence_axis(inputs) else None)
     seven_bit = saturating_int8_kernels()
     try:
         quant_pre_process(str(onnx_path), str(prepared), auto_merge=dynamic)

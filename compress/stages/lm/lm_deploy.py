@@ -17,14 +17,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field
 
 from compress.config import PipelineConfig
 from compress.core.errors import ConfigError, UsageError
 from compress.core.fileio import read_json
 from compress.stages.contract import Stage, StageContext
-from compress.stages.deploy import DeployConfig, StageConsole
+from compress.stages.deploy import DeployConfig, StageConsole, run_deploy_options
 from deploy import lm_bundle
 from deploy.bundle import failed_gates, gates_refusal, read_run
 from deploy.fleet import deploy_command
@@ -68,12 +67,7 @@ def keep_report(run_dir: Path) -> None:
 
 def settings_of_run(run_dir: Path) -> lm_bundle.GenerationSettings:
     """The generation options of a finished run's deploy section (its pipeline.yaml), the defaults without one."""
-    path = Path(run_dir) / "pipeline.yaml"
-    try:
-        section = ((yaml.safe_load(path.read_text()) or {}).get("stages") or {}).get("deploy") or {}
-    except (OSError, yaml.YAMLError, AttributeError):
-        section = {}
-    given = {name: section[name] for name in GENERATION_OPTIONS if section.get(name) is not None}
+    given, path = run_deploy_options(run_dir, GENERATION_OPTIONS)
     try:
         return lm_bundle.GenerationSettings(**given, where=f"{path}: stages.deploy")
     except TypeError as error:

@@ -7,12 +7,11 @@ the greedy generations side by side, and the gates max_perplexity_increase and m
 
 from __future__ import annotations
 
-import html
-import shutil
 from typing import Any
 
 from compress.config import PipelineConfig
-from compress.core.fileio import read_json, write_json, write_text
+from compress.core.fileio import read_json
+from compress.reporting.task_report import publish_report
 from compress.stages.contract import Stage, StageContext
 
 
@@ -100,44 +99,6 @@ def torch_results(ctx: StageContext) -> dict[str, Any]:
             "block_size": teacher["corpus"]["block_size"], "new_tokens": 0}
 
 
-def render_html(markdown: str, title: str) -> str:
-    """A self-contained page: headings, lists, tables and code blocks of the markdown, nothing fetched."""
-    body, in_table, in_code = [], False, False
-    for line in markdown.splitlines():
-        if line.startswith("```"):
-            body.append("</pre>" if in_code else "<pre>")
-            in_code = not in_code
-            continue
-        if in_code:
-            body.append(html.escape(line))
-            continue
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= set("-"):
-                continue
-            tag = "th" if not in_table else "td"
-            body.append(("<table>" if not in_table else "") + "<tr>" + "".join(
-                f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
-            in_table = True
-            continue
-        if in_table:
-            body.append("</table>")
-            in_table = False
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
-        elif line.startswith("- "):
-            body.append(f"<li>{html.escape(line[2:]).replace('**', '')}</li>")
-        elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>")
-    if in_table:
-        body.append("</table>")
-    style = ("body{font-family:sans-serif;max-width:70em;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:.2em .5em}pre{background:#f4f4f4;padding:.5em;white-space:pre-wrap}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-
-
 class LMReportStage(Stage):
     name = "report"
     reads = ("benchmark", "teacher", "baseline", "distill", "export", "build")
@@ -188,14 +149,9 @@ class LMReportStage(Stage):
         if verdicts:
             lines += ["## Gates", ""] + [f"- {g['gate']}: {'PASS' if g['passed'] else 'FAIL'} ({g['detail']})"
                                          for g in verdicts] + [""]
-        markdown = "\n".join(lines)
-        write_text(ctx.stage_dir / "report.md", markdown)
-        write_text(ctx.stage_dir / "report.html", render_html(markdown, ctx.pipeline.name))
         report = {"recommended": recommended["artifact"] if recommended else None, "gates": verdicts,
                   "kd": kd_summary, "rows": rows}
-        write_json(ctx.stage_dir / "report.json", report)
-        for name in ("report.md", "report.html"):
-            shutil.copy2(ctx.stage_dir / name, ctx.run_dir / name)
+        publish_report(ctx.stage_dir, ctx.run_dir, "\n".join(lines), ctx.pipeline.name, report)
         for g in verdicts:
             ctx.log(f"gate {g['gate']}: {'PASS' if g['passed'] else 'FAIL'} ({g['detail']})")
         return {"report": ctx.relative(ctx.stage_dir / "report.md"), "html": ctx.relative(ctx.stage_dir / "report.html"),

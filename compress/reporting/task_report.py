@@ -1,0 +1,73 @@
+"""The report files of a task whose report stage is its own (causal LMs, detectors): one markdown text, rendered.
+
+Such a report is written as markdown by its stage; this module turns it into the self-contained HTML page (no
+file fetched: pictures are embedded) and puts report.md, report.html and report.json in the stage folder, with
+copies of the first two at the top of the run folder where the shared report's lie.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from compress.core.fileio import write_json, write_text
+
+PICTURE = re.compile(r"^!\[([^\]]*)\]\(([^)]+)\)$")
+
+
+def render_html(markdown: str, title: str, folder: Path | None = None) -> str:
+    """A self-contained page: headings, lists, tables, code blocks and pictures (`![alt](file.png)` on a line of
+    its own, the PNG read from `folder` and embedded) of the markdown, nothing fetched."""
+    body, in_table, in_code = [], False, False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            body.append("</pre>" if in_code else "<pre>")
+            in_code = not in_code
+            continue
+        if in_code:
+            body.append(html.escape(line))
+            continue
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-"):
+                continue
+            tag = "th" if not in_table else "td"
+            body.append(("<table>" if not in_table else "") + "<tr>" + "".join(
+                f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+            in_table = True
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        picture = PICTURE.match(line.strip())
+        if picture and folder is not None and (folder / picture.group(2)).is_file():
+            encoded = base64.b64encode((folder / picture.group(2)).read_bytes()).decode()
+            body.append(f"<img alt='{html.escape(picture.group(1))}' src='data:image/png;base64,{encoded}'>")
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
+        elif line.startswith("- "):
+            body.append(f"<li>{html.escape(line[2:]).replace('**', '')}</li>")
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        body.append("</table>")
+    style = ("body{font-family:sans-serif;max-width:70em;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:.2em .5em}pre{background:#f4f4f4;padding:.5em;white-space:pre-wrap}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def publish_report(stage_dir: Path, run_dir: Path, markdown: str, title: str, report: dict[str, Any]) -> None:
+    """report.md, report.html (pictures from the stage folder embedded) and report.json in the stage folder; the
+    markdown and the page, and the pictures the markdown names, copied to the run folder."""
+    write_text(stage_dir / "report.md", markdown)
+    write_text(stage_dir / "report.html", render_html(markdown, title, stage_dir))
+    write_json(stage_dir / "report.json", report)
+    pictures = [m.group(2) for m in map(PICTURE.match, (line.strip() for line in markdown.splitlines())) if m]
+    for name in ["report.md", "report.html"] + [p for p in pictures if (stage_dir / p).is_file()]:
+        shutil.copy2(stage_dir / name, run_dir / name)
