@@ -154,6 +154,11 @@ def summary_line(results: dict[str, Any]) -> str:
                 f"({first['new_tokens']} new tokens), greedy tokens agree with the host's on "
                 f"{accuracy['agreement_with_host']:.2%} ({accuracy['identical_prompts']}/{accuracy['prompts']} prompts "
                 "identical)")
+    if first and first.get("end_to_end") is not None:  # a detector: its boxes against the host's, file to boxes
+        accuracy = first["accuracy"]
+        return (text + f", b{first['batch_size']} p50 {first['latency_ms']['p50']:.3f} ms, "
+                f"{first['end_to_end']['p50_ms']:.2f} ms file to boxes, boxes agree with the host's on "
+                f"{accuracy['agreement_with_host']:.2%} of {accuracy['images']} sample images")
     if first:
         top1 = first["accuracy"].get("top1")
         text += f", b{first['batch_size']} p50 {first['latency_ms']['p50']:.3f} ms"

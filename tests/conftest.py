@@ -61,3 +61,34 @@ def lm_run(tmp_path_factory):
     with contextlib.redirect_stdout(out):
         code = main(["run", str(folder / "pipeline.yaml"), "--run-dir", str(folder / "run")])
     return code, folder / "run", device, out.getvalue()
+
+
+@pytest.fixture(scope="session")
+def det_data(tmp_path_factory) -> Path:
+    """A tiny COCO set of digits on 96x96 canvases (40 train, 12 val, 12 test images)."""
+    from compress.tasks.object_detection.synthetic import write_digits_coco
+
+    folder = tmp_path_factory.mktemp("det-data")
+    write_digits_coco(folder, {"train": 40, "val": 12, "test": 12}, canvas=96, seed=0)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def det_run(det_data, tmp_path_factory):
+    """The tiny detector pipeline of tests/test_detection_pipeline.py with a deploy stage to a `local:` device, run
+    once for the session (its stages and its deploy are checked by two test files): (exit code, run dir, device,
+    log)."""
+    import contextlib
+    import io
+
+    from compress.cli import main
+    from test_detection_pipeline import det_config
+
+    folder = tmp_path_factory.mktemp("det-run")
+    device = folder / "device"
+    config = det_config(det_data, **{"stages.deploy": {"targets": [f"local:{device}"], "rounds": 1}})
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["run", str(folder / "pipeline.yaml"), "--run-dir", str(folder / "run")])
+    return code, folder / "run", device, out.getvalue()

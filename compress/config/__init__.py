@@ -122,6 +122,9 @@ class GatesConfig(Strict):
         description="causal LMs: the recommended artifact's perplexity over the teacher's, relative (0.5 = +50%)")
     min_tokens_per_s: float | None = Field(None, gt=0, json_schema_extra=ADDED_LATER,
                                            description="causal LMs: decode tokens/s of the recommended artifact, batch 1")
+    max_map_drop: float | None = Field(None, ge=0, lt=1, json_schema_extra=ADDED_LATER,
+                                       description="detectors: mAP@[.5:.95] of the recommended engine below the "
+                                                   "teacher's, a fraction (0.05 = 5 points)")
 
     @field_validator("min_engine_agreement")
     @classmethod
@@ -304,6 +307,7 @@ def _path_fields(cfg: PipelineConfig) -> list[tuple[Any, str]]:
               (cfg.student, "checkpoint")]
     fields += [(cfg.data.text, "tokenizer")] if cfg.data.text is not None else []
     fields += [(cfg.data.corpus, "tokenizer"), (cfg.data.corpus, "prompts")] if cfg.data.corpus is not None else []
+    fields += [(cfg.data.detection, "images")] if cfg.data.detection is not None else []
     return fields + ([(cfg.data.transfer, "path")] if cfg.data.transfer is not None else [])
 
 
@@ -314,6 +318,7 @@ def _check_files(file: str, cfg: PipelineConfig) -> None:
         if path is not None and not path.exists() and "{" not in path.name:
             where = "data.transfer" if owner is cfg.data.transfer else "data.text" if owner is cfg.data.text else \
                 "data.corpus" if owner is cfg.data.corpus else \
+                "data.detection" if owner is cfg.data.detection else \
                 "data" if owner is cfg.data else "teacher" if owner is cfg.teacher else "student"
             raise ConfigError(file, f"{where}.{name}", f"file not found: {path}")
     for role in ("teacher", "student"):

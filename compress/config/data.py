@@ -77,6 +77,42 @@ class CorpusConfig(Strict):
                                                   "generations shown in the report; unset: starts of test documents")
 
 
+class DetectionAugmentConfig(Strict):
+    """Training augmentation of a detector's images and boxes together (torchvision.transforms.v2 on tv_tensors)."""
+
+    flip: bool = True
+    scale: tuple[float, float] = Field((0.75, 1.25), description="scale jitter range (RandomAffine)")
+    translate: float = Field(0.1, ge=0, lt=0.5)
+    color: float = Field(0.2, ge=0, description="brightness, contrast and saturation jitter")
+    mosaic: float = Field(0.0, ge=0, le=1, description="probability of a 4-image mosaic")
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError(f"scale must be 0 < low <= high, got {list(value)}")
+        return value
+
+
+class DetectionConfig(Strict):
+    """An object detector's data (compress.tasks.object_detection): COCO JSON or the YOLO layout."""
+
+    image_size: int = Field(320, ge=32, le=4096, description="letterbox size: the longer side, padded to a square")
+    images: Path | None = Field(None, description="coco: the images folder (unset: the JSON's folder, then images/)")
+    names: list[str] | None = Field(None, description="yolo: class names (unset: data.yaml or classes.txt)")
+    augment: DetectionAugmentConfig = Field(default_factory=DetectionAugmentConfig)
+    score_threshold: float = Field(0.05, ge=0, lt=1, description="detections kept above this score (before NMS)")
+    iou_threshold: float = Field(0.6, gt=0, le=1, description="class-aware NMS overlap")
+    max_detections: int = Field(100, ge=1, le=10000, description="per image, after NMS")
+
+    @field_validator("image_size")
+    @classmethod
+    def _stride_multiple(cls, value: int) -> int:
+        if value % 32:
+            raise ValueError(f"image_size must be a multiple of 32 (the detector's coarsest stride), got {value}")
+        return value
+
+
 # Sources read lazily, one image at a time (compress.data.records); the rest are arrays.
 STREAM_SOURCES = ("imagefolder", "manifest", "hf", "webdataset")
 # Labelled texts: a CSV/JSONL file (text,label), parquet/arrow, or a Hugging Face dataset saved to disk.
@@ -84,7 +120,9 @@ TEXT_SOURCES = ("text",)
 # A causal LM's documents: text files or folders, JSONL/CSV, a Hugging Face dataset on disk; python-stdlib: the
 # running interpreter's own library sources (a corpus every machine has).
 CORPUS_SOURCES = ("corpus", "python-stdlib")
-FILE_SOURCES = ("npz",) + STREAM_SOURCES + TEXT_SOURCES + ("corpus",)
+# Boxes: COCO JSON (data.path the train JSON; val_path, test_path the others) or the YOLO layout (data.path its root).
+DETECTION_SOURCES = ("coco", "yolo")
+FILE_SOURCES = ("npz",) + STREAM_SOURCES + TEXT_SOURCES + ("corpus",) + DETECTION_SOURCES
 SOURCES = ("digits", "python-stdlib") + FILE_SOURCES
 
 
@@ -124,6 +162,8 @@ class DataConfig(Strict):
                                     description="source text: tokenizer and max_length (defaults when unset)")
     corpus: CorpusConfig | None = Field(None, json_schema_extra=ADDED_LATER,
                                         description="causal LM corpora: block size, tokenizer, text column")
+    detection: DetectionConfig | None = Field(None, json_schema_extra=ADDED_LATER,
+                                              description="coco/yolo: image size, class names, augmentation")
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DataConfig":

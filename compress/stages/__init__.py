@@ -17,6 +17,7 @@ from compress.stages.prune import PruneStage
 from compress.stages.quantize import QuantizeStage
 from compress.stages.report import ReportStage
 from compress.stages.teacher import TeacherStage
+from compress.stages.detection import DET_STAGES
 from compress.stages.lm import LM_STAGES
 
 PIPELINE_ORDER: tuple[type[Stage], ...] = (TeacherStage, PruneStage, BaselineStage, DistillStage, QuantizeStage,
@@ -26,7 +27,7 @@ ORDER = tuple(STAGES)
 
 # Tasks whose training, engines or measures differ wholesale run stages of their own under the same names and
 # order; None: the task has no such stage (a pipeline naming it is refused at validate).
-TASK_STAGES: dict[str, dict[str, type[Stage] | None]] = {"causal-lm": LM_STAGES}
+TASK_STAGES: dict[str, dict[str, type[Stage] | None]] = {"causal-lm": LM_STAGES, "object-detection": DET_STAGES}
 
 
 def stages_of(task_name: str | None) -> dict[str, type[Stage]]:

@@ -9,10 +9,12 @@ from compress.config import DataConfig, PipelineConfig
 from compress.tasks.task import Task
 from compress.tasks.causal_lm import CausalLM
 from compress.tasks.image_classification import ImageClassification
+from compress.tasks.object_detection import ObjectDetection
 from compress.tasks.text_classification import TextClassification
 
 # Most specific first: image classification claims every source no other task does.
-TASKS: dict[str, type[Task]] = {task.name: task for task in (CausalLM, TextClassification, ImageClassification)}
+TASKS: dict[str, type[Task]] = {task.name: task for task in (CausalLM, ObjectDetection, TextClassification,
+                                                                  ImageClassification)}
 
 
 def task_for(pipeline: PipelineConfig) -> Task:

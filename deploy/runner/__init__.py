@@ -4,7 +4,8 @@ Torch-free and Python 3.8-compatible, importing nothing of the toolchain: the ho
 benchmark use `sessions` and `harness` from here too, so host and device run and time a model
 with the same code. The host pipes `releases.py` to `python3 -` for the release steps (verify,
 lock, activate, rollback, status) and `runner.py` for probe, smoke, bench and build-engine; a causal LM's
-release is checked, timed and run by `lm_device.py` instead of `device_bench.py` and `inference.py`.
+release is checked, timed and run by `lm_device.py` instead of `device_bench.py` and `inference.py`, and a
+detector's by `detection_device.py`.
 """
 
 from pathlib import Path
@@ -17,6 +18,9 @@ RUNNER_FILES = ("runner.py", "releases.py", "sessions.py", "harness.py", "prepro
 # Shipped with a causal LM's bundle only, beside RUNNER_FILES (a classifier's bundle keeps its files): greedy
 # generation over the KV cache, and the device's check, timing and `generate` command of a generating release.
 GENERATION_FILES = ("generation.py", "lm_device.py")
+# Shipped with a detector's bundle only, beside RUNNER_FILES: the letterbox, decode and NMS the host measured with,
+# and the device's box check, timing and `infer` of a detector's release.
+DETECTION_FILES = ("detection.py", "detection_device.py")
 
 
 def runner_source() -> bytes:

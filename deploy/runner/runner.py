@@ -9,7 +9,8 @@ model travels in the bundle beside it and is loaded from the release folder (`re
 sessions.py (the one session per backend that the host uses too), harness.py (the host's latency
 harness), preprocess.py (and preprocess_text.py for a text model), inference.py and device_bench.py; a causal
 LM's release (its manifest carries generation settings) is checked, timed and run by lm_device.py with
-generation.py instead.
+generation.py instead, and a detector's (its manifest carries detection settings) by detection_device.py with
+detection.py.
 Every command prints one JSON document on the last line of stdout (`{"error": ...}` and exit 1 on
 failure), but `infer`, which prints one JSON line per input (`{"file", "label", "score"}`, with
 `index` for a row of an array file and `text` for a line of a text file), so that a script reads
@@ -20,6 +21,9 @@ document); progress goes to stderr.
   python3 runner.py infer  RELEASE_DIR IMAGE [IMAGE ...] [--output OUT.npy]   (Pillow; the bundle's image steps)
   python3 runner.py infer  RELEASE_DIR TEXTS.txt [...] | TOKENS.npz [--output OUT.npy]   (a text model: one text
                            a line, tokenised with the bundle's tokenizer.json by `tokenizers`)
+  python3 runner.py infer  RELEASE_DIR IMAGE [IMAGE ...] [--out DIR] [--threshold T]   (a detector: one JSON line
+                           per image, {"file", "detections": [{"box", "score", "label", "name"}]}; --out DIR writes
+                           each image with its boxes drawn)
   python3 runner.py bench  RELEASE_DIR [--batch-sizes 1,8] [--runs 30]
   python3 runner.py generate RELEASE_DIR "PROMPT" [--max-new-tokens N] [--json]   (a causal LM: greedy text)
   python3 runner.py verify RELEASE_DIR          (sha256 of every file against manifest.json: releases.py's)
@@ -246,6 +250,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    ".txt files (one text per line) or one .npz of token ids")
     p.add_argument("--output")
     p.add_argument("--preprocessed", action="store_true", help="inputs are already normalised")
+    p.add_argument("--out", metavar="DIR", help="a detector's release: write each image with its boxes drawn here")
+    p.add_argument("--threshold", type=float, metavar="T",
+                   help="a detector's release: keep boxes scoring at least T (default: the bundle's score_threshold)")
     p = sub.add_parser("bench")
     p.add_argument("release")
     p.add_argument("--batch-sizes", type=lambda s: [int(v) for v in s.split(",")])
@@ -281,6 +288,30 @@ def generates_text(release: Path) -> bool:
         return False
 
 
+def detects_objects(release: Path) -> bool:
+    """Whether a release is a detector's: its manifest.json carries detection settings."""
+    try:
+        return isinstance(json.loads((release / "manifest.json").read_text()).get("detection"), dict)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def detector_command(release: Path, args: argparse.Namespace) -> dict | list:
+    """smoke, bench and infer of a detector's release (detection_device.py, from the release folder)."""
+    if args.command == "build-engine":
+        raise RunnerError(f"{release}: a detector's release ships its engine built; there is none to build here")
+    if args.command == "infer" and (args.output or args.preprocessed):
+        flag = "--output" if args.output else "--preprocessed"
+        raise RunnerError(f"{flag} applies to a classifier's release; a detector takes image files (--out DIR "
+                          "writes them with their boxes drawn)")
+    detection_device = release_module(release, "detection_device")
+    if args.command == "smoke":
+        return detection_device.smoke(release)
+    if args.command == "infer":
+        return detection_device.infer(release, [Path(p) for p in args.input], args.out, args.threshold)
+    return detection_device.bench(release, args.threads, args.rounds)
+
+
 def dispatch(args: argparse.Namespace) -> dict | list:
     command = args.command
     if command == "probe":
@@ -289,6 +320,8 @@ def dispatch(args: argparse.Namespace) -> dict | list:
     if command == "verify":
         return release_module(release, "releases").verify(release, args.manifest_sha256)
     if command == "generate":
+        if detects_objects(release):
+            raise RunnerError(f"{release}: this release detects objects: python3 runner.py infer RELEASE IMAGE [...]")
         return release_module(release, "lm_device").generate(release, args.prompt, args.max_new_tokens,
                                                               args.threads, args.backend)
     if generates_text(release):
@@ -298,6 +331,11 @@ def dispatch(args: argparse.Namespace) -> dict | list:
         if command == "smoke":
             return lm_device.smoke(release)
         return lm_device.bench(release, args.threads, args.rounds)
+    if detects_objects(release):
+        return detector_command(release, args)
+    if command == "infer" and (args.out is not None or args.threshold is not None):
+        raise RunnerError(f"{'--out' if args.out is not None else '--threshold'} applies to a detector's release; "
+                          "a classifier writes its scores with --output OUT.npy")
     if command == "infer":
         return release_module(release, "inference").infer(release, [Path(p) for p in args.input],
                                                           Path(args.output) if args.output else None, args.preprocessed)

@@ -22,7 +22,7 @@ from compress.tasks.task import Task
 
 # Image and text-classification options a corpus cannot use (field -> the value that means unset).
 FOREIGN_OPTIONS = {"text": None, "augment": None, "image_size": None, "eval_resize": None, "transfer": None,
-                   "val_path": None, "test_path": None, "channels": None, "mean": None, "std": None}
+                   "val_path": None, "test_path": None, "channels": None, "mean": None, "std": None, "detection": None}
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from compress.config import DataConfig
-from compress.config.data import CORPUS_SOURCES, TEXT_SOURCES
+from compress.config.data import CORPUS_SOURCES, DETECTION_SOURCES, TEXT_SOURCES
 from compress.core.errors import ConfigError
 from compress.data.dataset import Dataset
 from compress.models import ModelSpec
@@ -27,7 +27,7 @@ class ImageClassification(Task):
 
     @classmethod
     def claims(cls, data: DataConfig) -> bool:
-        return data.source not in TEXT_SOURCES + CORPUS_SOURCES
+        return data.source not in TEXT_SOURCES + CORPUS_SOURCES + DETECTION_SOURCES
 
     @classmethod
     def check_data(cls, data: DataConfig) -> tuple[str, str] | None:
@@ -37,6 +37,8 @@ class ImageClassification(Task):
             return "data.text", f"data.text configures a text source; source is '{data.source}'"
         if data.corpus is not None:
             return "data.corpus", f"data.corpus configures a causal LM corpus; source is '{data.source}'"
+        if data.detection is not None:
+            return "data.detection", f"data.detection configures a detector's data (coco, yolo); source is '{data.source}'"
         return None
 
     def complete_config(self, pipeline) -> None:
