@@ -190,3 +190,19 @@ def test_match_boxes_aggregates_over_images():
     assert (by_id["reference_boxes"], by_id["candidate_boxes"], by_id["matched"]) == (2, 2, 1)
     with pytest.raises(ValueError):
         match_boxes([one], [one, one])
+
+
+def test_one_models_interval_holds_its_map_and_is_a_point_for_a_perfect_model():
+    from compress.tasks.object_detection.coco_metrics import bootstrap_map, evaluate_map
+
+    images = [SimpleNamespace(image_id=i + 1, path=f"{i}.png", width=100, height=100,
+                              boxes=np.array([[10.0, 10.0, 50.0, 50.0]], np.float32), labels=np.array([i % 2]))
+              for i in range(12)]
+    perfect = {r.image_id: {"boxes": r.boxes.copy(), "scores": np.array([0.9], np.float32), "labels": r.labels.copy()}
+               for r in images}
+    assert bootstrap_map(images, ["a", "b"], [1, 2], perfect, rounds=20) == \
+        {"map": 1.0, "low": 1.0, "high": 1.0, "rounds": 20}
+    half = {k: v for k, v in perfect.items() if k % 3}  # two images in three found, of both classes
+    found = bootstrap_map(images, ["a", "b"], [1, 2], half, rounds=100, seed=1)
+    assert found["map"] == pytest.approx(evaluate_map(images, half, ["a", "b"], [1, 2])["map"])
+    assert found["low"] < found["map"] < found["high"]

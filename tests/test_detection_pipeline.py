@@ -145,6 +145,9 @@ def test_report_has_the_detection_sections_and_the_picture(det_run):
     assert "data:image/png;base64," in (run_dir / "report.html").read_text()
     verdict = json.loads((run_dir / "stages/report/report.json").read_text())
     assert verdict["kd_vs_alone"]["low"] <= verdict["kd_vs_alone"]["difference"] <= verdict["kd_vs_alone"]["high"]
+    student = verdict["map_intervals"]["student torch:fp32"]
+    assert student["low"] <= student["map"] <= student["high"]
+    assert "mAP@[.5:.95] (95% interval)" in report
 
 
 def refused(tmp_path, config: dict, *args) -> str:

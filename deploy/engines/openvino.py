@@ -130,6 +130,10 @@ def nncf_quantize_ir_controlled(model, calibration: Any, validation: tuple[Any, 
     handler = RevertedOps()
     logger = logging.getLogger("nncf")
     level = logger.level
+    # NNCF's own console handler stays at warnings: the INFO records are for RevertedOps, not the run log.
+    quieted = [(h, h.level) for h in logger.handlers]
+    for h, _ in quieted:
+        h.setLevel(max(h.level, logging.WARNING))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
@@ -142,6 +146,8 @@ def nncf_quantize_ir_controlled(model, calibration: Any, validation: tuple[Any, 
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        for h, saved in quieted:
+            h.setLevel(saved)
     final_score = metric(ov_compile(quantized), items)
     record = {"max_accuracy_drop": control["max_accuracy_drop"], f"float_{name}": float_score, name: final_score,
               "drop": float_score - final_score, "met": float_score - final_score <= control["max_accuracy_drop"] + 1e-12,

@@ -63,7 +63,7 @@ def gates(pipeline: PipelineConfig, rows: list[dict], recommended: dict | None) 
     if g.max_map_drop is not None and teacher:
         drop = teacher["accuracy"]["map"] - recommended["accuracy"]["map"]
         found.append({"gate": "max_map_drop", "passed": drop <= g.max_map_drop,
-                      "detail": f"{name_of(recommended)} mAP {drop * 100:+.1f} points below the teacher "
+                      "detail": f"{name_of(recommended)} mAP {drop * 100:.1f} points below the teacher's "
                                 f"(limit {g.max_map_drop * 100:.1f})"})
     best_teacher = fastest_teacher(rows)
     if g.min_speedup is not None and best_teacher:
@@ -88,10 +88,22 @@ def gates(pipeline: PipelineConfig, rows: list[dict], recommended: dict | None) 
     return found
 
 
-def model_table(rows: list[dict]) -> list[str]:
+def intervals(ctx: StageContext, records, rows: list[dict]) -> dict[str, dict]:
+    """Each scored artifact's mAP with its 95% bootstrap interval over the images."""
+    from compress.tasks.object_detection.coco_metrics import bootstrap_map
+    from compress.tasks.object_detection.evaluation import load_detections
+
+    plan = ctx.data
+    return {name_of(r): bootstrap_map(records, plan.class_names, plan.category_ids,
+                                      load_detections(ctx.path(r["detections"])).by_image, rounds=100,
+                                      seed=ctx.pipeline.seed)
+            for r in rows if "detections" in r}
+
+
+def model_table(rows: list[dict], spans: dict[str, dict]) -> list[str]:
     best_teacher = fastest_teacher(rows)
-    lines = ["| artifact | mAP@[.5:.95] | mAP@.5 | boxes vs torch | ms b1 | images/s b1 | ms file to boxes | size MB "
-             "| peak MB | vs teacher's fastest |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| artifact | mAP@[.5:.95] (95% interval) | mAP@.5 | boxes vs torch | ms b1 | images/s b1 | "
+             "ms file to boxes | size MB | peak MB | vs teacher's fastest |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "accuracy" not in r:
             lines.append(f"| {name_of(r)} | {r.get('status', '-')} | | | | | | | | |")
@@ -101,7 +113,9 @@ def model_table(rows: list[dict]) -> list[str]:
         images = (r.get("latency") or {}).get("1", {}).get("images_per_s", "-")
         agreement = f"{r['box_agreement']:.3f}" if r.get("box_agreement") is not None else "-"
         peak = (r.get("memory") or {}).get("peak_mb", "-")
-        lines.append(f"| {name_of(r)} | {r['accuracy']['map']:.3f} | {r['accuracy']['map50']:.3f} | {agreement} | "
+        span = spans.get(name_of(r)) or {}
+        interval = f" ({span['low']:.3f}-{span['high']:.3f})" if span.get("low") is not None else ""
+        lines.append(f"| {name_of(r)} | {r['accuracy']['map']:.3f}{interval} | {r['accuracy']['map50']:.3f} | {agreement} | "
                      f"{ms:.2f} | {images} | {r['end_to_end']['p50_ms']:.2f} | {r['size_mb']} | {peak} | {speed} |")
     return lines
 
@@ -193,7 +207,8 @@ class DetReportStage(Stage):
         if recommended:
             lines += [f"**Recommended: {name_of(recommended)}** (mAP {recommended['accuracy']['map']:.3f}, "
                       f"{b1_ms(recommended):.2f} ms at batch 1).", ""]
-        lines += ["## Models and engines", ""] + model_table(rows) + [""]
+        spans = intervals(ctx, records, rows)
+        lines += ["## Models and engines", ""] + model_table(rows, spans) + [""]
         lines += ["Boxes vs torch: share of the torch model's boxes the engine finds again (same class, IoU >= 0.9) "
                   "on the parity images.", ""]
         lines += kd_lines(verdicts)
@@ -204,7 +219,8 @@ class DetReportStage(Stage):
         if checked:
             lines += ["## Gates", ""] + [f"- {g['gate']}: {'PASS' if g['passed'] else 'FAIL'} ({g['detail']})"
                                          for g in checked] + [""]
-        report = {"recommended": name_of(recommended) if recommended else None, "gates": checked, **verdicts}
+        report = {"recommended": name_of(recommended) if recommended else None, "gates": checked, **verdicts,
+                  "map_intervals": spans}
         publish_report(ctx.stage_dir, ctx.run_dir, "\n".join(lines), ctx.pipeline.name, report)
         for g in checked:
             ctx.log(f"gate {g['gate']}: {'PASS' if g['passed'] else 'FAIL'} ({g['detail']})")
