@@ -320,7 +320,7 @@ def test_test_path_reads_a_separate_test_set_and_bad_test_options_are_one_line(t
     tiny_config["data"] = {"source": "digits", "test_path": "test.npz"}
     assert main(["validate", str(write_pipeline(tiny_config))]) == 2
     err = capsys.readouterr().err
-    assert ("data: test_path needs a source with files (npz, imagefolder, manifest, hf, webdataset, text, corpus); for 'digits' "
+    assert ("data: test_path needs a source with files (npz, imagefolder, manifest, hf, webdataset, text, corpus, coco, yolo); for 'digits' "
             "use test_fraction") in err
     tiny_config["data"] = {"source": "npz", "path": "train.npz", "test_path": "nothere.npz"}
     assert main(["validate", str(write_pipeline(tiny_config))]) == 2
