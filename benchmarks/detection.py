@@ -50,8 +50,8 @@ def example_config(data: Path, seed: int, threads: int, smoke: bool) -> dict:
         config["teacher"].update(model="fcos:resnet10t", kwargs={"fpn_channels": 32, "head_convs": 1})
         config["teacher"]["train"]["epochs"] = 1
         config["stages"]["distill"]["epochs"] = 1
-        config["stages"]["build"].update(calibration_images=16, min_calibration_images=16,
-                                         accuracy_control={"max_map_drop": 0.5, "images": 8})
+        config["stages"]["build"] = {"targets": ["onnxruntime:fp32", "onnxruntime:int8", "openvino:fp32"],
+                                     "calibration_images": 16, "min_calibration_images": 16}
         config["stages"]["benchmark"].update(batch_sizes=[1], end_to_end_images=3, rounds=1, memory=False)
         config.pop("gates", None)
     return config
@@ -155,7 +155,7 @@ print(json.dumps({"code": code}))
 
 
 def memory_part(threads: int, smoke: bool, work: Path) -> list[str]:
-    sizes = (100, 500) if smoke else (2_000, 10_000)
+    sizes = (40, 80) if smoke else (2_000, 10_000)
     lines = ["| training images | peak RSS MB | seconds |", "|---|---|---|"]
     peaks = []
     for size in sizes:
