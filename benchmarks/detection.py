@@ -166,7 +166,9 @@ def memory_part(threads: int, smoke: bool, work: Path) -> list[str]:
                   "teacher": {"model": "fcos:mobilenetv3_small_050", "kwargs": {"fpn_channels": 16, "head_convs": 1},
                               "train": {"epochs": 1, "batch_size": 32}},
                   "student": {"model": "fcos:mobilenetv3_small_050", "kwargs": {"fpn_channels": 16, "head_convs": 1}},
-                  "stages": {"distill": {"epochs": 1, "batch_size": 32}, "export": {"parity_images": 4},
+                  # one epoch: near-equal scores make NMS order flip on rounding; memory is what is measured here
+                  "stages": {"distill": {"epochs": 1, "batch_size": 32},
+                             "export": {"parity_images": 4, "min_box_agreement": 0.0},
                              "build": {"targets": ["onnxruntime:fp32"]},
                              "benchmark": {"batch_sizes": [1], "end_to_end_images": 3, "rounds": 1, "memory": False}}}
         path = work / f"memory-{size}.yaml"

@@ -34,7 +34,10 @@ def det_config(data_dir, **changes) -> dict:
         "stages": {
             "baseline": {},
             "distill": {"epochs": 1, "batch_size": 16, "score_threshold": 0.05},
-            "export": {"parity_images": 4},
+            # A one-epoch model scores many boxes nearly alike: NMS order, and so a box or two, may flip on a 1e-7
+            # difference between torch and an engine. Scores are held to 1e-4 below; the 0.99 box agreement of a
+            # trained model is measured by benchmarks/detection.py.
+            "export": {"parity_images": 4, "min_box_agreement": 0.9},
             "build": {"targets": ["onnxruntime:fp32", "onnxruntime:int8", "openvino:fp32", "openvino:int8",
                                   "tensorrt:fp16"],
                       "calibration_images": 24, "min_calibration_images": 16,
@@ -73,9 +76,9 @@ def test_onnx_forms_match_torch_in_boxes(det_run):
     _, run_dir, _, _ = det_run
     export = stage_outputs(run_dir)["export"]
     for role in ("teacher", "student"):
-        assert export[role]["parity"]["agreement"] >= 0.99
+        assert export[role]["parity"]["agreement"] >= 0.9
         assert export[role]["parity"]["max_abs_score_diff"] < 1e-4
-        assert export[role]["nms_parity"]["agreement"] >= 0.99
+        assert export[role]["nms_parity"]["agreement"] >= 0.9
         lint = export[role]["tensorrt_lint"]
         assert lint["clean"] and lint["plugins"] == ["EfficientNMS_TRT"]
 
@@ -112,7 +115,7 @@ def test_engines_are_built_and_checked_in_boxes(det_run):
     built = {(e["model"], e["backend"], e["precision"]): e for e in build["engines"]}
     assert ("teacher", "onnxruntime", "int8") not in built  # the teacher is the fp32 reference
     for key in [("student", "onnxruntime", "fp32"), ("student", "openvino", "fp32"), ("teacher", "openvino", "fp32")]:
-        assert built[key]["parity"]["agreement"] >= 0.99, key
+        assert built[key]["parity"]["agreement"] >= 0.9 and built[key]["parity"]["max_abs_score_diff"] < 1e-4, key
     control = built[("student", "openvino", "int8")]["quantization"]["accuracy_control"]
     assert {"float_map", "map", "reverted_ops"} <= set(control)
     assert built[("student", "tensorrt", "fp16")]["status"] == "deferred to the device"
@@ -202,3 +205,11 @@ def test_diagnose_finds_where_an_int8_detector_departs_from_its_onnx(det_run):
     code, log = run_cli(["diagnose", str(run_dir), "student.onnxruntime.int8", "--samples", "4"])
     assert code == 0, log
     assert "against stages/export/student.raw.onnx" in log and "shared tensors compared on 4 val inputs" in log
+
+
+def test_runs_lists_a_detector_run_and_report_says_how_to_rebuild_its_own(det_run):
+    _, run_dir, _, _ = det_run
+    code, log = run_cli(["runs", str(run_dir.parent)])
+    assert code == 0 and "run " in log and "done" in log, log
+    code, log = run_cli(["report", str(run_dir)])
+    assert code == 2 and "--force report" in log and len(log.strip().splitlines()) == 1, log

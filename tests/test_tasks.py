@@ -16,7 +16,8 @@ def test_the_task_is_the_one_named_or_the_one_that_claims_the_data(tiny_config, 
     assert task_for(parse_pipeline(tiny_config, base=tmp_path)).name == "image-classification"
     assert task_for(parse_pipeline(text_config, base=tmp_path)).name == "text-classification"
     named = parse_pipeline({**text_config, "task": "text-classification"}, base=tmp_path)
-    assert named.task_name == "text-classification" and list(TASKS) == ["causal-lm", "text-classification", "image-classification"]
+    assert named.task_name == "text-classification"
+    assert list(TASKS) == ["causal-lm", "object-detection", "text-classification", "image-classification"]
 
 
 def test_an_unknown_task_is_one_line_naming_the_known_ones(tiny_config, write_pipeline, capsys):

@@ -109,8 +109,10 @@ def collect(run_dir: str | Path, outputs: dict[str, dict[str, Any]] | None = Non
         raise UsageError(f"{results_path}: not valid JSON: {error}") from None
     if not isinstance(results.get("rows"), list):
         raise UsageError(f"{results_path}: rows: missing or not a list")
-    if any(not isinstance(row, dict) or "model" not in row for row in results["rows"]):
-        # a task that writes its own report (causal LMs: perplexity and tokens/s rows) is read by that report
+    if results.get("own_report") or any(not isinstance(row, dict) or not {"model", "batch_size"} <= set(row)
+                                        for row in results["rows"]):
+        # a task that writes its own report (causal LMs: perplexity and tokens/s rows; detectors: mAP rows, marked
+        # own_report) is read by that report; the shared one's rows are one per model and batch size
         raise UsageError(f"{results_path}: rows are of task {results.get('task', 'unknown')}, not the shared report's")
     metrics = {stage: _metrics_of(run_dir, stage, outputs[stage] or {}) for stage in TRAINING_STAGES if stage in outputs}
     return RunFacts(run_dir, name, gates, results, outputs, {k: v for k, v in metrics.items() if v},

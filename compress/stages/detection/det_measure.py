@@ -100,7 +100,8 @@ class DetBenchmarkStage(Stage):
                          "artifact": ctx.outputs[stage]["model"], "accuracy": score(records, found, plan.class_names,
                                                                                     plan.category_ids),
                          "detections": ctx.outputs[stage]["detections"],
-                         "params": ctx.outputs[stage]["params"], "size_mb": size_mb(ctx.path(ctx.outputs[stage]["model"])),
+                         "params": ctx.outputs[stage]["params"],
+                         "size_mb": size_mb(ctx.path(ctx.outputs[stage]["model"])),
                          **timing(torch_predict(model))})
             ctx.log(f"{name} torch: mAP {rows[-1]['accuracy']['map']:.3f}, "
                     f"{rows[-1]['latency'][str(cfg.batch_sizes[0])]['p50_ms']:.2f} ms at batch {cfg.batch_sizes[0]}")
@@ -129,7 +130,9 @@ class DetBenchmarkStage(Stage):
             ctx.log(f"{row['model']} {backend}:{precision}: mAP {row['accuracy']['map']:.3f}, "
                     f"{row['latency'][str(cfg.batch_sizes[0])]['p50_ms']:.2f} ms at batch {cfg.batch_sizes[0]}, "
                     f"{row['end_to_end']['p50_ms']:.2f} ms file to boxes")
-        results = {"env": environment(threads), "task": "object-detection", "split": plan.eval_split,
+        # own_report: the report stage of this task reads these rows; the shared report and `compress runs` do not.
+        results = {"env": environment(threads), "task": "object-detection", "own_report": True,
+                   "split": plan.eval_split,
                    "images": len(records), "threads": threads, "rows": rows, "post": post.as_dict()}
         from compress.core.fileio import write_json
 
