@@ -23,6 +23,7 @@ from pydantic import Field
 from compress.config import ADDED_LATER, DataConfig, PipelineConfig, Strict
 from compress.core.console import Console
 from compress.core.errors import CompressError, ConfigError, UsageError
+from compress.core.fileio import read_json
 from compress.tasks.registry import task_named
 from compress.reporting import rewrite_report
 from compress.stages.contract import Stage, StageContext
@@ -180,3 +181,35 @@ def run_deploy_options(run_dir: Path, names) -> tuple[dict[str, Any], Path]:
     except (OSError, yaml.YAMLError, AttributeError):
         section = {}
     return {name: section[name] for name in names if section.get(name) is not None}, path
+
+
+def skipped_by_gates(ctx: StageContext) -> str:
+    return f"gates failed: {', '.join(failed_gates(ctx.outputs.get('report') or {}))}"
+
+
+def deploy_own_bundles(ctx: StageContext, cfg: DeployConfig, packer, keep_report,
+                       *choose_args) -> list[tuple[Any, dict, Path]] | None:
+    """The deploy of a task with a bundle of its own (causal LMs, detectors): the gates, the artifact checked
+    before any device is touched (a config error naming stages.deploy.artifact or runtime), every target through
+    deploy_command with `packer`, then (target, its results, their path) per target; None when a failed gate
+    stops it (logged). A target that failed raises DeviceError after the others are deployed."""
+    failed = failed_gates(ctx.outputs.get("report") or {})
+    if cfg.require_gates and failed:
+        ctx.log(gates_refusal(failed, "stages.deploy.require_gates: false"))
+        return None
+    targets = cfg.parsed_targets()
+    try:  # an unknown artifact is a config error, before any device is touched
+        packer.choose(ctx.run_dir, read_run(ctx.run_dir), cfg.runtime, cfg.artifact, *choose_args)
+    except UsageError as error:
+        field = "artifact" if cfg.artifact else "runtime"
+        raise ConfigError(ctx.pipeline.source_file, f"stages.deploy.{field}", str(error).split(": ", 1)[-1]) from None
+    failed = deploy_command(ctx.run_dir, targets, StageConsole(ctx.log), None, keep_report, cfg.runtime, cfg.artifact,
+                            bwlimit=cfg.bwlimit, keep=cfg.keep, packer=packer)
+    if failed:
+        raise DeviceError(f"deploy failed on {len(failed)} of {len(targets)} target(s): {', '.join(failed)}; "
+                          "the others are deployed")
+    found = []
+    for target in targets:
+        path = ctx.stage_dir / target.slug / "results.json"
+        found.append((target, read_json(path), path))
+    return found

@@ -22,15 +22,11 @@ import yaml
 from pydantic import Field
 
 from compress.config import DataConfig, PipelineConfig
-from compress.core.errors import ConfigError, UsageError
-from compress.core.fileio import read_json
+from compress.core.errors import UsageError
 from compress.stages.contract import Stage, StageContext
-from compress.stages.deploy import DeployConfig, StageConsole, run_deploy_options
+from compress.stages.deploy import DeployConfig, deploy_own_bundles, run_deploy_options, skipped_by_gates
 from compress.tasks.registry import task_named
 from deploy import detection_bundle
-from deploy.bundle import failed_gates, gates_refusal, read_run
-from deploy.fleet import deploy_command
-from deploy.targets import DeviceError
 
 # The options of a detector's deploy beside the shared ones (DeployConfig), as deploy/detection_bundle.py takes them.
 DETECTION_OPTIONS = ("sample_images", "min_box_agreement", "agreement_margin", "rounds")
@@ -138,28 +134,11 @@ class DetDeployStage(Stage):
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         cfg: DetDeployConfig = ctx.config
-        failed = failed_gates(ctx.outputs.get("report") or {})
-        if cfg.require_gates and failed:
-            ctx.log(gates_refusal(failed, "stages.deploy.require_gates: false"))
-            return {"deployed": [], "skipped": f"gates failed: {', '.join(failed)}"}
-        targets = cfg.parsed_targets()
-        record = read_run(ctx.run_dir)
-        packer = detection_bundle.packer(eval_images, cfg.settings())
-        try:  # an unknown artifact is a config error, before any device is touched
-            packer.choose(ctx.run_dir, record, cfg.runtime, cfg.artifact)
-        except UsageError as error:
-            field = "artifact" if cfg.artifact else "runtime"
-            raise ConfigError(ctx.pipeline.source_file, f"stages.deploy.{field}",
-                              str(error).split(": ", 1)[-1]) from None
-        failed = deploy_command(ctx.run_dir, targets, StageConsole(ctx.log), None, keep_report, cfg.runtime,
-                                cfg.artifact, bwlimit=cfg.bwlimit, keep=cfg.keep, packer=packer)
-        if failed:
-            raise DeviceError(f"deploy failed on {len(failed)} of {len(targets)} target(s): {', '.join(failed)}; "
-                              "the others are deployed")
+        found = deploy_own_bundles(ctx, cfg, detection_bundle.packer(eval_images, cfg.settings()), keep_report)
+        if found is None:
+            return {"deployed": [], "skipped": skipped_by_gates(ctx)}
         deployed = []
-        for target in targets:
-            path = ctx.stage_dir / target.slug / "results.json"
-            results = read_json(path)
+        for target, results, path in found:
             row = (results.get("rows") or [{}])[0]
             ctx.log(device_line(target.label, results))
             deployed.append({"target": target.label, "results": ctx.relative(path), "release": results["release"],
