@@ -65,7 +65,7 @@ def detect(predict: Predict, records, size: int, post: PostSettings, batch_size:
     return found
 
 
-def torch_predict(model, threads: int | None = None) -> Predict:
+def torch_predict(model) -> Predict:
     import torch
 
     def predict(batch: np.ndarray) -> np.ndarray:
