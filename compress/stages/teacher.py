@@ -28,10 +28,12 @@ from compress.tasks.registry import task_for
 def check_models(pipeline: PipelineConfig) -> None:
     """What the run would refuse about the models, found before it starts: kwargs, channels, checkpoint."""
     file = pipeline.source_file
-    geometry = task_for(pipeline).declared_geometry()  # None: only reading the data tells
+    task = task_for(pipeline)
+    geometry = task.declared_geometry()  # None: only reading the data tells
     for role in ("teacher", "student"):
         cfg = getattr(pipeline, role)
-        problem = kwargs_problem(cfg.model, cfg.kwargs)
+        # A task that builds its own models checks their kwargs (a detection builder is not a classifier's).
+        problem = None if task.checks_models_itself else kwargs_problem(cfg.model, cfg.kwargs)
         if problem:
             raise ConfigError(file, f"{role}.kwargs.{problem[0]}", problem[1])
         _check_channels(pipeline, role, geometry or Geometry())

@@ -42,12 +42,15 @@ class DetDistillConfig(DetTrainConfig):
 
     def check(self, pipeline: PipelineConfig) -> tuple[str, str] | None:
         from compress.tasks.object_detection.detection_losses import check_level_map
-        from compress.tasks.object_detection.detectors import STRIDES
+        from compress.tasks.object_detection.detectors import feature_levels
 
         if self.level_map is not None:
-            problem = check_level_map([tuple(p) for p in self.level_map], len(STRIDES), len(STRIDES))
-            if problem:
-                return "level_map", problem
+            student = feature_levels(pipeline.student.model, pipeline.student.kwargs)
+            teacher = feature_levels(pipeline.teacher.model, pipeline.teacher.kwargs)
+            if student is not None and teacher is not None:
+                problem = check_level_map([tuple(p) for p in self.level_map], student, teacher)
+                if problem:
+                    return "level_map", problem
         return None
 
     def kd(self):
@@ -122,6 +125,19 @@ def model_record(model_name: str, kwargs: dict, num_classes: int, image_size: in
     return {"model": model_name, "kwargs": kwargs, "num_classes": num_classes, "image_size": image_size}
 
 
+def weights_from(ctx: StageContext, model, state: dict, field: str) -> list[str]:
+    """A plain state_dict file into `model`; returns (and logs) the tensors left fresh: a class head of another size."""
+    from compress.tasks.object_detection.detectors import load_weights
+
+    try:
+        fresh = load_weights(model, state)
+    except ValueError as error:
+        raise ConfigError(ctx.pipeline.source_file, field, str(error)) from None
+    if fresh:
+        ctx.log(f"{field}: {len(fresh)} tensors of another shape left to train: {', '.join(fresh)}")
+    return fresh
+
+
 class DetTeacherStage(Stage):
     name = "teacher"
 
@@ -137,7 +153,8 @@ class DetTeacherStage(Stage):
         import torch
 
         from compress.tasks.object_detection.det_fit import train_detector
-        from compress.tasks.object_detection.detectors import build_detector, load_detector, save_detector
+        from compress.tasks.object_detection.detectors import (build_detector, is_saved_detector, load_detector,
+                                                               read_checkpoint, save_detector)
 
         plan, cfg = ctx.data, ctx.pipeline.teacher
         for line in plan.describe():
@@ -145,15 +162,24 @@ class DetTeacherStage(Stage):
         size, classes = plan.options.image_size, len(plan.class_names)
         spec = model_record(cfg.model, cfg.kwargs, classes, size)
         history = None
-        if cfg.checkpoint is not None:
-            model, saved = load_detector(cfg.checkpoint)
-            if saved["num_classes"] != classes:
+        torch.manual_seed(ctx.pipeline.seed)
+        saved = read_checkpoint(cfg.checkpoint) if cfg.checkpoint is not None else None
+        ours = saved is not None and is_saved_detector(saved)  # a detector this toolchain saved: used as it is
+        if ours:
+            model, saved_spec = load_detector(cfg.checkpoint)
+            if saved_spec["num_classes"] != classes:
                 raise ConfigError(ctx.pipeline.source_file, "teacher.checkpoint",
-                                  f"the checkpoint detects {saved['num_classes']} classes; the data has {classes}")
-            spec = {**saved, "image_size": size}
+                                  f"the checkpoint detects {saved_spec['num_classes']} classes; the data has {classes}")
+            spec = {**saved_spec, "image_size": size}
         else:
-            torch.manual_seed(ctx.pipeline.seed)
             model = build_detector(cfg.model, classes, cfg.kwargs)
+            if saved is not None:
+                fresh = weights_from(ctx, model, saved, "teacher.checkpoint")
+                if fresh and cfg.train is None:
+                    raise ConfigError(ctx.pipeline.source_file, "teacher.checkpoint",
+                                      f"{len(fresh)} tensors of the file do not fit this data ({fresh[0]}: another "
+                                      "number of classes); add teacher.train to fine-tune them")
+        if cfg.train is not None and not ours:
             train = cfg.train
             options = DetTrainConfig(epochs=train.epochs, batch_size=train.batch_size, lr=train.lr,
                                      weight_decay=train.weight_decay, grad_clip=train.grad_clip or 10.0)
@@ -173,7 +199,8 @@ class _StudentStage(Stage):
         import torch
 
         from compress.tasks.object_detection.det_fit import train_detector
-        from compress.tasks.object_detection.detectors import build_detector, load_detector, save_detector
+        from compress.tasks.object_detection.detectors import (build_detector, is_saved_detector, load_detector,
+                                                               read_checkpoint, save_detector)
 
         plan, cfg = ctx.data, ctx.pipeline.student
         teacher = load_detector(ctx.path(ctx.outputs["teacher"]["model"]))[0] if kd is not None else None
@@ -181,7 +208,11 @@ class _StudentStage(Stage):
         torch.manual_seed(ctx.pipeline.seed + 1)
         student = build_detector(cfg.model, classes, cfg.kwargs)
         if cfg.checkpoint is not None:
-            student.load_state_dict(load_detector(cfg.checkpoint)[0].state_dict())
+            saved = read_checkpoint(cfg.checkpoint)
+            if is_saved_detector(saved):
+                student.load_state_dict(load_detector(cfg.checkpoint)[0].state_dict())
+            else:
+                weights_from(ctx, student, saved, "student.checkpoint")
         history = train_detector(student, plan.splits()["train"].images, plan.splits()["val"].images,
                                  fit_options(options_cfg, ctx.pipeline.seed, size), ctx.stage_dir / "training",
                                  val_scorer(plan), ctx.log, augment_of(plan), teacher=teacher, kd=kd)

@@ -14,7 +14,7 @@ from typing import Any
 
 from compress.config import DataConfig
 from compress.config.data import DETECTION_SOURCES, DetectionConfig
-from compress.core.errors import ConfigError
+from compress.core.errors import ConfigError, UsageError
 from compress.tasks.task import Task
 
 # Options of the other tasks a detector's data cannot use (field -> the value that means unset).
@@ -107,10 +107,12 @@ class ObjectDetection(Task):
 
     def complete_config(self, pipeline) -> None:
         self.config_file = pipeline.source_file
-        teacher = pipeline.teacher
-        if teacher.checkpoint is not None and teacher.checkpoint.suffix != ".pt":
-            raise ConfigError(pipeline.source_file, "teacher.checkpoint",
-                              "a detector checkpoint is a .pt file saved by this toolchain (stages/teacher/teacher.pt)")
+        for role in ("teacher", "student"):
+            checkpoint = getattr(pipeline, role).checkpoint
+            if checkpoint is not None and checkpoint.suffix not in (".pt", ".pth"):
+                raise ConfigError(pipeline.source_file, f"{role}.checkpoint",
+                                  "a detector checkpoint is a .pt saved by this toolchain (stages/teacher/teacher.pt) "
+                                  "or a torch state_dict file (.pt, .pth: torchvision's own)")
         if pipeline.student.init_from_teacher is not None:
             raise ConfigError(pipeline.source_file, "student.init_from_teacher",
                               "applies to Transformers; a detector student starts from its own config")
@@ -118,9 +120,18 @@ class ObjectDetection(Task):
     def check_model(self, role: str, role_cfg, data) -> None:
         from compress.tasks.object_detection.detectors import check_detector_name
 
+        from compress.tasks.object_detection.detectors import input_size_problem
+
         problem = check_detector_name(role_cfg.model)
         if problem:
             raise ConfigError(getattr(self, "config_file", "pipeline.yaml"), f"{role}.model", problem)
+        try:
+            problem = input_size_problem(role_cfg.model, role_cfg.kwargs, self.options.image_size)
+        except UsageError as error:
+            field = f"{role}.kwargs" if "kwargs" in str(error) else f"{role}.model"
+            raise ConfigError(getattr(self, "config_file", "pipeline.yaml"), field, str(error)) from None
+        if problem:
+            raise ConfigError(getattr(self, "config_file", "pipeline.yaml"), "data.detection.image_size", problem)
 
     def val_inputs(self, data: DetectionPlan, count: int):
         """The first `count` val images letterboxed, as the raw ONNX and its engines take them."""
@@ -137,7 +148,6 @@ class ObjectDetection(Task):
         import torch
 
         from compress.tasks.object_detection.detection_losses import check_level_map, level_pairs
-        from compress.tasks.object_detection.det_fit import feature_channels
         from compress.tasks.object_detection.detectors import build_detector
 
         classes = len(data.class_names)
@@ -147,8 +157,8 @@ class ObjectDetection(Task):
             with torch.device("meta"):
                 models[role] = build_detector(cfg.model, classes, cfg.kwargs)
             params = sum(p.numel() for p in models[role].parameters())
-            lines.append(f"{role} {cfg.model}: FPN strides {list(models[role].strides)}, "
-                         f"{feature_channels(models[role])[0]} channels, {params / 1e6:.2f}M parameters")
+            lines.append(f"{role} {cfg.model}: feature strides {list(models[role].strides)}, channels "
+                         f"{list(models[role].feature_channels)}, {params / 1e6:.2f}M parameters")
         distill = pipeline.stages.get("distill")
         if distill is not None and getattr(distill, "feature", "none") != "none":
             student, teacher = models["student"], models["teacher"]
@@ -157,9 +167,17 @@ class ObjectDetection(Task):
             problem = check_level_map(pairs, len(student.strides), len(teacher.strides))
             if problem:
                 raise ConfigError(pipeline.source_file, "stages.distill.level_map", problem)
-            widths = (feature_channels(student)[0], feature_channels(teacher)[0])
-            adapters = f"1x1 adapters {widths[0]} -> {widths[1]} channels" if widths[0] != widths[1] else "no adapters"
+            widths = [(student.feature_channels[i], teacher.feature_channels[j]) for i, j in pairs]
+            adapted = sorted({f"{a} -> {b}" for a, b in widths if a != b})
+            adapters = f"1x1 adapters {', '.join(adapted)} channels" if adapted else "no adapters"
             lines.append(f"KD {distill.feature} on level pairs {pairs} (student, teacher), {adapters}")
+        if distill is not None and (distill.class_weight or distill.box_weight):
+            student, teacher = models["student"], models["teacher"]
+            pairs = [tuple(p) for p in distill.level_map] if distill.level_map else \
+                level_pairs(list(student.strides), list(teacher.strides))
+            shared = [(i, j) for i, j in pairs if student.strides[i] == teacher.strides[j]]
+            lines.append(f"KD on classes and boxes at the locations of level pairs {shared}" if shared else
+                         "KD on classes and boxes: off (no student level has a teacher level of its stride)")
         return lines
 
     def results_fields(self, length, grid) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Training a detector: alone (FCOS's loss on the boxes) or distilled from a teacher detector.
+"""Training a detector: alone (its own loss on the boxes: FCOS's, RetinaNet's, SSD's) or distilled from a teacher detector.
 
 KD adds, on top of the student's own loss, up to three terms (compress.tasks.object_detection.detection_losses):
 feature imitation on the FPN levels (PKD, CWD or FGD, through 1x1 adapters where widths differ and a level map
@@ -23,7 +23,6 @@ from typing import Any, Callable
 import torch
 
 from compress.core.fileio import atomic_path
-from compress.tasks.object_detection.fcos_loss import fcos_loss
 
 
 @dataclass
@@ -51,7 +50,13 @@ class DetectionKD:
 
 
 class KDTerms(torch.nn.Module):
-    """The KD losses of one student-teacher pair, with the adapters they train (saved in the checkpoint)."""
+    """The KD losses of one student-teacher pair, with the adapters they train (saved in the checkpoint).
+
+    Feature imitation runs on every level pair. The dense class and box terms compare locations, so they run on
+    the pairs whose levels have the same grid (same stride at this input size), each location's most confident
+    anchor standing for it (dense_detector.level_views): a RetinaNet teacher's 9 anchors meet an FCOS student's
+    one. Without such a pair the two terms are off (`dense_pairs` is empty; the stage log says so).
+    """
 
     def __init__(self, kd: DetectionKD, student_channels: list[int], teacher_channels: list[int],
                  student_strides, teacher_strides):
@@ -63,28 +68,33 @@ class KDTerms(torch.nn.Module):
             losses.level_pairs(list(student_strides), list(teacher_strides))
         self.strides = list(teacher_strides)  # feature_kd places ground-truth boxes on the teacher's levels
         self.adapters = losses.make_adapters(student_channels, teacher_channels, self.pairs)
-        self.same_grid = tuple(student_strides) == tuple(teacher_strides)
+        self.dense_pairs = [(i, j) for i, j in self.pairs if student_strides[i] == teacher_strides[j]]
 
     def forward(self, student, teacher, targets, image_size: int) -> dict[str, torch.Tensor]:
         from compress.tasks.object_detection import detection_losses as losses
+        from compress.tasks.object_detection.dense_detector import level_views
 
         terms = {}
         if self.kd.feature and self.kd.feature_weight:
             terms["feature"] = self.kd.feature_weight * losses.feature_kd(
                 self.kd.feature, student.features, [f.detach() for f in teacher.features], self.adapters,
                 self.pairs, [t["boxes"] for t in targets], self.strides, **self.kd.feature_params)
-        if self.same_grid and self.kd.class_weight:
+        pairs = [(i, j) for i, j in self.dense_pairs if student.level_shapes[i] == teacher.level_shapes[j]]
+        if not pairs or not (self.kd.class_weight or self.kd.box_weight):
+            return terms
+        ours, theirs = level_views(student), level_views(teacher)
+        s_views, t_views = [ours[i] for i, _ in pairs], [theirs[j] for _, j in pairs]
+        if self.kd.class_weight:
             terms["class"] = self.kd.class_weight * losses.dense_class_kd(
-                student.cls_logits, teacher.cls_logits, self.kd.temperature, self.kd.score_threshold)
-        if self.same_grid and self.kd.box_weight:
-            weights = torch.sqrt(torch.sigmoid(teacher.cls_logits).max(-1).values * torch.sigmoid(teacher.centerness))
+                torch.cat([v.cls_logits for v in s_views], 1), torch.cat([v.cls_logits for v in t_views], 1),
+                self.kd.temperature, self.kd.score_threshold)
+        if self.kd.box_weight:
+            weights = torch.cat([v.confidence for v in t_views], 1).detach()
             weights = torch.where(weights >= self.kd.score_threshold, weights, torch.zeros_like(weights))
-            terms["box"] = self.kd.box_weight * losses.box_kd(student.boxes, teacher.boxes, weights, image_size)
+            terms["box"] = self.kd.box_weight * losses.box_kd(
+                torch.cat([v.boxes for v in s_views], 1), torch.cat([v.boxes for v in t_views], 1), weights,
+                image_size)
         return terms
-
-
-def feature_channels(model) -> list[int]:
-    return [model.fpn.output[i].out_channels for i in range(len(model.fpn.output))]
 
 
 def train_detector(model, train_records, val_records, options: FitOptions, work_dir: Path,
@@ -97,7 +107,10 @@ def train_detector(model, train_records, val_records, options: FitOptions, work_
     terms = None
     if teacher is not None and kd is not None:
         teacher.eval().requires_grad_(False)
-        terms = KDTerms(kd, feature_channels(model), feature_channels(teacher), model.strides, teacher.strides)
+        terms = KDTerms(kd, model.feature_channels, teacher.feature_channels, model.strides, teacher.strides)
+        if not terms.dense_pairs and (kd.class_weight or kd.box_weight):
+            log("KD: no student level has a teacher level of its stride: the class and box terms are off, "
+                "features only")
     loader = make_loader(train_records, options.image_size, options.batch_size, True, augment, options.seed, 0)
     parameters = list(model.parameters()) + (list(terms.parameters()) if terms is not None else [])
     optimizer = torch.optim.AdamW(parameters, lr=options.lr, weight_decay=options.weight_decay)
@@ -126,7 +139,7 @@ def train_detector(model, train_records, val_records, options: FitOptions, work_
         sums: dict[str, float] = {}
         for images, targets in loader:
             out = model.dense(images)
-            losses = fcos_loss(out, targets, model.num_classes)
+            losses = model.detection_loss(out, targets)
             total = losses["total"]
             if terms is not None:
                 with torch.no_grad():

@@ -8,31 +8,24 @@ xyxy in input pixels then class scores sqrt(sigmoid(class) * sigmoid(centerness)
 in numpy, on the host and the device alike.
 
 `dense` gives what training and KD need: the FPN features, the class logits, the boxes and centerness per location.
+
+Every detector of this task is a `DenseDetector`: this FCOS, torchvision's FCOS / RetinaNet / SSD
+(compress.tasks.object_detection.torchvision_detectors) and a user's own (`package.module:factory`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compress.tasks.object_detection.dense_detector import DenseDetector, DenseOutput
+
 STRIDES = (8, 16, 32)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class DenseOutput:
-    features: list[torch.Tensor]   # FPN levels [B, F, H_l, W_l]
-    cls_logits: torch.Tensor       # [B, A, C]
-    boxes: torch.Tensor            # [B, A, 4] xyxy in input pixels
-    distances: torch.Tensor        # [B, A, 4] left, top, right, bottom in input pixels
-    centerness: torch.Tensor       # [B, A] logits
-    points: torch.Tensor           # [A, 2] location centres (x, y)
-    strides: torch.Tensor          # [A] stride of each location's level
 
 
 def conv_norm_relu(channels_in: int, channels_out: int) -> nn.Sequential:
@@ -88,7 +81,9 @@ def _flatten(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).transpose(1, 2)
 
 
-class Detector(nn.Module):
+class Detector(DenseDetector):
+    """FCOS on a timm backbone, built here."""
+
     def __init__(self, backbone: str, num_classes: int, fpn_channels: int = 64, head_convs: int = 2,
                  backbone_kwargs: dict | None = None):
         super().__init__()
@@ -101,22 +96,28 @@ class Detector(nn.Module):
                                           **(backbone_kwargs or {}))
         self.fpn = FPN(self.backbone.feature_info.channels(), fpn_channels)
         self.head = FCOSHead(fpn_channels, num_classes, head_convs, len(STRIDES))
-        self.strides = STRIDES
+        self.fpn_channels = fpn_channels
         self.num_classes = num_classes
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
+    def _probe(self) -> tuple[list[int], list[int]]:
+        return list(STRIDES), [self.fpn_channels] * len(STRIDES)
+
     def dense(self, images: torch.Tensor) -> DenseOutput:
         features = self.fpn(self.backbone((images - self.mean) / self.std))
-        cls, dist, ctr = self.head(features, self.strides)
-        points, strides = locations([f.shape[-2:] for f in features], self.strides, images.device)
+        cls, dist, ctr = self.head(features, STRIDES)
+        shapes = [tuple(f.shape[-2:]) for f in features]
+        points, strides = locations(shapes, STRIDES, images.device)
         boxes = torch.cat([points - dist[..., :2], points + dist[..., 2:]], -1)
-        return DenseOutput(features, cls, boxes, dist, ctr, points, strides)
+        scores = torch.sqrt(torch.sigmoid(cls) * torch.sigmoid(ctr).unsqueeze(-1))
+        return DenseOutput(features, cls, boxes, scores, shapes, [1] * len(shapes), distances=dist, centerness=ctr,
+                           points=points, strides=strides)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.dense(images)
-        scores = torch.sqrt(torch.sigmoid(out.cls_logits) * torch.sigmoid(out.centerness).unsqueeze(-1))
-        return torch.cat([out.boxes, scores], -1)
+    def detection_loss(self, out: DenseOutput, targets: list[dict]) -> dict[str, torch.Tensor]:
+        from compress.tasks.object_detection.fcos_loss import fcos_loss
+
+        return fcos_loss(out, targets, self.num_classes)
 
 
 def locations(sizes, strides, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,26 +132,73 @@ def locations(sizes, strides, device) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(points), torch.cat(level_strides)
 
 
-def build_detector(name: str, num_classes: int, kwargs: dict) -> Detector:
-    """`fcos:BACKBONE` (any timm backbone with strides 8, 16, 32): random weights, built offline."""
-    options = dict(kwargs)
-    return Detector(name.split(":", 1)[1], num_classes, fpn_channels=options.pop("fpn_channels", 64),
-                    head_convs=options.pop("head_convs", 2), backbone_kwargs=options)
+def build_detector(name: str, num_classes: int, kwargs: dict) -> DenseDetector:
+    """`fcos:BACKBONE` (any timm backbone with strides 8, 16, 32), `torchvision:NAME` (FCOS, RetinaNet, SSD) or
+    `package.module:factory`: random weights, built offline (weights come from a checkpoint)."""
+    from compress.models import _kwargs_error
+    from compress.tasks.object_detection import torchvision_detectors
+
+    try:
+        if name.startswith("fcos:"):
+            options = dict(kwargs)
+            return Detector(name.split(":", 1)[1], num_classes, fpn_channels=options.pop("fpn_channels", 64),
+                            head_convs=options.pop("head_convs", 2), backbone_kwargs=options)
+        if name.startswith("torchvision:"):
+            return torchvision_detectors.build_torchvision(name.split(":", 1)[1], num_classes, kwargs)
+        return torchvision_detectors.build_from_factory(name, num_classes, kwargs)
+    except TypeError as error:
+        usage = _kwargs_error(name, error)
+        if usage is None:
+            raise
+        raise usage from None
 
 
 def check_detector_name(name: str) -> str | None:
     """Why `name` is not a detector this task builds; None when it is (no model is built)."""
-    if not name.startswith("fcos:") or not name.split(":", 1)[1]:
-        return f"a detector is fcos:BACKBONE (a timm backbone, e.g. fcos:resnet18), not '{name}'"
-    import timm
+    if name.startswith("fcos:"):
+        import timm
 
-    backbone = name.split(":", 1)[1]
-    if not timm.is_model(backbone):
-        return f"'{backbone}' is not a timm model (timm.list_models() lists them)"
+        backbone = name.split(":", 1)[1]
+        if not backbone:
+            return "fcos:BACKBONE names a timm backbone, e.g. fcos:resnet18"
+        if not timm.is_model(backbone):
+            return f"'{backbone}' is not a timm model (timm.list_models() lists them)"
+        return None
+    from compress.tasks.object_detection import torchvision_detectors
+
+    if name.startswith("torchvision:"):
+        return torchvision_detectors.check_torchvision_name(name.split(":", 1)[1])
+    if ":" in name and not name.startswith(("timm:", "hf:", "hf-config:")):
+        return torchvision_detectors.check_factory_name(name)
+    return (f"a detector is fcos:BACKBONE (a timm backbone, e.g. fcos:resnet18), torchvision:NAME (fcos_*, "
+            f"retinanet_*, ssd*) or package.module:factory, not '{name}'")
+
+
+def feature_levels(name: str, kwargs: dict) -> int | None:
+    """How many feature levels detector `name` has (built on the meta device); None when it cannot be built."""
+    if name.startswith("fcos:"):
+        return len(STRIDES)
+    if check_detector_name(name) is not None:
+        return None
+    try:
+        with torch.device("meta"):
+            return len(build_detector(name, 1, kwargs).strides)
+    except Exception:  # a bad kwarg or factory: check_model names it
+        return None
+
+
+def input_size_problem(name: str, kwargs: dict, size: int) -> str | None:
+    """Why detector `name` cannot take size x size inputs (its layers shrink them below a kernel: torchvision's
+    SSD300 needs about 300 px); None when it can. Shapes only: on the meta device."""
+    try:
+        with torch.device("meta"):
+            build_detector(name, 1, kwargs).level_features(torch.zeros(1, 3, size, size))
+    except RuntimeError as error:
+        return f"{size} px is too small for {name}: {str(error).splitlines()[0]}"
     return None
 
 
-def save_detector(model: Detector, spec: dict, path) -> None:
+def save_detector(model: DenseDetector, spec: dict, path) -> None:
     """state_dict and the spec to rebuild it (loadable with weights_only=True)."""
     from compress.core.fileio import atomic_path
 
@@ -158,9 +206,40 @@ def save_detector(model: Detector, spec: dict, path) -> None:
         torch.save({"spec": spec, "state_dict": model.state_dict()}, tmp)
 
 
-def load_detector(path) -> tuple[Detector, dict]:
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+def read_checkpoint(path) -> dict:
+    """A checkpoint file: this toolchain's {"spec", "state_dict"}, or a plain state_dict (torchvision's .pth)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def is_saved_detector(saved: dict) -> bool:
+    return isinstance(saved, dict) and set(saved) >= {"spec", "state_dict"}
+
+
+def load_detector(path) -> tuple[DenseDetector, dict]:
+    saved = read_checkpoint(path)
     spec = saved["spec"]
     model = build_detector(spec["model"], spec["num_classes"], spec.get("kwargs", {}))
     model.load_state_dict(saved["state_dict"])
     return model.eval(), spec
+
+
+def load_weights(model: DenseDetector, state: dict) -> list[str]:
+    """Load a plain state_dict (a torchvision detector's file or one of a user's own) into `model`.
+
+    Tensors whose shape differs from the model's (a class head for another number of classes) keep the model's
+    fresh initialization and are returned, so the caller can say which layers still need training. Any other
+    missing or unexpected key is an error naming it: the file is for another architecture.
+    """
+    target = getattr(model, "weights_root", model)
+    own = target.state_dict()
+    kept = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    reinitialized = sorted(k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape))
+    unexpected = sorted(k for k in state if k not in own)
+    missing = sorted(k for k in own if k not in state and not k.endswith("num_batches_tracked"))
+    if unexpected or missing:
+        key = (unexpected or missing)[0]
+        kind = "is not a tensor of this model" if unexpected else "is missing from the file"
+        raise ValueError(f"'{key}' {kind} ({len(unexpected)} unexpected, {len(missing)} missing keys): "
+                         "the file holds another architecture")
+    target.load_state_dict(kept, strict=False)
+    return reinitialized

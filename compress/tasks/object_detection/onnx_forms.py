@@ -51,7 +51,8 @@ class WithNMS(nn.Module):
         labels = order % classes
         chosen = boxes[order // classes]
         # One NMS over all classes: boxes of different classes are moved apart so they never overlap.
-        offset = labels.to(chosen.dtype).unsqueeze(1) * (chosen.max() + 1)
+        # (The largest coordinate of all boxes: the candidates may be none.)
+        offset = labels.to(chosen.dtype).unsqueeze(1) * (boxes.max() + 1)
         kept = nms(chosen + offset, top, self.iou_threshold)[:self.max_detections]
         rows = torch.cat([chosen[kept], top[kept].unsqueeze(1), labels[kept].to(chosen.dtype).unsqueeze(1)], 1)
         count = torch.ones_like(rows[:, 0]).sum().to(torch.int64).reshape(1)  # traced as a count, not a constant
