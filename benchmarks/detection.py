@@ -13,6 +13,7 @@
   fp32, a one-run benchmark, the report) on 2,000 and on 10,000 training images, each a fresh process (`os.wait4`'s ru_maxrss). Target: 10k <= 1.25x 2k.
 
     python benchmarks/detection.py [--part kd|memory|all] [--seeds 3] [--threads 2] [--work DIR] [--teacher PT]
+                                   [--teacher-model own_detectors:retinanet_resnet18 --teacher-kwargs JSON]
     python benchmarks/detection.py --smoke    # tiny data and models, one seed, both parts: a few minutes
 """
 
@@ -31,6 +32,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "examples" / "detection"))  # own_detectors:FACTORY teachers
 
 from compress.cli import main as compress_main  # noqa: E402
 from compress.core.fileio import read_json  # noqa: E402
@@ -65,7 +67,8 @@ def write_data(folder: Path, counts: dict[str, int], canvas: int) -> Path:
     return folder
 
 
-def kd_part(seeds: int, threads: int, smoke: bool, work: Path, teacher: Path | None = None) -> list[str]:
+def kd_part(seeds: int, threads: int, smoke: bool, work: Path, teacher: Path | None = None,
+            teacher_model: str | None = None, teacher_kwargs: dict | None = None) -> list[str]:
     from compress.tasks.object_detection.coco_metrics import paired_bootstrap_map
     from compress.tasks.object_detection.evaluation import load_detections
     from compress.tasks.object_detection.detection_records import read_coco
@@ -76,17 +79,19 @@ def kd_part(seeds: int, threads: int, smoke: bool, work: Path, teacher: Path | N
     rows, lines, teacher_checkpoint = [], [], teacher
     for seed in range(seeds):
         config = example_config(data, seed, threads, smoke)
+        if teacher_model is not None:  # another family (examples/detection/own_detectors.py is importable)
+            config["teacher"].update(model=teacher_model, kwargs=teacher_kwargs or {})
         if teacher_checkpoint is not None:  # one teacher for every seed
             config["teacher"] = {"model": config["teacher"]["model"], "kwargs": config["teacher"].get("kwargs", {}),
                                  "checkpoint": str(teacher_checkpoint)}
-        if seed > 0:  # engines once (every stage runs, so the later ones are made as light as they go)
+        if seed > 0 or teacher_model is not None:  # engines once, with the example's teacher (every stage runs, so the later ones are made as light as they go)
             config["stages"].update(export={"parity_images": 2}, build={"targets": ["onnxruntime:fp32"]},
                                     benchmark={"batch_sizes": [1], "end_to_end_images": 3, "rounds": 1,
                                                "memory": False})
             config.pop("gates", None)
-        path = work / f"seed{seed}.yaml"
+        path = work / (f"seed{seed}.yaml" if teacher_model is None else f"seed{seed}-{teacher_model.replace(':', '-')}.yaml")
         path.write_text(yaml.safe_dump(config))
-        run_dir = work / f"run{seed}"
+        run_dir = work / (f"run{seed}" if teacher_model is None else f"run{seed}-{teacher_model.replace(':', '-')}")
         started = time.perf_counter()
         code = compress_main(["run", str(path), "--run-dir", str(run_dir)])
         if code not in (0, 3):  # 3: the run finished and a gate of the example failed; its numbers stand
@@ -195,6 +200,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="keep the data and runs here (a rerun reuses every finished stage)")
     parser.add_argument("--teacher", type=Path, help="the teacher.pt of an earlier run of the example on the same data: "
                                                       "every seed distils it, none trains one")
+    parser.add_argument("--teacher-model", help="a teacher of another family, e.g. torchvision:fcos_resnet50_fpn or "
+                                                "own_detectors:retinanet_resnet18 (examples/detection/own_detectors.py)")
+    parser.add_argument("--teacher-kwargs", type=json.loads, default={}, help="its kwargs, as JSON")
     args = parser.parse_args()
     import torch
 
@@ -203,7 +211,8 @@ def main() -> None:
         work = args.work or Path(folder)
         work.mkdir(parents=True, exist_ok=True)
         if args.part in ("kd", "all"):
-            print("\n".join(kd_part(1 if args.smoke else args.seeds, args.threads, args.smoke, work, args.teacher)))
+            print("\n".join(kd_part(1 if args.smoke else args.seeds, args.threads, args.smoke, work, args.teacher,
+                                     args.teacher_model, args.teacher_kwargs)))
         if args.part in ("memory", "all"):
             print("\n".join(memory_part(args.threads, args.smoke, work)))
 

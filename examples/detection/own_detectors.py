@@ -29,7 +29,12 @@ def fcos_resnet18(num_classes: int, channels: int = 64):
     return FCOS(resnet18_fpn(channels), num_classes)
 
 
-def retinanet_resnet18(num_classes: int, channels: int = 64):
+def retinanet_resnet18(num_classes: int, channels: int = 64, anchor_size: int = 32):
+    """RetinaNet's 9 anchors per location (3 sizes x 3 aspect ratios); `anchor_size` is the smallest, on the
+    stride-8 level (torchvision's 32 suits COCO; small objects want smaller), doubling per level."""
     from torchvision.models.detection import RetinaNet
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
 
-    return RetinaNet(resnet18_fpn(channels), num_classes)
+    sizes = tuple(tuple(int(anchor_size * 2 ** level * 2 ** (step / 3)) for step in range(3)) for level in range(5))
+    anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+    return RetinaNet(resnet18_fpn(channels), num_classes, anchor_generator=anchors)
