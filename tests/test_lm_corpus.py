@@ -82,6 +82,60 @@ def test_hf_dataset_saved_to_disk(tmp_path, as_dict):
         corpus.iter_documents(tmp_path / "ds")
 
 
+def _shard(path: Path, members: list[tuple[str, bytes]], mode: str = "w") -> Path:
+    import io
+    import tarfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, mode) as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_webdataset_shards_give_each_samples_text_member_as_a_document(tmp_path, stdlib_texts):
+    """Two shards (one gzipped) in a folder, samples of a .txt and a .json member each (webdataset's layout): the
+    .txt members are the documents, in shard then member order, named shard:key; a single shard reads alike."""
+    texts = [text for _, text in stdlib_texts[:5]]
+    first = _shard(tmp_path / "shards" / "corpus-000000.tar",
+                   [(f"{i:04d}.txt", texts[i].encode()) for i in range(3)] + [("0000.json", b'{"id": 0}')])
+    _shard(tmp_path / "shards" / "corpus-000001.tar.gz",
+           [("part/0003.txt", texts[3].encode()), ("part/0003.meta.json", b"{}"), ("0004.text", texts[4].encode())],
+           mode="w:gz")
+    documents = list(corpus.iter_documents(tmp_path / "shards"))
+    assert [doc_id for doc_id, _ in documents] == ["corpus-000000.tar:0000", "corpus-000000.tar:0001",
+                                                   "corpus-000000.tar:0002", "corpus-000001.tar.gz:part/0003",
+                                                   "corpus-000001.tar.gz:0004"]
+    assert [text for _, text in documents] == texts
+    assert [text for _, text in corpus.iter_documents(first)] == texts[:3]
+    _shard(tmp_path / "shards" / "corpus-000002.tar", [("0005.txt", b"last")])
+    pattern = tmp_path / "shards" / "corpus-{000000,000002}.tar"  # the .tar.gz is not in the pattern
+    assert [doc_id for doc_id, _ in corpus.iter_documents(pattern)][-1] == "corpus-000002.tar:0005"
+    with pytest.raises(ConfigError, match="no such shard"):
+        corpus.iter_documents(tmp_path / "shards" / "corpus-{000000..000003}.tar", config_file="lm.yaml")
+    column = _shard(tmp_path / "c.tar", [("a.body", b"hello"), ("a.txt", b"")])
+    assert list(corpus.iter_documents(column, text_column="body")) == [("c.tar:a", "hello"), ("c.tar:a", "")]
+
+
+def test_bad_webdataset_shards_are_refused_naming_the_shard(tmp_path):
+    empty = _shard(tmp_path / "empty.tar", [("0000.json", b"{}")])
+    with pytest.raises(ConfigError, match="no documents found"):
+        list(corpus.iter_documents(empty, config_file="lm.yaml"))
+    bad = _shard(tmp_path / "bad.tar", [("0000.txt", b"ok"), ("0001.txt", b"caf\xff")])
+    with pytest.raises(ConfigError) as error:
+        list(corpus.iter_documents(bad, config_file="lm.yaml"))
+    assert str(error.value).startswith("lm.yaml: data.path: ") and f"{bad}:0001.txt" in str(error.value)
+    assert "offset 3" in str(error.value)
+    broken = _write(tmp_path / "broken.tar", b"not a tar at all" * 64)
+    with pytest.raises(ConfigError, match="broken.tar: not a readable tar shard"):
+        list(corpus.iter_documents(broken))
+    _write(tmp_path / "mixed" / "notes.txt", "a document")
+    _shard(tmp_path / "mixed" / "stray.tar", [("0000.txt", b"not read")])
+    assert list(corpus.iter_documents(tmp_path / "mixed")) == [("notes.txt", "a document")]
+
+
 def test_missing_path_and_empty_folder_are_refused(tmp_path):
     with pytest.raises(ConfigError) as missing:
         corpus.iter_documents(tmp_path / "nope", config_file="lm.yaml")

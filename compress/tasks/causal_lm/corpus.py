@@ -11,6 +11,7 @@ import contextlib
 import csv
 import hashlib
 import json
+import tarfile
 from array import array
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -24,6 +25,7 @@ from compress.core.fileio import atomic_path, read_json, write_json
 END_OF_TEXT = "<|endoftext|>"
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst")
 HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")  # webdataset shards
 SPLITS = ("train", "val", "test")
 META_FILE = "meta.json"
 ENCODE_BATCH_DOCS, ENCODE_BATCH_CHARS = 256, 8 << 20  # bounds the text held while tokenizing
@@ -35,18 +37,33 @@ Documents = Iterator[tuple[str, str]]
 
 def iter_documents(path: Path, suffixes: tuple[str, ...] = TEXT_SUFFIXES, text_column: str = "text",
                    config_file: str = "pipeline.yaml", field_prefix: str = "data") -> Documents:
-    """(document id, text) from a folder, a text file, a .jsonl, a .csv or a save_to_disk dataset, lazily.
+    """(document id, text) from a folder, a text file, a .jsonl, a .csv, a save_to_disk dataset or webdataset
+    shards (a .tar, a folder of them, or a brace pattern), lazily.
 
     The path and format are checked now, so a typo fails before any work; content errors surface as read.
     """
     path = Path(path)
     where = f"{field_prefix}.path"
+    if "{" in path.name:  # webdataset's brace pattern: train-{000000..000009}.tar
+        from compress.core.errors import UsageError
+        from compress.data.shards import shard_files
+
+        try:
+            shards = shard_files(path, where)
+        except UsageError as error:
+            raise ConfigError(config_file, where, str(error).replace(f": {where}", "", 1)) from None
+        return _nonempty(_webdataset_documents(shards, text_column, config_file, where), path, config_file, where)
     if not path.exists():
         raise ConfigError(config_file, where, f"{path}: no such file or folder")
     if path.is_dir() and any((path / marker).is_file() for marker in HF_MARKERS):
         return _hf_documents(path, text_column, config_file, field_prefix)
     if path.is_dir():
+        shards = _shards_in(path, suffixes)
+        if shards:
+            return _nonempty(_webdataset_documents(shards, text_column, config_file, where), path, config_file, where)
         return _folder_documents(path, suffixes, config_file, where)
+    if _is_shard(path):
+        return _nonempty(_webdataset_documents([path], text_column, config_file, where), path, config_file, where)
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".csv"):
         read = _jsonl_documents if suffix == ".jsonl" else _csv_documents
@@ -55,7 +72,8 @@ def iter_documents(path: Path, suffixes: tuple[str, ...] = TEXT_SUFFIXES, text_c
         reader = iter([(path.name, _read_text(path, config_file, where))])
     else:
         raise ConfigError(config_file, where, f"{path}: not a corpus (a folder, a .jsonl, a .csv, a save_to_disk "
-                                              f"dataset or a text file ending {', '.join(suffixes)})")
+                                              f"dataset, webdataset .tar shards or a text file ending "
+                                              f"{', '.join(suffixes)})")
     return _nonempty(reader, path, config_file, where)
 
 
@@ -80,6 +98,43 @@ def _folder_documents(folder: Path, suffixes: tuple[str, ...], config_file: str,
     return ((name, _read_text(file, config_file, where)) for name, file in files)
 
 
+def _is_shard(path: Path) -> bool:
+    return path.name.lower().endswith(SHARD_SUFFIXES)
+
+
+def _shards_in(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """The webdataset shards at the top of `folder`, in order; none where text files sit beside them (then the
+    folder is a folder of documents and a stray archive in it is not the corpus)."""
+    top = [file for file in folder.iterdir() if file.is_file() and not file.name.startswith(".")]
+    if any(file.suffix.lower() in suffixes for file in top):
+        return []
+    return sorted(file for file in top if _is_shard(file))
+
+
+def _webdataset_documents(shards: list[Path], column: str, config_file: str, where: str) -> Documents:
+    """Webdataset's layout: each sample is the members of a shard that share a key (the member's path up to the
+    first dot of its name); its `.txt` member (or `.text`, or `.<text_column>`) is one document. Streamed member
+    by member (tarfile's "r|*": plain or compressed), so a shard is never held whole."""
+    fields = {"txt", "text", column.lower()}
+    for shard in shards:
+        try:
+            with tarfile.open(shard, "r|*") as archive:
+                for member in archive:
+                    folder, _, name = member.name.rpartition("/")
+                    key, _, extension = name.partition(".")
+                    if not member.isfile() or extension.lower() not in fields:
+                        continue
+                    data = archive.extractfile(member).read()
+                    try:
+                        text = data.decode("utf-8").removeprefix("\ufeff")
+                    except UnicodeDecodeError as error:
+                        raise _not_utf8(f"{shard}:{member.name}", error.start, data[error.start], config_file,
+                                        where) from None
+                    yield f"{shard.name}:{folder + '/' if folder else ''}{key}", text
+        except tarfile.TarError as error:
+            raise ConfigError(config_file, where, f"{shard}: not a readable tar shard ({error})") from None
+
+
 def _read_text(file: Path, config_file: str, where: str) -> str:
     data = file.read_bytes()
     try:
@@ -88,7 +143,7 @@ def _read_text(file: Path, config_file: str, where: str) -> str:
         raise _not_utf8(file, error.start, data[error.start], config_file, where) from None
 
 
-def _not_utf8(file: Path, offset: int, byte: int, config_file: str, where: str) -> ConfigError:
+def _not_utf8(file: Path | str, offset: int, byte: int, config_file: str, where: str) -> ConfigError:
     return ConfigError(config_file, where, f"{file}: not UTF-8 text (byte 0x{byte:02x} at offset {offset}); "
                                            "save it as UTF-8")
 
