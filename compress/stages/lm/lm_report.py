@@ -44,6 +44,24 @@ def kd_lines(ctx: StageContext) -> tuple[list[str], dict | None]:
     return lines, {"kd_vs_alone": kd, "student_vs_teacher": vs_teacher, "gap_closed": closed, "verdict": verdict}
 
 
+def prune_lines(ctx: StageContext) -> list[str]:
+    """How the prune stage made the students' start from the teacher (depth, width, the parameters left)."""
+    prune = ctx.outputs.get("prune")
+    if not prune:
+        return []
+    parts = []
+    if prune.get("method"):
+        parts.append(f"kept decoder layers {prune['kept_layers']} by {prune['method']} importance")
+    width = prune.get("width")
+    if width:
+        parts += [f"{key} {width['before'][key]} -> {width['after'][key]} per layer"
+                  for key in ("heads", "kv_heads", "intermediate") if width["before"][key] != width["after"][key]]
+    return ["## How the students started", "",
+            f"Both students (alone and KD) started from the teacher pruned ({'; '.join(parts)}; Minitron's "
+            f"activation importance for width): {prune['params'] / 1e6:.2f}M of the teacher's "
+            f"{prune['teacher_params'] / 1e6:.2f}M parameters, calibration loss {prune['calibration_loss']:.3f}.", ""]
+
+
 def model_table(rows: list[dict]) -> list[str]:
     teacher_tps = next((r["decode_tokens_per_s"].get("1") for r in rows if r["artifact"].startswith("teacher-onnx")),
                        None)
@@ -101,7 +119,7 @@ def torch_results(ctx: StageContext) -> dict[str, Any]:
 
 class LMReportStage(Stage):
     name = "report"
-    reads = ("benchmark", "teacher", "baseline", "distill", "export", "build")
+    reads = ("benchmark", "teacher", "prune", "baseline", "distill", "export", "build")
 
     def key_material(self, pipeline: PipelineConfig) -> dict[str, Any]:
         return {"gates": pipeline.gates.model_dump(mode="json"), "name": pipeline.name}
@@ -126,7 +144,7 @@ class LMReportStage(Stage):
         lines += ["## Models and engines", ""] + model_table(rows) + [""]
         lines += ["Agreement: share of positions where the artifact's next token equals the teacher's. Engines' "
                   "perplexity comes from their own prefill logits, int4 included.", ""]
-        lines += kd
+        lines += prune_lines(ctx) + kd
         quant = [r for r in rows if r["role"] == "distill" and r["precision"] in ("int8", "int4")]
         fp32 = by_name.get("student-onnxruntime-fp32")
         if quant and fp32:
