@@ -54,7 +54,7 @@ def test_a_width_pruned_llama_computes_the_teacher_with_the_dropped_parts_silenc
     model, ids = llama(), batch()
     importance = width_importance(model, ids)
     pruned = prune_width(model, importance, heads=2, intermediate=48)
-    assert sizes(pruned) == {"heads": 2, "kv_heads": 1, "head_dim": 16, "intermediate": 48}
+    assert sizes(pruned) == {"heads": 2, "kv_heads": 1, "head_dim": 16, "intermediate": 48, "hidden": 64}
     channels = [torch.topk(c, 48).indices for c in importance.channels]
     groups = [torch.topk(h.reshape(2, 2).sum(-1), 1).indices for h in importance.heads]
     heads = [torch.cat([g * 2, g * 2 + 1]) for g in groups]  # both query heads of the kept KV group
@@ -87,6 +87,36 @@ def test_a_pruned_model_saves_and_loads_as_an_ordinary_model(tmp_path):
     assert torch.equal(logits(again, ids), logits(pruned, ids))
 
 
+def test_hidden_pruning_keeps_the_loudest_residual_channels_everywhere_they_are_read_or_written(tmp_path):
+    model, ids = llama(), batch()
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 5] *= 40  # channel 5 of the residual stream is loudest
+    importance = width_importance(model, ids)
+    assert int(importance.hidden.argmax()) == 5 and importance.hidden.shape == (64,)
+    pruned = prune_width(model, importance, hidden=40)
+    keep = torch.sort(torch.topk(importance.hidden, 40).indices).values
+    assert sizes(pruned)["hidden"] == 40 and pruned.config.head_dim == 16
+    assert torch.equal(pruned.model.embed_tokens.weight, model.model.embed_tokens.weight[:, keep])
+    assert torch.equal(pruned.lm_head.weight, model.lm_head.weight[:, keep])
+    first, original = decoder_layers(pruned)[0], decoder_layers(model)[0]
+    assert torch.equal(first.self_attn.q_proj.weight, original.self_attn.q_proj.weight[:, keep])
+    assert torch.equal(first.mlp.down_proj.weight, original.mlp.down_proj.weight[keep])
+    assert torch.equal(first.input_layernorm.weight, original.input_layernorm.weight[keep])
+    pruned.save_pretrained(tmp_path)
+    assert torch.equal(logits(load_lm(tmp_path), ids), logits(pruned, ids))
+    assert logits(pruned, ids).shape == (3, 20, 300)
+
+
+def test_tied_embeddings_stay_tied_when_the_hidden_size_shrinks():
+    torch.manual_seed(0)
+    model = build_lm("hf-config:llama", LLAMA, 300, 64)
+    model.config.tie_word_embeddings = True
+    model.lm_head.weight = model.model.embed_tokens.weight
+    pruned = prune_width(model.eval(), width_importance(model, batch()), hidden=32)
+    assert pruned.lm_head.weight is pruned.model.embed_tokens.weight
+    assert pruned.lm_head.weight.shape == (300, 32)
+
+
 def test_gpt2_prunes_its_mlp_channels_exactly(tmp_path):
     torch.manual_seed(0)
     model, ids = build_lm("hf-config:gpt2", {"layers": 2, "hidden": 64, "heads": 4}, 300, 64).eval(), batch()
@@ -117,3 +147,6 @@ def test_gpt2_heads_are_refused_naming_what_to_prune_instead():
     model = build_lm("hf-config:gpt2", {"layers": 2, "hidden": 64, "heads": 4}, 300, 64)
     field, why = check_width(model, 2, None)
     assert field == "heads" and "prune its intermediate or layers" in why
+    field, why = check_width(model, None, None, 32)
+    assert field == "hidden" and "prune its intermediate or layers" in why
+    assert check_width(llama(), None, None, 64)[0] == "hidden"

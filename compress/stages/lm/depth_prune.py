@@ -28,14 +28,15 @@ class LMPruneConfig(Strict):
     layers: int | None = Field(None, ge=1, description="decoder layers the student keeps (depth)")
     heads: int | None = Field(None, ge=1, description="query heads each layer keeps (width; whole KV groups)")
     intermediate: int | None = Field(None, ge=1, description="MLP channels each layer keeps (width)")
+    hidden: int | None = Field(None, ge=1, description="hidden (embedding) channels the model keeps (width)")
     importance: Literal["perplexity", "block_influence"] = Field(
         "perplexity", description="depth: how a layer's importance is measured")
     calibration_blocks: int = Field(16, ge=1, description="training blocks the importance is measured on")
 
     @model_validator(mode="after")
     def _something_to_prune(self) -> "LMPruneConfig":
-        if self.layers is None and self.heads is None and self.intermediate is None:
-            raise ValueError("give layers (depth), heads or intermediate (width), or several")
+        if self.layers is None and self.heads is None and self.intermediate is None and self.hidden is None:
+            raise ValueError("give layers (depth), heads, intermediate or hidden (width), or several")
         return self
 
     def check(self, pipeline: PipelineConfig) -> tuple[str, str] | None:
@@ -51,9 +52,12 @@ class LMPruneConfig(Strict):
             model = build_lm(teacher.model, teacher.kwargs, 256, 64)
         if self.layers is not None and self.layers >= count_layers(model):
             return "layers", f"{self.layers} layers is not fewer than the teacher's {count_layers(model)}"
-        return check_width(model, self.heads, self.intermediate)
+        return check_width(model, self.heads, self.intermediate, self.hidden)
     # An absent `student` section becomes the teacher's model: the shared prune stage's complete_pipeline does
     # that for every task before the task is known (compress.config.parse_config).
+
+
+WIDTHS = ("hidden", "heads", "kv_heads", "intermediate")
 
 
 def calibration_batch(blocks, count: int) -> torch.Tensor:
@@ -106,7 +110,7 @@ class LMPruneStage(Stage):
         if cfg.layers is not None and cfg.layers >= total:
             raise ConfigError(ctx.pipeline.source_file, "stages.prune.layers",
                               f"{cfg.layers} layers is not fewer than the teacher's {total}")
-        problem = check_width(teacher, cfg.heads, cfg.intermediate)
+        problem = check_width(teacher, cfg.heads, cfg.intermediate, cfg.hidden)
         if problem:
             raise ConfigError(ctx.pipeline.source_file, f"stages.prune.{problem[0]}", problem[1])
         batch = calibration_batch(corpus_blocks(ctx, "train"), cfg.calibration_blocks)
@@ -120,13 +124,12 @@ class LMPruneStage(Stage):
             ctx.log(f"{cfg.importance} importance per layer: "
                     + ", ".join(f"{i}: {s:.4f}" for i, s in enumerate(scores)) + f"; keeping layers {keep}")
             outputs.update(kept_layers=keep, importance=scores, method=cfg.importance)
-        if cfg.heads is not None or cfg.intermediate is not None:
+        if (cfg.heads, cfg.intermediate, cfg.hidden) != (None, None, None):
             before = sizes(student)
-            student = prune_width(student, width_importance(student, batch), cfg.heads, cfg.intermediate)
+            student = prune_width(student, width_importance(student, batch), cfg.heads, cfg.intermediate, cfg.hidden)
             after = sizes(student)
             ctx.log("width (activation importance): " + ", ".join(
-                f"{key} {before[key]} -> {after[key]}" for key in ("heads", "kv_heads", "intermediate")
-                if before[key] != after[key]))
+                f"{key} {before[key]} -> {after[key]}" for key in WIDTHS if before[key] != after[key]))
             outputs["width"] = {"before": before, "after": after}
         save_lm(student, ctx.path(ctx.outputs["teacher"]["tokenizer"]), ctx.stage_dir / "model")
         loss = loss_without(student, batch, None)

@@ -54,8 +54,9 @@ def prune_lines(ctx: StageContext) -> list[str]:
         parts.append(f"kept decoder layers {prune['kept_layers']} by {prune['method']} importance")
     width = prune.get("width")
     if width:
-        parts += [f"{key} {width['before'][key]} -> {width['after'][key]} per layer"
-                  for key in ("heads", "kv_heads", "intermediate") if width["before"][key] != width["after"][key]]
+        parts += [f"{key} {width['before'][key]} -> {width['after'][key]}{'' if key == 'hidden' else ' per layer'}"
+                  for key in ("hidden", "heads", "kv_heads", "intermediate")
+                  if width["before"].get(key) != width["after"].get(key)]
     return ["## How the students started", "",
             f"Both students (alone and KD) started from the teacher pruned ({'; '.join(parts)}; Minitron's "
             f"activation importance for width): {prune['params'] / 1e6:.2f}M of the teacher's "

@@ -7,9 +7,14 @@ Minitron's activation-based importance, one forward pass:
 With grouped-query attention the query heads that share a key/value head go together: a KV group's importance is
 its heads' sum, and whole groups are kept, so the model's cache stays a plain GQA cache.
 
+- a hidden (embedding) channel: the mean |activation| of the normalized hidden states, summed over every norm
+  that feeds a projection (each layer's two and the final one): Minitron's LayerNorm-output importance.
+
 Every layer keeps the same counts (a Hugging Face config holds one size for all layers), each layer its own most
-important heads and channels. The pruned model is an ordinary model of the smaller config: it saves, loads and
-exports like any other. Hidden (embedding) channels are not pruned.
+important heads and channels; hidden channels are one set for the whole model (the residual stream). The pruned
+model is an ordinary model of the smaller config: it saves, loads and exports like any other. Heads and MLP
+channels come out exactly (the pruned model computes what the teacher computes with them silenced); pruning
+hidden channels also changes what the RMS norms divide by, so it is an approximation KD then repairs.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from compress.tasks.causal_lm.models import decoder_layers
 class WidthImportance:
     heads: list[torch.Tensor] | None          # per layer [heads]; None where the architecture's heads are not pruned
     channels: list[torch.Tensor]              # per layer [intermediate]
+    hidden: torch.Tensor | None = None        # [hidden] (Llama-style models)
 
 
 def _is_llama_like(layer) -> bool:
@@ -56,9 +62,9 @@ def sizes(model) -> dict[str, int]:
         heads = config.num_attention_heads
         return {"heads": heads, "kv_heads": getattr(config, "num_key_value_heads", None) or heads,
                 "head_dim": getattr(config, "head_dim", None) or config.hidden_size // heads,
-                "intermediate": config.intermediate_size}
+                "intermediate": config.intermediate_size, "hidden": config.hidden_size}
     return {"heads": config.n_head, "kv_heads": config.n_head, "head_dim": config.n_embd // config.n_head,
-            "intermediate": config.n_inner or 4 * config.n_embd}
+            "intermediate": config.n_inner or 4 * config.n_embd, "hidden": config.n_embd}
 
 
 def width_importance(model, batch: torch.Tensor) -> WidthImportance:
@@ -76,24 +82,40 @@ def width_importance(model, batch: torch.Tensor) -> WidthImportance:
     def on_mlp_hidden(module, inputs):
         channels.append(inputs[0].detach().float().abs().flatten(0, -2).mean(0))
 
+    normalized: list[torch.Tensor] = []
+
+    def on_norm_output(module, inputs, output):
+        normalized.append(output.detach().float().abs().flatten(0, -2).mean(0))
+
     for layer in decoder_layers(model):
         if kind == "llama":
             hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(on_attention_output))
             hooks.append(layer.mlp.down_proj.register_forward_pre_hook(on_mlp_hidden))
+            hooks += [layer.input_layernorm.register_forward_hook(on_norm_output),
+                      layer.post_attention_layernorm.register_forward_hook(on_norm_output)]
         else:
             hooks.append(layer.mlp.c_proj.register_forward_pre_hook(on_mlp_hidden))
+    if kind == "llama":
+        hooks.append(model.model.norm.register_forward_hook(on_norm_output))
     try:
         with torch.no_grad():
             model.eval()(input_ids=batch)
     finally:
         for hook in hooks:
             hook.remove()
-    return WidthImportance(heads if kind == "llama" else None, channels)
+    hidden = torch.stack(normalized).sum(0) if normalized else None
+    return WidthImportance(heads if kind == "llama" else None, channels, hidden)
 
 
-def check_width(model, heads: int | None, intermediate: int | None) -> tuple[str, str] | None:
+def check_width(model, heads: int | None, intermediate: int | None,
+                hidden: int | None = None) -> tuple[str, str] | None:
     """(field, why) when `model` cannot be pruned to these widths; None when it can."""
     kind, shape = architecture(model), sizes(model)
+    if hidden is not None:
+        if kind != "llama":
+            return "hidden", "GPT-2's attention is as wide as its hidden size: prune its intermediate or layers"
+        if hidden >= shape["hidden"]:
+            return "hidden", f"{hidden} channels is not fewer than the teacher's {shape['hidden']}"
     if heads is not None:
         if kind != "llama":
             return "heads", ("GPT-2's attention is as wide as its hidden size, which is not pruned: prune its "
@@ -134,10 +156,12 @@ def _top(scores: torch.Tensor, count: int) -> torch.Tensor:
     return torch.sort(torch.topk(scores, count).indices).values
 
 
-def prune_width(model, importance: WidthImportance, heads: int | None = None, intermediate: int | None = None):
+def prune_width(model, importance: WidthImportance, heads: int | None = None, intermediate: int | None = None,
+                hidden: int | None = None):
     """A copy of `model` keeping, in every layer, its `heads` most important query heads (whole KV groups) and
-    `intermediate` most important MLP channels; None leaves that width as it is."""
-    problem = check_width(model, heads, intermediate)
+    `intermediate` most important MLP channels, and the model's `hidden` most important hidden channels; None
+    leaves that width as it is."""
+    problem = check_width(model, heads, intermediate, hidden)
     if problem:
         raise UsageError(f"{problem[0]}: {problem[1]}")
     kind, shape = architecture(model), sizes(model)
@@ -167,7 +191,12 @@ def prune_width(model, importance: WidthImportance, heads: int | None = None, in
             _linear_rows(attention.k_proj, kv_rows)
             _linear_rows(attention.v_proj, kv_rows)
             _linear_columns(attention.o_proj, query_rows)
+    if hidden is not None:
+        _prune_hidden(pruned, _top(importance.hidden, hidden))
     config = pruned.config
+    if hidden is not None:
+        config.hidden_size = hidden
+        config.head_dim = dim
     if intermediate is not None:
         setattr(config, "intermediate_size" if kind == "llama" else "n_inner", intermediate)
     if heads is not None:
@@ -175,3 +204,24 @@ def prune_width(model, importance: WidthImportance, heads: int | None = None, in
         config.num_key_value_heads = heads // group
         config.head_dim = dim  # no longer hidden_size // heads
     return pruned
+
+
+def _prune_hidden(model, keep: torch.Tensor) -> None:
+    """Keep the residual stream's channels `keep` everywhere it is read or written (Llama-style)."""
+    tied = model.lm_head.weight is model.model.embed_tokens.weight
+    embed = model.model.embed_tokens
+    embed.weight = _columns(embed.weight, keep)
+    embed.embedding_dim = len(keep)
+    for layer in decoder_layers(model):
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+            norm.weight = _rows(norm.weight, keep)
+        attention, mlp = layer.self_attn, layer.mlp
+        for reads in (attention.q_proj, attention.k_proj, attention.v_proj, mlp.gate_proj, mlp.up_proj):
+            _linear_columns(reads, keep)
+        for writes in (attention.o_proj, mlp.down_proj):
+            _linear_rows(writes, keep)
+    model.model.norm.weight = _rows(model.model.norm.weight, keep)
+    if tied:
+        model.lm_head.weight = embed.weight
+    else:
+        _linear_columns(model.lm_head, keep)
