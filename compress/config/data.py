@@ -71,6 +71,10 @@ class CorpusConfig(Strict):
                                                     "else a byte-level BPE trained here on the training documents")
     vocab_size: int = Field(2048, ge=256, description="size of the vocabulary trained here (no tokenizer given)")
     text_column: str = Field("text", description="JSONL/CSV/Hugging Face datasets: the column holding the text")
+    prompt_column: str | None = Field(None, description="JSONL/CSV/Hugging Face datasets of prompt/response pairs: "
+                                                        "the prompt's column; losses and perplexity count the "
+                                                        "response's tokens only")
+    response_column: str = Field("response", description="with prompt_column: the response's column")
     suffixes: list[str] = Field([".txt", ".md", ".py", ".rst"], description="folders: the files read as documents")
     max_documents: int | None = Field(None, ge=1, description="read at most this many documents (in file order)")
     prompts: Path | None = Field(None, description="UTF-8 file, one prompt per line (\\n for a newline): greedy "

@@ -47,7 +47,8 @@ def engine_scores(folder: Path, blocks, limit: int | None):
     for i in chosen:
         block = blocks[i].numpy()
         logits = generator.prefill_logits(block[:-1].tolist())[None]
-        nll, tokens, correct, predictions = score_logits(logits, block[None, 1:])
+        mask = blocks.target_mask(i).numpy()[None] if hasattr(blocks, "target_mask") else None
+        nll, tokens, correct, predictions = score_logits(logits, block[None, 1:], mask)
         for key, value in zip(parts, (nll, tokens, correct, predictions.astype(np.int32))):
             parts[key].append(value)
     documents = np.array([blocks.document_of_block(i) for i in chosen], dtype=np.int64)

@@ -114,10 +114,13 @@ class LMTeacherStage(Stage):
         tokenizer = self._tokenizer(ctx, plan)
         tokenizer_dir = ctx.stage_dir / "tokenizer"
         lm_corpus.save_hf_tokenizer(tokenizer, tokenizer_dir)
+        masked = plan.corpus.prompt_column is not None
         meta = lm_corpus.pack_corpus(plan.documents(), tokenizer, plan.corpus.block_size, ctx.stage_dir / "data",
-                                     plan.split_of(), file, "data", required=("train", "val"))
+                                     plan.split_of(), file, "data", required=("train", "val"), masked=masked)
         for split, counts in meta["splits"].items():
-            ctx.log(f"{split}: {counts['documents']} documents, {counts['tokens']} tokens, {counts['blocks']} blocks")
+            targets = f" ({counts['target_tokens']} of them responses: the loss counts those)" if masked else ""
+            ctx.log(f"{split}: {counts['documents']} documents, {counts['tokens']} tokens{targets}, "
+                    f"{counts['blocks']} blocks")
         vocab = tokenizer.get_vocab_size(with_added_tokens=True)
         torch.manual_seed(ctx.pipeline.seed)
         model = build_lm(cfg.model, cfg.kwargs, vocab, 4 * plan.corpus.block_size, meta["end_of_text_id"])

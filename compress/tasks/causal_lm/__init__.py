@@ -41,7 +41,8 @@ class CorpusPlan:
         from compress.tasks.causal_lm.corpus import iter_documents
 
         path = Path(sysconfig.get_paths()["stdlib"]) if self.source == "python-stdlib" else self.path
-        found = iter_documents(path, tuple(self.corpus.suffixes), self.corpus.text_column, self.config_file)
+        found = iter_documents(path, tuple(self.corpus.suffixes), self.corpus.text_column, self.config_file,
+                               prompt_column=self.corpus.prompt_column, response_column=self.corpus.response_column)
         if self.corpus.max_documents is None:
             return found
         return (doc for _, doc in zip(range(self.corpus.max_documents), found))
@@ -54,6 +55,9 @@ class CorpusPlan:
     def describe(self) -> str:
         where = "the Python standard library's sources" if self.source == "python-stdlib" else str(self.path)
         limit = f", at most {self.corpus.max_documents} documents" if self.corpus.max_documents else ""
+        if self.corpus.prompt_column is not None:
+            limit += (f"; prompt/response pairs ({self.corpus.prompt_column!r}, {self.corpus.response_column!r}): "
+                      "losses and perplexity count the responses")
         return (f"corpus: {where}{limit}; split by document ({self.val_fraction:g} val, {self.test_fraction:g} test), "
                 f"blocks of {self.corpus.block_size} tokens")
 
@@ -78,6 +82,12 @@ class CausalLM(Task):
         for option, unset in FOREIGN_OPTIONS.items():
             if getattr(data, option) != unset:
                 return f"data.{option}", "not an option of a causal LM corpus (see data.corpus)"
+        if data.corpus is not None and data.corpus.prompt_column is not None:
+            from compress.tasks.causal_lm.corpus import has_rows
+
+            if data.source != "corpus" or (data.path is not None and data.path.exists() and not has_rows(data.path)):
+                return "data.corpus.prompt_column", ("prompt/response pairs are rows of a JSONL, a CSV or a Hugging "
+                                                     "Face dataset; files, folders and shards hold plain documents")
         return None
 
     @staticmethod

@@ -13,6 +13,7 @@ import hashlib
 import json
 import tarfile
 from array import array
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -33,17 +34,54 @@ ENCODE_BATCH_DOCS, ENCODE_BATCH_CHARS = 256, 8 << 20  # bounds the text held whi
 Documents = Iterator[tuple[str, str]]
 
 
+class PromptedText(str):
+    """A prompt and its response as one document (the text is both): packing marks the prompt's tokens, so the
+    losses and the perplexity count the response only (supervised fine-tuning's completion-only loss)."""
+
+    prompt: str
+    response: str
+
+    def __new__(cls, prompt: str, response: str) -> "PromptedText":
+        text = super().__new__(cls, prompt + response)
+        text.prompt, text.response = prompt, response
+        return text
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Where a row's document is: one text column, or a prompt and a response column."""
+
+    text: str = "text"
+    prompt: str | None = None
+    response: str = "response"
+
+    @property
+    def names(self) -> list[str]:
+        return [self.text] if self.prompt is None else [self.prompt, self.response]
+
+    def field(self, name: str) -> str:
+        return "text_column" if self.prompt is None else \
+            "prompt_column" if name == self.prompt else "response_column"
+
+
 # ---- reading ---------------------------------------------------------------------------------------------
 
 def iter_documents(path: Path, suffixes: tuple[str, ...] = TEXT_SUFFIXES, text_column: str = "text",
-                   config_file: str = "pipeline.yaml", field_prefix: str = "data") -> Documents:
+                   config_file: str = "pipeline.yaml", field_prefix: str = "data",
+                   prompt_column: str | None = None, response_column: str = "response") -> Documents:
     """(document id, text) from a folder, a text file, a .jsonl, a .csv, a save_to_disk dataset or webdataset
     shards (a .tar, a folder of them, or a brace pattern), lazily.
 
+    With `prompt_column`, each row of a JSONL, CSV or dataset is a PromptedText of its prompt and response columns.
     The path and format are checked now, so a typo fails before any work; content errors surface as read.
     """
     path = Path(path)
     where = f"{field_prefix}.path"
+    columns = Columns(text_column, prompt_column, response_column)
+    if prompt_column is not None and not has_rows(path):
+        raise ConfigError(config_file, f"{field_prefix}.corpus.prompt_column",
+                          f"{path}: prompt/response pairs are rows of a JSONL, a CSV or a Hugging Face dataset; "
+                          "files, folders and shards hold plain documents")
     if "{" in path.name:  # webdataset's brace pattern: train-{000000..000009}.tar
         from compress.core.errors import UsageError
         from compress.data.shards import shard_files
@@ -56,7 +94,7 @@ def iter_documents(path: Path, suffixes: tuple[str, ...] = TEXT_SUFFIXES, text_c
     if not path.exists():
         raise ConfigError(config_file, where, f"{path}: no such file or folder")
     if path.is_dir() and any((path / marker).is_file() for marker in HF_MARKERS):
-        return _hf_documents(path, text_column, config_file, field_prefix)
+        return _hf_documents(path, columns, config_file, field_prefix)
     if path.is_dir():
         shards = _shards_in(path, suffixes)
         if shards:
@@ -67,7 +105,7 @@ def iter_documents(path: Path, suffixes: tuple[str, ...] = TEXT_SUFFIXES, text_c
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".csv"):
         read = _jsonl_documents if suffix == ".jsonl" else _csv_documents
-        reader: Documents = _utf8_rows(path, read(path, text_column, config_file, field_prefix), config_file, where)
+        reader: Documents = _utf8_rows(path, read(path, columns, config_file, field_prefix), config_file, where)
     elif suffix in suffixes:
         reader = iter([(path.name, _read_text(path, config_file, where))])
     else:
@@ -75,6 +113,26 @@ def iter_documents(path: Path, suffixes: tuple[str, ...] = TEXT_SUFFIXES, text_c
                                               f"dataset, webdataset .tar shards or a text file ending "
                                               f"{', '.join(suffixes)})")
     return _nonempty(reader, path, config_file, where)
+
+
+def has_rows(path: Path) -> bool:
+    """A JSONL, a CSV or a save_to_disk dataset: sources of rows with columns."""
+    if path.is_dir():
+        return any((path / marker).is_file() for marker in HF_MARKERS)
+    return path.suffix.lower() in (".jsonl", ".csv")
+
+
+def _row_document(row: Any, columns: Columns, where: str, config_file: str, prefix: str) -> str:
+    """A row's text (None is an empty document), or its PromptedText; a missing or non-text column refused."""
+    values = []
+    for name in columns.names:
+        value = row.get(name, ...) if isinstance(row, dict) else ...
+        if value is not None and not isinstance(value, str):
+            found = f"keys: {', '.join(row) or 'none'}" if isinstance(row, dict) else "not a JSON object"
+            raise ConfigError(config_file, f"{prefix}.{'' if columns.prompt is None else 'corpus.'}"
+                                           f"{columns.field(name)}", f"{where}: no text under {name!r} ({found})")
+        values.append(value or "")
+    return values[0] if columns.prompt is None else PromptedText(*values)
 
 
 def _nonempty(documents: Documents, path: Path, config_file: str, where: str) -> Documents:
@@ -165,7 +223,7 @@ def _utf8_rows(file: Path, rows: Documents, config_file: str, where: str) -> Doc
         raise
 
 
-def _jsonl_documents(file: Path, column: str, config_file: str, prefix: str) -> Documents:
+def _jsonl_documents(file: Path, columns: Columns, config_file: str, prefix: str) -> Documents:
     with file.open(encoding="utf-8-sig") as stream:
         for lineno, line in enumerate(stream, start=1):
             if not line.strip():
@@ -174,15 +232,10 @@ def _jsonl_documents(file: Path, column: str, config_file: str, prefix: str) -> 
                 row = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ConfigError(config_file, f"{prefix}.path", f"{file}:{lineno}: not JSON ({error.msg})") from None
-            text = row.get(column, ...) if isinstance(row, dict) else ...
-            if text is not None and not isinstance(text, str):
-                found = f"keys: {', '.join(row) or 'none'}" if isinstance(row, dict) else "not a JSON object"
-                raise ConfigError(config_file, f"{prefix}.text_column", f"{file}:{lineno}: no text under {column!r} "
-                                                                        f"({found})")
-            yield f"{file.name}:{lineno}", text or ""
+            yield f"{file.name}:{lineno}", _row_document(row, columns, f"{file}:{lineno}", config_file, prefix)
 
 
-def _csv_documents(file: Path, column: str, config_file: str, prefix: str) -> Documents:
+def _csv_documents(file: Path, columns: Columns, config_file: str, prefix: str) -> Documents:
     # A document is often over the csv module's 128 KiB field limit. The limit is process-wide, and other
     # readers (text classification's) rely on it to refuse a runaway field: raised only while this reads.
     before = csv.field_size_limit(2**31 - 1)
@@ -190,16 +243,22 @@ def _csv_documents(file: Path, column: str, config_file: str, prefix: str) -> Do
         with file.open(newline="", encoding="utf-8-sig") as stream:
             reader = csv.DictReader(stream)
             header = reader.fieldnames or []
-            if column not in header:
-                raise ConfigError(config_file, f"{prefix}.text_column", f"{file}: no column {column!r} "
-                                                                        f"(columns: {', '.join(header) or 'none'})")
+            _check_header(header, columns, str(file), config_file, prefix)
             for rowno, row in enumerate(reader, start=1):
-                yield f"{file.name}:{rowno}", row[column] or ""
+                yield f"{file.name}:{rowno}", _row_document(row, columns, f"{file}:{rowno}", config_file, prefix)
     finally:
         csv.field_size_limit(before)
 
 
-def _hf_documents(folder: Path, column: str, config_file: str, prefix: str) -> Documents:
+def _check_header(header: list[str], columns: Columns, where: str, config_file: str, prefix: str) -> None:
+    for name in columns.names:
+        if name not in header:
+            field = columns.field(name) if columns.prompt is None else f"corpus.{columns.field(name)}"
+            raise ConfigError(config_file, f"{prefix}.{field}", f"{where}: no column {name!r} "
+                                                               f"(columns: {', '.join(header) or 'none'})")
+
+
+def _hf_documents(folder: Path, columns: Columns, config_file: str, prefix: str) -> Documents:
     """A save_to_disk Dataset, or a DatasetDict's train split, memory-mapped and read in batches."""
     import datasets
 
@@ -213,18 +272,17 @@ def _hf_documents(folder: Path, column: str, config_file: str, prefix: str) -> D
             raise ConfigError(config_file, f"{prefix}.path", f"{folder}: no train split "
                                                              f"(splits: {', '.join(dataset)})")
         dataset = dataset["train"]
-    if column not in dataset.column_names:
-        raise ConfigError(config_file, f"{prefix}.text_column", f"{folder}: no column {column!r} "
-                                                                f"(columns: {', '.join(dataset.column_names)})")
-    return _nonempty(_hf_rows(dataset.select_columns([column]), column, folder.name), folder, config_file,
+    _check_header(list(dataset.column_names), columns, str(folder), config_file, prefix)
+    return _nonempty(_hf_rows(dataset.select_columns(columns.names), columns, folder.name), folder, config_file,
                      f"{prefix}.path")
 
 
-def _hf_rows(dataset: Any, column: str, name: str) -> Documents:
+def _hf_rows(dataset: Any, columns: Columns, name: str) -> Documents:
     index = 0
     for batch in dataset.iter(batch_size=1000):
-        for text in batch[column]:
-            yield f"{name}:{index}", text or ""
+        for values in zip(*(batch[column] for column in columns.names)):
+            texts = [value or "" for value in values]
+            yield f"{name}:{index}", texts[0] if columns.prompt is None else PromptedText(*texts)
             index += 1
 
 
@@ -317,11 +375,13 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 def pack_corpus(documents: Iterable[tuple[str, str]], tokenizer: Any, block_size: int, out_dir: Path,
                 split_of: Callable[[str], str], config_file: str = "pipeline.yaml", field_prefix: str = "data",
-                required: tuple[str, ...] = ("train",)) -> dict:
+                required: tuple[str, ...] = ("train",), masked: bool = False) -> dict:
     """Tokenize each document, end it with the end-of-text id and append it to out_dir/{split}.tokens, its
     start offset to {split}.docs.npy; meta.json is written last and the old one removed first, so a killed
     run never leaves a meta.json describing partial files. Documents with no tokens are skipped.
 
+    `masked` (prompt/response data): {split}.mask holds 1 for every token a loss predicts (a response's and its
+    end-of-text) and 0 for a prompt's, the prompt and the response tokenized apart so the boundary is exact.
     Every split in `required`, and every split that received a document, must hold one block + 1 tokens.
     """
     out_dir = Path(out_dir)
@@ -332,16 +392,25 @@ def pack_corpus(documents: Iterable[tuple[str, str]], tokenizer: Any, block_size
     stats: dict[str, dict[str, int]] = {}
     with contextlib.ExitStack() as stack:
         streams: dict[str, Any] = {}
+        masks: dict[str, Any] = {}
         offsets: dict[str, array] = {}
-        for split, ids, text_bytes in _encoded(documents, tokenizer, split_of):
+        for split, ids, text_bytes, prompt_tokens in _encoded(documents, tokenizer, split_of):
             if split not in streams:
                 streams[split] = stack.enter_context(
                     stack.enter_context(atomic_path(out_dir / f"{split}.tokens")).open("wb"))
+                if masked:
+                    masks[split] = stack.enter_context(
+                        stack.enter_context(atomic_path(out_dir / f"{split}.mask")).open("wb"))
                 offsets[split] = array("q")
-                stats[split] = {"tokens": 0, "documents": 0, "bytes": 0}
+                stats[split] = {"tokens": 0, "documents": 0, "bytes": 0, "target_tokens": 0}
             offsets[split].append(stats[split]["tokens"])
             np.asarray(ids + [eot], dtype=dtype).tofile(streams[split])
+            if masked:
+                mask = np.ones(len(ids) + 1, dtype=np.uint8)
+                mask[:prompt_tokens] = 0
+                mask.tofile(masks[split])
             stats[split]["tokens"] += len(ids) + 1
+            stats[split]["target_tokens"] += len(ids) + 1 - (prompt_tokens if masked else 0)
             stats[split]["documents"] += 1
             stats[split]["bytes"] += text_bytes
         _check_sizes(stats, block_size, required, config_file, field_prefix)
@@ -349,6 +418,7 @@ def pack_corpus(documents: Iterable[tuple[str, str]], tokenizer: Any, block_size
             with stack.enter_context(atomic_path(out_dir / f"{split}.docs.npy")).open("wb") as stream:
                 np.save(stream, np.frombuffer(starts, dtype=np.int64))
     meta = {"dtype": dtype.name, "vocab_size": vocab_size, "end_of_text_id": eot, "block_size": block_size,
+            "masked": masked,
             "splits": {split: {**stats[split], "blocks": (stats[split]["tokens"] - 1) // block_size}
                        for split in SPLITS if split in stats}}
     write_json(out_dir / META_FILE, meta)
@@ -356,9 +426,9 @@ def pack_corpus(documents: Iterable[tuple[str, str]], tokenizer: Any, block_size
 
 
 def _encoded(documents: Iterable[tuple[str, str]], tokenizer: Any,
-             split_of: Callable[[str], str]) -> Iterator[tuple[str, list[int], int]]:
-    """(split, token ids, UTF-8 bytes) per non-empty document, tokenized in bounded batches (the tokenizer
-    works in parallel across a batch)."""
+             split_of: Callable[[str], str]) -> Iterator[tuple[str, list[int], int, int]]:
+    """(split, token ids, UTF-8 bytes, prompt tokens) per non-empty document, tokenized in bounded batches (the
+    tokenizer works in parallel across a batch)."""
     encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
     batch: list[tuple[str, str]] = []
     chars = 0
@@ -372,13 +442,18 @@ def _encoded(documents: Iterable[tuple[str, str]], tokenizer: Any,
 
 
 def _encode_batch(batch: list[tuple[str, str]], encode: Callable,
-                  split_of: Callable[[str], str]) -> Iterator[tuple[str, list[int], int]]:
-    for (doc_id, text), encoding in zip(batch, encode([text for _, text in batch], add_special_tokens=False)):
-        if encoding.ids:
+                  split_of: Callable[[str], str]) -> Iterator[tuple[str, list[int], int, int]]:
+    pieces = [piece for _, text in batch
+              for piece in ((text.prompt, text.response) if isinstance(text, PromptedText) else (text,))]
+    encodings = iter(encode(pieces, add_special_tokens=False))
+    for doc_id, text in batch:
+        prompt = next(encodings).ids if isinstance(text, PromptedText) else []
+        ids = prompt + next(encodings).ids
+        if ids:
             split = split_of(doc_id)
             if split not in SPLITS:
                 raise ValueError(f"split_of({doc_id!r}) gave {split!r}, not one of {', '.join(SPLITS)}")
-            yield split, encoding.ids, len(text.encode("utf-8"))
+            yield split, ids, len(text.encode("utf-8")), len(prompt)
 
 
 def _check_sizes(stats: dict[str, dict[str, int]], block_size: int, required: tuple[str, ...], config_file: str,
@@ -408,11 +483,13 @@ class TokenBlocks(torch.utils.data.Dataset):
             raise ConfigError(str(meta_file), "splits", f"no {split} split (splits: {', '.join(meta['splits'])})")
         self.dtype, self.tokens = np.dtype(meta["dtype"]), int(meta["splits"][split]["tokens"])
         self.block_size = int(block_size or meta["block_size"])
+        self.masked = bool(meta.get("masked"))
         self._data: np.ndarray | None = None
+        self._mask: np.ndarray | None = None
         self.docs = np.load(self.folder / f"{split}.docs.npy")
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_data": None}
+        return {**self.__dict__, "_data": None, "_mask": None}
 
     def _tokens(self) -> np.ndarray:
         if self._data is None:
@@ -428,6 +505,16 @@ class TokenBlocks(torch.utils.data.Dataset):
             raise IndexError(f"block {index} of {len(self)}")
         start = index * self.block_size
         return torch.from_numpy(self._tokens()[start:start + self.block_size + 1].astype(np.int64))
+
+    def target_mask(self, index: int) -> torch.Tensor:
+        """[block_size] bool: which of the block's labels (block[1:]) a loss and the perplexity count; all of them
+        unless the corpus is prompt/response pairs (then a prompt's tokens are not predicted)."""
+        if not self.masked:
+            return torch.ones(self.block_size, dtype=torch.bool)
+        if self._mask is None:
+            self._mask = np.memmap(self.folder / f"{self.split}.mask", dtype=np.uint8, mode="r", shape=(self.tokens,))
+        start = index * self.block_size
+        return torch.from_numpy(self._mask[start + 1:start + self.block_size + 1].astype(bool))
 
     def document_of_block(self, index: int) -> int:
         """The index of the document the block starts in, to bootstrap perplexity by document."""

@@ -97,7 +97,8 @@ class TeacherCache:
 
 
 class IndexedBlocks(torch.utils.data.Dataset):
-    """Blocks with their index, so a batch can find its rows in the teacher cache."""
+    """Blocks with their index (so a batch can find its rows in the teacher cache) and their labels' target mask
+    (all True but for prompt/response data, where a prompt's tokens are not predicted)."""
 
     def __init__(self, blocks):
         self.blocks = blocks
@@ -106,7 +107,10 @@ class IndexedBlocks(torch.utils.data.Dataset):
         return len(self.blocks)
 
     def __getitem__(self, i: int):
-        return i, self.blocks[i]
+        block = self.blocks[i]
+        mask = self.blocks.target_mask(i) if hasattr(self.blocks, "target_mask") else \
+            torch.ones(len(block) - 1, dtype=torch.bool)
+        return i, block, mask
 
 
 def train_lm(model, train_blocks, val_blocks, options: TrainOptions, folder: Path,
@@ -136,8 +140,8 @@ def train_lm(model, train_blocks, val_blocks, options: TrainOptions, folder: Pat
         loader.generator.manual_seed(options.seed + epoch)
         model.train()
         started, loss_sum, seen = time.perf_counter(), 0.0, 0
-        for indices, batch in loader:
-            loss = _step_loss(model, batch, indices.tolist(), teacher, distill, cache, projections)
+        for indices, batch, targets in loader:
+            loss = _step_loss(model, batch, targets, indices.tolist(), teacher, distill, cache, projections)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
@@ -166,11 +170,17 @@ def _hidden_dims(model) -> list[int]:
     return [width] * (count_layers(model) + 1)
 
 
-def _step_loss(model, batch, block_indices, teacher, distill, cache, projections) -> torch.Tensor:
+def _data_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy over the target positions (a prompt's tokens are not predicted); 0 with none."""
+    if not mask.any():
+        return logits.sum() * 0.0
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.masked_fill(~mask, -100).flatten())
+
+
+def _step_loss(model, batch, mask, block_indices, teacher, distill, cache, projections) -> torch.Tensor:
     inputs, labels = batch[:, :-1], batch[:, 1:]
-    mask = torch.ones_like(labels, dtype=torch.bool)
     if distill is None:
-        return torch.nn.functional.cross_entropy(model(input_ids=inputs).logits.flatten(0, 1), labels.flatten())
+        return _data_loss(model(input_ids=inputs).logits, labels, mask)
     on_policy = distill.on_policy > 0 and random.random() < distill.on_policy
     if on_policy:  # the student continues the first half; only the continuation is distilled, no data CE
         inputs, mask = _student_samples(model, inputs)
@@ -187,8 +197,7 @@ def _step_loss(model, batch, block_indices, teacher, distill, cache, projections
         kd = lm_losses.lm_distill_loss(distill.loss, out.logits, t_out.logits, mask, **distill.params)
     loss = distill.alpha * kd
     if not on_policy and distill.alpha < 1:
-        loss = loss + (1 - distill.alpha) * torch.nn.functional.cross_entropy(
-            out.logits.flatten(0, 1), labels.flatten())
+        loss = loss + (1 - distill.alpha) * _data_loss(out.logits, labels, mask)
     if wants_hidden:
         if t_hidden is None:
             with torch.no_grad():

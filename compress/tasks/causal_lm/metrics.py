@@ -34,8 +34,9 @@ class TokenScores:
         return float(self.correct.sum() / max(1, self.tokens.sum()))
 
     def agreement(self, other: "TokenScores") -> float:
-        """Share of positions where both models predict the same next token."""
-        return float((self.predictions == other.predictions).mean())
+        """Share of scored positions (predictions -1: not a target) where both models predict the same token."""
+        scored = self.predictions >= 0
+        return float(((self.predictions == other.predictions) & scored).sum() / max(1, scored.sum()))
 
     def summary(self, reference: "TokenScores | None" = None) -> dict:
         found = {"perplexity": round(self.perplexity, 4), "top1": round(self.top1, 4),
@@ -54,18 +55,22 @@ class TokenScores:
             return cls(**{k: data[k] for k in ("nll", "tokens", "correct", "documents", "predictions")})
 
 
-def score_logits(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(summed NLL, tokens, correct, argmax predictions) per row of next-token logits (rows, seq, vocab) against labels (rows, seq)."""
+def score_logits(logits: np.ndarray, labels: np.ndarray,
+                 mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(summed NLL, tokens, correct, argmax predictions) per row of next-token logits (rows, seq, vocab) against
+    labels (rows, seq), over the positions `mask` marks (all by default; predictions elsewhere are -1)."""
+    mask = np.ones(labels.shape, dtype=bool) if mask is None else mask.astype(bool)
     shifted = logits - logits.max(-1, keepdims=True)
     log_norm = np.log(np.exp(shifted).sum(-1))
     picked = np.take_along_axis(shifted, labels[..., None], -1)[..., 0]
-    nll = (log_norm - picked).sum(-1)
-    predictions = logits.argmax(-1)
-    return nll.astype(np.float64), np.full(len(labels), labels.shape[1]), (predictions == labels).sum(-1), predictions
+    nll = ((log_norm - picked) * mask).sum(-1)
+    predictions = np.where(mask, logits.argmax(-1), -1)
+    return nll.astype(np.float64), mask.sum(-1), ((predictions == labels) & mask).sum(-1), predictions
 
 
 def score_torch_model(model, blocks, batch_size: int = 8, limit: int | None = None) -> TokenScores:
-    """Score a torch causal LM on a split's blocks (TokenBlocks: items of block_size + 1 tokens)."""
+    """Score a torch causal LM on a split's blocks (TokenBlocks: items of block_size + 1 tokens), over each block's
+    target positions (prompt/response data: the responses')."""
     import torch
 
     model.eval()
@@ -73,15 +78,18 @@ def score_torch_model(model, blocks, batch_size: int = 8, limit: int | None = No
     parts = {"nll": [], "tokens": [], "correct": [], "predictions": []}
     with torch.no_grad():
         for start in range(0, count, batch_size):
-            batch = torch.stack([blocks[i] for i in range(start, min(count, start + batch_size))])
+            rows = range(start, min(count, start + batch_size))
+            batch = torch.stack([blocks[i] for i in rows])
+            labels = batch[:, 1:]
+            mask = torch.stack([blocks.target_mask(i) for i in rows]) if hasattr(blocks, "target_mask") else \
+                torch.ones_like(labels, dtype=torch.bool)
             logits = model(input_ids=batch[:, :-1]).logits.float()
             log_probs = torch.log_softmax(logits, -1)
-            labels = batch[:, 1:]
             picked = log_probs.gather(-1, labels[..., None])[..., 0]
-            predictions = logits.argmax(-1)
-            parts["nll"].append((-picked).sum(-1).double().numpy())
-            parts["tokens"].append(np.full(len(batch), labels.shape[1]))
-            parts["correct"].append((predictions == labels).sum(-1).numpy())
+            predictions = torch.where(mask, logits.argmax(-1), -1)
+            parts["nll"].append((-picked * mask).sum(-1).double().numpy())
+            parts["tokens"].append(mask.sum(-1).numpy())
+            parts["correct"].append(((predictions == labels) & mask).sum(-1).numpy())
             parts["predictions"].append(predictions.numpy().astype(np.int32))
     documents = np.array([blocks.document_of_block(i) for i in range(count)], dtype=np.int64)
     return TokenScores(**{k: np.concatenate(v) for k, v in parts.items()}, documents=documents)
