@@ -26,10 +26,11 @@ from compress.core.errors import UsageError
 from compress.core.fileio import read_json
 from deploy.bundle import Bundle, Choice, Packer, manifest_head, run_source, seal_bundle, stage_files
 from deploy.runner import GENERATION_FILES
-from deploy.runner.generation import GenerationError, GreedyGenerator, read_genai_config
+from deploy.runner.generation import GenerationError, open_generator, read_genai_config
 
 MODEL_FOLDER = "model"  # where the engine folder lies in the bundle (and the release)
 RUNTIME = "onnxruntime"
+RUNTIMES = ("onnxruntime", "openvino")  # an onnxruntime-genai folder, an OpenVINO IR folder (openvino-genai)
 
 
 @dataclass
@@ -56,17 +57,22 @@ def candidates(run_dir: Path, record: dict[str, Any]) -> list[Choice]:
         folder = run_dir / engine["folder"]
         files = {f"{MODEL_FOLDER}/{p.relative_to(folder)}": p for p in sorted(folder.rglob("*")) if p.is_file()}
         precision = engine.get("precision") or name.rsplit("-", 1)[-1]
-        found.append(Choice(name, name.split("-", 1)[0], RUNTIME, precision, files, f"{MODEL_FOLDER}/model.onnx"))
+        runtime = "openvino" if (folder / "openvino_model.xml").is_file() else RUNTIME
+        found.append(Choice(name, name.split("-", 1)[0], runtime, precision, files, f"{MODEL_FOLDER}/model.onnx"))
     return found
 
 
 def choose(run_dir: Path, record: dict[str, Any], runtime: str | None, artifact: str | None,
            default_runtime: str = RUNTIME) -> Choice:
-    """`artifact`, else the report's recommended engine folder, else the fp32 one; always on onnxruntime."""
-    if runtime is not None and runtime != RUNTIME:
-        raise UsageError(f"--runtime {runtime}: a causal LM ships its onnxruntime-genai folder, which runs on "
-                         f"onnxruntime (onnxruntime-genai where installed): use --runtime {RUNTIME}")
+    """`artifact`, else the report's recommended engine folder, else the fp32 one (of `runtime` when given)."""
+    if runtime is not None and runtime not in RUNTIMES:
+        raise UsageError(f"--runtime {runtime}: a causal LM ships an onnxruntime-genai folder (--runtime onnxruntime) "
+                         "or an OpenVINO IR folder (--runtime openvino)")
     found = candidates(run_dir, record)
+    if runtime is not None:
+        found = [c for c in found if c.runtime == runtime]
+        if not found:
+            raise UsageError(f"--runtime {runtime}: the build made no {runtime} engine (stages.build.targets)")
     names = ", ".join(c.name for c in found) or "none"
     if artifact is not None:
         match = [c for c in found if c.name == artifact]
@@ -99,7 +105,7 @@ def required_agreement(record: dict[str, Any], choice: Choice, settings: Generat
 def host_tokens(folder: Path, prompts: list[list[int]], max_new_tokens: int, where: str) -> tuple[list, str]:
     """This machine's greedy tokens for the prompts from the engine folder itself, and the backend that made them."""
     try:
-        generator = GreedyGenerator(str(folder), backend="auto")
+        generator = open_generator(str(folder), backend="auto")
         return [generator.generate(prompt, max_new_tokens) for prompt in prompts], generator.backend
     except ValueError as error:  # a prompt and max_new_tokens over the model's context length
         raise UsageError(f"{where}.max_new_tokens: {error}") from None
@@ -124,8 +130,9 @@ def make_bundle(run_dir: Path, choice: Choice, out_root: Path, settings: Generat
     if not prompts:
         raise UsageError(f"{run_json}: stages.export.prompts: no prompts recorded (run the export stage again)")
     folder = run_dir / engines_of(record)[choice.name]["folder"]
-    if not (folder / "genai_config.json").is_file():
-        raise UsageError(f"{folder}: no genai_config.json (run the build stage again)")
+    openvino = (folder / "openvino_model.xml").is_file()
+    if not openvino and not (folder / "genai_config.json").is_file():
+        raise UsageError(f"{folder}: no genai_config.json nor openvino_model.xml (run the build stage again)")
     if not (folder / "tokenizer.json").is_file():
         raise UsageError(f"{folder}: no tokenizer.json: the device could not turn prompts into tokens")
     pipeline = yaml.safe_load((run_dir / "pipeline.yaml").read_text()) or {}
@@ -133,8 +140,9 @@ def make_bundle(run_dir: Path, choice: Choice, out_root: Path, settings: Generat
     max_new_tokens = int(settings.max_new_tokens or export.get("new_tokens") or 16)
     minimum, why = required_agreement(record, choice, settings, run_json)
     tokens, backend = host_tokens(folder, prompts, max_new_tokens, settings.where)
-    decoder = read_genai_config(folder)["model"]["decoder"]
-    choice.model_file = f"{MODEL_FOLDER}/{decoder.get('filename', 'model.onnx')}"
+    model_file = "openvino_model.xml" if openvino else \
+        read_genai_config(folder)["model"]["decoder"].get("filename", "model.onnx")
+    choice.model_file = f"{MODEL_FOLDER}/{model_file}"
     staging = stage_files(out_root, choice, GENERATION_FILES)
     manifest = {
         **manifest_head(choice),

@@ -180,7 +180,7 @@ BAD = [
     ({"teacher.kwargs": {"depth": 2}}, "teacher.kwargs"),
     ({"teacher.train": None}, "teacher: the teacher needs"),
     ({"student.model": "cnn"}, "student.model"),
-    ({"stages.build": {"targets": ["openvino:int4"]}}, "stages.build.targets"),
+    ({"stages.build": {"targets": ["openvino:int2"]}}, "stages.build.targets"),
     ({"stages.distill": {"loss": "kl"}}, "stages.distill.loss"),
     ({"stages.distill": {"loss": "jsd", "teacher_top_k": 8}}, "stages.distill.teacher_top_k"),
     ({"stages.quantize": {}}, "stages.quantize"),

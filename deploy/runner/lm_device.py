@@ -39,20 +39,22 @@ def folder_of(release: Path, manifest: dict) -> Path:
 
 
 def open_generator(release: Path, manifest: dict, threads: int | None = None, backend: str = "auto"):
-    """The release's engine folder as a GreedyGenerator (onnxruntime-genai, else plain ONNX Runtime)."""
+    """The release's engine folder as a generator: onnxruntime-genai, else plain ONNX Runtime; an OpenVINO IR
+    folder with OpenVINO."""
     folder = folder_of(release, manifest)
-    if not (folder / "genai_config.json").is_file():
-        raise runner.RunnerError(f"{folder / 'genai_config.json'}: not found (the release's engine folder)")
+    if not (folder / "genai_config.json").is_file() and not (folder / "openvino_model.xml").is_file():
+        raise runner.RunnerError(f"{folder}: neither genai_config.json nor openvino_model.xml (the release's engine "
+                                 "folder)")
     try:
-        return generation.GreedyGenerator(str(folder), backend=backend, threads=threads)
+        return generation.open_generator(str(folder), backend=backend, threads=threads)
     except ImportError as error:
-        raise runner.RunnerError(f"onnxruntime cannot be imported on this device: {error}") from None
+        raise runner.RunnerError(f"the engine's runtime cannot be imported on this device: {error}") from None
     except generation.GenerationError as error:
         raise runner.RunnerError(str(error)) from None
 
 
 def backend_name(generator) -> str:
-    return "onnxruntime-genai" if generator.backend == "genai" else "onnxruntime"
+    return {"genai": "onnxruntime-genai", "openvino": "openvino"}.get(generator.backend, "onnxruntime")
 
 
 def greedy_check(generator, settings: dict) -> dict:

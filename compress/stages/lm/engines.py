@@ -34,8 +34,11 @@ class LMExportConfig(Strict):
 
 class LMBuildConfig(Strict):
     targets: list[str] = Field(["onnxruntime:fp32", "onnxruntime:int4"],
-                               description="onnxruntime:fp32|int8|int4 (weight-only MatMulNBits)")
-    block_size: Literal[16, 32, 64, 128, 256] = Field(32, description="int4/int8: weights per quantization block")
+                               description="onnxruntime:fp32|int8|int4 (onnxruntime-genai, weight-only MatMulNBits), "
+                                           "openvino:fp32|int8|int4 (stateful IR, NNCF weight compression, "
+                                           "openvino-genai)")
+    block_size: Literal[16, 32, 64, 128, 256] = Field(32, description="int4/int8: weights per quantization block "
+                                                                      "(openvino int4: the group size)")
     quantize_embeddings: bool = Field(True, description="int4/int8: the token embedding table too, not only MatMuls")
 
     @field_validator("targets")
@@ -43,11 +46,9 @@ class LMBuildConfig(Strict):
     def _known(cls, targets: list[str]) -> list[str]:
         for target in targets:
             backend, _, precision = target.partition(":")
-            if backend == "openvino":
-                raise ValueError(f"{target}: OpenVINO engines for causal LMs are not built yet; "
-                                 "use onnxruntime:fp32|int8|int4")
-            if backend != "onnxruntime" or precision not in PRECISIONS:
-                raise ValueError(f"unknown target '{target}'; causal LMs: onnxruntime:{'|'.join(PRECISIONS)}")
+            if backend not in ("onnxruntime", "openvino") or precision not in PRECISIONS:
+                raise ValueError(f"unknown target '{target}'; causal LMs: onnxruntime:{'|'.join(PRECISIONS)} or "
+                                 f"openvino:{'|'.join(PRECISIONS)}")
         return targets
 
 
@@ -137,9 +138,9 @@ def load_reference(path: Path) -> tuple[list, list]:
 
 def compare(folder: Path, prompts, reference_logits, reference_tokens, new_tokens: int) -> dict[str, Any]:
     """Max |prefill logit diff| and the share of greedy tokens equal to torch's (position by position)."""
-    from deploy.runner.generation import GreedyGenerator
+    from deploy.runner.generation import open_generator
 
-    generator = GreedyGenerator(str(folder), backend="onnxruntime")
+    generator = open_generator(str(folder), backend="onnxruntime")
     diffs, same, total, identical = [], 0, 0, 0
     for prompt, logits, expected in zip(prompts, reference_logits, reference_tokens):
         diffs.append(float(np.abs(generator.prefill_logits(prompt) - logits).max()))
@@ -149,6 +150,23 @@ def compare(folder: Path, prompts, reference_logits, reference_tokens, new_token
         identical += produced == expected
     return {"max_abs_diff": round(max(diffs), 6), "token_agreement": round(same / max(1, total), 4),
             "identical_prompts": identical, "prompts": len(prompts)}
+
+
+def openvino_genai_check(folder: Path, prompts, new_tokens: int) -> int:
+    """On how many prompts openvino-genai's own LLMPipeline decodes the very tokens this toolchain's loop does."""
+    from compress.stages.lm.openvino_lm import genai_greedy
+    from deploy.runner.generation import open_generator
+
+    generator = open_generator(str(folder))
+    ours = [generator.generate(p, new_tokens) for p in prompts]
+    theirs = genai_greedy(folder, prompts, new_tokens)
+    stops = set(generator.eos_ids)
+    return sum(_same_greedy(a, b, stops) for a, b in zip(ours, theirs))
+
+
+def _same_greedy(ours: list[int], theirs: list[int], stops: set[int]) -> bool:
+    """The same greedy sequence: ours ends with the stop token when there is one; openvino-genai's may not."""
+    return ours == theirs or (bool(ours) and ours[-1] in stops and ours[:-1] == theirs)
 
 
 def folder_mb(folder: Path) -> float:
@@ -199,17 +217,31 @@ class LMBuildStage(Stage):
         logits, tokens = load_reference(ctx.path(export["engines"]["student-onnxruntime-fp32"]["reference"]))
         built = {}
         for target in cfg.targets:
-            precision = target.split(":")[1]
-            name = f"student-onnxruntime-{precision}"
-            if precision == "fp32":
+            backend, precision = target.split(":")
+            name = f"student-{backend}-{precision}"
+            if backend == "onnxruntime" and precision == "fp32":
                 built[name] = dict(export["engines"][name], precision=precision)
                 continue
             out = ctx.stage_dir / name
-            build_folder(hf_folder, out, precision, cfg.block_size, cfg.quantize_embeddings)
+            if backend == "openvino":
+                from compress.stages.lm.openvino_lm import export_openvino
+
+                export_openvino(hf_folder, out, precision, cfg.block_size)
+            else:
+                build_folder(hf_folder, out, precision, cfg.block_size, cfg.quantize_embeddings)
             parity = compare(out, prompts, logits, tokens, new_tokens)
+            if backend == "openvino":
+                parity["genai_identical_prompts"] = openvino_genai_check(out, prompts, new_tokens)
             ctx.log(f"{name}: greedy tokens agree with torch's fp32 on {parity['token_agreement']:.0%} of positions "
                     f"({parity['identical_prompts']}/{parity['prompts']} prompts identical), "
-                    f"prefill max |diff| {parity['max_abs_diff']:.3f}")
+                    f"prefill max |diff| {parity['max_abs_diff']:.3f}"
+                    + (f"; openvino-genai's LLMPipeline decodes the harness's tokens on "
+                       f"{parity['genai_identical_prompts']}/{parity['prompts']} prompts" if backend == "openvino" else ""))
+            exact = ctx.pipeline.stages["export"].atol
+            if precision == "fp32" and (parity["max_abs_diff"] > exact or parity["identical_prompts"] != parity["prompts"]):
+                raise StageFailed("build", f"{name} differs from torch: prefill max |diff| {parity['max_abs_diff']:.2e} "
+                                           f"(atol {exact:g}), greedy tokens identical on "
+                                           f"{parity['identical_prompts']}/{parity['prompts']} prompts")
             built[name] = {"folder": ctx.relative(out), "parity": parity, "size_mb": folder_mb(out),
                            "precision": precision}
         return {"engines": built}

@@ -43,12 +43,14 @@ class LMDeployConfig(DeployConfig):
         if self.val_samples != default_samples:
             return "val_samples", ("a causal LM's bundle ships its greedy prompts and the host's tokens, not a val "
                                    "sample: remove it")
-        if self.runtime is not None and self.runtime != lm_bundle.RUNTIME:
-            return "runtime", (f"a causal LM ships its onnxruntime-genai folder, which runs on onnxruntime, not "
-                               f"{self.runtime}")
+        if self.runtime is not None and self.runtime not in lm_bundle.RUNTIMES:
+            return "runtime", (f"a causal LM ships an onnxruntime-genai folder (onnxruntime) or an OpenVINO IR folder "
+                               f"(openvino), not {self.runtime}")
         if "build" not in pipeline.stages:
             return "targets", "nothing to deploy: add stages.build (it builds the engine folders a deploy ships)"
-        built = [f"student-onnxruntime-{t.split(':')[1]}" for t in pipeline.stages["build"].targets]
+        built = [f"student-{t.replace(':', '-')}" for t in pipeline.stages["build"].targets]
+        if self.runtime is not None and not any(t.startswith(f"{self.runtime}:") for t in pipeline.stages["build"].targets):
+            return "runtime", f"stages.build builds no {self.runtime} engine (targets: {', '.join(pipeline.stages['build'].targets)})"
         if self.artifact is not None and self.artifact not in built:
             return "artifact", f"'{self.artifact}' is not built; stages.build builds: {', '.join(built)}"
         return super().check(pipeline)

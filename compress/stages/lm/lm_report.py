@@ -146,11 +146,13 @@ class LMReportStage(Stage):
         lines += ["Agreement: share of positions where the artifact's next token equals the teacher's. Engines' "
                   "perplexity comes from their own prefill logits, int4 included.", ""]
         lines += prune_lines(ctx) + kd
-        quant = [r for r in rows if r["role"] == "distill" and r["precision"] in ("int8", "int4")]
-        fp32 = by_name.get("student-onnxruntime-fp32")
-        if quant and fp32:
-            lines += ["## What weight-only quantization cost", ""]
-            for r in quant:
+        quant = [(r, by_name.get(r["artifact"].rsplit("-", 1)[0] + "-fp32") or by_name.get("student-onnxruntime-fp32"))
+                 for r in rows if r["role"] == "distill" and r["precision"] in ("int8", "int4")]
+        quant = [(r, fp32) for r, fp32 in quant if fp32]
+        if quant:
+            lines += ["## What weight-only quantization cost", "",
+                      "Each against the fp32 engine of its runtime (ONNX Runtime's where that runtime has none).", ""]
+            for r, fp32 in quant:
                 lines.append(f"- {r['artifact']}: perplexity {r['perplexity'] / fp32['perplexity'] - 1:+.1%}, size "
                              f"{r['size_mb'] / fp32['size_mb']:.2f}x, decode tokens/s "
                              f"{r['decode_tokens_per_s'].get('1', 0) / max(1e-9, fp32['decode_tokens_per_s'].get('1', 0)):.2f}x "

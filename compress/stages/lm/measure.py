@@ -36,12 +36,15 @@ class LMBenchmarkConfig(Strict):
     threads: int | None = Field(None, ge=1, json_schema_extra=NOT_IN_KEY)
 
 
+BACKEND_NAMES = {"genai": "onnxruntime-genai", "onnxruntime": "onnxruntime", "openvino": "openvino"}
+
+
 def engine_scores(folder: Path, blocks, limit: int | None):
     """An engine's TokenScores on the first `limit` blocks (prefill logits of each block, batch 1)."""
     from compress.tasks.causal_lm.metrics import TokenScores, score_logits
-    from deploy.runner.generation import GreedyGenerator
+    from deploy.runner.generation import open_generator
 
-    generator = GreedyGenerator(str(folder), backend="onnxruntime")
+    generator = open_generator(str(folder), backend="onnxruntime")
     chosen = spread(len(blocks), limit)
     parts = {"nll": [], "tokens": [], "correct": [], "predictions": []}
     for i in chosen:
@@ -72,9 +75,9 @@ def torch_scores_on(path: Path, chosen: list[int]):
 
 
 def timings(folder: Path, prompt_source: list[int], cfg: LMBenchmarkConfig, threads: int, context: int) -> dict:
-    from deploy.runner.generation import GreedyGenerator, time_batch, time_generation
+    from deploy.runner.generation import open_generator, time_batch, time_generation
 
-    generator = GreedyGenerator(str(folder), backend="auto", threads=threads)
+    generator = open_generator(str(folder), backend="auto", threads=threads)
     found: dict[str, Any] = {"backend": generator.backend, "ttft_s": {}, "decode_tokens_per_s": {}}
     for length in cfg.prompt_lengths:
         if length + cfg.new_tokens > context:
@@ -97,9 +100,9 @@ def timings(folder: Path, prompt_source: list[int], cfg: LMBenchmarkConfig, thre
 PEAK_MEMORY_SCRIPT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from generation import GreedyGenerator
+from generation import open_generator
 from harness import proc_status_kb
-generator = GreedyGenerator(sys.argv[2], backend="auto", threads=int(sys.argv[3]))
+generator = open_generator(sys.argv[2], backend="auto", threads=int(sys.argv[3]))
 generator.generate(json.loads(sys.argv[4]), int(sys.argv[5]))
 print(proc_status_kb("VmHWM"))
 """
@@ -160,7 +163,7 @@ class LMBenchmarkStage(Stage):
             timed["peak_memory_mb"] = peak_memory_mb(folder, prompt_source[:min(cfg.prompt_lengths)], cfg.new_tokens,
                                                      threads) if cfg.memory else None
             row = {"artifact": name, "role": "teacher" if name.startswith("teacher") else "distill",
-                   "backend": "onnxruntime-genai" if timed["backend"] == "genai" else "onnxruntime",
+                   "backend": BACKEND_NAMES[timed["backend"]],
                    "precision": name.rsplit("-", 1)[1], **scores.summary(teacher_scores),
                    "scores": ctx.relative(ctx.stage_dir / f"{name}.npz"), "size_mb": engine["size_mb"],
                    "parity": engine.get("parity"), **timed}
@@ -179,7 +182,7 @@ class LMBenchmarkStage(Stage):
     def generations(ctx: StageContext, engines: dict[str, Any]) -> dict[str, Any]:
         """Greedy continuations of the held-out prompts by every torch model and engine, decoded to text."""
         from compress.stages.lm.engines import load_reference, torch_reference
-        from deploy.runner.generation import GreedyGenerator, load_tokenizer
+        from deploy.runner.generation import load_tokenizer, open_generator
 
         if "export" not in ctx.outputs:
             return {}
@@ -194,6 +197,6 @@ class LMBenchmarkStage(Stage):
                     torch_reference(ctx.path(ctx.outputs[role]["model"]), prompts, new_tokens)
                 found["by"][f"{role}-torch"] = [tokenizer.decode(t) for t in tokens]
         for name, engine in engines.items():
-            generator = GreedyGenerator(str(ctx.path(engine["folder"])), backend="auto")
+            generator = open_generator(str(ctx.path(engine["folder"])), backend="auto")
             found["by"][name] = [tokenizer.decode(generator.generate(p, new_tokens)) for p in prompts]
         return found

@@ -1,0 +1,116 @@
+"""Causal LMs as stateful OpenVINO IR folders (openvino-genai's form), fp32 and NNCF int8/int4 weights: the
+toolchain's loop and openvino-genai's own LLMPipeline decode what torch decodes from an fp32 folder, batches too;
+compressed folders are smaller and measured; and through the pipeline they are built, checked, benchmarked and
+deployed to a device like the onnxruntime-genai folders."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from compress.cli import main
+from compress.stages.lm.openvino_lm import export_openvino, genai_greedy
+from compress.tasks.causal_lm import corpus
+from compress.tasks.causal_lm.models import build_lm, save_lm
+from deploy.runner.generation import OpenVINOGenerator, open_generator
+
+pytest.importorskip("openvino_genai")
+
+PROMPTS = [[5, 17, 40, 99], [7, 8, 9, 10, 11]]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """A Llama (grouped-query attention) and a GPT-2, random weights, as Hugging Face folders."""
+    base = tmp_path_factory.mktemp("ov-lm")
+    tokenizer = corpus.train_tokenizer(iter(["def f(x):\n    return x + 1\n" * 20]), 300)
+    corpus.save_hf_tokenizer(tokenizer, base / "tokenizer")
+    found = {}
+    for name, sizes in (("llama", {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2}),
+                        ("gpt2", {"layers": 2, "hidden": 64, "heads": 4})):
+        torch.manual_seed(0)
+        model = build_lm(f"hf-config:{name}", sizes, 300, 128).eval()
+        save_lm(model, base / "tokenizer", base / name)
+        found[name] = (model, base / name)
+    return base, found
+
+
+def torch_greedy(model, prompt, new_tokens: int) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+                             eos_token_id=None)
+    return out[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_an_fp32_folder_decodes_what_torch_decodes_by_both_loops(folders, arch):
+    base, found = folders
+    model, hf = found[arch]
+    out = base / f"{arch}-fp32"
+    export_openvino(hf, out, "fp32")
+    assert {"openvino_model.xml", "openvino_tokenizer.xml", "openvino_detokenizer.xml", "config.json",
+            "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    generator = open_generator(out)
+    assert isinstance(generator, OpenVINOGenerator)
+    generator.eos_ids = ()  # random weights: compare whole runs, not where an eos happens to fall
+    expected = [torch_greedy(model, p, 8) for p in PROMPTS]
+    assert [generator.generate(p, 8) for p in PROMPTS] == expected
+    with torch.no_grad():
+        reference = model(input_ids=torch.tensor([PROMPTS[0]])).logits[0].numpy()
+    assert np.abs(generator.prefill_logits(PROMPTS[0]) - reference).max() < 1e-4
+    rows = [PROMPTS[0], PROMPTS[1][:4]]  # a batch of one length: the cache rows stay apart
+    assert generator.generate_batch(rows, 4) == [torch_greedy(model, r, 4) for r in rows]
+    genai = genai_greedy(out, PROMPTS, 8)
+    assert [g[:len(e)] for g, e in zip(genai, expected)] == [e[:len(g)] for g, e in zip(genai, expected)]
+    assert all(len(g) >= 1 for g in genai)
+
+
+def test_compressed_folders_are_smaller_and_run(folders):
+    base, found = folders
+    _, hf = found["llama"]
+    sizes = {}
+    for precision in ("fp32", "int8", "int4"):
+        out = base / f"llama-{precision}-size"
+        export_openvino(hf, out, precision, group_size=32)
+        sizes[precision] = (out / "openvino_model.bin").stat().st_size
+        generator = open_generator(out)
+        assert len(generator.generate(PROMPTS[0], 4)) >= 1
+        assert np.isfinite(generator.prefill_logits(PROMPTS[0])).all()
+    assert sizes["int4"] < sizes["int8"] < 0.6 * sizes["fp32"]
+
+
+def test_openvino_engines_are_built_checked_benchmarked_and_deployed(tmp_path):
+    from test_lm_pipeline import lm_config
+
+    device = tmp_path / "device"
+    config = lm_config(**{"stages.build.targets": ["onnxruntime:fp32", "openvino:fp32", "openvino:int4"],
+                          "stages.benchmark.memory": False, "stages.benchmark.batch_sizes": [1],
+                          "stages.deploy": {"targets": [f"local:{device}"], "rounds": 1,
+                                            "artifact": "student-openvino-fp32"}})
+    config["stages"].pop("baseline")
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "run")]) == 0
+    record = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]
+    engines = record["build"]["outputs"]["engines"]
+    fp32 = engines["student-openvino-fp32"]["parity"]
+    assert fp32["identical_prompts"] == fp32["prompts"] == 2 and fp32["max_abs_diff"] < 1e-3
+    assert fp32["genai_identical_prompts"] == 2
+    assert engines["student-openvino-int4"]["size_mb"] < engines["student-openvino-fp32"]["size_mb"]
+    results = json.loads((tmp_path / "run" / "stages/benchmark/results.json").read_text())
+    rows = {r["artifact"]: r for r in results["rows"]}
+    assert rows["student-openvino-int4"]["backend"] == "openvino"
+    assert rows["student-openvino-fp32"]["perplexity"] == pytest.approx(rows["distill-torch"]["perplexity"], rel=1e-3)
+    assert rows["student-openvino-int4"]["decode_tokens_per_s"]["1"] > 0
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "student-openvino-int4" in report and "Each against the fp32 engine of its runtime" in report
+    assert record["deploy"]["status"] == "done", record["deploy"]
+    assert (device / "current" / "model" / "openvino_model.xml").is_file()
+    (deployed,) = record["deploy"]["outputs"]["deployed"]
+    assert deployed["agreement_with_host"] == 1.0  # the device's tokens are the host's: it switched
+    results = json.loads((tmp_path / "run" / deployed["results"]).read_text())
+    assert results["runtime"] == "openvino" and results["rows"][0]["backend"] == "openvino"
