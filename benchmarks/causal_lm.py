@@ -11,8 +11,11 @@
   student of half its layers, built by onnxruntime-genai's model builder (fp32, and int4 for the student),
   timed by the harness the benchmark stage uses (deploy/runner/generation.py) at batch 1, and by
   onnxruntime-genai's own generator loop timed the way its benchmark_e2e.py does (the harness must be within
-  10% of it). Targets: student decode tokens/s >= 1.8x the teacher's; int4 >= 1.5x its fp32; int4 size <=
-  0.3x fp32.
+  10% of it). The same models as stateful OpenVINO IR folders (compress/stages/lm/openvino_lm.py: fp32, and
+  NNCF int4 for the student), timed by the same harness and by openvino-genai's LLMPipeline with its own
+  performance metrics (1000 / mean time per output token, what its benchmark_genai.py reports). Targets:
+  student decode tokens/s >= 1.8x the teacher's; int4 >= 1.5x its fp32; int4 size <= 0.3x fp32; the harness
+  within 10% of each runtime's own loop.
 
     python benchmarks/causal_lm.py [--part kd|speed|all] [--seeds 3] [--threads 2] [--work DIR]
     python benchmarks/causal_lm.py --smoke    # tiny models, one seed, both parts: about a minute
@@ -108,8 +111,9 @@ def speed_part(threads: int, smoke: bool, work: Path) -> list[str]:
     import transformers
 
     from compress.stages.lm.engines import build_folder, folder_mb
+    from compress.stages.lm.openvino_lm import export_openvino
     from compress.tasks.causal_lm.corpus import save_hf_tokenizer, train_tokenizer
-    from deploy.runner.generation import GreedyGenerator, time_generation
+    from deploy.runner.generation import GreedyGenerator, open_generator, time_generation
 
     sizes = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                  vocab_size=512) if smoke else \
@@ -134,28 +138,57 @@ def speed_part(threads: int, smoke: bool, work: Path) -> list[str]:
         del model
         for precision in (("fp32", "int4") if name == "student" else ("fp32",)):
             out = work / f"{name}-{precision}"
-            build_folder(hf, out, precision)
+            if not (out / "genai_config.json").is_file():
+                build_folder(hf, out, precision)
             folders[f"{name}-{precision}"] = (out, params)
+            out = work / f"{name}-openvino-{precision}"
+            if not (out / "openvino_model.xml").is_file():
+                export_openvino(hf, out, precision, group_size=32)
+            folders[f"{name}-openvino-{precision}"] = (out, params)
     prompt = list(range(1, 33))
     new_tokens = 16 if smoke else 64
     rounds = 1 if smoke else 5
     found = {}
     for name, (folder, params) in folders.items():
-        generator = GreedyGenerator(str(folder), backend="genai", threads=threads)
+        openvino = "-openvino-" in name
+        generator = open_generator(str(folder), threads=threads) if openvino else \
+            GreedyGenerator(str(folder), backend="genai", threads=threads)
         harness = time_generation(generator, prompt, new_tokens, rounds=rounds)
-        own = genai_own_loop(folder, prompt, new_tokens, rounds, threads)
+        own = openvino_genai_own(folder, prompt, new_tokens, rounds, threads) if openvino else \
+            genai_own_loop(folder, prompt, new_tokens, rounds, threads)
         found[name] = {"params": params, "size_mb": folder_mb(folder), "harness": harness["decode_tokens_per_s"],
                        "own": own, "ttft": harness["time_to_first_token_s"]}
-    table = ["| artifact | params | size MB | decode tok/s (harness) | decode tok/s (onnxruntime-genai loop) | "
-             "harness / own | first token ms |", "|---|---|---|---|---|---|---|"]
+    table = ["| artifact | params | size MB | decode tok/s (harness) | decode tok/s (the runtime's own: "
+             "onnxruntime-genai loop / openvino-genai metrics) | harness / own | first token ms |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in found.items():
         table.append(f"| {name} | {r['params'] / 1e6:.1f}M | {r['size_mb']:.1f} | {r['harness']:.1f} | {r['own']:.1f} | "
                      f"{r['harness'] / r['own']:.2f} | {1000 * r['ttft']:.1f} |")
-    t, s, q = found["teacher-fp32"], found["student-fp32"], found["student-int4"]
-    table += ["", f"student / teacher decode tokens/s {s['harness'] / t['harness']:.2f}x (target >= 1.8x); "
-                  f"int4 / fp32 {q['harness'] / s['harness']:.2f}x (target >= 1.5x); int4 size "
-                  f"{q['size_mb'] / s['size_mb']:.2f}x fp32 (target <= 0.3x)"]
+    table.append("")
+    for runtime, prefix in (("onnxruntime-genai", ""), ("openvino", "openvino-")):
+        t, s, q = found[f"teacher-{prefix}fp32"], found[f"student-{prefix}fp32"], found[f"student-{prefix}int4"]
+        table.append(f"{runtime}: student / teacher decode tokens/s {s['harness'] / t['harness']:.2f}x (target >= 1.8x); "
+                     f"int4 / fp32 {q['harness'] / s['harness']:.2f}x (target >= 1.5x); int4 size "
+                     f"{q['size_mb'] / s['size_mb']:.2f}x fp32 (target <= 0.3x)")
     return table
+
+
+def openvino_genai_own(folder: Path, prompt: list[int], new_tokens: int, rounds: int, threads: int) -> float:
+    """Decode tokens/s as openvino-genai reports it: 1000 / mean time per output token of its perf metrics,
+    median over rounds (a warm-up round first)."""
+    import numpy as np
+    import openvino as ov
+    import openvino_genai
+
+    pipeline = openvino_genai.LLMPipeline(str(folder), "CPU", INFERENCE_NUM_THREADS=threads,
+                                          INFERENCE_PRECISION_HINT="f32")
+    config = openvino_genai.GenerationConfig()
+    config.max_new_tokens, config.min_new_tokens, config.do_sample = new_tokens, new_tokens, False
+    rates = []
+    for _ in range(rounds + 1):
+        result = pipeline.generate(ov.Tensor(np.array([prompt], dtype=np.int64)), config)
+        rates.append(1000.0 / result.perf_metrics.get_tpot().mean)
+    return statistics.median(rates[1:])
 
 
 def genai_own_loop(folder: Path, prompt: list[int], new_tokens: int, rounds: int, threads: int) -> float:
