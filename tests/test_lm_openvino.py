@@ -1,7 +1,7 @@
 """Causal LMs as stateful OpenVINO IR folders (openvino-genai's form), fp32 and NNCF int8/int4 weights: the
 toolchain's loop and openvino-genai's own LLMPipeline decode what torch decodes from an fp32 folder, batches too;
-compressed folders are smaller and measured; and through the pipeline they are built, checked, benchmarked and
-deployed to a device like the onnxruntime-genai folders."""
+compressed folders are smaller and measured; and through the pipeline (with a width-pruned student) they are
+built, checked, benchmarked and deployed to a device like the onnxruntime-genai folders."""
 
 from __future__ import annotations
 
@@ -83,11 +83,16 @@ def test_compressed_folders_are_smaller_and_run(folders):
     assert sizes["int4"] < sizes["int8"] < 0.6 * sizes["fp32"]
 
 
-def test_openvino_engines_are_built_checked_benchmarked_and_deployed(tmp_path):
+def test_a_width_pruned_student_runs_on_openvino_built_checked_benchmarked_and_deployed(tmp_path):
+    """One run for two capabilities (CI time): Minitron width pruning of the teacher in all three widths (heads by
+    KV group, MLP and hidden channels) starts the student; its onnxruntime-genai and OpenVINO folders (head_dim no
+    longer hidden / heads) match torch, are benchmarked, reported, and the OpenVINO one deployed."""
     from test_lm_pipeline import lm_config
 
     device = tmp_path / "device"
-    config = lm_config(**{"stages.build.targets": ["onnxruntime:fp32", "openvino:fp32", "openvino:int4"],
+    config = lm_config(**{"student": None,
+                          "stages.prune": {"heads": 2, "intermediate": 64, "hidden": 48, "calibration_blocks": 4},
+                          "stages.build.targets": ["onnxruntime:fp32", "openvino:fp32", "openvino:int4"],
                           "stages.benchmark.memory": False, "stages.benchmark.batch_sizes": [1],
                           "stages.deploy": {"targets": [f"local:{device}"], "rounds": 1,
                                             "artifact": "student-openvino-fp32"}})
@@ -96,6 +101,13 @@ def test_openvino_engines_are_built_checked_benchmarked_and_deployed(tmp_path):
     path.write_text(yaml.safe_dump(config))
     assert main(["run", str(path), "--run-dir", str(tmp_path / "run")]) == 0
     record = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]
+    prune = record["prune"]["outputs"]
+    assert prune["width"]["before"] == {"heads": 4, "kv_heads": 2, "head_dim": 16, "intermediate": 192, "hidden": 64}
+    assert prune["width"]["after"] == {"heads": 2, "kv_heads": 1, "head_dim": 16, "intermediate": 64, "hidden": 48}
+    assert prune["kept_layers"] == [0, 1] and prune["params"] < prune["teacher_params"]
+    assert record["distill"]["outputs"]["params"] == prune["params"]
+    exported = record["export"]["outputs"]["engines"]["student-onnxruntime-fp32"]["parity"]
+    assert exported["max_abs_diff"] < 1e-3 and exported["identical_prompts"] == exported["prompts"] == 2
     engines = record["build"]["outputs"]["engines"]
     fp32 = engines["student-openvino-fp32"]["parity"]
     assert fp32["identical_prompts"] == fp32["prompts"] == 2 and fp32["max_abs_diff"] < 1e-3
@@ -108,6 +120,8 @@ def test_openvino_engines_are_built_checked_benchmarked_and_deployed(tmp_path):
     assert rows["student-openvino-int4"]["decode_tokens_per_s"]["1"] > 0
     report = (tmp_path / "run" / "report.md").read_text()
     assert "student-openvino-int4" in report and "Each against the fp32 engine of its runtime" in report
+    assert "heads 4 -> 2 per layer" in report and "intermediate 192 -> 64 per layer" in report
+    assert "hidden 64 -> 48" in report
     assert record["deploy"]["status"] == "done", record["deploy"]
     assert (device / "current" / "model" / "openvino_model.xml").is_file()
     (deployed,) = record["deploy"]["outputs"]["deployed"]

@@ -152,28 +152,6 @@ def test_depth_pruning_starts_both_students_from_the_teachers_most_important_lay
     assert prune["params"] < prune["teacher_params"]
 
 
-def test_width_pruning_starts_both_students_and_exports_with_parity(tmp_path):
-    """Minitron's width pruning (heads by KV group, MLP and hidden channels) of the teacher: the students start from
-    it, and the onnxruntime-genai folder of the narrower model (head_dim no longer hidden / heads) matches torch."""
-    config = lm_config(**{"student": None, "stages.prune": {"heads": 2, "intermediate": 64, "hidden": 48,
-                                                             "calibration_blocks": 4}})
-    for stage in ("baseline", "build", "benchmark"):  # the students start alike; export checks parity
-        config["stages"].pop(stage)
-    config.pop("gates")
-    assert main(["run", str(write(tmp_path, config)), "--run-dir", str(tmp_path / "run")]) == 0
-    record = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]
-    prune = record["prune"]["outputs"]
-    assert prune["width"]["before"] == {"heads": 4, "kv_heads": 2, "head_dim": 16, "intermediate": 192, "hidden": 64}
-    assert prune["width"]["after"] == {"heads": 2, "kv_heads": 1, "head_dim": 16, "intermediate": 64, "hidden": 48}
-    assert prune["kept_layers"] == [0, 1] and prune["params"] < prune["teacher_params"]
-    assert record["distill"]["outputs"]["params"] == prune["params"]
-    parity = record["export"]["outputs"]["engines"]["student-onnxruntime-fp32"]["parity"]
-    assert parity["max_abs_diff"] < 1e-3 and parity["identical_prompts"] == parity["prompts"] == 2, parity
-    report = (tmp_path / "run" / "report.md").read_text()
-    assert "heads 4 -> 2 per layer" in report and "intermediate 192 -> 64 per layer" in report
-    assert "hidden 64 -> 48" in report
-
-
 BAD = [
     ({"data.corpus.block_size": 100000}, "data.corpus.block_size"),
     ({"teacher.kwargs": {"layers": 2, "hidden": 60, "heads": 8}}, "teacher.kwargs"),

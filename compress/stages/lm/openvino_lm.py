@@ -7,8 +7,8 @@ export is done here the way it does it (learned from its `patch_stateful`):
    `openvino.convert_model`, batch, sequence and past length dynamic;
 2. add `beam_idx` (gathers the cache rows, what openvino-genai feeds) and make the cache the model's state
    (`apply_make_stateful_transformation`), its initial value zeros of the batch `input_ids` has;
-3. int8 / int4: `nncf.compress_weights` (INT8_ASYM; INT4_SYM with the group size of `block_size`, ratio 1.0: every
-   MatMul's weights, embeddings included as NNCF does by default for int8 backups);
+3. int8 / int4: `nncf.compress_weights` (INT8_ASYM; INT4_SYM with the group size of `block_size`, ratio 1.0, a
+   smaller group where a width is not a multiple of it; NNCF keeps the embeddings and the last MatMul in int8);
 4. the tokenizer as OpenVINO models (`openvino_tokenizers.convert_tokenizer`, with the detokenizer), and the
    config, generation config and tokenizer.json beside them.
 """
@@ -106,9 +106,16 @@ def convert_stateful(model):
 def compress_weights(converted, precision: str, group_size: int):
     import nncf
 
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters
+
     if precision == "int8":
         return nncf.compress_weights(converted, mode=nncf.CompressWeightsMode.INT8_ASYM)
-    return nncf.compress_weights(converted, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=group_size, ratio=1.0)
+    # A width the group size does not divide (a pruned hidden size of 48 with groups of 32) takes NNCF's adjusted,
+    # smaller group for that layer rather than failing the build.
+    advanced = AdvancedCompressionParameters(group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST,
+                                             min_adjusted_group_size=min(16, group_size))
+    return nncf.compress_weights(converted, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=group_size, ratio=1.0,
+                                 advanced_parameters=advanced)
 
 
 def export_openvino(hf_folder: Path, out: Path, precision: str, group_size: int = 32) -> None:
