@@ -113,7 +113,8 @@ def speed_part(threads: int, smoke: bool, work: Path) -> list[str]:
     from compress.stages.lm.engines import build_folder, folder_mb
     from compress.stages.lm.openvino_lm import export_openvino
     from compress.tasks.causal_lm.corpus import save_hf_tokenizer, train_tokenizer
-    from deploy.runner.generation import GreedyGenerator, open_generator, time_generation
+    from deploy.runner.generation import GreedyGenerator, time_generation
+    from deploy.runner.ov_generation import open_generator
 
     sizes = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                  vocab_size=512) if smoke else \

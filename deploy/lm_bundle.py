@@ -26,7 +26,8 @@ from compress.core.errors import UsageError
 from compress.core.fileio import read_json
 from deploy.bundle import Bundle, Choice, Packer, manifest_head, run_source, seal_bundle, stage_files
 from deploy.runner import GENERATION_FILES
-from deploy.runner.generation import GenerationError, open_generator, read_genai_config
+from deploy.runner.generation import GenerationError, read_genai_config
+from deploy.runner.ov_generation import open_generator
 
 MODEL_FOLDER = "model"  # where the engine folder lies in the bundle (and the release)
 RUNTIME = "onnxruntime"

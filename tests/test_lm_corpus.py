@@ -11,6 +11,7 @@ import pytest
 
 from compress.core.errors import ConfigError
 from compress.tasks.causal_lm import corpus
+from compress.tasks.causal_lm import documents as lm_documents
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
@@ -42,19 +43,19 @@ def test_folder_is_read_recursively_in_sorted_order_with_relative_ids(tmp_path):
     _write(tmp_path / "a" / "y.py", "why")
     _write(tmp_path / "skip.bin", "no")
     _write(tmp_path / ".git" / "x.txt", "hidden")
-    assert list(corpus.iter_documents(tmp_path)) == [("a/y.py", "why"), ("a/z.md", "zed"), ("b.txt", "bee")]
-    assert list(corpus.iter_documents(tmp_path, suffixes=(".txt",))) == [("b.txt", "bee")]
+    assert list(lm_documents.iter_documents(tmp_path)) == [("a/y.py", "why"), ("a/z.md", "zed"), ("b.txt", "bee")]
+    assert list(lm_documents.iter_documents(tmp_path, suffixes=(".txt",))) == [("b.txt", "bee")]
 
 
 def test_a_single_text_file_is_one_document(tmp_path):
-    assert list(corpus.iter_documents(_write(tmp_path / "one.txt", "hello\n"))) == [("one.txt", "hello\n")]
+    assert list(lm_documents.iter_documents(_write(tmp_path / "one.txt", "hello\n"))) == [("one.txt", "hello\n")]
 
 
 def test_jsonl_documents_by_line(tmp_path):
     rows = [{"text": "first", "n": 1}, {"text": "second"}]
     file = _write(tmp_path / "c.jsonl", "\n".join(json.dumps(r) for r in rows[:1]) + "\n\n" + json.dumps(rows[1]))
-    assert list(corpus.iter_documents(file)) == [("c.jsonl:1", "first"), ("c.jsonl:3", "second")]
-    assert list(corpus.iter_documents(_write(tmp_path / "d.jsonl", '{"body": "x"}\n'), text_column="body")) == [
+    assert list(lm_documents.iter_documents(file)) == [("c.jsonl:1", "first"), ("c.jsonl:3", "second")]
+    assert list(lm_documents.iter_documents(_write(tmp_path / "d.jsonl", '{"body": "x"}\n'), text_column="body")) == [
         ("d.jsonl:1", "x")]
 
 
@@ -63,7 +64,7 @@ def test_csv_documents_by_row(tmp_path):
 
     limit = csv.field_size_limit()
     file = _write(tmp_path / "c.csv", 'id,text\n1,"multi\nline"\n2,plain\n')
-    assert list(corpus.iter_documents(file)) == [("c.csv:1", "multi\nline"), ("c.csv:2", "plain")]
+    assert list(lm_documents.iter_documents(file)) == [("c.csv:1", "multi\nline"), ("c.csv:2", "plain")]
     # whole documents may pass csv's field limit while they are read; other readers keep theirs afterwards
     assert csv.field_size_limit() == limit
 
@@ -76,10 +77,10 @@ def test_hf_dataset_saved_to_disk(tmp_path, as_dict):
     if as_dict:
         dataset = datasets.DatasetDict({"train": dataset, "test": dataset.select([0])})
     dataset.save_to_disk(str(tmp_path / "ds"))
-    found = list(corpus.iter_documents(tmp_path / "ds", text_column="content"))
+    found = list(lm_documents.iter_documents(tmp_path / "ds", text_column="content"))
     assert found == [("ds:0", "alpha"), ("ds:1", "beta"), ("ds:2", "gamma")]
     with pytest.raises(ConfigError, match="data.text_column"):
-        corpus.iter_documents(tmp_path / "ds")
+        lm_documents.iter_documents(tmp_path / "ds")
 
 
 def _shard(path: Path, members: list[tuple[str, bytes]], mode: str = "w") -> Path:
@@ -104,62 +105,62 @@ def test_webdataset_shards_give_each_samples_text_member_as_a_document(tmp_path,
     _shard(tmp_path / "shards" / "corpus-000001.tar.gz",
            [("part/0003.txt", texts[3].encode()), ("part/0003.meta.json", b"{}"), ("0004.text", texts[4].encode())],
            mode="w:gz")
-    documents = list(corpus.iter_documents(tmp_path / "shards"))
+    documents = list(lm_documents.iter_documents(tmp_path / "shards"))
     assert [doc_id for doc_id, _ in documents] == ["corpus-000000.tar:0000", "corpus-000000.tar:0001",
                                                    "corpus-000000.tar:0002", "corpus-000001.tar.gz:part/0003",
                                                    "corpus-000001.tar.gz:0004"]
     assert [text for _, text in documents] == texts
-    assert [text for _, text in corpus.iter_documents(first)] == texts[:3]
+    assert [text for _, text in lm_documents.iter_documents(first)] == texts[:3]
     _shard(tmp_path / "shards" / "corpus-000002.tar", [("0005.txt", b"last")])
     pattern = tmp_path / "shards" / "corpus-{000000,000002}.tar"  # the .tar.gz is not in the pattern
-    assert [doc_id for doc_id, _ in corpus.iter_documents(pattern)][-1] == "corpus-000002.tar:0005"
+    assert [doc_id for doc_id, _ in lm_documents.iter_documents(pattern)][-1] == "corpus-000002.tar:0005"
     with pytest.raises(ConfigError, match="no such shard"):
-        corpus.iter_documents(tmp_path / "shards" / "corpus-{000000..000003}.tar", config_file="lm.yaml")
+        lm_documents.iter_documents(tmp_path / "shards" / "corpus-{000000..000003}.tar", config_file="lm.yaml")
     column = _shard(tmp_path / "c.tar", [("a.body", b"hello"), ("a.txt", b"")])
-    assert list(corpus.iter_documents(column, text_column="body")) == [("c.tar:a", "hello"), ("c.tar:a", "")]
+    assert list(lm_documents.iter_documents(column, text_column="body")) == [("c.tar:a", "hello"), ("c.tar:a", "")]
 
 
 def test_bad_webdataset_shards_are_refused_naming_the_shard(tmp_path):
     empty = _shard(tmp_path / "empty.tar", [("0000.json", b"{}")])
     with pytest.raises(ConfigError, match="no documents found"):
-        list(corpus.iter_documents(empty, config_file="lm.yaml"))
+        list(lm_documents.iter_documents(empty, config_file="lm.yaml"))
     bad = _shard(tmp_path / "bad.tar", [("0000.txt", b"ok"), ("0001.txt", b"caf\xff")])
     with pytest.raises(ConfigError) as error:
-        list(corpus.iter_documents(bad, config_file="lm.yaml"))
+        list(lm_documents.iter_documents(bad, config_file="lm.yaml"))
     assert str(error.value).startswith("lm.yaml: data.path: ") and f"{bad}:0001.txt" in str(error.value)
     assert "offset 3" in str(error.value)
     broken = _write(tmp_path / "broken.tar", b"not a tar at all" * 64)
     with pytest.raises(ConfigError, match="broken.tar: not a readable tar shard"):
-        list(corpus.iter_documents(broken))
+        list(lm_documents.iter_documents(broken))
     _write(tmp_path / "mixed" / "notes.txt", "a document")
     _shard(tmp_path / "mixed" / "stray.tar", [("0000.txt", b"not read")])
-    assert list(corpus.iter_documents(tmp_path / "mixed")) == [("notes.txt", "a document")]
+    assert list(lm_documents.iter_documents(tmp_path / "mixed")) == [("notes.txt", "a document")]
 
 
 def test_missing_path_and_empty_folder_are_refused(tmp_path):
     with pytest.raises(ConfigError) as missing:
-        corpus.iter_documents(tmp_path / "nope", config_file="lm.yaml")
+        lm_documents.iter_documents(tmp_path / "nope", config_file="lm.yaml")
     assert str(missing.value).startswith("lm.yaml: data.path: ")
     _write(tmp_path / "only.bin", "x")
     with pytest.raises(ConfigError) as empty:
-        corpus.iter_documents(tmp_path)
+        lm_documents.iter_documents(tmp_path)
     assert "data.path" in str(empty.value) and "no documents" in str(empty.value)
     with pytest.raises(ConfigError, match="no documents"):
-        list(corpus.iter_documents(_write(tmp_path / "e.jsonl", "\n")))
+        list(lm_documents.iter_documents(_write(tmp_path / "e.jsonl", "\n")))
 
 
 def test_non_utf8_file_names_file_and_byte_offset(tmp_path):
     _write(tmp_path / "ok.txt", "fine")
     bad = _write(tmp_path / "bad.txt", b"caf\xc3\xa9 ok\n\xffrest")
     with pytest.raises(ConfigError) as error:
-        list(corpus.iter_documents(tmp_path))
+        list(lm_documents.iter_documents(tmp_path))
     assert "data.path" in str(error.value) and str(bad) in str(error.value) and "offset 9" in str(error.value)
     for name in ("bad.jsonl", "bad.csv"):
         file = _write(tmp_path / name, b'text\n"ok"\n' if name.endswith("csv") else b'{"text": "ok"}\n')
         with file.open("ab") as stream:
             stream.write(b'{"text": "\xfe"}\n')
         with pytest.raises(ConfigError) as error:
-            list(corpus.iter_documents(file))
+            list(lm_documents.iter_documents(file))
         offset = file.read_bytes().index(b"\xfe")
         assert str(file) in str(error.value) and f"offset {offset}" in str(error.value)
 
@@ -167,12 +168,12 @@ def test_non_utf8_file_names_file_and_byte_offset(tmp_path):
 def test_jsonl_and_csv_without_the_column_are_refused(tmp_path):
     file = _write(tmp_path / "c.jsonl", '{"text": "ok"}\n{"body": "no"}\n')
     with pytest.raises(ConfigError) as error:
-        list(corpus.iter_documents(file))
+        list(lm_documents.iter_documents(file))
     assert "data.text_column" in str(error.value) and f"{file}:2" in str(error.value)
     with pytest.raises(ConfigError, match="data.path.*:1: not JSON"):
-        list(corpus.iter_documents(_write(tmp_path / "n.jsonl", "{oops\n")))
+        list(lm_documents.iter_documents(_write(tmp_path / "n.jsonl", "{oops\n")))
     with pytest.raises(ConfigError, match="data.text_column.*no column 'text'"):
-        list(corpus.iter_documents(_write(tmp_path / "c.csv", "a,b\n1,2\n")))
+        list(lm_documents.iter_documents(_write(tmp_path / "c.csv", "a,b\n1,2\n")))
 
 
 # ---- splitting -------------------------------------------------------------------------------------------

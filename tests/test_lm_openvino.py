@@ -16,7 +16,7 @@ from compress.cli import main
 from compress.stages.lm.openvino_lm import export_openvino, genai_greedy
 from compress.tasks.causal_lm import corpus
 from compress.tasks.causal_lm.models import build_lm, save_lm
-from deploy.runner.generation import OpenVINOGenerator, open_generator
+from deploy.runner.ov_generation import OpenVINOGenerator, open_generator
 
 pytest.importorskip("openvino_genai")
 

@@ -14,6 +14,7 @@ import torch
 
 from compress.core.errors import ConfigError
 from compress.tasks.causal_lm import corpus
+from compress.tasks.causal_lm import documents as lm_documents
 from compress.tasks.causal_lm.lm_fit import DistillOptions, IndexedBlocks, _step_loss
 from compress.tasks.causal_lm.metrics import score_logits, score_torch_model
 from compress.tasks.causal_lm.models import build_lm
@@ -34,7 +35,7 @@ def packed(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pairs")
     file = folder / "pairs.jsonl"
     file.write_text("\n".join(json.dumps(row) for row in pairs()))
-    documents = list(corpus.iter_documents(file, prompt_column="prompt"))
+    documents = list(lm_documents.iter_documents(file, prompt_column="prompt"))
     tokenizer = corpus.train_tokenizer((text for _, text in documents), vocab_size=300)
     meta = corpus.pack_corpus(iter(documents), tokenizer, BLOCK, folder / "packed",
                               split_of=lambda doc_id: "val" if doc_id.endswith((":3", ":7")) else "train", masked=True)
@@ -46,7 +47,7 @@ def test_each_row_is_one_document_of_its_prompt_then_its_response(packed):
     documents = packed["documents"]
     assert [doc_id for doc_id, _ in documents] == [f"pairs.jsonl:{i + 1}" for i in range(len(rows))]
     first = documents[0][1]
-    assert isinstance(first, corpus.PromptedText) and first == rows[0]["prompt"] + rows[0]["response"]
+    assert isinstance(first, lm_documents.PromptedText) and first == rows[0]["prompt"] + rows[0]["response"]
     assert (first.prompt, first.response) == (rows[0]["prompt"], rows[0]["response"])
 
 
@@ -112,10 +113,10 @@ def test_csv_and_hf_datasets_give_pairs_too(tmp_path):
 
     file = tmp_path / "p.csv"
     file.write_text("question,answer\nWhat is 2+2?, 4\nName a colour., red\n")
-    found = list(corpus.iter_documents(file, prompt_column="question", response_column="answer"))
+    found = list(lm_documents.iter_documents(file, prompt_column="question", response_column="answer"))
     assert [(d.prompt, d.response) for _, d in found] == [("What is 2+2?", " 4"), ("Name a colour.", " red")]
     datasets.Dataset.from_dict({"q": ["a", "b"], "r": ["1", None]}).save_to_disk(str(tmp_path / "ds"))
-    found = list(corpus.iter_documents(tmp_path / "ds", prompt_column="q", response_column="r"))
+    found = list(lm_documents.iter_documents(tmp_path / "ds", prompt_column="q", response_column="r"))
     assert [(d.prompt, d.response) for _, d in found] == [("a", "1"), ("b", "")]
 
 
@@ -123,16 +124,16 @@ def test_missing_columns_and_sources_without_rows_are_refused_naming_the_field(t
     file = tmp_path / "p.jsonl"
     file.write_text(json.dumps({"prompt": "x", "answer": "y"}) + "\n")
     with pytest.raises(ConfigError) as error:
-        list(corpus.iter_documents(file, prompt_column="prompt", config_file="lm.yaml"))
+        list(lm_documents.iter_documents(file, prompt_column="prompt", config_file="lm.yaml"))
     assert str(error.value).startswith("lm.yaml: data.corpus.response_column: ") and f"{file}:1" in str(error.value)
     csv_file = tmp_path / "p.csv"
     csv_file.write_text("prompt,answer\nx,y\n")
     with pytest.raises(ConfigError, match="data.corpus.response_column: .*no column 'response'"):
-        list(corpus.iter_documents(csv_file, prompt_column="prompt"))
+        list(lm_documents.iter_documents(csv_file, prompt_column="prompt"))
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "a.txt").write_text("plain")
     with pytest.raises(ConfigError, match="data.corpus.prompt_column: .*rows of a JSONL, a CSV"):
-        corpus.iter_documents(tmp_path / "docs", prompt_column="prompt")
+        lm_documents.iter_documents(tmp_path / "docs", prompt_column="prompt")
 
 
 def test_a_pipeline_refuses_pairs_from_the_standard_library_at_validate(tmp_path, capsys):

@@ -19,9 +19,10 @@ from __future__ import annotations
 from pathlib import Path
 
 try:  # on the host: the deploy.runner package
-    from . import generation, releases, runner
+    from . import generation, ov_generation, releases, runner
 except ImportError:  # on the device: loaded by runner.py from the release folder
     import generation
+    import ov_generation
     import releases
     import runner
 
@@ -46,7 +47,7 @@ def open_generator(release: Path, manifest: dict, threads: int | None = None, ba
         raise runner.RunnerError(f"{folder}: neither genai_config.json nor openvino_model.xml (the release's engine "
                                  "folder)")
     try:
-        return generation.open_generator(str(folder), backend=backend, threads=threads)
+        return ov_generation.open_generator(str(folder), backend=backend, threads=threads)
     except ImportError as error:
         raise runner.RunnerError(f"the engine's runtime cannot be imported on this device: {error}") from None
     except generation.GenerationError as error:

@@ -138,7 +138,7 @@ def load_reference(path: Path) -> tuple[list, list]:
 
 def compare(folder: Path, prompts, reference_logits, reference_tokens, new_tokens: int) -> dict[str, Any]:
     """Max |prefill logit diff| and the share of greedy tokens equal to torch's (position by position)."""
-    from deploy.runner.generation import open_generator
+    from deploy.runner.ov_generation import open_generator
 
     generator = open_generator(str(folder), backend="onnxruntime")
     diffs, same, total, identical = [], 0, 0, 0
@@ -155,7 +155,7 @@ def compare(folder: Path, prompts, reference_logits, reference_tokens, new_token
 def openvino_genai_check(folder: Path, prompts, new_tokens: int) -> int:
     """On how many prompts openvino-genai's own LLMPipeline decodes the very tokens this toolchain's loop does."""
     from compress.stages.lm.openvino_lm import genai_greedy
-    from deploy.runner.generation import open_generator
+    from deploy.runner.ov_generation import open_generator
 
     generator = open_generator(str(folder))
     ours = [generator.generate(p, new_tokens) for p in prompts]

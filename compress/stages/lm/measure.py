@@ -42,7 +42,7 @@ BACKEND_NAMES = {"genai": "onnxruntime-genai", "onnxruntime": "onnxruntime", "op
 def engine_scores(folder: Path, blocks, limit: int | None):
     """An engine's TokenScores on the first `limit` blocks (prefill logits of each block, batch 1)."""
     from compress.tasks.causal_lm.metrics import TokenScores, score_logits
-    from deploy.runner.generation import open_generator
+    from deploy.runner.ov_generation import open_generator
 
     generator = open_generator(str(folder), backend="onnxruntime")
     chosen = spread(len(blocks), limit)
@@ -75,7 +75,8 @@ def torch_scores_on(path: Path, chosen: list[int]):
 
 
 def timings(folder: Path, prompt_source: list[int], cfg: LMBenchmarkConfig, threads: int, context: int) -> dict:
-    from deploy.runner.generation import open_generator, time_batch, time_generation
+    from deploy.runner.generation import time_batch, time_generation
+    from deploy.runner.ov_generation import open_generator
 
     generator = open_generator(str(folder), backend="auto", threads=threads)
     found: dict[str, Any] = {"backend": generator.backend, "ttft_s": {}, "decode_tokens_per_s": {}}
@@ -100,7 +101,7 @@ def timings(folder: Path, prompt_source: list[int], cfg: LMBenchmarkConfig, thre
 PEAK_MEMORY_SCRIPT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from generation import open_generator
+from ov_generation import open_generator
 from harness import proc_status_kb
 generator = open_generator(sys.argv[2], backend="auto", threads=int(sys.argv[3]))
 generator.generate(json.loads(sys.argv[4]), int(sys.argv[5]))
@@ -182,7 +183,8 @@ class LMBenchmarkStage(Stage):
     def generations(ctx: StageContext, engines: dict[str, Any]) -> dict[str, Any]:
         """Greedy continuations of the held-out prompts by every torch model and engine, decoded to text."""
         from compress.stages.lm.engines import load_reference, torch_reference
-        from deploy.runner.generation import load_tokenizer, open_generator
+        from deploy.runner.generation import load_tokenizer
+        from deploy.runner.ov_generation import open_generator
 
         if "export" not in ctx.outputs:
             return {}

@@ -38,7 +38,7 @@ class CorpusPlan:
     config_file: str
 
     def documents(self) -> Iterator[tuple[str, str]]:
-        from compress.tasks.causal_lm.corpus import iter_documents
+        from compress.tasks.causal_lm.documents import iter_documents
 
         path = Path(sysconfig.get_paths()["stdlib"]) if self.source == "python-stdlib" else self.path
         found = iter_documents(path, tuple(self.corpus.suffixes), self.corpus.text_column, self.config_file,
@@ -83,7 +83,7 @@ class CausalLM(Task):
             if getattr(data, option) != unset:
                 return f"data.{option}", "not an option of a causal LM corpus (see data.corpus)"
         if data.corpus is not None and data.corpus.prompt_column is not None:
-            from compress.tasks.causal_lm.corpus import has_rows
+            from compress.tasks.causal_lm.documents import has_rows
 
             if data.source != "corpus" or (data.path is not None and data.path.exists() and not has_rows(data.path)):
                 return "data.corpus.prompt_column", ("prompt/response pairs are rows of a JSONL, a CSV or a Hugging "
