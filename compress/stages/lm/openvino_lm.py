@@ -11,11 +11,19 @@ export is done here the way it does it (learned from its `patch_stateful`):
    smaller group where a width is not a multiple of it; NNCF keeps the embeddings and the last MatMul in int8);
 4. the tokenizer as OpenVINO models (`openvino_tokenizers.convert_tokenizer`, with the detokenizer), and the
    config, generation config and tokenizer.json beside them.
+
+The export and openvino-genai's own decoding run in a child process (`python -m compress.stages.lm.openvino_lm`),
+as onnxruntime-genai's model builder does: openvino-tokenizers and openvino-genai load native extensions into
+OpenVINO that the calling process (the pipeline, the test suite) then never holds, and the export's memory goes
+with the child.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -118,8 +126,27 @@ def compress_weights(converted, precision: str, group_size: int):
                                  advanced_parameters=advanced)
 
 
+def _in_child(*args: str) -> str:
+    """Run this module's `main` with `args` in a child process; its stdout, or StageFailed with its last line."""
+    done = subprocess.run([sys.executable, "-m", "compress.stages.lm.openvino_lm", *args], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+        raise StageFailed("build", lines[-1] if lines else f"openvino_lm {args[0]} exited {done.returncode}")
+    return done.stdout
+
+
 def export_openvino(hf_folder: Path, out: Path, precision: str, group_size: int = 32) -> None:
     """An openvino-genai folder of the Hugging Face folder `hf_folder` at fp32, int8 or int4 weights."""
+    _in_child("export", str(hf_folder), str(out), precision, str(group_size))
+
+
+def genai_greedy(folder: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """Greedy tokens of each prompt by openvino-genai's own LLMPipeline (what a user of the folder runs)."""
+    return json.loads(_in_child("greedy", str(folder), json.dumps(prompts), str(new_tokens)).splitlines()[-1])
+
+
+def _export(hf_folder: Path, out: Path, precision: str, group_size: int) -> None:
     import openvino as ov
     import transformers
 
@@ -132,7 +159,7 @@ def export_openvino(hf_folder: Path, out: Path, precision: str, group_size: int 
         converted = convert_stateful(model)
     except Exception as error:  # a model the trace or OpenVINO's frontend cannot take: one line, the cause
         raise StageFailed("build", f"OpenVINO could not convert {hf_folder.name}: "
-                                   f"{str(error).strip().splitlines()[-1] if str(error).strip() else error!r}")
+                                   f"{str(error).strip().splitlines()[-1] if str(error).strip() else error!r}") from None
     if precision != "fp32":
         converted = compress_weights(converted, precision, group_size)
     ov.save_model(converted, out / "openvino_model.xml", compress_to_fp16=False)
@@ -149,8 +176,7 @@ def export_openvino(hf_folder: Path, out: Path, precision: str, group_size: int 
     ov.save_model(detokenizer, out / "openvino_detokenizer.xml")
 
 
-def genai_greedy(folder: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
-    """Greedy tokens of each prompt by openvino-genai's own LLMPipeline (what a user of the folder runs)."""
+def _genai_greedy(folder: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
     import openvino as ov
     import openvino_genai
 
@@ -162,3 +188,20 @@ def genai_greedy(folder: Path, prompts: list[list[int]], new_tokens: int) -> lis
         result = pipeline.generate(ov.Tensor(np.array([prompt], dtype=np.int64)), config)
         found.append([int(t) for t in result.tokens[0]])
     return found
+
+
+def main(argv: list[str]) -> int:
+    """`export HF OUT PRECISION GROUP` or `greedy FOLDER PROMPTS_JSON NEW_TOKENS` (prints the tokens as JSON)."""
+    try:
+        if argv[0] == "export":
+            _export(Path(argv[1]), Path(argv[2]), argv[3], int(argv[4]))
+        else:
+            print(json.dumps(_genai_greedy(Path(argv[1]), json.loads(argv[2]), int(argv[3]))))
+    except StageFailed as error:
+        print(str(error).removeprefix(f"stage {error.stage} failed: "), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
