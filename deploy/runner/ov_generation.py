@@ -16,8 +16,10 @@ import numpy as np
 
 try:  # a package on the host, flat files in a release on the device
     from .generation import GenerationError, GreedyGenerator, _eos_ids
+    from .sessions import openvino_core
 except ImportError:
     from generation import GenerationError, GreedyGenerator, _eos_ids
+    from sessions import openvino_core
 
 
 class OpenVINOGenerator(GreedyGenerator):
@@ -39,13 +41,13 @@ class OpenVINOGenerator(GreedyGenerator):
         self.vocab_size = config.get("vocab_size")
         self.model_path = self.folder / "openvino_model.xml"
         try:
-            import openvino as ov
+            core = openvino_core()  # the process's one Core: a Core of its own, freed out of order, broke signals
         except ImportError as e:
             raise GenerationError(f"{self.model_path}: needs the openvino package ({e})") from e
         properties = {"INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             properties["INFERENCE_NUM_THREADS"] = int(threads)
-        self._compiled = ov.Core().compile_model(str(self.model_path), "CPU", properties)
+        self._compiled = core.compile_model(str(self.model_path), "CPU", properties)
         self._request = self._compiled.create_infer_request()
         self.providers = ["CPU"]
 

@@ -152,16 +152,19 @@ def compare(folder: Path, prompts, reference_logits, reference_tokens, new_token
             "identical_prompts": identical, "prompts": len(prompts)}
 
 
-def openvino_genai_check(folder: Path, prompts, new_tokens: int) -> int:
-    """On how many prompts openvino-genai's own LLMPipeline decodes the very tokens this toolchain's loop does."""
+def openvino_genai_check(folders: list[Path], prompts, new_tokens: int) -> list[int]:
+    """Per folder, on how many prompts openvino-genai's own LLMPipeline decodes the very tokens this toolchain's
+    loop does."""
     from compress.stages.lm.openvino_lm import genai_greedy
     from deploy.runner.ov_generation import open_generator
 
-    generator = open_generator(str(folder))
-    ours = [generator.generate(p, new_tokens) for p in prompts]
-    theirs = genai_greedy(folder, prompts, new_tokens)
-    stops = set(generator.eos_ids)
-    return sum(_same_greedy(a, b, stops) for a, b in zip(ours, theirs))
+    counts = []
+    for folder, theirs in zip(folders, genai_greedy(folders, prompts, new_tokens)):
+        generator = open_generator(str(folder))
+        ours = [generator.generate(p, new_tokens) for p in prompts]
+        stops = set(generator.eos_ids)
+        counts.append(sum(_same_greedy(a, b, stops) for a, b in zip(ours, theirs)))
+    return counts
 
 
 def _same_greedy(ours: list[int], theirs: list[int], stops: set[int]) -> bool:
@@ -215,6 +218,13 @@ class LMBuildStage(Stage):
         hf_folder = ctx.path(ctx.outputs["distill"]["model"])
         new_tokens = ctx.pipeline.stages["export"].new_tokens
         logits, tokens = load_reference(ctx.path(export["engines"]["student-onnxruntime-fp32"]["reference"]))
+        openvino = {precision: ctx.stage_dir / f"student-openvino-{precision}" for backend, precision in
+                    (target.split(":") for target in cfg.targets) if backend == "openvino"}
+        if openvino:
+            from compress.stages.lm.openvino_lm import export_openvino
+
+            export_openvino(hf_folder, openvino, cfg.block_size)
+            genai_counts = dict(zip(openvino, openvino_genai_check(list(openvino.values()), prompts, new_tokens)))
         built = {}
         for target in cfg.targets:
             backend, precision = target.split(":")
@@ -223,15 +233,11 @@ class LMBuildStage(Stage):
                 built[name] = dict(export["engines"][name], precision=precision)
                 continue
             out = ctx.stage_dir / name
-            if backend == "openvino":
-                from compress.stages.lm.openvino_lm import export_openvino
-
-                export_openvino(hf_folder, out, precision, cfg.block_size)
-            else:
+            if backend != "openvino":
                 build_folder(hf_folder, out, precision, cfg.block_size, cfg.quantize_embeddings)
             parity = compare(out, prompts, logits, tokens, new_tokens)
             if backend == "openvino":
-                parity["genai_identical_prompts"] = openvino_genai_check(out, prompts, new_tokens)
+                parity["genai_identical_prompts"] = genai_counts[precision]
             ctx.log(f"{name}: greedy tokens agree with torch's fp32 on {parity['token_agreement']:.0%} of positions "
                     f"({parity['identical_prompts']}/{parity['prompts']} prompts identical), "
                     f"prefill max |diff| {parity['max_abs_diff']:.3f}"

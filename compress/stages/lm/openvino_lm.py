@@ -136,67 +136,74 @@ def _in_child(*args: str) -> str:
     return done.stdout
 
 
-def export_openvino(hf_folder: Path, out: Path, precision: str, group_size: int = 32) -> None:
-    """An openvino-genai folder of the Hugging Face folder `hf_folder` at fp32, int8 or int4 weights."""
-    _in_child("export", str(hf_folder), str(out), precision, str(group_size))
+def export_openvino(hf_folder: Path, outs: dict[str, Path], group_size: int = 32) -> None:
+    """openvino-genai folders of the Hugging Face folder `hf_folder`, one per precision (fp32, int8, int4) in
+    `outs`, made in one child process (one start of torch, OpenVINO and NNCF for them all)."""
+    _in_child("export", str(hf_folder), json.dumps({p: str(out) for p, out in outs.items()}), str(group_size))
 
 
-def genai_greedy(folder: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
-    """Greedy tokens of each prompt by openvino-genai's own LLMPipeline (what a user of the folder runs)."""
-    return json.loads(_in_child("greedy", str(folder), json.dumps(prompts), str(new_tokens)).splitlines()[-1])
+def genai_greedy(folders: list[Path], prompts: list[list[int]], new_tokens: int) -> list[list[list[int]]]:
+    """Greedy tokens of each prompt by openvino-genai's own LLMPipeline (what a user of the folder runs), per
+    folder, all in one child process."""
+    return json.loads(_in_child("greedy", json.dumps([str(f) for f in folders]), json.dumps(prompts),
+                                str(new_tokens)).splitlines()[-1])
 
 
-def _export(hf_folder: Path, out: Path, precision: str, group_size: int) -> None:
+def _export(hf_folder: Path, outs: dict[str, Path], group_size: int) -> None:
     import openvino as ov
     import transformers
+    from openvino_tokenizers import convert_tokenizer
 
     from compress.tasks.causal_lm.models import load_lm
 
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
     model = load_lm(hf_folder)
-    try:
-        converted = convert_stateful(model)
-    except Exception as error:  # a model the trace or OpenVINO's frontend cannot take: one line, the cause
-        raise StageFailed("build", f"OpenVINO could not convert {hf_folder.name}: "
-                                   f"{str(error).strip().splitlines()[-1] if str(error).strip() else error!r}") from None
-    if precision != "fp32":
-        converted = compress_weights(converted, precision, group_size)
-    ov.save_model(converted, out / "openvino_model.xml", compress_to_fp16=False)
-    model.config.save_pretrained(out)
-    model.generation_config.save_pretrained(out)
-    for name in TOKENIZER_FILES:
-        if (hf_folder / name).is_file():
-            shutil.copy2(hf_folder / name, out / name)
-    from openvino_tokenizers import convert_tokenizer
-
     tokenizer, detokenizer = convert_tokenizer(transformers.AutoTokenizer.from_pretrained(hf_folder),
                                                with_detokenizer=True)
-    ov.save_model(tokenizer, out / "openvino_tokenizer.xml")
-    ov.save_model(detokenizer, out / "openvino_detokenizer.xml")
+    for precision, out in outs.items():
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        try:
+            converted = convert_stateful(model)  # a fresh graph per precision: NNCF compresses in place
+        except Exception as error:  # a model the trace or OpenVINO's frontend cannot take: one line, the cause
+            message = str(error).strip()
+            raise StageFailed("build", f"OpenVINO could not convert {hf_folder.name}: "
+                                       f"{message.splitlines()[-1] if message else repr(error)}") from None
+        if precision != "fp32":
+            converted = compress_weights(converted, precision, group_size)
+        ov.save_model(converted, out / "openvino_model.xml", compress_to_fp16=False)
+        model.config.save_pretrained(out)
+        model.generation_config.save_pretrained(out)
+        for name in TOKENIZER_FILES:
+            if (hf_folder / name).is_file():
+                shutil.copy2(hf_folder / name, out / name)
+        ov.save_model(tokenizer, out / "openvino_tokenizer.xml")
+        ov.save_model(detokenizer, out / "openvino_detokenizer.xml")
 
 
-def _genai_greedy(folder: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+def _genai_greedy(folders: list[Path], prompts: list[list[int]], new_tokens: int) -> list[list[list[int]]]:
     import openvino as ov
     import openvino_genai
 
-    pipeline = openvino_genai.LLMPipeline(str(folder), "CPU", INFERENCE_PRECISION_HINT="f32")
     config = openvino_genai.GenerationConfig()
     config.max_new_tokens, config.do_sample = new_tokens, False
     found = []
-    for prompt in prompts:
-        result = pipeline.generate(ov.Tensor(np.array([prompt], dtype=np.int64)), config)
-        found.append([int(t) for t in result.tokens[0]])
+    for folder in folders:
+        pipeline = openvino_genai.LLMPipeline(str(folder), "CPU", INFERENCE_PRECISION_HINT="f32")
+        found.append([[int(t) for t in pipeline.generate(ov.Tensor(np.array([prompt], dtype=np.int64)),
+                                                          config).tokens[0]] for prompt in prompts])
+        del pipeline
     return found
 
 
 def main(argv: list[str]) -> int:
-    """`export HF OUT PRECISION GROUP` or `greedy FOLDER PROMPTS_JSON NEW_TOKENS` (prints the tokens as JSON)."""
+    """`export HF {PRECISION: OUT} GROUP` or `greedy [FOLDER] PROMPTS_JSON NEW_TOKENS` (prints the tokens as
+    JSON)."""
     try:
         if argv[0] == "export":
-            _export(Path(argv[1]), Path(argv[2]), argv[3], int(argv[4]))
+            _export(Path(argv[1]), {p: Path(out) for p, out in json.loads(argv[2]).items()}, int(argv[3]))
         else:
-            print(json.dumps(_genai_greedy(Path(argv[1]), json.loads(argv[2]), int(argv[3]))))
+            print(json.dumps(_genai_greedy([Path(f) for f in json.loads(argv[1])], json.loads(argv[2]),
+                                           int(argv[3]))))
     except StageFailed as error:
         print(str(error).removeprefix(f"stage {error.stage} failed: "), file=sys.stderr)
         return 1
