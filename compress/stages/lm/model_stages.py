@@ -50,6 +50,9 @@ class LMDistillConfig(LMTrainConfig):
     teacher_top_k: int | None = Field(None, ge=1, description="cache the teacher's top-k log-probs on disk once "
                                                              "(forward_kl only) instead of running it every step")
     hidden: HiddenConfig | None = None
+    shard_teacher: bool = Field(False, json_schema_extra=NOT_IN_KEY,
+                                description="under torchrun, shard the teacher over the ranks with FSDP (a teacher "
+                                            "too big for one device); no effect in one process")
 
     def check(self, pipeline: PipelineConfig) -> tuple[str, str] | None:
         if self.teacher_top_k is not None and self.loss != "forward_kl":
@@ -191,18 +194,21 @@ def build_student(ctx: StageContext, teacher):
 
 class _StudentStage(Stage):
     reads = ("teacher", "prune")
-    distributed = False
+    distributed = True  # under torchrun every rank trains (DDP); rank 0 alone writes
 
     def train(self, ctx: StageContext, options_cfg, distill=None) -> dict[str, Any]:
         from compress.tasks.causal_lm.metrics import TokenScores, score_torch_model
         from compress.tasks.causal_lm.models import load_lm, save_lm
+        from compress.tasks.causal_lm import lm_sharding
         from compress.tasks.causal_lm.lm_fit import train_lm
 
         teacher = load_lm(ctx.path(ctx.outputs["teacher"]["model"]))
         student = build_student(ctx, teacher)
         result = train_lm(student, corpus_blocks(ctx, "train"), corpus_blocks(ctx, "val"),
                           train_options(options_cfg, ctx.pipeline.seed), ctx.stage_dir / "training", ctx.log,
-                          teacher=teacher if distill is not None else None, distill=distill)
+                          teacher=teacher if distill is not None else None, distill=distill, distributed=True)
+        if lm_sharding.world()[0] != 0:
+            return {}
         save_lm(student, ctx.path(ctx.outputs["teacher"]["tokenizer"]), ctx.stage_dir / "model")
         split = eval_split(ctx)
         scores = score_torch_model(student, corpus_blocks(ctx, split))
@@ -261,7 +267,8 @@ class LMDistillStage(_StudentStage):
                                  hidden_weight=hidden.weight if hidden else 0.0,
                                  hidden_kind=hidden.kind if hidden else "cosine",
                                  layer_map=[tuple(pair) for pair in hidden.layer_map] if hidden else [],
-                                 on_policy=cfg.on_policy, teacher_top_k=cfg.teacher_top_k)
+                                 on_policy=cfg.on_policy, teacher_top_k=cfg.teacher_top_k,
+                                 shard_teacher=cfg.shard_teacher)
         ctx.log(f"KD: {cfg.loss} ({', '.join(f'{k} {v:g}' for k, v in cfg.loss_params().items())}), alpha {cfg.alpha:g}"
                 + (f", hidden states {hidden.kind} x{hidden.weight:g}" if hidden else "")
                 + (f", on-policy {cfg.on_policy:g}" if cfg.on_policy else ""))

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from compress.tasks.causal_lm import lm_sharding
 from compress.tasks.causal_lm import token_losses as lm_losses
 from compress.tasks.causal_lm.metrics import score_torch_model
 
@@ -51,30 +52,41 @@ class DistillOptions:
     layer_map: list[tuple[int, int]] = field(default_factory=list)
     on_policy: float = 0.0
     teacher_top_k: int | None = None
+    shard_teacher: bool = False  # under torchrun: FSDP over the ranks
 
 
 class TeacherCache:
-    """The teacher's top-k next-token log-probs of every training block, in shards of `per_shard` blocks."""
+    """The teacher's top-k next-token log-probs of training blocks (`indices`: the ones this rank reads; None: all),
+    in shards of `per_shard` blocks."""
 
-    def __init__(self, folder: Path, per_shard: int = 64):
+    def __init__(self, folder: Path, indices: list[int] | None = None, per_shard: int = 64):
         self.folder = folder
+        self.indices = indices
         self.per_shard = per_shard
 
+    def _label(self) -> str:
+        return "" if self.indices is None else f" ({self.folder.name})"
+
+    def _covered(self, blocks) -> list[int]:
+        return list(range(len(blocks))) if self.indices is None else self.indices
+
     def build(self, teacher, blocks, k: int, batch_size: int, log: Callable[[str], None]) -> None:
+        covered = self._covered(blocks)
+        self._position = {block: n for n, block in enumerate(covered)}
         done = self.folder / "done.json"
         if done.is_file() and json.loads(done.read_text()).get("k") == k \
-                and json.loads(done.read_text()).get("blocks") == len(blocks):
-            log(f"teacher cache: reused ({json.loads(done.read_text())['bytes'] / 1e6:.1f} MB)")
+                and json.loads(done.read_text()).get("blocks") == len(covered):
+            log(f"teacher cache{self._label()}: reused ({json.loads(done.read_text())['bytes'] / 1e6:.1f} MB)")
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         teacher.eval()
         total = 0
         with torch.no_grad():
-            for shard_start in range(0, len(blocks), self.per_shard):
+            for shard_start in range(0, len(covered), self.per_shard):
                 indices, logprobs = [], []
-                for start in range(shard_start, min(len(blocks), shard_start + self.per_shard), batch_size):
-                    stop = min(len(blocks), shard_start + self.per_shard, start + batch_size)
-                    batch = torch.stack([blocks[i] for i in range(start, stop)])
+                shard_stop = min(len(covered), shard_start + self.per_shard)
+                for start in range(shard_start, shard_stop, batch_size):
+                    batch = torch.stack([blocks[covered[n]] for n in range(start, min(shard_stop, start + batch_size))])
                     top_i, top_lp = lm_losses.topk_teacher(teacher(input_ids=batch[:, :-1]).logits, k)
                     indices.append(top_i.numpy().astype(np.int32))
                     logprobs.append(top_lp.float().numpy().astype(np.float16))
@@ -82,15 +94,16 @@ class TeacherCache:
                 np.save(f"{name}.idx.npy", np.concatenate(indices))
                 np.save(f"{name}.lp.npy", np.concatenate(logprobs))
                 total += sum(a.nbytes for a in indices) + sum(a.nbytes for a in logprobs)
-        tokens = len(blocks) * (len(blocks[0]) - 1)
-        done.write_text(json.dumps({"k": k, "blocks": len(blocks), "bytes": total}))
-        log(f"teacher cache: top-{k} of {tokens} tokens, {total / tokens:.0f} bytes/token, {total / 1e6:.1f} MB")
+        tokens = len(covered) * (len(blocks[0]) - 1)
+        done.write_text(json.dumps({"k": k, "blocks": len(covered), "bytes": total}))
+        log(f"teacher cache{self._label()}: top-{k} of {tokens} tokens, {total / tokens:.0f} bytes/token, {total / 1e6:.1f} MB")
 
     def lookup(self, block_indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx, lp = [], []
         for i in block_indices:
-            name = self.folder / f"shard_{i // self.per_shard:05d}"
-            row = i % self.per_shard
+            position = self._position[i] if self.indices is not None else i
+            name = self.folder / f"shard_{position // self.per_shard:05d}"
+            row = position % self.per_shard
             idx.append(np.load(f"{name}.idx.npy", mmap_mode="r")[row])
             lp.append(np.load(f"{name}.lp.npy", mmap_mode="r")[row])
         return torch.from_numpy(np.stack(idx)).long(), torch.from_numpy(np.stack(lp).astype(np.float32))
@@ -114,12 +127,19 @@ class IndexedBlocks(torch.utils.data.Dataset):
 
 
 def train_lm(model, train_blocks, val_blocks, options: TrainOptions, folder: Path,
-             log: Callable[[str], None], teacher=None, distill: DistillOptions | None = None) -> dict[str, Any]:
-    """Train `model` in place; returns the history and the chosen epoch. Resumes from folder/last.pt."""
+             log: Callable[[str], None], teacher=None, distill: DistillOptions | None = None,
+             distributed: bool = False) -> dict[str, Any]:
+    """Train `model` in place; returns the history and the chosen epoch. Resumes from folder/last.pt.
+
+    `distributed`: every torchrun rank calls this (a stage that runs on every rank): the student trains under DDP
+    on the rank's share of the blocks (compress.tasks.causal_lm.lm_sharding), with `distill.shard_teacher` the
+    teacher is sharded by FSDP, the teacher cache is one set of shards per rank, and rank 0 alone writes."""
+    rank, size = lm_sharding.world() if distributed else (0, 1)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(options.seed)
-    random.seed(options.seed)
-    steps_per_epoch = max(1, len(train_blocks) // options.batch_size)
+    random.seed(options.seed)  # the same on every rank: on-policy batches happen on all ranks at once
+    mine = lm_sharding.rank_blocks(len(train_blocks), rank, size)
+    steps_per_epoch = max(1, len(mine) // options.batch_size)
     total_steps = steps_per_epoch * options.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     projections = None  # before the schedule, which sets every group's lr
@@ -129,21 +149,30 @@ def train_lm(model, train_blocks, val_blocks, options: TrainOptions, folder: Pat
     warmup = max(1, int(options.warmup_fraction * total_steps))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, step / max(1, total_steps)))))
+    if distill is not None and distill.shard_teacher and size > 1:
+        local, total = lm_sharding.shard_teacher(teacher)
+        log(f"teacher sharded by FSDP over {size} ranks: each holds {local / 1e6:.2f}M of its {total / 1e6:.2f}M "
+            f"parameters between forwards")
     cache = None
     if distill is not None and distill.teacher_top_k:
-        cache = TeacherCache(folder / "teacher_cache")
+        cache = TeacherCache(folder / "teacher_cache" / (f"rank-{rank}-of-{size}" if size > 1 else ""),
+                             mine if size > 1 else None)
         cache.build(teacher, train_blocks, distill.teacher_top_k, options.batch_size, log)
     history, start_epoch, best = _resume(folder, model, optimizer, schedule, projections)
-    loader = torch.utils.data.DataLoader(IndexedBlocks(train_blocks), batch_size=options.batch_size, shuffle=True,
-                                         drop_last=True, generator=torch.Generator().manual_seed(options.seed))
+    trained = torch.nn.parallel.DistributedDataParallel(model) if size > 1 else model
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(IndexedBlocks(train_blocks), mine),
+                                         batch_size=options.batch_size, shuffle=True, drop_last=True,
+                                         generator=torch.Generator().manual_seed(options.seed + rank))
     for epoch in range(start_epoch, options.epochs):
-        loader.generator.manual_seed(options.seed + epoch)
+        loader.generator.manual_seed(options.seed + epoch + 1000 * rank)
         model.train()
         started, loss_sum, seen = time.perf_counter(), 0.0, 0
         for indices, batch, targets in loader:
-            loss = _step_loss(model, batch, targets, indices.tolist(), teacher, distill, cache, projections)
+            loss = _step_loss(trained, model, batch, targets, indices.tolist(), teacher, distill, cache, projections)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if projections is not None:
+                lm_sharding.average_gradients(projections.parameters(), size)
             torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
             optimizer.step()
             schedule.step()
@@ -156,8 +185,11 @@ def train_lm(model, train_blocks, val_blocks, options: TrainOptions, folder: Pat
             f"top-1 {val['top1']:.3f} ({entry['seconds']:.0f}s)")
         if best is None or val["perplexity"] < best["val_perplexity"]:
             best = entry
-            torch.save(model.state_dict(), folder / "best.pt")
-        _checkpoint(folder, model, optimizer, schedule, projections, history, best)
+            if rank == 0:
+                torch.save(model.state_dict(), folder / "best.pt")
+        if rank == 0:
+            _checkpoint(folder, model, optimizer, schedule, projections, history, best)
+        lm_sharding.barrier(size)
     model.load_state_dict(torch.load(folder / "best.pt", weights_only=True))
     return {"history": history, "best_epoch": best["epoch"], "steps_per_epoch": steps_per_epoch}
 
@@ -177,15 +209,16 @@ def _data_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.masked_fill(~mask, -100).flatten())
 
 
-def _step_loss(model, batch, mask, block_indices, teacher, distill, cache, projections) -> torch.Tensor:
+def _step_loss(trained, model, batch, mask, block_indices, teacher, distill, cache, projections) -> torch.Tensor:
+    """The batch's loss through `trained` (the student, or its DDP wrapper); `model` samples on-policy batches."""
     inputs, labels = batch[:, :-1], batch[:, 1:]
     if distill is None:
-        return _data_loss(model(input_ids=inputs).logits, labels, mask)
+        return _data_loss(trained(input_ids=inputs).logits, labels, mask)
     on_policy = distill.on_policy > 0 and random.random() < distill.on_policy
     if on_policy:  # the student continues the first half; only the continuation is distilled, no data CE
         inputs, mask = _student_samples(model, inputs)
     wants_hidden = distill.hidden_weight > 0
-    out = model(input_ids=inputs, output_hidden_states=wants_hidden)
+    out = trained(input_ids=inputs, output_hidden_states=wants_hidden)
     t_hidden = None
     if cache is not None and not on_policy:
         top_i, top_lp = cache.lookup(block_indices)
