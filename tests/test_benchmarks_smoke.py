@@ -67,6 +67,7 @@ def smoke_runs(request, tmp_path_factory):
     pool.shutdown(wait=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS, ids=[script.name for script in SCRIPTS])
 def test_benchmark_runs_in_smoke_mode_and_prints_its_table(script, smoke_runs):
     before, futures = smoke_runs

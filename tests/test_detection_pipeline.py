@@ -61,6 +61,7 @@ def stage_outputs(run_dir) -> dict:
     return {name: entry["outputs"] for name, entry in json.loads((run_dir / "run.json").read_text())["stages"].items()}
 
 
+@pytest.mark.slow
 def test_the_pipeline_runs_every_stage(det_run):
     code, run_dir, _, log = det_run
     assert code == 0, log

@@ -26,6 +26,7 @@ def metric_epochs(path: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in path.read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_kill_9_during_distill_resumes_and_finishes_the_run(tiny_config, write_pipeline, tmp_path):
     tiny_config["stages"]["distill"]["epochs"] = 30
     tiny_config["stages"]["baseline"] = {}
@@ -57,6 +58,7 @@ def test_kill_9_during_distill_resumes_and_finishes_the_run(tiny_config, write_p
     assert "Recommended artifact" in report and f"KD gain: **{gain:+.2f} pts**" in report
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_trains_together_and_only_rank_0_writes(tiny_config, write_pipeline, tmp_path):
     tiny_config["teacher"]["train"]["epochs"] = 1
     tiny_config["student"] = {"model": "cnn", "kwargs": {"channels": [8, 16]}}
@@ -82,6 +84,7 @@ def test_two_process_gloo_run_trains_together_and_only_rank_0_writes(tiny_config
     assert not list(run_dir.glob("**/.*.tmp"))
 
 
+@pytest.mark.slow
 def test_a_search_under_torchrun_runs_each_trial_on_both_ranks(tiny_config, write_pipeline, tmp_path):
     """Rank 0 holds the study and says what to train; a trial's DDP training needs both ranks to finish."""
     tiny_config["teacher"]["train"]["epochs"] = 1
@@ -100,6 +103,7 @@ def test_a_search_under_torchrun_runs_each_trial_on_both_ranks(tiny_config, writ
     assert len(list((run_dir / "stages" / "distill" / "search" / "trials").iterdir())) == 3
 
 
+@pytest.mark.slow
 def test_kill_9_during_a_search_resumes_it_without_repeating_finished_trials(tiny_config, write_pipeline, tmp_path):
     """SIGKILL inside the third trial: the rerun keeps trials 0 and 1 and finishes the third from its last epoch."""
     tiny_config["stages"] = {"distill": {"epochs": 30, "batch_size": 64, "lr": 0.01,

@@ -47,6 +47,16 @@ def test_a_ranks_teacher_cache_holds_the_top_k_of_its_own_blocks(tmp_path):
         cache.lookup([2])  # rank 0's block: not in this rank's shards
 
 
+def test_shard_teacher_in_one_process_says_so_and_a_bad_value_is_one_line(tmp_path, capsys):
+    from compress.cli import main
+
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(lm_config(**{"stages.distill.shard_teacher": "sometimes"})))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pipeline.yaml" in err and "stages.distill.shard_teacher" in err, err
+
+
 @pytest.mark.slow
 def test_two_ranks_distil_with_the_teacher_sharded_by_fsdp(tmp_path):
     """Two gloo ranks: the FSDP teacher's logits are the whole teacher's, each rank holds about half of it; then a

@@ -103,6 +103,7 @@ def test_compressed_folders_are_smaller_and_run(exported):
     assert sizes["int4"] < sizes["int8"] < 0.6 * sizes["fp32"]
 
 
+@pytest.mark.slow
 def test_a_width_pruned_student_runs_on_openvino_built_checked_benchmarked_and_deployed(tmp_path):
     """One run for two capabilities (CI time): Minitron width pruning of the teacher in all three widths (heads by
     KV group, MLP and hidden channels) starts the student; its onnxruntime-genai and OpenVINO folders (head_dim no

@@ -55,6 +55,7 @@ def finished_run(lm_run):
     return lm_run[0], lm_run[1]
 
 
+@pytest.mark.slow
 def test_a_causal_lm_pipeline_runs_every_stage(finished_run):
     code, run_dir = finished_run
     assert code == 0

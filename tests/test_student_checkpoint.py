@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -21,6 +22,7 @@ def student_weights(seed: int, classes: int = 10):
     return build_model(ModelSpec("mlp", 1, classes, 8, {"hidden": [32]})).state_dict()
 
 
+@pytest.mark.slow
 def test_a_student_starts_from_its_checkpoint_and_new_weights_rerun_distill(tiny_config, write_pipeline, tmp_path,
                                                                             capsys):
     config = distill_only(tiny_config)

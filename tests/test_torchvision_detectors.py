@@ -280,6 +280,7 @@ def cross_run(det_data, tmp_path_factory):
     return code, log, folder / "run", validated
 
 
+@pytest.mark.slow
 def test_a_factory_teacher_and_a_torchvision_student_run_every_stage(cross_run):
     import json
 

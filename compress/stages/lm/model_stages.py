@@ -272,4 +272,12 @@ class LMDistillStage(_StudentStage):
         ctx.log(f"KD: {cfg.loss} ({', '.join(f'{k} {v:g}' for k, v in cfg.loss_params().items())}), alpha {cfg.alpha:g}"
                 + (f", hidden states {hidden.kind} x{hidden.weight:g}" if hidden else "")
                 + (f", on-policy {cfg.on_policy:g}" if cfg.on_policy else ""))
+        if cfg.shard_teacher and not _under_torchrun():
+            ctx.log("shard_teacher: one process, so the teacher is not sharded (run under torchrun to shard it)")
         return self.train(ctx, cfg, distill)
+
+
+def _under_torchrun() -> bool:
+    from compress.tasks.causal_lm import lm_sharding
+
+    return lm_sharding.world()[1] > 1
