@@ -89,11 +89,11 @@ def test_losses_and_perplexity_count_the_responses_only(packed):
         logits = model(input_ids=batch[:, :-1]).logits
         nll = -torch.log_softmax(logits, -1).gather(-1, batch[:, 1:, None])[..., 0]
         expected = float(nll[mask].mean())
-        assert float(_step_loss(model, batch, mask, [0, 1, 2, 3], None, None, None, None)) == pytest.approx(
+        assert float(_step_loss(model, model, batch, mask, [0, 1, 2, 3], None, None, None, None)) == pytest.approx(
             expected, rel=1e-5)
         # KD alone (alpha 1): the forward KL over the target positions, whatever the prompt positions hold
         distill = DistillOptions(loss="forward_kl", alpha=1.0)
-        kd = float(_step_loss(model, batch, mask, [0, 1, 2, 3], teacher, distill, None, None))
+        kd = float(_step_loss(model, model, batch, mask, [0, 1, 2, 3], teacher, distill, None, None))
         t_logits = teacher(input_ids=batch[:, :-1]).logits
         per_token = (torch.softmax(t_logits, -1) * (torch.log_softmax(t_logits, -1)
                                                     - torch.log_softmax(logits, -1))).sum(-1)
