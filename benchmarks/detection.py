@@ -204,6 +204,8 @@ def main() -> None:
                                                 "own_detectors:retinanet_resnet18 (examples/detection/own_detectors.py)")
     parser.add_argument("--teacher-kwargs", type=json.loads, default={}, help="its kwargs, as JSON")
     args = parser.parse_args()
+    if args.smoke:  # smoke runs go two at a time on CI's 2 cores: one thread each, as the other scripts' smoke
+        args.threads = 1
     import torch
 
     torch.set_num_threads(args.threads)

@@ -10,6 +10,7 @@ weight-only int8/int4 folders and measures how often their greedy tokens agree w
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -52,27 +53,45 @@ class LMBuildConfig(Strict):
         return targets
 
 
-def build_folder(hf_folder: Path, out: Path, precision: str, block_size: int = 32,
-                 quantize_embeddings: bool = True) -> None:
-    """Run onnxruntime-genai's model builder on a Hugging Face folder (a subprocess: its memory goes with it).
+# One child process runs onnxruntime-genai's model builder (its own command line, `python -m ...builder`) once per
+# folder: torch, transformers and onnx are imported once for them all.
+_BUILDER_RUNS = """
+import json, runpy, sys
+for argv in json.loads(sys.argv[1]):
+    sys.argv = ["builder"] + argv
+    try:
+        runpy.run_module("onnxruntime_genai.models.builder", run_name="__main__", alter_sys=True)
+    except SystemExit as exit:
+        if exit.code not in (None, 0):
+            raise
+"""
+
+
+def build_folders(jobs: list[tuple[Path, Path, str]], block_size: int = 32, quantize_embeddings: bool = True) -> None:
+    """Run onnxruntime-genai's model builder on Hugging Face folders, one (hf_folder, out, precision) per job, in one
+    subprocess (its memory goes with it).
 
     int8/int4 quantize every MatMul's weights (MatMulNBits, accuracy level 4: int8 activations on CPU) and, with
     `quantize_embeddings`, the token embedding table too (GatherBlockQuantized): at a realistic vocabulary the
     table is a large share of a small model's bytes.
     """
-    command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(hf_folder), "-i", str(hf_folder),
-               "-o", str(out), "-p", precision, "-e", "cpu", "-c", str(out.parent / f".cache-{out.name}")]
-    if precision != "fp32":
-        command += ["--extra_options", f"block_size={block_size}", "accuracy_level=4",
-                    f"op_types_to_quantize={'MatMul/Gather' if quantize_embeddings else 'MatMul'}"]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0 or not (out / "genai_config.json").is_file():
-        lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
-        raise StageFailed("build", f"onnxruntime-genai's model builder failed on {hf_folder.name} ({precision}): "
-                                   f"{lines[-1] if lines else done.returncode}")
     import shutil
 
-    shutil.rmtree(out.parent / f".cache-{out.name}", ignore_errors=True)
+    runs = []
+    for hf_folder, out, precision in jobs:
+        argv = ["-m", str(hf_folder), "-i", str(hf_folder), "-o", str(out), "-p", precision, "-e", "cpu",
+                "-c", str(out.parent / f".cache-{out.name}")]
+        if precision != "fp32":
+            argv += ["--extra_options", f"block_size={block_size}", "accuracy_level=4",
+                     f"op_types_to_quantize={'MatMul/Gather' if quantize_embeddings else 'MatMul'}"]
+        runs.append(argv)
+    done = subprocess.run([sys.executable, "-c", _BUILDER_RUNS, json.dumps(runs)], capture_output=True, text=True)
+    for hf_folder, out, precision in jobs:
+        shutil.rmtree(out.parent / f".cache-{out.name}", ignore_errors=True)
+        if done.returncode != 0 or not (out / "genai_config.json").is_file():
+            lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+            raise StageFailed("build", f"onnxruntime-genai's model builder failed on {hf_folder.name} ({precision}): "
+                                       f"{lines[-1] if lines else done.returncode}")
 
 
 def held_out_prompts(ctx: StageContext, count: int, length: int) -> list[list[int]]:
@@ -186,10 +205,11 @@ class LMExportStage(Stage):
         cfg: LMExportConfig = ctx.config
         prompts = held_out_prompts(ctx, cfg.prompts, cfg.prompt_tokens)
         found = {}
-        for role in ("teacher", "distill"):
-            hf_folder = ctx.path(ctx.outputs[role]["model"])
-            out = ctx.stage_dir / f"{'teacher' if role == 'teacher' else 'student'}-onnxruntime-fp32"
-            build_folder(hf_folder, out, "fp32")
+        folders = {role: (ctx.path(ctx.outputs[role]["model"]),
+                          ctx.stage_dir / f"{'teacher' if role == 'teacher' else 'student'}-onnxruntime-fp32")
+                   for role in ("teacher", "distill")}
+        build_folders([(hf_folder, out, "fp32") for hf_folder, out in folders.values()])
+        for hf_folder, out in folders.values():
             logits, tokens = torch_reference(hf_folder, prompts, cfg.new_tokens)
             reference = ctx.stage_dir / f"{out.name}.reference.npz"
             save_reference(reference, logits, tokens)
@@ -225,6 +245,11 @@ class LMBuildStage(Stage):
 
             export_openvino(hf_folder, openvino, cfg.block_size)
             genai_counts = dict(zip(openvino, openvino_genai_check(list(openvino.values()), prompts, new_tokens)))
+        onnxruntime = [(hf_folder, ctx.stage_dir / f"student-onnxruntime-{precision}", precision)
+                       for backend, precision in (target.split(":") for target in cfg.targets)
+                       if backend == "onnxruntime" and precision != "fp32"]
+        if onnxruntime:
+            build_folders(onnxruntime, cfg.block_size, cfg.quantize_embeddings)
         built = {}
         for target in cfg.targets:
             backend, precision = target.split(":")
@@ -233,8 +258,6 @@ class LMBuildStage(Stage):
                 built[name] = dict(export["engines"][name], precision=precision)
                 continue
             out = ctx.stage_dir / name
-            if backend != "openvino":
-                build_folder(hf_folder, out, precision, cfg.block_size, cfg.quantize_embeddings)
             parity = compare(out, prompts, logits, tokens, new_tokens)
             if backend == "openvino":
                 parity["genai_identical_prompts"] = genai_counts[precision]
