@@ -86,12 +86,15 @@ def build_folders(jobs: list[tuple[Path, Path, str]], block_size: int = 32, quan
                      f"op_types_to_quantize={'MatMul/Gather' if quantize_embeddings else 'MatMul'}"]
         runs.append(argv)
     done = subprocess.run([sys.executable, "-c", _BUILDER_RUNS, json.dumps(runs)], capture_output=True, text=True)
-    for hf_folder, out, precision in jobs:
+    for _, out, _ in jobs:
         shutil.rmtree(out.parent / f".cache-{out.name}", ignore_errors=True)
-        if done.returncode != 0 or not (out / "genai_config.json").is_file():
-            lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
-            raise StageFailed("build", f"onnxruntime-genai's model builder failed on {hf_folder.name} ({precision}): "
-                                       f"{lines[-1] if lines else done.returncode}")
+    # The jobs ran in order: the first without its genai_config.json is the one that failed.
+    failed = next((job for job in jobs if not (job[1] / "genai_config.json").is_file()), None)
+    if failed is not None or done.returncode != 0:
+        hf_folder, _, precision = failed or jobs[-1]
+        lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+        raise StageFailed("build", f"onnxruntime-genai's model builder failed on {hf_folder.name} ({precision}): "
+                                   f"{lines[-1] if lines else done.returncode}")
 
 
 def held_out_prompts(ctx: StageContext, count: int, length: int) -> list[list[int]]:
