@@ -126,6 +126,14 @@ def test_compress_run_deploys_the_recommended_engine_checked_on_the_device(det_r
     # the run log says, in one line per device, what the device found and measured
     summary = log[log.index("[deploy] summary:"):]
     assert "boxes agree with the host's on 100.00% of 8 sample images" in summary and "ms file to boxes" in summary
+    # the report is written again with the device's results after them, its latency beside this machine's
+    report = (run_dir / "report.md").read_text()
+    device_part = report[report.index("## On the device"):]
+    assert f"release {deployed['release']} ({deployed['artifact']}" in device_part
+    assert f"| {deployed['artifact']} | {row['latency_ms']['p50']:.3f} |" in device_part
+    assert "100.0% of 8 images" in device_part and "On the device" in (run_dir / "report.html").read_text()
+    assert any(d["release"]["release"] == deployed["release"]
+               for d in read_json(run_dir / "stages" / "report" / "report.json")["devices"])
     # a deployed release verifies on the device: nothing was written into it (no __pycache__)
     assert device_runner(device, "verify", "current").returncode == 0
 
@@ -215,6 +223,8 @@ def test_compress_deploy_ships_openvino_fp32_then_int8_then_rolls_back(det_run, 
     assert f"* {int8}  student.onnxruntime.int8" in out and f"  {fp32}  student.openvino.fp32" in out
     assert main(["deploy", str(run_dir), "--target", target, "--rollback"]) == 0
     assert current_release(device) == fp32
+    assert f"release {int8} (student.onnxruntime.int8" in (run_dir / "report.md").read_text()
+    assert f"rolled back since, current is {fp32}" in (run_dir / "report.md").read_text()
 
 
 def test_compress_deploy_over_ssh_then_infer_on_the_device(det_run, sshd, tmp_path, capsys):

@@ -100,6 +100,15 @@ def test_compress_run_deploys_the_recommended_engine_checked_on_the_device(lm_ru
     # the run log says what the device found and measured
     assert "[deploy] local:" in log and "greedy tokens agree with the host's on" in log
     assert "tokens/s at batch 1" in log[log.index("[deploy] summary:"):]
+    # the report is written again with the device's results after them, its tokens/s beside this machine's
+    report = (run_dir / "report.md").read_text()
+    device_part = report[report.index("## On the device"):]
+    assert f"release {deployed['release']} ({recommended}" in device_part
+    tps = row["decode_tokens_per_s"]["1"]
+    assert f"| {recommended} | {row['backend']} | {tps} |" in device_part and "(2/2 prompts identical)" in device_part
+    assert "On the device" in (run_dir / "report.html").read_text()
+    assert any(d["release"]["release"] == deployed["release"]
+               for d in read_json(run_dir / "stages" / "report" / "report.json")["devices"])
     # a deployed release verifies on the device: nothing was written into it (no __pycache__)
     assert device_runner(device, "verify", "current").returncode == 0
 
@@ -170,6 +179,28 @@ def test_compress_deploy_ships_fp32_with_identical_tokens_then_int4_then_rolls_b
     assert f"* {int4}  student-onnxruntime-int4" in out and f"  {fp32}  student-onnxruntime-fp32" in out
     assert main(["deploy", str(run_dir), "--target", target, "--rollback"]) == 0
     assert current_release(device) == fp32
+    assert f"rolled back since, current is {fp32}" in (run_dir / "report.md").read_text()
+
+
+def test_unreadable_device_results_are_one_line_and_the_report_stays(lm_run, tmp_path, capsys):
+    from compress.stages.lm.lm_report import device_lines
+    from compress.reporting.task_report import refresh_report
+
+    code, run_dir, _, _ = lm_run
+    assert code == 0
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir / "stages" / "report", copy / "stages" / "report")
+    shutil.copytree(run_dir / "stages" / "deploy", copy / "stages" / "deploy", ignore=shutil.ignore_patterns("bundles"))
+    before = (copy / "stages" / "report" / "report.md").read_text()
+    broken = copy / "stages" / "deploy" / "local-broken" / "results.json"
+    broken.parent.mkdir()
+    broken.write_text("{not json")
+    capsys.readouterr()
+    assert refresh_report(copy, device_lines) is False
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"{broken}: unreadable device results" in err, err
+    assert (copy / "stages" / "report" / "report.md").read_text() == before
+    assert refresh_report(tmp_path / "no-run", device_lines) is False  # a run without a report: nothing written
 
 
 def test_compress_deploy_over_ssh_then_generate_on_the_device(lm_run, sshd, tmp_path, capsys):
@@ -185,6 +216,41 @@ def test_compress_deploy_over_ssh_then_generate_on_the_device(lm_run, sshd, tmp_
     assert set(results["step_seconds"]) == STEPS and results["rows"][0]["tokens_per_s"] > 0
     done = device_runner(device, "generate", "current", "class A", "--max-new-tokens", "4")
     assert done.returncode == 0 and done.stdout.endswith("\n")
+
+
+# JetPack 5's Python 3.8 with numpy, onnxruntime and tokenizers, no onnxruntime-genai (.ci/run names it).
+DEVICE_PYTHON = os.environ.get("COMPRESS_TEST_DEVICE_PYTHON")
+
+
+@pytest.mark.skipif(not DEVICE_PYTHON, reason="COMPRESS_TEST_DEVICE_PYTHON not set (.ci/run sets it)")
+def test_an_fp32_folder_deploys_to_python_3_8_and_decodes_the_hosts_tokens(lm_run, sshd, tmp_path, capsys):
+    """On a Python 3.8 device without onnxruntime-genai, the plain ONNX Runtime loop over the KV cache gives the
+    host's greedy tokens for the shipped prompts (fp32: identical), and `generate` the host's text."""
+    code, run_dir, _, _ = lm_run
+    assert code == 0
+    device = tmp_path / "device"
+    target = sshd.target("ssh", device, python=DEVICE_PYTHON)
+    assert main(["deploy", str(run_dir), "--target", target, "--artifact", "student-onnxruntime-fp32",
+                 *sshd.client_args()]) == 0, "".join(capsys.readouterr())
+    results = read_json(run_dir / "stages" / "deploy" / parse_target(target).slug / "results.json")
+    assert results["device"]["python"].startswith("3.8.") and results["current"] == current_release(device)
+    (row,) = results["rows"]
+    assert row["backend"] == "onnxruntime" and row["tokens_per_s"] > 0
+    assert row["accuracy"]["agreement_with_host"] == 1.0 and row["accuracy"]["identical_prompts"] == 2
+    folder = engine_folder(run_dir, "student-onnxruntime-fp32")
+    done = device_runner(device, "generate", "current", "def main(", "--max-new-tokens", "6", python=DEVICE_PYTHON)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout == host_continuation(folder, "def main(", 6) + "\n"
+
+    # int4 with a quantized embedding table needs an operator ONNX Runtime 1.19 lacks: refused in one line that
+    # says how to build one it runs, and the fp32 release stays current
+    fp32 = current_release(device)
+    capsys.readouterr()
+    assert main(["deploy", str(run_dir), "--target", target, "--artifact", "student-onnxruntime-int4",
+                 *sshd.client_args()]) == 1
+    err = capsys.readouterr().err
+    assert "onnxruntime 1.19" in err and "stages.build.quantize_embeddings: false" in err, err
+    assert current_release(device) == fp32
 
 
 # ---------------------------------------------------------------- a changed bundle is refused, current stays

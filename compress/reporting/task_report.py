@@ -3,6 +3,10 @@
 Such a report is written as markdown by its stage; this module turns it into the self-contained HTML page (no
 file fetched: pictures are embedded) and puts report.md, report.html and report.json in the stage folder, with
 copies of the first two at the top of the run folder where the shared report's lie.
+
+A deploy measures on the device after the report is written, so the stage's own text is kept (body.md) and the
+device results (stages/deploy/<target>/results.json) are rendered after it by the task's `device_lines`, each
+time the report is published: by the report stage, and again by every deploy (`refresh_report`).
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ import html
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from compress.core.fileio import write_json, write_text
+from compress.core.fileio import read_json, write_json, write_text
 
 PICTURE = re.compile(r"^!\[([^\]]*)\]\(([^)]+)\)$")
 
@@ -62,11 +66,56 @@ def render_html(markdown: str, title: str, folder: Path | None = None) -> str:
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def publish_report(stage_dir: Path, run_dir: Path, markdown: str, title: str, report: dict[str, Any]) -> None:
-    """report.md, report.html (pictures from the stage folder embedded) and report.json in the stage folder; the
-    markdown and the page, and the pictures the markdown names, copied to the run folder."""
+# (the device results of the run as compress.reporting.collect.read_devices reads them, report.json's data)
+# -> the markdown lines of the device section, none when there is nothing to say
+DeviceLines = Callable[[list[dict[str, Any]], dict[str, Any]], list[str]]
+BODY = "body.md"
+
+
+def publish_report(stage_dir: Path, run_dir: Path, markdown: str, title: str, report: dict[str, Any],
+                   device_lines: DeviceLines | None = None) -> None:
+    """report.md (the stage's markdown, then the device results' section), report.html (pictures from the stage
+    folder embedded) and report.json in the stage folder; the markdown and the page, and the pictures the markdown
+    names, copied to the run folder."""
+    write_text(stage_dir / BODY, markdown)
+    write_json(stage_dir / "report.json", {**report, "title": title})
+    render_with_devices(stage_dir, run_dir, device_lines)
+
+
+def refresh_report(run_dir: Path, device_lines: DeviceLines) -> bool:
+    """After a deploy: the report stage's text again, with the device results as they are now; False (nothing
+    written) where the run has no report of this kind yet."""
+    from compress.core.console import Console
+    from compress.core.errors import CompressError
+
+    stage_dir = Path(run_dir) / "stages" / "report"
+    if not (stage_dir / BODY).is_file() or not (stage_dir / "report.json").is_file():
+        return False
+    try:
+        render_with_devices(stage_dir, Path(run_dir), device_lines)
+    except CompressError as error:  # an unreadable device results file: said; the deploy itself stands
+        Console.error(str(error))
+        return False
+    return True
+
+
+def report_refresher(device_lines: DeviceLines) -> Callable[[Path], bool]:
+    """What a deploy calls with the run dir when it is done: the report again with `device_lines`'s section."""
+    return lambda run_dir: refresh_report(run_dir, device_lines)
+
+
+def render_with_devices(stage_dir: Path, run_dir: Path, device_lines: DeviceLines | None) -> None:
+    from compress.reporting.collect import read_devices
+
+    markdown = (stage_dir / BODY).read_text()
+    report = read_json(stage_dir / "report.json")
+    devices = read_devices(run_dir) if device_lines else []
+    extra = device_lines(devices, report) if devices else []
+    if extra:
+        markdown = markdown.rstrip("\n") + "\n\n" + "\n".join(extra) + "\n"
+    report["devices"] = [{"target": d["target"], "path": d["path"], "release": d["release"]} for d in devices]
     write_text(stage_dir / "report.md", markdown)
-    write_text(stage_dir / "report.html", render_html(markdown, title, stage_dir))
+    write_text(stage_dir / "report.html", render_html(markdown, report.get("title", "report"), stage_dir))
     write_json(stage_dir / "report.json", report)
     pictures = [m.group(2) for m in map(PICTURE.match, (line.strip() for line in markdown.splitlines())) if m]
     for name in ["report.md", "report.html"] + [p for p in pictures if (stage_dir / p).is_file()]:

@@ -143,7 +143,14 @@ class GreedyGenerator:
                     wanted.append(provider)
         wanted.append("CPUExecutionProvider")
         self.providers = wanted
-        session = ort.InferenceSession(str(self.model_path), options, providers=wanted)
+        try:
+            session = ort.InferenceSession(str(self.model_path), options, providers=wanted)
+        except Exception as error:  # onnxruntime raises its own exception types, one per failure kind
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            hint = (" (its quantized embedding table: build with stages.build.quantize_embeddings: false)"
+                    if "GatherBlockQuantized" in reason else "")
+            raise GenerationError(f"{self.model_path}: onnxruntime {ort.__version__} here cannot load it{hint}: "
+                                  f"{reason}") from None
         inputs = {i.name: i for i in session.get_inputs()}
         self.input_dtypes = {name: sessions.ORT_DTYPES.get(i.type, "float32") for name, i in inputs.items()}
         names = decoder.get("inputs", {})

@@ -9,8 +9,8 @@ those files and matches its boxes with the host's (same class, IoU >= 0.9): at l
 0.99 for an fp32 engine, else build's box agreement of that engine with torch less `agreement_margin`; otherwise
 the switch is refused and the old release stays current. Then it times the model at batch 1 and an image file
 to its boxes. Each device's results land in stages/deploy/<target>/results.json and its summary line in the run
-log. `compress deploy RUN_DIR --target ...` deploys a detector's run the same way, with the options of the run's
-own deploy section (`command_hooks`).
+log, and the report is written again with them (det_report.device_lines). `compress deploy RUN_DIR --target ...`
+deploys a detector's run the same way, with the options of the run's own deploy section (`command_hooks`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from compress.config import DataConfig, PipelineConfig
 from compress.core.errors import UsageError
 from compress.stages.contract import Stage, StageContext
 from compress.stages.deploy import DeployConfig, deploy_own_bundles, run_deploy_options, skipped_by_gates
+from compress.reporting.task_report import report_refresher
+from compress.stages.detection.det_report import device_lines
 from compress.tasks.registry import task_named
 from deploy import detection_bundle
 
@@ -92,10 +94,6 @@ def eval_images(run_dir: Path, count: int) -> tuple[str, list[Path]]:
     return split, [record.path for record in plan.splits()[split].images[:count]]
 
 
-def keep_report(run_dir: Path) -> None:
-    """A detector's report is the report stage's own; the device results stay in stages/deploy and the run log."""
-
-
 def settings_of_run(run_dir: Path) -> detection_bundle.DetectionSettings:
     """The detection options of a finished run's deploy section (its pipeline.yaml), the defaults without one."""
     given, path = run_deploy_options(run_dir, DETECTION_OPTIONS)
@@ -130,11 +128,12 @@ class DetDeployStage(Stage):
     def command_hooks(run_dir: Path) -> tuple[Any, Any, Any]:
         """What `compress deploy` hands the deploy package for a detector's run: (no val sample maker, the report
         refresher, the packer of its bundles)."""
-        return None, keep_report, detection_bundle.packer(eval_images, settings_of_run(run_dir))
+        return None, report_refresher(device_lines), detection_bundle.packer(eval_images, settings_of_run(run_dir))
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         cfg: DetDeployConfig = ctx.config
-        found = deploy_own_bundles(ctx, cfg, detection_bundle.packer(eval_images, cfg.settings()), keep_report)
+        found = deploy_own_bundles(ctx, cfg, detection_bundle.packer(eval_images, cfg.settings()),
+                                   report_refresher(device_lines))
         if found is None:
             return {"deployed": [], "skipped": skipped_by_gates(ctx)}
         deployed = []

@@ -88,6 +88,40 @@ def gates(pipeline: PipelineConfig, rows: list[dict], recommended: dict | None) 
     return found
 
 
+def device_lines(devices: list[dict], report: dict[str, Any]) -> list[str]:
+    """Each device's box check and batch-1 latency beside this machine's for the same engine, and the
+    max_latency_ms gate judged on the device's own number (the device is where it must hold)."""
+    from compress.reporting.analysis import release_line
+
+    host, limit = report.get("host_b1_ms") or {}, report.get("max_latency_ms")
+    lines = ["## On the device", "",
+             "Measured by the device's runner after each deploy: the sample images' boxes compared with this "
+             "machine's from the same engine (before `current` was switched), then batch-1 latency in rounds of "
+             "fresh loads as here, and the time from an image file to its boxes.", ""]
+    for device in devices:
+        info = device["device"] if isinstance(device["device"], dict) else {"info": device["device"]}
+        described = ", ".join(f"{k}: {v}" for k, v in info.items() if v not in (None, "", [], {}))
+        lines += [f"### {device['target']}", ""] + [f"- {text}" for text in (described,
+                                                                             release_line(device.get("release"))) if text]
+        lines += ["", "| engine | b1 p50 ms | vs this machine | file to boxes ms | boxes agree with this machine | "
+                      "required |", "|---|---|---|---|---|---|"]
+        for row in device["rows"]:
+            p50 = (row.get("latency_ms") or {}).get("p50")
+            here = host.get(name_of(row)) if {"model", "backend", "precision"} <= set(row) else None
+            accuracy = row.get("accuracy") or {}
+            file_to_boxes = (row.get("end_to_end") or {}).get("p50_ms")
+            lines.append(f"| {row.get('artifact', '?')} | {f'{p50:.3f}' if p50 else '-'} | "
+                         f"{f'{p50 / here:.2f}x' if p50 and here else '-'} | "
+                         f"{f'{file_to_boxes:.2f}' if file_to_boxes else '-'} | "
+                         f"{accuracy.get('agreement_with_host', float('nan')):.1%} of {accuracy.get('images', '?')} "
+                         f"images | {accuracy.get('min_agreement', float('nan')):.1%} |")
+            if limit is not None and p50:
+                lines += ["", f"- max_latency_ms on this device: {'PASS' if p50 <= limit else 'FAIL'} "
+                              f"({row.get('artifact')} {p50:.2f} ms at batch 1 vs {limit:g})"]
+        lines.append("")
+    return lines
+
+
 def intervals(ctx: StageContext, records, rows: list[dict]) -> dict[str, dict]:
     """Each scored artifact's mAP with its 95% bootstrap interval over the images."""
     from compress.tasks.object_detection.coco_metrics import bootstrap_map
@@ -219,9 +253,11 @@ class DetReportStage(Stage):
         if checked:
             lines += ["## Gates", ""] + [f"- {g['gate']}: {'PASS' if g['passed'] else 'FAIL'} ({g['detail']})"
                                          for g in checked] + [""]
+        limit = ctx.pipeline.gates.max_latency_ms
         report = {"recommended": name_of(recommended) if recommended else None, "gates": checked, **verdicts,
-                  "map_intervals": spans}
-        publish_report(ctx.stage_dir, ctx.run_dir, "\n".join(lines), ctx.pipeline.name, report)
+                  "map_intervals": spans, "host_b1_ms": {name_of(r): b1_ms(r) for r in rows if b1_ms(r)},
+                  "max_latency_ms": limit if isinstance(limit, (int, float)) else None}
+        publish_report(ctx.stage_dir, ctx.run_dir, "\n".join(lines), ctx.pipeline.name, report, device_lines)
         for g in checked:
             ctx.log(f"gate {g['gate']}: {'PASS' if g['passed'] else 'FAIL'} ({g['detail']})")
         return {"report": ctx.relative(ctx.stage_dir / "report.md"), "html": ctx.relative(ctx.stage_dir / "report.html"),

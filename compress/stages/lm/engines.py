@@ -95,6 +95,11 @@ def build_folders(jobs: list[tuple[Path, Path, str]], block_size: int = 32, quan
         lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
         raise StageFailed("build", f"onnxruntime-genai's model builder failed on {hf_folder.name} ({precision}): "
                                    f"{lines[-1] if lines else done.returncode}")
+    from compress.stages.lm.older_runtimes import rewrite_for_older_runtimes
+
+    for _, out, _ in jobs:  # what is checked and measured here is what an older device's runtime loads
+        decoder = json.loads((out / "genai_config.json").read_text())["model"]["decoder"]
+        rewrite_for_older_runtimes(out / decoder.get("filename", "model.onnx"))
 
 
 def held_out_prompts(ctx: StageContext, count: int, length: int) -> list[list[int]]:

@@ -8,8 +8,9 @@ held-out prompts, max_new_tokens and this machine's greedy tokens for them from 
 folder, else at least the bundle's agreement (min_agreement, or build's agreement with torch less
 agreement_margin); otherwise the switch is refused and the old release stays current. Then it times batch-1
 generation (generation.time_generation). Each device's results land in stages/deploy/<target>/results.json
-and its summary line in the run log. `compress deploy RUN_DIR --target ...` deploys a causal LM's run the same
-way, with the options of the run's own deploy section (`command_hooks`).
+and its summary line in the run log, and the report is written again with them (lm_report.device_lines).
+`compress deploy RUN_DIR --target ...` deploys a causal LM's run the same way, with the options of the run's
+own deploy section (`command_hooks`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from compress.config import PipelineConfig
 from compress.core.errors import UsageError
 from compress.stages.contract import Stage, StageContext
 from compress.stages.deploy import DeployConfig, deploy_own_bundles, run_deploy_options, skipped_by_gates
+from compress.reporting.task_report import report_refresher
+from compress.stages.lm.lm_report import device_lines
 from deploy import lm_bundle
 
 # The options of a causal LM's deploy beside the shared ones (DeployConfig), as deploy/lm_bundle.py takes them.
@@ -59,10 +62,6 @@ class LMDeployConfig(DeployConfig):
         return lm_bundle.GenerationSettings(**{name: getattr(self, name) for name in GENERATION_OPTIONS}, where=where)
 
 
-def keep_report(run_dir: Path) -> None:
-    """A causal LM's report is the report stage's own; the device results stay in stages/deploy and the run log."""
-
-
 def settings_of_run(run_dir: Path) -> lm_bundle.GenerationSettings:
     """The generation options of a finished run's deploy section (its pipeline.yaml), the defaults without one."""
     given, path = run_deploy_options(run_dir, GENERATION_OPTIONS)
@@ -83,11 +82,12 @@ class LMDeployStage(Stage):
     def command_hooks(run_dir: Path) -> tuple[Any, Any, Any]:
         """What `compress deploy` hands the deploy package for a causal LM's run: (no val sample maker, the report
         refresher, the packer of its bundles)."""
-        return None, keep_report, lm_bundle.packer(settings_of_run(run_dir))
+        return None, report_refresher(device_lines), lm_bundle.packer(settings_of_run(run_dir))
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         cfg: LMDeployConfig = ctx.config
-        found = deploy_own_bundles(ctx, cfg, lm_bundle.packer(cfg.settings()), keep_report, lm_bundle.RUNTIME)
+        found = deploy_own_bundles(ctx, cfg, lm_bundle.packer(cfg.settings()), report_refresher(device_lines),
+                                   lm_bundle.RUNTIME)
         if found is None:
             return {"deployed": [], "skipped": skipped_by_gates(ctx)}
         deployed = []

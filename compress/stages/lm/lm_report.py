@@ -105,6 +105,43 @@ def recommend(rows: list[dict], pipeline: PipelineConfig) -> dict | None:
     return max(pool, key=lambda r: r["decode_tokens_per_s"].get("1", 0.0)) if pool else None
 
 
+def device_lines(devices: list[dict], report: dict[str, Any]) -> list[str]:
+    """Each device's greedy check and batch-1 tokens/s, beside this machine's for the same folder, and the
+    min_tokens_per_s gate judged on the device's own number (the device is where it must hold)."""
+    from compress.reporting.analysis import release_line
+
+    host = {r["artifact"]: r for r in report.get("rows") or []}
+    limit = report.get("min_tokens_per_s")
+    lines = ["## On the device", "",
+             "Measured by the device's runner after each deploy: the shipped prompts decoded greedily and compared "
+             "with this machine's tokens from the same engine folder (before `current` was switched), then batch-1 "
+             "generation timed as here.", ""]
+    for device in devices:
+        lines += [f"### {device['target']}", ""]
+        info = device["device"] if isinstance(device["device"], dict) else {"info": device["device"]}
+        described = ", ".join(f"{k}: {v}" for k, v in info.items() if v not in (None, "", [], {}))
+        release = release_line(device.get("release"))
+        lines += [f"- {text}" for text in (described, release) if text] + [""]
+        lines += ["| artifact | runtime | decode tok/s b1 | vs this machine | first token ms | greedy agreement with "
+                  "this machine | required |", "|---|---|---|---|---|---|---|"]
+        for row in device["rows"]:
+            tps = (row.get("decode_tokens_per_s") or {}).get("1")
+            here = (host.get(row.get("artifact")) or {}).get("decode_tokens_per_s", {}).get("1")
+            accuracy = row.get("accuracy") or {}
+            ttft = row.get("time_to_first_token_s")
+            lines.append(f"| {row.get('artifact', '?')} | {row.get('backend', '?')} | {tps if tps is not None else '-'} | "
+                         f"{f'{tps / here:.2f}x' if tps and here else '-'} | "
+                         f"{f'{1000 * ttft:.1f}' if ttft else '-'} | "
+                         f"{accuracy.get('agreement_with_host', float('nan')):.1%} "
+                         f"({accuracy.get('identical_prompts', '?')}/{accuracy.get('prompts', '?')} prompts identical) | "
+                         f"{accuracy.get('min_agreement', float('nan')):.1%} |")
+            if limit is not None and tps is not None:
+                lines += ["", f"- min_tokens_per_s on this device: {'PASS' if tps >= limit else 'FAIL'} "
+                              f"({row.get('artifact')} {tps:.0f} tokens/s vs {limit:g})"]
+        lines.append("")
+    return lines
+
+
 def torch_results(ctx: StageContext) -> dict[str, Any]:
     """Without a benchmark stage: the torch models' scores as the training stages measured them."""
     from compress.measuring.environment import environment
@@ -171,8 +208,8 @@ class LMReportStage(Stage):
             lines += ["## Gates", ""] + [f"- {g['gate']}: {'PASS' if g['passed'] else 'FAIL'} ({g['detail']})"
                                          for g in verdicts] + [""]
         report = {"recommended": recommended["artifact"] if recommended else None, "gates": verdicts,
-                  "kd": kd_summary, "rows": rows}
-        publish_report(ctx.stage_dir, ctx.run_dir, "\n".join(lines), ctx.pipeline.name, report)
+                  "kd": kd_summary, "rows": rows, "min_tokens_per_s": ctx.pipeline.gates.min_tokens_per_s}
+        publish_report(ctx.stage_dir, ctx.run_dir, "\n".join(lines), ctx.pipeline.name, report, device_lines)
         for g in verdicts:
             ctx.log(f"gate {g['gate']}: {'PASS' if g['passed'] else 'FAIL'} ({g['detail']})")
         return {"report": ctx.relative(ctx.stage_dir / "report.md"), "html": ctx.relative(ctx.stage_dir / "report.html"),
