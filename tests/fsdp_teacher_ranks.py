@@ -20,7 +20,7 @@ def sharded_teacher_check() -> dict:
     tokens = torch.randint(0, 300, (2, 16))
     with torch.no_grad():
         whole = teacher(input_ids=tokens).logits
-    local, total = lm_sharding.shard_teacher(teacher)
+    local, total = lm_sharding.shard_teacher(teacher, torch.device("cpu"))
     with torch.no_grad():
         sharded = teacher(input_ids=tokens).logits
     return {"max_abs_diff": float((sharded - whole).abs().max()), "local": local, "total": total}

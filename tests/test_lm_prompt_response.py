@@ -15,7 +15,7 @@ import torch
 from compress.core.errors import ConfigError
 from compress.tasks.causal_lm import corpus
 from compress.tasks.causal_lm import documents as lm_documents
-from compress.tasks.causal_lm.lm_fit import DistillOptions, IndexedBlocks, _step_loss
+from compress.tasks.causal_lm.lm_fit import DistillOptions, IndexedBlocks, _step_loss, _student_samples, prompt_lengths
 from compress.tasks.causal_lm.metrics import score_logits, score_torch_model
 from compress.tasks.causal_lm.models import build_lm
 
@@ -106,6 +106,33 @@ def test_losses_and_perplexity_count_the_responses_only(packed):
     engine = score_logits(logits.numpy(), batch[:, 1:].numpy(), mask.numpy())  # what an engine's logits give
     assert engine[0].sum() == pytest.approx(scores_of["nll"].sum(), rel=1e-4)
     assert engine[1].tolist() == scores_of["tokens"].tolist()
+
+
+def test_on_policy_samples_continue_each_prompt_and_only_the_samples_are_distilled(packed):
+    """GKD's on-policy batches on prompt/response data: the student is given each block's tokens up to its first
+    response and samples the rest; plain text (every position a target) is continued from its first half."""
+    blocks = corpus.TokenBlocks(packed["folder"], "train")
+    # blocks that start in a prompt and reach its response a few tokens before their end
+    chosen = [i for i in range(len(blocks)) if not blocks.target_mask(i)[0]
+              and blocks.target_mask(i)[1:BLOCK - 3].any()][:3]
+    assert len(chosen) == 3
+    items = [IndexedBlocks(blocks)[i] for i in chosen]
+    inputs = torch.stack([block for _, block, _ in items])[:, :-1]
+    mask = torch.stack([m for _, _, m in items])
+    firsts = [int(torch.nonzero(row).flatten()[0]) for row in mask]  # label i is token i + 1: a response's first
+    assert prompt_lengths(mask) == [first + 1 for first in firsts]
+    assert prompt_lengths(torch.ones_like(mask)) == [BLOCK // 2] * len(chosen)  # plain text: the first half
+    assert prompt_lengths(torch.zeros_like(mask)) == [BLOCK // 2] * len(chosen)  # no response in the block
+
+    vocab = packed["tokenizer"].get_vocab_size(with_added_tokens=True)
+    torch.manual_seed(0)
+    model = build_lm("hf-config:llama", {"layers": 1, "hidden": 32, "heads": 2}, vocab, 64)
+    sampled, sampled_mask = _student_samples(model, inputs, mask)
+    assert sampled.shape == inputs.shape and model.training  # put back in training mode
+    for row, length in enumerate(prompt_lengths(mask)):
+        assert torch.equal(sampled[row, :length], inputs[row, :length])  # the prompt as it was
+        assert sampled_mask[row].tolist() == [False] * (length - 1) + [True] * (BLOCK - length) + [False]
+    assert not torch.equal(sampled, inputs)  # the rest is the student's (a random student: not the data)
 
 
 def test_csv_and_hf_datasets_give_pairs_too(tmp_path):

@@ -3,8 +3,9 @@
 KD here is token-level: every position's next-token distribution of the student is pulled toward the
 teacher's by one of compress.tasks.causal_lm.token_losses (forward KL, reverse KL, generalized JSD, skew KL),
 mixed with the cross-entropy on the data by `alpha`, optionally with hidden states matched through a layer
-map. With `on_policy` (GKD's lambda, Agarwal et al. 2024) that share of batches continues each block's first
-half with the student's own samples, and the teacher scores those. With `teacher_top_k` the teacher's top-k
+map. With `on_policy` (GKD's lambda, Agarwal et al. 2024) that share of batches is the student's own samples,
+scored by the teacher: each block's first prompt (prompt/response data) or first half (plain text) continued
+by the student to the block's end. With `teacher_top_k` the teacher's top-k
 log-probs per token are computed once into shards on disk and reused across epochs and reruns (DistillKit's
 offline distillation) instead of running the teacher every step.
 
@@ -80,6 +81,7 @@ class TeacherCache:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         teacher.eval()
+        device = next(teacher.parameters()).device
         total = 0
         with torch.no_grad():
             for shard_start in range(0, len(covered), self.per_shard):
@@ -87,9 +89,9 @@ class TeacherCache:
                 shard_stop = min(len(covered), shard_start + self.per_shard)
                 for start in range(shard_start, shard_stop, batch_size):
                     batch = torch.stack([blocks[covered[n]] for n in range(start, min(shard_stop, start + batch_size))])
-                    top_i, top_lp = lm_losses.topk_teacher(teacher(input_ids=batch[:, :-1]).logits, k)
-                    indices.append(top_i.numpy().astype(np.int32))
-                    logprobs.append(top_lp.float().numpy().astype(np.float16))
+                    top_i, top_lp = lm_losses.topk_teacher(teacher(input_ids=batch[:, :-1].to(device)).logits, k)
+                    indices.append(top_i.cpu().numpy().astype(np.int32))
+                    logprobs.append(top_lp.float().cpu().numpy().astype(np.float16))
                 name = self.folder / f"shard_{shard_start // self.per_shard:05d}"
                 np.save(f"{name}.idx.npy", np.concatenate(indices))
                 np.save(f"{name}.lp.npy", np.concatenate(logprobs))
@@ -133,8 +135,20 @@ def train_lm(model, train_blocks, val_blocks, options: TrainOptions, folder: Pat
 
     `distributed`: every torchrun rank calls this (a stage that runs on every rank): the student trains under DDP
     on the rank's share of the blocks (compress.tasks.causal_lm.lm_sharding), with `distill.shard_teacher` the
-    teacher is sharded by FSDP, the teacher cache is one set of shards per rank, and rank 0 alone writes."""
+    teacher is sharded by FSDP, the teacher cache is one set of shards per rank, and rank 0 alone writes.
+
+    On a machine with CUDA the student and teacher train on the rank's GPU (compress.distill.train's
+    training_device) and go back to the CPU at the end, where the stages that follow read them."""
+    from compress.distill.train import training_device
+
     rank, size = lm_sharding.world() if distributed else (0, 1)
+    device = training_device()
+    sharded = distill is not None and distill.shard_teacher and size > 1
+    model.to(device)
+    if teacher is not None and not sharded:  # a sharded teacher's shards are placed by FSDP
+        teacher.to(device)
+    if device.type != "cpu":
+        log(f"training on {device} ({torch.cuda.get_device_name(device)})")
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(options.seed)
     random.seed(options.seed)  # the same on every rank: on-policy batches happen on all ranks at once
@@ -144,13 +158,13 @@ def train_lm(model, train_blocks, val_blocks, options: TrainOptions, folder: Pat
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     projections = None  # before the schedule, which sets every group's lr
     if distill is not None and distill.hidden_weight > 0:
-        projections = lm_losses.make_projections(_hidden_dims(model), _hidden_dims(teacher), distill.layer_map)
+        projections = lm_losses.make_projections(_hidden_dims(model), _hidden_dims(teacher), distill.layer_map).to(device)
         optimizer.add_param_group({"params": list(projections.parameters()), "lr": options.lr})
     warmup = max(1, int(options.warmup_fraction * total_steps))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, step / max(1, total_steps)))))
-    if distill is not None and distill.shard_teacher and size > 1:
-        local, total = lm_sharding.shard_teacher(teacher)
+    if sharded:
+        local, total = lm_sharding.shard_teacher(teacher, device)
         log(f"teacher sharded by FSDP over {size} ranks: each holds {local / 1e6:.2f}M of its {total / 1e6:.2f}M "
             f"parameters between forwards")
     cache = None
@@ -159,7 +173,8 @@ def train_lm(model, train_blocks, val_blocks, options: TrainOptions, folder: Pat
                              mine if size > 1 else None)
         cache.build(teacher, train_blocks, distill.teacher_top_k, options.batch_size, log)
     history, start_epoch, best = _resume(folder, model, optimizer, schedule, projections)
-    trained = torch.nn.parallel.DistributedDataParallel(model) if size > 1 else model
+    trained = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None) if size > 1 else model
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(IndexedBlocks(train_blocks), mine),
                                          batch_size=options.batch_size, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(options.seed + rank))
@@ -168,6 +183,7 @@ def train_lm(model, train_blocks, val_blocks, options: TrainOptions, folder: Pat
         model.train()
         started, loss_sum, seen = time.perf_counter(), 0.0, 0
         for indices, batch, targets in loader:
+            batch, targets = batch.to(device), targets.to(device)
             loss = _step_loss(trained, model, batch, targets, indices.tolist(), teacher, distill, cache, projections)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -190,7 +206,9 @@ def train_lm(model, train_blocks, val_blocks, options: TrainOptions, folder: Pat
         if rank == 0:
             _checkpoint(folder, model, optimizer, schedule, projections, history, best)
         lm_sharding.barrier(size)
-    model.load_state_dict(torch.load(folder / "best.pt", weights_only=True))
+    model.to("cpu").load_state_dict(torch.load(folder / "best.pt", weights_only=True, map_location="cpu"))
+    if teacher is not None and not sharded:
+        teacher.to("cpu")
     return {"history": history, "best_epoch": best["epoch"], "steps_per_epoch": steps_per_epoch}
 
 
@@ -215,13 +233,13 @@ def _step_loss(trained, model, batch, mask, block_indices, teacher, distill, cac
     if distill is None:
         return _data_loss(trained(input_ids=inputs).logits, labels, mask)
     on_policy = distill.on_policy > 0 and random.random() < distill.on_policy
-    if on_policy:  # the student continues the first half; only the continuation is distilled, no data CE
-        inputs, mask = _student_samples(model, inputs)
+    if on_policy:  # the student continues each prompt; only the continuation is distilled, no data CE
+        inputs, mask = _student_samples(model, inputs, mask)
     wants_hidden = distill.hidden_weight > 0
     out = trained(input_ids=inputs, output_hidden_states=wants_hidden)
     t_hidden = None
     if cache is not None and not on_policy:
-        top_i, top_lp = cache.lookup(block_indices)
+        top_i, top_lp = (t.to(out.logits.device) for t in cache.lookup(block_indices))
         kd = lm_losses.forward_kl_topk(out.logits, top_i, top_lp, mask, **distill.params)
     else:
         with torch.no_grad():
@@ -241,20 +259,38 @@ def _step_loss(trained, model, batch, mask, block_indices, teacher, distill, cac
     return loss
 
 
-def _student_samples(model, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first half of each block continued by sampling the student; mask: the sampled positions."""
-    prompt = inputs.shape[1] // 2
+def prompt_lengths(mask: torch.Tensor) -> list[int]:
+    """Per row, the tokens the student is given before it samples: up to the first response (its first target
+    position that follows a non-target one: prompt/response data, GKD's setting), else the first half (plain
+    text, every position a target, or a row with no prompt that ends before a response)."""
+    lengths = []
+    half = mask.shape[1] // 2
+    for row in mask:
+        starts = torch.nonzero(row[1:] & ~row[:-1]).flatten()
+        # a target at position i predicts token i + 1: the response's first token follows the prompt's last
+        lengths.append(int(starts[0]) + 2 if len(starts) and int(starts[0]) + 2 < mask.shape[1] else half)
+    return lengths
+
+
+def _student_samples(model, inputs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's prompt (prompt_lengths) continued to the block's end by sampling the student; mask: the
+    positions whose next token was sampled. Rows with the same prompt length are sampled together."""
+    lengths = prompt_lengths(mask)
+    width = inputs.shape[1]
+    sampled = inputs.clone()
+    sampled_mask = torch.zeros_like(mask, dtype=torch.bool)
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        sampled = model.generate(inputs[:, :prompt], max_new_tokens=inputs.shape[1] - prompt, do_sample=True,
-                                 top_k=0, temperature=1.0, min_new_tokens=inputs.shape[1] - prompt,
-                                 pad_token_id=0, attention_mask=torch.ones_like(inputs[:, :prompt]))
+        for length in sorted(set(lengths)):
+            rows = [i for i, n in enumerate(lengths) if n == length]
+            prompt = inputs[rows, :length]
+            out = model.generate(prompt, max_new_tokens=width - length, do_sample=True, top_k=0, temperature=1.0,
+                                 min_new_tokens=width - length, pad_token_id=0, attention_mask=torch.ones_like(prompt))
+            sampled[rows] = out[:, :width]
+            sampled_mask[rows, length - 1:-1] = True
     model.train(was_training)
-    sampled = sampled[:, :inputs.shape[1]]
-    mask = torch.zeros_like(sampled, dtype=torch.bool)
-    mask[:, prompt - 1:-1] = True  # positions whose next token was sampled
-    return sampled, mask
+    return sampled, sampled_mask
 
 
 def _checkpoint(folder, model, optimizer, schedule, projections, history, best) -> None:

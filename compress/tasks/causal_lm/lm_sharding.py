@@ -26,17 +26,20 @@ def rank_blocks(count: int, rank: int, size: int) -> list[int]:
     return list(range(rank, count - count % size, size))
 
 
-def shard_teacher(teacher) -> tuple[int, int]:
-    """Shard `teacher` in place over the process group with FSDP2, a unit per decoder layer and the rest at the
-    root; returns (parameters this rank holds, parameters of the whole teacher)."""
+def shard_teacher(teacher, device) -> tuple[int, int]:
+    """Shard `teacher` in place over the process group with FSDP2 on a mesh of `device`'s type (its shards placed
+    there), a unit per decoder layer and the rest at the root; returns (parameters this rank holds, parameters of
+    the whole teacher)."""
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     from compress.tasks.causal_lm.models import decoder_layers
 
     total = sum(p.numel() for p in teacher.parameters())
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for layer in decoder_layers(teacher):
-        fully_shard(layer)
-    fully_shard(teacher)
+        fully_shard(layer, mesh=mesh)
+    fully_shard(teacher, mesh=mesh)
     local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in teacher.parameters())
     return local, total
 

@@ -74,6 +74,7 @@ def score_torch_model(model, blocks, batch_size: int = 8, limit: int | None = No
     import torch
 
     model.eval()
+    device = next(model.parameters()).device
     count = len(blocks) if limit is None else min(limit, len(blocks))
     parts = {"nll": [], "tokens": [], "correct": [], "predictions": []}
     with torch.no_grad():
@@ -83,7 +84,7 @@ def score_torch_model(model, blocks, batch_size: int = 8, limit: int | None = No
             labels = batch[:, 1:]
             mask = torch.stack([blocks.target_mask(i) for i in rows]) if hasattr(blocks, "target_mask") else \
                 torch.ones_like(labels, dtype=torch.bool)
-            logits = model(input_ids=batch[:, :-1]).logits.float()
+            logits = model(input_ids=batch[:, :-1].to(device)).logits.float().cpu()
             log_probs = torch.log_softmax(logits, -1)
             picked = log_probs.gather(-1, labels[..., None])[..., 0]
             predictions = torch.where(mask, logits.argmax(-1), -1)
