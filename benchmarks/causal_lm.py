@@ -13,9 +13,11 @@
   onnxruntime-genai's own generator loop timed the way its benchmark_e2e.py does (the harness must be within
   10% of it). The same models as stateful OpenVINO IR folders (compress/stages/lm/openvino_lm.py: fp32, and
   NNCF int4 for the student), timed by the same harness and by openvino-genai's LLMPipeline with its own
-  performance metrics (1000 / mean time per output token, what its benchmark_genai.py reports). Targets:
-  student decode tokens/s >= 1.8x the teacher's; int4 >= 1.5x its fp32; int4 size <= 0.3x fp32; the harness
-  within 10% of each runtime's own loop.
+  performance metrics (1000 / mean time per output token, what its benchmark_genai.py reports) on the same
+  execution path (ATTENTION_BACKEND SDPA: the stateful model); its default, paged attention, is shown beside.
+  The harness and the runtime's loop alternate round by round (load drifts weigh on both). Targets: student
+  decode tokens/s >= 1.8x the teacher's; int4 >= 1.5x its fp32; int4 size <= 0.3x fp32; the harness within
+  10% of each runtime's own loop.
 
     python benchmarks/causal_lm.py [--part kd|speed|all] [--seeds 3] [--threads 2] [--work DIR]
     python benchmarks/causal_lm.py --smoke    # tiny models, one seed, both parts: about a minute
@@ -151,23 +153,29 @@ def speed_part(threads: int, smoke: bool, work: Path) -> list[str]:
         folders.update({f"{name}-openvino-{p}": (out, params) for p, out in openvino.items()})
     prompt = list(range(1, 33))
     new_tokens = 16 if smoke else 64
-    rounds = 1 if smoke else 5
+    rounds = 1 if smoke else 9
     found = {}
     for name, (folder, params) in folders.items():
         openvino = "-openvino-" in name
         generator = open_generator(str(folder), threads=threads) if openvino else \
             GreedyGenerator(str(folder), backend="genai", threads=threads)
-        harness = time_generation(generator, prompt, new_tokens, rounds=rounds)
-        own = openvino_genai_own(folder, prompt, new_tokens, rounds, threads) if openvino else \
-            genai_own_loop(folder, prompt, new_tokens, rounds, threads)
-        found[name] = {"params": params, "size_mb": folder_mb(folder), "harness": harness["decode_tokens_per_s"],
-                       "own": own, "ttft": harness["time_to_first_token_s"]}
-    table = ["| artifact | params | size MB | decode tok/s (harness) | decode tok/s (the runtime's own: "
-             "onnxruntime-genai loop / openvino-genai metrics) | harness / own | first token ms |",
-             "|---|---|---|---|---|---|---|"]
+        own = openvino_genai_round(folder, prompt, new_tokens, threads, "SDPA") if openvino else \
+            genai_round(folder, prompt, new_tokens, threads)
+        paired = paired_rounds(lambda: time_generation(generator, prompt, new_tokens, rounds=1, warmup=0),
+                               own, rounds)
+        paged = None
+        if openvino and not smoke:  # LLMPipeline's default: paged attention (continuous batching), another path
+            paged_round = openvino_genai_round(folder, prompt, new_tokens, threads, None)
+            paged_round()
+            paged = statistics.median(paged_round() for _ in range(rounds))
+        found[name] = {"params": params, "size_mb": folder_mb(folder), **paired, "paged": paged}
+    table = ["| artifact | params | size MB | decode tok/s (harness) | decode tok/s (the runtime's own, same "
+             "path) | harness / own (paired rounds, median and range) | openvino-genai default (paged "
+             "attention) | first token ms |", "|---|---|---|---|---|---|---|---|"]
     for name, r in found.items():
+        paged = f"{r['paged']:.1f}" if r["paged"] else "-"
         table.append(f"| {name} | {r['params'] / 1e6:.1f}M | {r['size_mb']:.1f} | {r['harness']:.1f} | {r['own']:.1f} | "
-                     f"{r['harness'] / r['own']:.2f} | {1000 * r['ttft']:.1f} |")
+                     f"{r['ratio']:.2f} ({r['low']:.2f}-{r['high']:.2f}) | {paged} | {1000 * r['ttft']:.1f} |")
     table.append("")
     for runtime, prefix in (("onnxruntime-genai", ""), ("openvino", "openvino-")):
         t, s, q = found[f"teacher-{prefix}fp32"], found[f"student-{prefix}fp32"], found[f"student-{prefix}int4"]
@@ -177,34 +185,50 @@ def speed_part(threads: int, smoke: bool, work: Path) -> list[str]:
     return table
 
 
-def openvino_genai_own(folder: Path, prompt: list[int], new_tokens: int, rounds: int, threads: int) -> float:
-    """Decode tokens/s as openvino-genai reports it: 1000 / mean time per output token of its perf metrics,
-    median over rounds (a warm-up round first)."""
+def paired_rounds(harness_round, own_round, rounds: int) -> dict:
+    """The harness and the runtime's own loop timed in alternate rounds (after one warm-up each), so that a load
+    that changes over the run weighs on both alike: medians of each and of the per-round ratio, with its range."""
+    harness_round()
+    own_round()
+    harness, own, ttft = [], [], []
+    for _ in range(rounds):
+        timed = harness_round()
+        harness.append(timed["decode_tokens_per_s"])
+        ttft.append(timed["time_to_first_token_s"])
+        own.append(own_round())
+    ratios = [h / o for h, o in zip(harness, own)]
+    return {"harness": statistics.median(harness), "own": statistics.median(own), "ttft": statistics.median(ttft),
+            "ratio": statistics.median(ratios), "low": min(ratios), "high": max(ratios)}
+
+
+def openvino_genai_round(folder: Path, prompt: list[int], new_tokens: int, threads: int, attention: str | None):
+    """One round of openvino-genai's LLMPipeline as its benchmark reports it: 1000 / mean time per output token
+    of its performance metrics. `attention` "SDPA": the stateful model as the harness runs it; None:
+    LLMPipeline's default, paged attention (continuous batching), a different execution of the same IR."""
     import numpy as np
     import openvino as ov
     import openvino_genai
 
-    pipeline = openvino_genai.LLMPipeline(str(folder), "CPU", INFERENCE_NUM_THREADS=threads,
-                                          INFERENCE_PRECISION_HINT="f32")
+    options = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+    if attention:
+        options["ATTENTION_BACKEND"] = attention
+    pipeline = openvino_genai.LLMPipeline(str(folder), "CPU", **options)
     config = openvino_genai.GenerationConfig()
     config.max_new_tokens, config.min_new_tokens, config.do_sample = new_tokens, new_tokens, False
-    rates = []
-    for _ in range(rounds + 1):
-        result = pipeline.generate(ov.Tensor(np.array([prompt], dtype=np.int64)), config)
-        rates.append(1000.0 / result.perf_metrics.get_tpot().mean)
-    return statistics.median(rates[1:])
+    ids = ov.Tensor(np.array([prompt], dtype=np.int64))
+    return lambda: 1000.0 / pipeline.generate(ids, config).perf_metrics.get_tpot().mean
 
 
-def genai_own_loop(folder: Path, prompt: list[int], new_tokens: int, rounds: int, threads: int) -> float:
-    """Decode tokens/s as onnxruntime-genai's benchmark_e2e.py times it: generate_next_token calls after the
-    first, median over rounds."""
+def genai_round(folder: Path, prompt: list[int], new_tokens: int, threads: int):
+    """One round of decode tokens/s as onnxruntime-genai's benchmark_e2e.py times it: the generate_next_token
+    calls after the first."""
     import onnxruntime_genai as og
 
     config = og.Config(str(folder))
     config.overlay('{"model": {"decoder": {"session_options": {"intra_op_num_threads": %d}}}}' % threads)
     model = og.Model(config)
-    rates = []
-    for _ in range(rounds + 1):
+
+    def one() -> float:
         params = og.GeneratorParams(model)
         params.set_search_options(max_length=len(prompt) + new_tokens, do_sample=False)
         generator = og.Generator(model, params)
@@ -215,8 +239,8 @@ def genai_own_loop(folder: Path, prompt: list[int], new_tokens: int, rounds: int
         while not generator.is_done() and steps < new_tokens - 1:
             generator.generate_next_token()
             steps += 1
-        rates.append(steps / (time.perf_counter() - started))
-    return statistics.median(rates[1:])
+        return steps / (time.perf_counter() - started)
+    return one
 
 
 def main() -> None:

@@ -206,7 +206,8 @@ class GreedyGenerator:
         done = np.zeros(len(rows), dtype=bool)
         for tokens in self._steps(rows, max_new_tokens):
             yield tokens
-            done |= np.isin(tokens, list(stop)) if stop else False
+            if stop:  # a set lookup per row: np.isin costs more than a small model's step here
+                done |= np.array([token in stop for token in tokens.tolist()], dtype=bool)
             if done.all():
                 return
 

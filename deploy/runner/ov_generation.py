@@ -54,9 +54,11 @@ class OpenVINOGenerator(GreedyGenerator):
     def _run(self, ids: np.ndarray, total: int) -> np.ndarray:
         batch, length = ids.shape
         positions = np.broadcast_to(np.arange(total - length, total, dtype=np.int64), ids.shape)
-        self._request.infer({"input_ids": ids.astype(np.int64), "attention_mask": np.ones((batch, total), np.int64),
+        # share_inputs: OpenVINO reads the arrays in place, rather than copying each into a tensor of its own
+        self._request.infer({"input_ids": np.ascontiguousarray(ids, dtype=np.int64),
+                             "attention_mask": np.ones((batch, total), np.int64),
                              "position_ids": np.ascontiguousarray(positions),
-                             "beam_idx": np.arange(batch, dtype=np.int32)})
+                             "beam_idx": np.arange(batch, dtype=np.int32)}, share_inputs=True)
         return self._request.get_tensor("logits").data
 
     def _steps(self, rows: List[List[int]], max_new_tokens: int) -> Iterator[np.ndarray]:
