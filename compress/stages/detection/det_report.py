@@ -103,7 +103,7 @@ def device_lines(devices: list[dict], report: dict[str, Any]) -> list[str]:
         described = ", ".join(f"{k}: {v}" for k, v in info.items() if v not in (None, "", [], {}))
         lines += [f"### {device['target']}", ""] + [f"- {text}" for text in (described,
                                                                              release_line(device.get("release"))) if text]
-        lines += ["", "| engine | b1 p50 ms | vs this machine | file to boxes ms | boxes agree with this machine | "
+        lines += ["", "| engine | b1 p50 ms | device / this machine | file to boxes ms | boxes agree with this machine | "
                       "required |", "|---|---|---|---|---|---|"]
         for row in device["rows"]:
             p50 = (row.get("latency_ms") or {}).get("p50")

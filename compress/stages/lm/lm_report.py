@@ -122,7 +122,7 @@ def device_lines(devices: list[dict], report: dict[str, Any]) -> list[str]:
         described = ", ".join(f"{k}: {v}" for k, v in info.items() if v not in (None, "", [], {}))
         release = release_line(device.get("release"))
         lines += [f"- {text}" for text in (described, release) if text] + [""]
-        lines += ["| artifact | runtime | decode tok/s b1 | vs this machine | first token ms | greedy agreement with "
+        lines += ["| artifact | runtime | decode tok/s b1 | device / this machine | first token ms | greedy agreement with "
                   "this machine | required |", "|---|---|---|---|---|---|---|"]
         for row in device["rows"]:
             tps = (row.get("decode_tokens_per_s") or {}).get("1")
