@@ -38,15 +38,10 @@ def lowest_opset(model) -> int:
     return lowest
 
 
-def attribute_value(attribute):
-    from onnx import helper
-
-    return helper.get_attribute_value(attribute)
-
-
 def rewrite_for_older_runtimes(model_path: Path) -> dict:
     """Rewrite `model_path` in place (graph only); what changed: {"opset": (from, to), "inputs": n, "attributes": n}."""
     import onnx
+    from onnx.helper import get_attribute_value
 
     model = onnx.load(str(model_path), load_external_data=False)
     default = next(o for o in model.opset_import if o.domain in ("", "ai.onnx"))
@@ -62,7 +57,7 @@ def rewrite_for_older_runtimes(model_path: Path) -> dict:
             del node.input[:]
             node.input.extend(names)
         off = OFF_ATTRIBUTES.get((node.domain, node.op_type), {})
-        kept = [a for a in node.attribute if a.name not in off or attribute_value(a) != off[a.name]]
+        kept = [a for a in node.attribute if a.name not in off or get_attribute_value(a) != off[a.name]]
         if len(kept) != len(node.attribute):
             dropped_attributes += len(node.attribute) - len(kept)
             del node.attribute[:]
