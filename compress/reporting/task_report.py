@@ -99,6 +99,16 @@ def refresh_report(run_dir: Path, device_lines: DeviceLines) -> bool:
     return True
 
 
+def device_heading(device: dict[str, Any]) -> list[str]:
+    """A device's subsection head in a device section: its target, what its probe found, which release."""
+    from compress.reporting.analysis import release_line
+
+    info = device["device"] if isinstance(device["device"], dict) else {"info": device["device"]}
+    described = ", ".join(f"{k}: {v}" for k, v in info.items() if v not in (None, "", [], {}))
+    return [f"### {device['target']}", ""] + [f"- {text}" for text in (described, release_line(device.get("release")))
+                                              if text] + [""]
+
+
 def report_refresher(device_lines: DeviceLines) -> Callable[[Path], bool]:
     """What a deploy calls with the run dir when it is done: the report again with `device_lines`'s section."""
     return lambda run_dir: refresh_report(run_dir, device_lines)

@@ -12,7 +12,7 @@ from typing import Any
 
 from compress.config import PipelineConfig
 from compress.core.fileio import read_json
-from compress.reporting.task_report import publish_report
+from compress.reporting.task_report import device_heading, publish_report
 from compress.stages.contract import Stage, StageContext
 
 PICTURE_IMAGES = 4
@@ -91,19 +91,14 @@ def gates(pipeline: PipelineConfig, rows: list[dict], recommended: dict | None) 
 def device_lines(devices: list[dict], report: dict[str, Any]) -> list[str]:
     """Each device's box check and batch-1 latency beside this machine's for the same engine, and the
     max_latency_ms gate judged on the device's own number (the device is where it must hold)."""
-    from compress.reporting.analysis import release_line
-
     host, limit = report.get("host_b1_ms") or {}, report.get("max_latency_ms")
     lines = ["## On the device", "",
              "Measured by the device's runner after each deploy: the sample images' boxes compared with this "
              "machine's from the same engine (before `current` was switched), then batch-1 latency in rounds of "
              "fresh loads as here, and the time from an image file to its boxes.", ""]
     for device in devices:
-        info = device["device"] if isinstance(device["device"], dict) else {"info": device["device"]}
-        described = ", ".join(f"{k}: {v}" for k, v in info.items() if v not in (None, "", [], {}))
-        lines += [f"### {device['target']}", ""] + [f"- {text}" for text in (described,
-                                                                             release_line(device.get("release"))) if text]
-        lines += ["", "| engine | b1 p50 ms | device / this machine | file to boxes ms | boxes agree with this machine | "
+        lines += device_heading(device)
+        lines += ["| engine | b1 p50 ms | device / this machine | file to boxes ms | boxes agree with this machine | "
                       "required |", "|---|---|---|---|---|---|"]
         for row in device["rows"]:
             p50 = (row.get("latency_ms") or {}).get("p50")

@@ -11,7 +11,7 @@ from typing import Any
 
 from compress.config import PipelineConfig
 from compress.core.fileio import read_json
-from compress.reporting.task_report import publish_report
+from compress.reporting.task_report import device_heading, publish_report
 from compress.stages.contract import Stage, StageContext
 
 
@@ -108,8 +108,6 @@ def recommend(rows: list[dict], pipeline: PipelineConfig) -> dict | None:
 def device_lines(devices: list[dict], report: dict[str, Any]) -> list[str]:
     """Each device's greedy check and batch-1 tokens/s, beside this machine's for the same folder, and the
     min_tokens_per_s gate judged on the device's own number (the device is where it must hold)."""
-    from compress.reporting.analysis import release_line
-
     host = {r["artifact"]: r for r in report.get("rows") or []}
     limit = report.get("min_tokens_per_s")
     lines = ["## On the device", "",
@@ -117,11 +115,7 @@ def device_lines(devices: list[dict], report: dict[str, Any]) -> list[str]:
              "with this machine's tokens from the same engine folder (before `current` was switched), then batch-1 "
              "generation timed as here.", ""]
     for device in devices:
-        lines += [f"### {device['target']}", ""]
-        info = device["device"] if isinstance(device["device"], dict) else {"info": device["device"]}
-        described = ", ".join(f"{k}: {v}" for k, v in info.items() if v not in (None, "", [], {}))
-        release = release_line(device.get("release"))
-        lines += [f"- {text}" for text in (described, release) if text] + [""]
+        lines += device_heading(device)
         lines += ["| artifact | runtime | decode tok/s b1 | device / this machine | first token ms | greedy agreement with "
                   "this machine | required |", "|---|---|---|---|---|---|---|"]
         for row in device["rows"]:
