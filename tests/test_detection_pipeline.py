@@ -45,7 +45,10 @@ def det_config(data_dir, **changes) -> dict:
             "benchmark": {"batch_sizes": [1], "end_to_end_images": 3, "rounds": 1, "memory": True},
             "report": {},
         },
-        "gates": {"max_map_drop": 0.99},
+        # Which student engine is recommended depends on timing (the fastest at batch 1); a one-epoch model's int8
+        # boxes agree with torch's on about half (0.52 to 0.56 seen), so the default 0.99 floor would fail the run
+        # whenever int8 happens to be fastest. The floor a trained model meets is measured by benchmarks/detection.py.
+        "gates": {"max_map_drop": 0.99, "min_engine_agreement": {"int8": 0.3}},
     }
     return changed(config, changes)
 
