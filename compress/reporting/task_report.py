@@ -78,8 +78,7 @@ def publish_report(stage_dir: Path, run_dir: Path, markdown: str, title: str, re
     folder embedded) and report.json in the stage folder; the markdown and the page, and the pictures the markdown
     names, copied to the run folder."""
     write_text(stage_dir / BODY, markdown)
-    write_json(stage_dir / "report.json", {**report, "title": title})
-    render_with_devices(stage_dir, run_dir, device_lines)
+    render_with_devices(stage_dir, run_dir, markdown, {**report, "title": title}, device_lines)
 
 
 def refresh_report(run_dir: Path, device_lines: DeviceLines) -> bool:
@@ -92,11 +91,25 @@ def refresh_report(run_dir: Path, device_lines: DeviceLines) -> bool:
     if not (stage_dir / BODY).is_file() or not (stage_dir / "report.json").is_file():
         return False
     try:
-        render_with_devices(stage_dir, Path(run_dir), device_lines)
+        render_with_devices(stage_dir, Path(run_dir), (stage_dir / BODY).read_text(),
+                            read_json(stage_dir / "report.json"), device_lines)
     except CompressError as error:  # an unreadable device results file: said; the deploy itself stands
         Console.error(str(error))
         return False
     return True
+
+
+def device_section(devices: list[dict[str, Any]], intro: str, table_head: list[str],
+                   row_lines: Callable[[dict[str, Any]], list[str]]) -> list[str]:
+    """The "On the device" section a task's `device_lines` returns: `intro`, then per device its heading, the
+    table head and the lines `row_lines` makes of each of its result rows."""
+    lines = ["## On the device", "", intro, ""]
+    for device in devices:
+        lines += device_heading(device) + table_head
+        for row in device["rows"]:
+            lines += row_lines(row)
+        lines.append("")
+    return lines
 
 
 def device_heading(device: dict[str, Any]) -> list[str]:
@@ -114,11 +127,12 @@ def report_refresher(device_lines: DeviceLines) -> Callable[[Path], bool]:
     return lambda run_dir: refresh_report(run_dir, device_lines)
 
 
-def render_with_devices(stage_dir: Path, run_dir: Path, device_lines: DeviceLines | None) -> None:
+def render_with_devices(stage_dir: Path, run_dir: Path, markdown: str, report: dict[str, Any],
+                        device_lines: DeviceLines | None) -> None:
+    """The stage's `markdown` with the device section after it, as report.md, report.html and report.json (the
+    stage's `report` with the devices listed)."""
     from compress.reporting.collect import read_devices
 
-    markdown = (stage_dir / BODY).read_text()
-    report = read_json(stage_dir / "report.json")
     devices = read_devices(run_dir) if device_lines else []
     extra = device_lines(devices, report) if devices else []
     if extra:

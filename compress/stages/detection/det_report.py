@@ -12,7 +12,7 @@ from typing import Any
 
 from compress.config import PipelineConfig
 from compress.core.fileio import read_json
-from compress.reporting.task_report import device_heading, publish_report
+from compress.reporting.task_report import device_section, publish_report
 from compress.stages.contract import Stage, StageContext
 
 PICTURE_IMAGES = 4
@@ -92,29 +92,28 @@ def device_lines(devices: list[dict], report: dict[str, Any]) -> list[str]:
     """Each device's box check and batch-1 latency beside this machine's for the same engine, and the
     max_latency_ms gate judged on the device's own number (the device is where it must hold)."""
     host, limit = report.get("host_b1_ms") or {}, report.get("max_latency_ms")
-    lines = ["## On the device", "",
-             "Measured by the device's runner after each deploy: the sample images' boxes compared with this "
-             "machine's from the same engine (before `current` was switched), then batch-1 latency in rounds of "
-             "fresh loads as here, and the time from an image file to its boxes.", ""]
-    for device in devices:
-        lines += device_heading(device)
-        lines += ["| engine | b1 p50 ms | device / this machine | file to boxes ms | boxes agree with this machine | "
-                      "required |", "|---|---|---|---|---|---|"]
-        for row in device["rows"]:
-            p50 = (row.get("latency_ms") or {}).get("p50")
-            here = host.get(name_of(row)) if {"model", "backend", "precision"} <= set(row) else None
-            accuracy = row.get("accuracy") or {}
-            file_to_boxes = (row.get("end_to_end") or {}).get("p50_ms")
-            lines.append(f"| {row.get('artifact', '?')} | {f'{p50:.3f}' if p50 else '-'} | "
-                         f"{f'{p50 / here:.2f}x' if p50 and here else '-'} | "
-                         f"{f'{file_to_boxes:.2f}' if file_to_boxes else '-'} | "
-                         f"{accuracy.get('agreement_with_host', float('nan')):.1%} of {accuracy.get('images', '?')} "
-                         f"images | {accuracy.get('min_agreement', float('nan')):.1%} |")
-            if limit is not None and p50:
-                lines += ["", f"- max_latency_ms on this device: {'PASS' if p50 <= limit else 'FAIL'} "
-                              f"({row.get('artifact')} {p50:.2f} ms at batch 1 vs {limit:g})"]
-        lines.append("")
-    return lines
+
+    def row_lines(row: dict) -> list[str]:
+        p50 = (row.get("latency_ms") or {}).get("p50")
+        here = host.get(name_of(row)) if {"model", "backend", "precision"} <= set(row) else None
+        accuracy = row.get("accuracy") or {}
+        file_to_boxes = (row.get("end_to_end") or {}).get("p50_ms")
+        lines = [f"| {row.get('artifact', '?')} | {f'{p50:.3f}' if p50 else '-'} | "
+                 f"{f'{p50 / here:.2f}x' if p50 and here else '-'} | "
+                 f"{f'{file_to_boxes:.2f}' if file_to_boxes else '-'} | "
+                 f"{accuracy.get('agreement_with_host', float('nan')):.1%} of {accuracy.get('images', '?')} "
+                 f"images | {accuracy.get('min_agreement', float('nan')):.1%} |"]
+        if limit is not None and p50:
+            lines += ["", f"- max_latency_ms on this device: {'PASS' if p50 <= limit else 'FAIL'} "
+                          f"({row.get('artifact')} {p50:.2f} ms at batch 1 vs {limit:g})"]
+        return lines
+
+    return device_section(
+        devices, "Measured by the device's runner after each deploy: the sample images' boxes compared with this "
+                 "machine's from the same engine (before `current` was switched), then batch-1 latency in rounds of "
+                 "fresh loads as here, and the time from an image file to its boxes.",
+        ["| engine | b1 p50 ms | device / this machine | file to boxes ms | boxes agree with this machine | required |",
+         "|---|---|---|---|---|---|"], row_lines)
 
 
 def intervals(ctx: StageContext, records, rows: list[dict]) -> dict[str, dict]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from compress.config import PipelineConfig
 from compress.core.fileio import read_json
-from compress.reporting.task_report import device_heading, publish_report
+from compress.reporting.task_report import device_section, publish_report
 from compress.stages.contract import Stage, StageContext
 
 
@@ -110,30 +110,29 @@ def device_lines(devices: list[dict], report: dict[str, Any]) -> list[str]:
     min_tokens_per_s gate judged on the device's own number (the device is where it must hold)."""
     host = {r["artifact"]: r for r in report.get("rows") or []}
     limit = report.get("min_tokens_per_s")
-    lines = ["## On the device", "",
-             "Measured by the device's runner after each deploy: the shipped prompts decoded greedily and compared "
-             "with this machine's tokens from the same engine folder (before `current` was switched), then batch-1 "
-             "generation timed as here.", ""]
-    for device in devices:
-        lines += device_heading(device)
-        lines += ["| artifact | runtime | decode tok/s b1 | device / this machine | first token ms | greedy agreement with "
-                  "this machine | required |", "|---|---|---|---|---|---|---|"]
-        for row in device["rows"]:
-            tps = (row.get("decode_tokens_per_s") or {}).get("1")
-            here = (host.get(row.get("artifact")) or {}).get("decode_tokens_per_s", {}).get("1")
-            accuracy = row.get("accuracy") or {}
-            ttft = row.get("time_to_first_token_s")
-            lines.append(f"| {row.get('artifact', '?')} | {row.get('backend', '?')} | {tps if tps is not None else '-'} | "
-                         f"{f'{tps / here:.2f}x' if tps and here else '-'} | "
-                         f"{f'{1000 * ttft:.1f}' if ttft else '-'} | "
-                         f"{accuracy.get('agreement_with_host', float('nan')):.1%} "
-                         f"({accuracy.get('identical_prompts', '?')}/{accuracy.get('prompts', '?')} prompts identical) | "
-                         f"{accuracy.get('min_agreement', float('nan')):.1%} |")
-            if limit is not None and tps is not None:
-                lines += ["", f"- min_tokens_per_s on this device: {'PASS' if tps >= limit else 'FAIL'} "
-                              f"({row.get('artifact')} {tps:.0f} tokens/s vs {limit:g})"]
-        lines.append("")
-    return lines
+
+    def row_lines(row: dict) -> list[str]:
+        tps = (row.get("decode_tokens_per_s") or {}).get("1")
+        here = (host.get(row.get("artifact")) or {}).get("decode_tokens_per_s", {}).get("1")
+        accuracy = row.get("accuracy") or {}
+        ttft = row.get("time_to_first_token_s")
+        lines = [f"| {row.get('artifact', '?')} | {row.get('backend', '?')} | {tps if tps is not None else '-'} | "
+                 f"{f'{tps / here:.2f}x' if tps and here else '-'} | "
+                 f"{f'{1000 * ttft:.1f}' if ttft else '-'} | "
+                 f"{accuracy.get('agreement_with_host', float('nan')):.1%} "
+                 f"({accuracy.get('identical_prompts', '?')}/{accuracy.get('prompts', '?')} prompts identical) | "
+                 f"{accuracy.get('min_agreement', float('nan')):.1%} |"]
+        if limit is not None and tps is not None:
+            lines += ["", f"- min_tokens_per_s on this device: {'PASS' if tps >= limit else 'FAIL'} "
+                          f"({row.get('artifact')} {tps:.0f} tokens/s vs {limit:g})"]
+        return lines
+
+    return device_section(
+        devices, "Measured by the device's runner after each deploy: the shipped prompts decoded greedily and compared "
+                 "with this machine's tokens from the same engine folder (before `current` was switched), then batch-1 "
+                 "generation timed as here.",
+        ["| artifact | runtime | decode tok/s b1 | device / this machine | first token ms | greedy agreement with "
+         "this machine | required |", "|---|---|---|---|---|---|---|"], row_lines)
 
 
 def torch_results(ctx: StageContext) -> dict[str, Any]:
