@@ -139,6 +139,10 @@ def test_the_device_generates_text_from_a_prompt(lm_run):
     # a device without onnxruntime-genai runs the plain ONNX Runtime loop over the KV cache
     plain = device_runner(device, "generate", "current", "import os\n", "--json", "--backend", "onnxruntime")
     assert plain.returncode == 0 and json.loads(plain.stdout)["backend"] == "onnxruntime"
+    openvino = device_runner(device, "generate", "current", "import os\n", "--backend", "openvino-genai")
+    assert openvino.returncode == 1
+    assert json.loads(openvino.stdout)["error"] == ("--backend openvino-genai: this release ships an "
+                                                    "onnxruntime-genai folder; one of auto, genai, onnxruntime")
 
     empty = device_runner(device, "generate", "current", "")
     assert empty.returncode == 1 and "empty" in json.loads(empty.stdout.strip())["error"]

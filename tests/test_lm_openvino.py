@@ -148,7 +148,9 @@ def test_a_width_pruned_student_runs_on_openvino_built_checked_benchmarked_and_d
     (deployed,) = record["deploy"]["outputs"]["deployed"]
     assert deployed["agreement_with_host"] == 1.0  # the device's tokens are the host's: it switched
     results = json.loads((tmp_path / "run" / deployed["results"]).read_text())
-    assert results["runtime"] == "openvino" and results["rows"][0]["backend"] == "openvino"
+    # the device has openvino-genai (this venv): its LLMPipeline decoded the host's very tokens
+    assert results["runtime"] == "openvino" and results["rows"][0]["backend"] == "openvino-genai"
+    assert results["rows"][0]["accuracy"]["agreement_with_host"] == 1.0
 
 
 GENERATORS_FREED_IN_ORDER = textwrap.dedent("""
@@ -176,3 +178,56 @@ def test_generators_freed_in_any_order_leave_signals_deliverable(exported):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
     assert "signals still arrive" in done.stdout
+
+
+ON_THE_DEVICE = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    sys.path.insert(0, "deploy/runner")  # flat modules, as in a release on the device
+    import lm_device, ov_generation, runner
+
+    folders = json.loads(sys.argv[1])
+    prompts = json.loads(sys.argv[2])
+    found = {}
+    for name, folder in folders.items():
+        release, manifest = Path(folder).parent, {"model_folder": Path(folder).name}
+        theirs = lm_device.open_generator(release, manifest)
+        ours = lm_device.open_generator(release, manifest, backend="openvino")
+        theirs.eos_ids = ours.eos_ids = ()  # random weights: whole runs, not where an eos happens to fall
+        tokens, start, times = theirs.token_times(prompts[0], 8)
+        stop = tokens[2]  # a stop id the third token is: both end there, the stop kept
+        found[name] = {"backend": theirs.backend, "own": ours.backend, "tokens": tokens,
+                       "same": [theirs.generate(p, 8) == ours.generate(p, 8) for p in prompts],
+                       "stopped": [theirs.generate(prompts[0], 8, eos_id=stop), ours.generate(prompts[0], 8, eos_id=stop)],
+                       "ordered": start <= times[0] and times == sorted(times)}
+        try:
+            lm_device.open_generator(release, manifest, backend="genai")
+        except runner.RunnerError as error:
+            found[name]["refused"] = str(error)
+    sys.modules["openvino_genai"] = None  # a device without openvino-genai: the loop over the stateful model
+    release, manifest = Path(folder).parent, {"model_folder": Path(folder).name}
+    found["fallback"] = lm_device.open_generator(release, manifest).backend
+    print(json.dumps(found))
+""")
+
+
+def test_on_the_device_openvino_genai_decodes_the_loops_tokens_and_stops_after_the_stop_id(exported):
+    """A device with openvino-genai runs an OpenVINO release by its LLMPipeline (SDPA attention, f32: the host's
+    execution): the tokens of the toolchain's loop at every precision, the stop id kept; without openvino-genai,
+    the loop. In a child process, with the runner's modules imported flat, as on the device."""
+    made, _ = exported
+    folders = {f"{arch}-{precision}": str(folder) for (arch, precision), folder in made.items()}
+    done = subprocess.run([sys.executable, "-c", ON_THE_DEVICE, json.dumps(folders), json.dumps(PROMPTS)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert found.pop("fallback") == "openvino"
+    assert set(found) == {"llama-fp32", "llama-int8", "llama-int4", "gpt2-fp32"}
+    for name, one in found.items():
+        assert (one["backend"], one["own"]) == ("openvino-genai", "openvino"), name
+        assert len(one["tokens"]) == 8 and one["same"] == [True, True], name
+        stop = one["tokens"][2]
+        assert one["stopped"] == [one["tokens"][:one["tokens"].index(stop) + 1]] * 2, name
+        assert one["ordered"], name
+        assert one["refused"] == ("--backend genai: this release ships an OpenVINO IR folder; one of auto, "
+                                  "openvino-genai, openvino"), name

@@ -31,7 +31,7 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -220,6 +220,17 @@ class GreedyGenerator:
         """The new tokens only (the prompt is not repeated), up to and including the first eos."""
         return list(self.stream(prompt_ids, max_new_tokens, eos_id))
 
+    def token_times(self, prompt_ids: Sequence[int], max_new_tokens: int,
+                    eos_id: Optional[int] = None) -> Tuple[List[int], float, List[float]]:
+        """(the new tokens, when the call began, when each token reached the caller): what time_generation
+        times. A runtime that calls back per token (openvino-genai) records the times in its callback."""
+        tokens, times = [], []
+        start = time.perf_counter()
+        for token in self.stream(prompt_ids, max_new_tokens, eos_id):
+            times.append(time.perf_counter())
+            tokens.append(token)
+        return tokens, start, times
+
     def generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                        eos_id: Optional[int] = None) -> List[List[int]]:
         """Each prompt's new tokens, decoded together in one batch; the prompts must be of one length."""
@@ -312,16 +323,10 @@ def time_generation(generator: GreedyGenerator, prompt_ids: Sequence[int], max_n
     firsts, rates, totals = [], [], []
     count = 0
     for _ in range(rounds):
-        start = time.perf_counter()
-        first = last = None
-        count = 0
-        for _token in generator.stream(prompt_ids, max_new_tokens, eos_id):
-            last = time.perf_counter()
-            if first is None:
-                first = last
-            count += 1
-        if first is None:
+        _tokens, start, times = generator.token_times(prompt_ids, max_new_tokens, eos_id)
+        if not times:
             raise ValueError("no token generated (max_new_tokens < 1)")
+        first, last, count = times[0], times[-1], len(times)
         firsts.append(first - start)
         totals.append(last - start)
         if count > 1 and last > first:

@@ -6,7 +6,9 @@ prompts' token ids, max_new_tokens, the host's greedy tokens for them from the s
 the agreement the device must reach (1.0 for an fp32 folder: identical tokens). The engine folder
 (onnxruntime-genai's: genai_config.json, model.onnx, tokenizer.json) is the release's `model_folder`;
 generation.py runs it with onnxruntime-genai where it is installed, else with the plain ONNX Runtime
-loop over the KV cache, and turns text into tokens with `tokenizers` (or onnxruntime-genai's own).
+loop over the KV cache, and turns text into tokens with `tokenizers` (or onnxruntime-genai's own). An
+OpenVINO IR folder runs with openvino-genai's LLMPipeline where it is installed, else with ov_generation.py's
+loop over the stateful model; both on the host's execution (SDPA attention, f32), so fp32 tokens stay identical.
 
   smoke     the shipped prompts decoded greedily and compared with the host's tokens, position by position;
             below the bundle's agreement it fails, so the deploy stops before `current` is switched
@@ -39,14 +41,27 @@ def folder_of(release: Path, manifest: dict) -> Path:
     return release / manifest.get("model_folder", "model")
 
 
+ONNX_BACKENDS = ("auto", "genai", "onnxruntime")
+OPENVINO_BACKENDS = ("auto", "openvino-genai", "openvino")
+
+
 def open_generator(release: Path, manifest: dict, threads: int | None = None, backend: str = "auto"):
-    """The release's engine folder as a generator: onnxruntime-genai, else plain ONNX Runtime; an OpenVINO IR
-    folder with OpenVINO."""
+    """The release's engine folder as a generator. An onnxruntime-genai folder: onnxruntime-genai, else the plain
+    ONNX Runtime loop; an OpenVINO IR folder: openvino-genai's LLMPipeline, else the loop over the stateful model
+    (`backend` picks one of them; "auto": the runtime's own generator where installed)."""
     folder = folder_of(release, manifest)
-    if not (folder / "genai_config.json").is_file() and not (folder / "openvino_model.xml").is_file():
+    openvino = (folder / "openvino_model.xml").is_file()
+    if not (folder / "genai_config.json").is_file() and not openvino:
         raise runner.RunnerError(f"{folder}: neither genai_config.json nor openvino_model.xml (the release's engine "
                                  "folder)")
+    allowed = OPENVINO_BACKENDS if openvino else ONNX_BACKENDS
+    if backend not in allowed:
+        kind = "an OpenVINO IR folder" if openvino else "an onnxruntime-genai folder"
+        raise runner.RunnerError(f"--backend {backend}: this release ships {kind}; one of {', '.join(allowed)}")
     try:
+        if openvino and (backend == "openvino-genai" or
+                         (backend == "auto" and ov_generation.openvino_genai_installed())):
+            return ov_generation.OpenVINOGenAIGenerator(str(folder), threads=threads)
         return ov_generation.open_generator(str(folder), backend=backend, threads=threads)
     except ImportError as error:
         raise runner.RunnerError(f"the engine's runtime cannot be imported on this device: {error}") from None
@@ -55,7 +70,8 @@ def open_generator(release: Path, manifest: dict, threads: int | None = None, ba
 
 
 def backend_name(generator) -> str:
-    return {"genai": "onnxruntime-genai", "openvino": "openvino"}.get(generator.backend, "onnxruntime")
+    return {"genai": "onnxruntime-genai", "openvino": "openvino",
+            "openvino-genai": "openvino-genai"}.get(generator.backend, "onnxruntime")
 
 
 def greedy_check(generator, settings: dict) -> dict:

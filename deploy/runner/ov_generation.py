@@ -3,14 +3,18 @@
 The folder is what compress/stages/lm/openvino_lm.py writes, the form openvino-genai runs: openvino_model.xml (a
 stateful IR whose KV cache lives in the infer request), config.json, generation_config.json, tokenizer.json and
 the openvino-tokenizers models. `open_generator` gives an OpenVINO folder's OpenVINOGenerator, an onnxruntime-genai
-folder's GreedyGenerator. Python 3.8, numpy and openvino: no torch, nothing of the toolchain.
+folder's GreedyGenerator. On a device with openvino-genai, the release is run by its LLMPipeline instead
+(OpenVINOGenAIGenerator), on the same execution as the host's loop: the stateful model with SDPA attention, f32.
+Python 3.8, numpy and openvino: no torch, nothing of the toolchain.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+import time
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -29,17 +33,8 @@ class OpenVINOGenerator(GreedyGenerator):
     on any CPU (OpenVINO would pick bf16 on a CPU with AMX)."""
 
     def __init__(self, folder, backend: str = "openvino", threads: Optional[int] = None):
-        self.folder = Path(folder)
+        read_folder_settings(self, folder, threads)
         self.backend = "openvino"
-        self.threads = threads
-        config = json.loads((self.folder / "config.json").read_text())
-        generation_file = self.folder / "generation_config.json"
-        generation = json.loads(generation_file.read_text()) if generation_file.is_file() else {}
-        self.eos_ids = _eos_ids({"model": {"eos_token_id": generation.get("eos_token_id",
-                                                                          config.get("eos_token_id"))}})
-        self.context_length = int(config.get("max_position_embeddings") or config.get("n_positions") or 0) or None
-        self.vocab_size = config.get("vocab_size")
-        self.model_path = self.folder / "openvino_model.xml"
         try:
             core = openvino_core()  # the process's one Core: a Core of its own, freed out of order, broke signals
         except ImportError as e:
@@ -73,6 +68,128 @@ class OpenVINOGenerator(GreedyGenerator):
         self._request.reset_state()
         ids = np.array([list(prompt_ids)], dtype=np.int64)
         return np.array(self._run(ids, ids.shape[1])[0], dtype=np.float32)
+
+
+def read_folder_settings(generator: GreedyGenerator, folder, threads: Optional[int]) -> None:
+    """What both OpenVINO generators read of the folder: its eos ids, context length and vocabulary size."""
+    generator.folder = Path(folder)
+    generator.threads = threads
+    config = json.loads((generator.folder / "config.json").read_text())
+    generation_file = generator.folder / "generation_config.json"
+    generation = json.loads(generation_file.read_text()) if generation_file.is_file() else {}
+    generator.eos_ids = _eos_ids({"model": {"eos_token_id": generation.get("eos_token_id",
+                                                                           config.get("eos_token_id"))}})
+    generator.context_length = int(config.get("max_position_embeddings") or config.get("n_positions") or 0) or None
+    generator.vocab_size = config.get("vocab_size")
+    generator.model_path = generator.folder / "openvino_model.xml"
+
+
+class OpenVINOGenAIGenerator(GreedyGenerator):
+    """Greedy decoding of the folder by openvino-genai's LLMPipeline, what a user of the folder runs on a device.
+
+    Asked for SDPA attention and f32: the stateful model as OpenVINOGenerator runs it, so an fp32 folder gives the
+    host's tokens (LLMPipeline's default, paged attention, is another execution). The tokens come from a streamer
+    called once per token, which also records when each arrived (token_times) and stops the pipeline after the
+    first stop id, so the eos is returned with the new tokens as by the other generators (openvino-genai's own
+    stop would leave it out). One prompt per call; no logits (prefill_logits is OpenVINOGenerator's).
+    Runs in the device's runner process only: the host keeps openvino-genai in child processes.
+    """
+
+    def __init__(self, folder, backend: str = "openvino-genai", threads: Optional[int] = None):
+        read_folder_settings(self, folder, threads)
+        self.backend = "openvino-genai"
+        try:
+            import openvino as ov
+            import openvino_genai
+        except ImportError as e:
+            raise GenerationError(f"{self.model_path}: backend openvino-genai needs the openvino_genai package "
+                                  f"({e})") from e
+        self._ov, self._genai = ov, openvino_genai
+        properties = {"INFERENCE_PRECISION_HINT": "f32", "ATTENTION_BACKEND": "SDPA"}
+        if threads:
+            properties["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            try:
+                self._pipeline = openvino_genai.LLMPipeline(str(self.folder), "CPU", **properties)
+            except RuntimeError:  # a release before ATTENTION_BACKEND, whose only LLMPipeline is the stateful one
+                properties.pop("ATTENTION_BACKEND")
+                self._pipeline = openvino_genai.LLMPipeline(str(self.folder), "CPU", **properties)
+        except RuntimeError as error:
+            reason = str(error).strip().splitlines()
+            raise GenerationError(f"{self.model_path}: openvino-genai {openvino_genai.__version__} here cannot "
+                                  f"load it: {reason[0] if reason else type(error).__name__}") from None
+        self.providers = ["openvino-genai CPU"]
+
+    def token_times(self, prompt_ids: Sequence[int], max_new_tokens: int,
+                    eos_id: Optional[int] = None) -> Tuple[List[int], float, List[float]]:
+        rows = [[int(t) for t in prompt_ids]]
+        self._check(rows, max_new_tokens)
+        if max_new_tokens <= 0:
+            return [], time.perf_counter(), []
+        config = self._genai.GenerationConfig()
+        config.max_new_tokens, config.do_sample = int(max_new_tokens), False
+        config.ignore_eos = True  # the streamer stops after the stop id, so that the id is kept
+        streamer = _token_recorder(self._genai, self._stop_ids(eos_id))
+        ids = self._ov.Tensor(np.array(rows, dtype=np.int64))
+        start = time.perf_counter()
+        self._pipeline.generate(ids, config, streamer)
+        return streamer.tokens, start, streamer.times
+
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, eos_id: Optional[int] = None) -> List[int]:
+        return self.token_times(prompt_ids, max_new_tokens, eos_id)[0]
+
+    def stream_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                     eos_id: Optional[int] = None) -> Iterator[np.ndarray]:
+        """The tokens of one prompt after its generation ended (time them with token_times)."""
+        if len(prompts) != 1:
+            raise GenerationError("the openvino-genai backend decodes one prompt at a time here")
+        for token in self.generate(prompts[0], max_new_tokens, eos_id):
+            yield np.array([token], dtype=np.int64)
+
+    def prefill_logits(self, prompt_ids: Sequence[int]) -> np.ndarray:
+        raise GenerationError("openvino-genai's LLMPipeline gives no logits: use the openvino backend")
+
+
+def _token_recorder(openvino_genai, stops: frozenset):
+    """A streamer (openvino_genai.StreamerBase) keeping each new token id and its arrival time, stopping the
+    generation after a stop id. `write` is the current API (an id or a list of ids; StreamingStatus), `put` the
+    2024 one (one id; True stops)."""
+
+    class TokenRecorder(openvino_genai.StreamerBase):
+        def __init__(self):
+            super().__init__()
+            self.tokens, self.times = [], []  # type: Tuple[List[int], List[float]]
+            self.stopped = False
+
+        def _take(self, token) -> bool:
+            for one in token if isinstance(token, (list, tuple)) else [token]:
+                if self.stopped:
+                    break
+                self.tokens.append(int(one))
+                self.times.append(time.perf_counter())
+                self.stopped = int(one) in stops
+            return self.stopped
+
+        def write(self, token):
+            stop = self._take(token)
+            status = getattr(openvino_genai, "StreamingStatus", None)
+            return stop if status is None else (status.STOP if stop else status.RUNNING)
+
+        def put(self, token) -> bool:
+            return self._take(token)
+
+        def end(self) -> None:
+            pass
+
+    return TokenRecorder()
+
+
+def openvino_genai_installed() -> bool:
+    try:
+        importlib.import_module("openvino_genai")
+    except ImportError:
+        return False
+    return True
 
 
 def open_generator(folder, backend: str = "auto", threads: Optional[int] = None) -> GreedyGenerator:

@@ -267,9 +267,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("release")
     p.add_argument("prompt")
     p.add_argument("--max-new-tokens", type=int, help="default: the bundle's max_new_tokens")
-    p.add_argument("--backend", choices=("auto", "genai", "onnxruntime"), default="auto",
-                   help="genai: onnxruntime-genai; onnxruntime: the plain loop over the KV cache; auto: genai where "
-                        "installed")
+    p.add_argument("--backend", choices=("auto", "genai", "onnxruntime", "openvino-genai", "openvino"),
+                   default="auto", help="an onnxruntime-genai folder: genai (onnxruntime-genai) or onnxruntime (the "
+                   "plain loop over the KV cache); an OpenVINO folder: openvino-genai (LLMPipeline) or openvino (the "
+                   "loop over the stateful model); auto: the runtime's own generator where installed")
     p.add_argument("--threads", type=int)
     p.add_argument("--json", action="store_true", help="print one JSON document (prompt, tokens, text)")
     p = sub.add_parser("verify")
