@@ -1,14 +1,17 @@
-"""A causal LM's deploy bundle: an onnxruntime-genai engine folder, the device runner and the generation settings.
+"""A causal LM's deploy bundle: an engine folder, the device runner and the generation settings.
 
 What `compress deploy` and a causal LM's deploy stage ship through the same steps as every other bundle
 (checksums, upload, verify, smoke, bench, atomic switch; deploy/release.py). The artifact is one of the
 build stage's engine folders (default: the report's recommended one), copied whole under `model/`
-(genai_config.json, model.onnx and its .data, tokenizer.json). Its manifest's `generation` settings are
+(genai_config.json, model.onnx and its .data, tokenizer.json; or an OpenVINO IR folder; or, for `--runtime
+tensorrt`, the student's Hugging Face folder and tensorrt_llm.json, from which the device builds a TensorRT-LLM
+engine into the release's `engine/` before checking it). Its manifest's `generation` settings are
 what the device checks itself against before `current` is switched to it (deploy/runner/lm_device.py):
 
 - `prompts`: the token ids of the export stage's held-out prompts, and `max_new_tokens` (default: the
   export's new_tokens, the length build measured its agreement with torch at);
-- `host_tokens`: this machine's greedy tokens for them from the same engine folder (GreedyGenerator);
+- `host_tokens`: this machine's greedy tokens for them from the same engine folder (GreedyGenerator); for a
+  TensorRT-LLM folder, whose engine only the device builds, torch's fp32 tokens recorded by the export stage;
 - `min_agreement`: the share of positions the device's tokens must agree on: 1.0 for an fp32 folder
   (identical tokens), else the deploy section's `min_agreement`, else the build's measured agreement of that
   engine with torch less `agreement_margin`.
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from compress.core.errors import UsageError
@@ -31,7 +35,10 @@ from deploy.runner.ov_generation import open_generator
 
 MODEL_FOLDER = "model"  # where the engine folder lies in the bundle (and the release)
 RUNTIME = "onnxruntime"
-RUNTIMES = ("onnxruntime", "openvino")  # an onnxruntime-genai folder, an OpenVINO IR folder (openvino-genai)
+# an onnxruntime-genai folder, an OpenVINO IR folder (openvino-genai), a Hugging Face folder TensorRT-LLM builds from
+RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
+TENSORRT_SETTINGS = "tensorrt_llm.json"  # compress/stages/lm/tensorrt_llm_prep.py's build settings, beside the weights
+ENGINE_FOLDER = "engine"  # where the device saves the TensorRT-LLM engine it builds, in the release
 
 
 @dataclass
@@ -51,6 +58,12 @@ def engines_of(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return engines if isinstance(engines, dict) else {}
 
 
+def runtime_of(folder: Path) -> str:
+    if (folder / "openvino_model.xml").is_file():
+        return "openvino"
+    return "tensorrt" if (folder / TENSORRT_SETTINGS).is_file() else RUNTIME
+
+
 def candidates(run_dir: Path, record: dict[str, Any]) -> list[Choice]:
     """Every engine folder of the run's build, as a deployable artifact (its files under model/)."""
     found = []
@@ -58,7 +71,7 @@ def candidates(run_dir: Path, record: dict[str, Any]) -> list[Choice]:
         folder = run_dir / engine["folder"]
         files = {f"{MODEL_FOLDER}/{p.relative_to(folder)}": p for p in sorted(folder.rglob("*")) if p.is_file()}
         precision = engine.get("precision") or name.rsplit("-", 1)[-1]
-        runtime = "openvino" if (folder / "openvino_model.xml").is_file() else RUNTIME
+        runtime = runtime_of(folder)
         found.append(Choice(name, name.split("-", 1)[0], runtime, precision, files, f"{MODEL_FOLDER}/model.onnx"))
     return found
 
@@ -67,8 +80,9 @@ def choose(run_dir: Path, record: dict[str, Any], runtime: str | None, artifact:
            default_runtime: str = RUNTIME) -> Choice:
     """`artifact`, else the report's recommended engine folder, else the fp32 one (of `runtime` when given)."""
     if runtime is not None and runtime not in RUNTIMES:
-        raise UsageError(f"--runtime {runtime}: a causal LM ships an onnxruntime-genai folder (--runtime onnxruntime) "
-                         "or an OpenVINO IR folder (--runtime openvino)")
+        raise UsageError(f"--runtime {runtime}: a causal LM ships an onnxruntime-genai folder (--runtime onnxruntime), "
+                         "an OpenVINO IR folder (--runtime openvino) or a folder TensorRT-LLM builds an engine from on "
+                         "the device (--runtime tensorrt)")
     found = candidates(run_dir, record)
     if runtime is not None:
         found = [c for c in found if c.runtime == runtime]
@@ -114,6 +128,18 @@ def host_tokens(folder: Path, prompts: list[list[int]], max_new_tokens: int, whe
         raise UsageError(f"{folder}: {error}") from None
 
 
+def reference_tokens(run_dir: Path, record: dict[str, Any], run_json: Path) -> list[list[int]]:
+    """Torch's fp32 greedy tokens of the student for the export's prompts (what its fp32 folders decode exactly)."""
+    exported = record["stages"]["export"]["outputs"].get("engines", {}).get("student-onnxruntime-fp32") or {}
+    path = run_dir / exported.get("reference", "missing")
+    if not path.is_file():
+        raise UsageError(f"{run_json}: stages.export.engines.student-onnxruntime-fp32.reference: {path} is missing "
+                         "(run the export stage again)")
+    with np.load(path) as saved:
+        count = len([key for key in saved.files if key.startswith("tokens_")])
+        return [[int(t) for t in saved[f"tokens_{i}"]] for i in range(count)]
+
+
 def host_row(run_dir: Path, record: dict[str, Any], name: str) -> dict[str, Any]:
     """What the benchmark stage measured of this engine on the host (perplexity, tokens/s)."""
     results = record["stages"].get("benchmark", {}).get("outputs", {}).get("results")
@@ -131,24 +157,36 @@ def make_bundle(run_dir: Path, choice: Choice, out_root: Path, settings: Generat
     if not prompts:
         raise UsageError(f"{run_json}: stages.export.prompts: no prompts recorded (run the export stage again)")
     folder = run_dir / engines_of(record)[choice.name]["folder"]
-    openvino = (folder / "openvino_model.xml").is_file()
-    if not openvino and not (folder / "genai_config.json").is_file():
-        raise UsageError(f"{folder}: no genai_config.json nor openvino_model.xml (run the build stage again)")
+    runtime = runtime_of(folder)
+    if runtime == RUNTIME and not (folder / "genai_config.json").is_file():
+        raise UsageError(f"{folder}: no genai_config.json, openvino_model.xml nor {TENSORRT_SETTINGS} (run the build "
+                         "stage again)")
     if not (folder / "tokenizer.json").is_file():
         raise UsageError(f"{folder}: no tokenizer.json: the device could not turn prompts into tokens")
     pipeline = yaml.safe_load((run_dir / "pipeline.yaml").read_text()) or {}
     export = (pipeline.get("stages") or {}).get("export") or {}
     max_new_tokens = int(settings.max_new_tokens or export.get("new_tokens") or 16)
     minimum, why = required_agreement(record, choice, settings, run_json)
-    tokens, backend = host_tokens(folder, prompts, max_new_tokens, settings.where)
-    model_file = "openvino_model.xml" if openvino else \
-        read_genai_config(folder)["model"]["decoder"].get("filename", "model.onnx")
+    engine = None
+    if runtime == "tensorrt":  # built on the device: its tokens are held to torch's fp32 ones, the export's
+        recorded = int(export.get("new_tokens") or 16)
+        if max_new_tokens > recorded:
+            raise UsageError(f"{settings.where}.max_new_tokens: {max_new_tokens}: torch's tokens, which the device's are "
+                             f"held to, were recorded for {recorded} (stages.export.new_tokens)")
+        tokens, backend = [t[:max_new_tokens] for t in reference_tokens(run_dir, record, run_json)], "torch"
+        engine = {"builder": "tensorrt_llm", "folder": ENGINE_FOLDER,
+                  "settings": read_json(folder / TENSORRT_SETTINGS)}
+        model_file = "config.json"
+    else:
+        tokens, backend = host_tokens(folder, prompts, max_new_tokens, settings.where)
+        model_file = "openvino_model.xml" if runtime == "openvino" else \
+            read_genai_config(folder)["model"]["decoder"].get("filename", "model.onnx")
     choice.model_file = f"{MODEL_FOLDER}/{model_file}"
     staging = stage_files(out_root, choice, GENERATION_FILES)
     manifest = {
         **manifest_head(choice),
         **({"task": pipeline["task"]} if pipeline.get("task") else {}),
-        "model_file": choice.model_file, "model_folder": MODEL_FOLDER, "engine": None,
+        "model_file": choice.model_file, "model_folder": MODEL_FOLDER, "engine": engine,
         "generation": {"max_new_tokens": max_new_tokens, "prompts": prompts, "host_tokens": tokens,
                        "host_backend": backend, "min_agreement": minimum, "agreement_from": why,
                        "rounds": settings.rounds},

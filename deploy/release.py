@@ -30,7 +30,12 @@ def probe(target: Target, runtime: str, text: bool = False, generation: bool = F
     (`generation`), one with neither `tokenizers` nor onnxruntime-genai, one of which turns prompts into tokens."""
     args = ["--sysroot", target.sysroot] if target.sysroot else []
     info = target.runner("probe", *args, timeout=120)
-    target.check_device(info, runtime)
+    llm_engine = generation and runtime == "tensorrt"  # TensorRT-LLM builds it, not trtexec
+    target.check_device(info, "tensorrt-llm" if llm_engine else runtime)
+    if llm_engine and not info.get("tensorrt_llm"):
+        raise UsageError(f"{target.label}: tensorrt_llm is not installed for {target.python} on the device, so no "
+                         "TensorRT-LLM engine can be built there (JetPack 6: NVIDIA's TensorRT-LLM wheel for Jetson); "
+                         "deploy with --runtime onnxruntime")
     if text and not info.get("tokenizers"):
         raise UsageError(f"{target.label}: tokenizers is not installed for {target.python} on the device (pip install "
                          "tokenizers; \"tokenizers<0.21\" on Python 3.8): it tokenises a text model's raw inputs")
@@ -90,7 +95,8 @@ def ship(target: Target, bundle: Bundle, log: Log, step: StepTimer, token: str, 
         step("verify", lambda: target.runner("verify", remote, "--manifest-sha256", digest))
         engine = None
         if manifest["runtime"] == "tensorrt":
-            log(f"building the TensorRT {manifest['precision']} engine on the device with trtexec")
+            log(f"building the TensorRT {manifest['precision']} engine on the device with "
+                f"{'TensorRT-LLM' if manifest.get('generation') else 'trtexec'}")
             engine = step("build_engine", lambda: target.runner("build-engine", remote, timeout=3600))
         smoke = step("smoke", lambda: target.runner("smoke", remote))
         tokenized = (smoke.get("tokenization") or {}).get("texts")

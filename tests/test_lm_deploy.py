@@ -314,7 +314,8 @@ def test_a_changed_model_file_fails_the_checksum_and_current_stays(lm_run, tmp_p
     ({"targets": ["ftp://host/x"]}, "targets", "unknown target scheme 'ftp'"),
     ({"targets": []}, "targets", "at least 1 item"),
     ({"targets": ["ssh://root$(touch x)@host/p"]}, "targets", "is not a user name"),
-    ({"targets": ["local:/tmp/a"], "runtime": "tensorrt"}, "runtime", "(openvino), not tensorrt"),
+    ({"targets": ["local:/tmp/a"], "runtime": "triton"}, "runtime", "(tensorrt), not triton"),
+    ({"targets": ["local:/tmp/a"], "runtime": "tensorrt"}, "runtime", "stages.build builds no tensorrt engine"),
     ({"targets": ["local:/tmp/a"], "runtime": "openvino"}, "runtime", "stages.build builds no openvino engine"),
     ({"targets": ["local:/tmp/a"], "val_samples": 32}, "val_samples", "not a val sample"),
     ({"targets": ["local:/tmp/a"], "artifact": "student-onnxruntime-int8"}, "artifact", "is not built"),
@@ -334,7 +335,8 @@ def test_a_bad_deploy_section_is_one_line_naming_the_field(tmp_path, capsys, sec
 @pytest.mark.parametrize("args, message", [
     (["--artifact", "student-onnxruntime-int2"], "--artifact: no artifact 'student-onnxruntime-int2'"),
     (["--runtime", "openvino"], "--runtime openvino: the build made no openvino engine"),
-    (["--runtime", "tensorrt"], "--runtime tensorrt: a causal LM ships an onnxruntime-genai folder"),
+    (["--runtime", "tensorrt"], "--runtime tensorrt: the build made no tensorrt engine"),
+    (["--runtime", "triton"], "--runtime triton: a causal LM ships an onnxruntime-genai folder"),
 ])
 def test_compress_deploy_refuses_bad_input_in_one_line(lm_run, tmp_path, capsys, args, message):
     code, run_dir, _, _ = lm_run

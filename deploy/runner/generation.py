@@ -305,6 +305,24 @@ class GreedyGenerator:
         return np.asarray(logits[0], dtype=np.float32)
 
 
+class WholeGenerationGenerator(GreedyGenerator):
+    """A runtime's own generator that decodes one prompt per call and hands its tokens back when it is done
+    (openvino-genai's LLMPipeline, TensorRT-LLM's LLM API): subclasses give `generate` and `token_times`."""
+
+    runtime = "this runtime"
+
+    def stream_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                     eos_id: Optional[int] = None) -> Iterator[np.ndarray]:
+        """The tokens of one prompt after its generation ended (token_times times them)."""
+        if len(prompts) != 1:
+            raise GenerationError(f"{self.runtime} decodes one prompt at a time here")
+        for token in self.generate(prompts[0], max_new_tokens, eos_id):
+            yield np.array([token], dtype=np.int64)
+
+    def prefill_logits(self, prompt_ids: Sequence[int]) -> np.ndarray:
+        raise GenerationError(f"{self.runtime} gives no logits here")
+
+
 # -- timing --------------------------------------------------------------------------------------------
 
 

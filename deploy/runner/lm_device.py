@@ -21,12 +21,13 @@ from __future__ import annotations
 from pathlib import Path
 
 try:  # on the host: the deploy.runner package
-    from . import generation, ov_generation, releases, runner
+    from . import generation, ov_generation, releases, runner, trtllm_device
 except ImportError:  # on the device: loaded by runner.py from the release folder
     import generation
     import ov_generation
     import releases
     import runner
+    import trtllm_device
 
 
 def settings_of(manifest: dict) -> dict:
@@ -50,6 +51,14 @@ def open_generator(release: Path, manifest: dict, threads: int | None = None, ba
     ONNX Runtime loop; an OpenVINO IR folder: openvino-genai's LLMPipeline, else the loop over the stateful model
     (`backend` picks one of them; "auto": the runtime's own generator where installed)."""
     folder = folder_of(release, manifest)
+    if builds_engine(manifest):
+        if backend not in ("auto", "tensorrt-llm"):
+            raise runner.RunnerError(f"--backend {backend}: this release runs a TensorRT-LLM engine; one of auto, "
+                                     "tensorrt-llm")
+        try:
+            return trtllm_device.TensorRTLLMGenerator(release, manifest, threads)
+        except generation.GenerationError as error:
+            raise runner.RunnerError(str(error)) from None
     openvino = (folder / "openvino_model.xml").is_file()
     if not (folder / "genai_config.json").is_file() and not openvino:
         raise runner.RunnerError(f"{folder}: neither genai_config.json nor openvino_model.xml (the release's engine "
@@ -69,9 +78,29 @@ def open_generator(release: Path, manifest: dict, threads: int | None = None, ba
         raise runner.RunnerError(str(error)) from None
 
 
+def builds_engine(manifest: dict) -> bool:
+    """Whether the release's engine is TensorRT-LLM's, built on this device from its Hugging Face folder."""
+    return (manifest.get("engine") or {}).get("builder") == "tensorrt_llm"
+
+
+def build_engine(release: Path) -> dict:
+    """`runner.py build-engine RELEASE` of a causal LM: TensorRT-LLM builds the engine into the release."""
+    manifest = releases.read_manifest(release)
+    if not builds_engine(manifest):
+        raise runner.RunnerError(f"{release}: this release ships its engine built (runtime {manifest.get('runtime')}); "
+                                 "there is none to build here")
+    try:
+        built = trtllm_device.build_engine(release, manifest)
+    except generation.GenerationError as error:
+        raise runner.RunnerError(str(error)) from None
+    runner.log(f"TensorRT-LLM {built['tensorrt_llm']} built the {built['settings'].get('dtype', '?')} engine in "
+               f"{built['seconds']:.1f} s ({built['engine_mb']:.1f} MB)")
+    return built
+
+
 def backend_name(generator) -> str:
-    return {"genai": "onnxruntime-genai", "openvino": "openvino",
-            "openvino-genai": "openvino-genai"}.get(generator.backend, "onnxruntime")
+    return {"genai": "onnxruntime-genai", "openvino": "openvino", "openvino-genai": "openvino-genai",
+            "tensorrt-llm": "tensorrt-llm"}.get(generator.backend, "onnxruntime")
 
 
 def greedy_check(generator, settings: dict) -> dict:
@@ -147,7 +176,7 @@ def bench(release: Path, threads: int | None = None, rounds: int | None = None) 
            "ttft_s": {str(len(prompt)): round(timed["time_to_first_token_s"], 6)},
            "decode_tokens_per_s": {"1": None if decode is None else round(decode, 3)},
            "tokens_per_s": None if tokens_per_s is None else round(tokens_per_s, 3),
-           "total_s": round(timed["total_s"], 6), "size_mb": folder_mb(folder_of(release, manifest)),
+           "total_s": round(timed["total_s"], 6), "size_mb": folder_mb(generator.folder),
            "providers": getattr(generator, "providers", None) or [check["backend"]],
            "agreement_on": f"the greedy tokens of {check['prompts']} prompts",
            "accuracy": {"agreement_with_host": check["agreement"], "identical_prompts": check["identical_prompts"],

@@ -19,10 +19,10 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 try:  # a package on the host, flat files in a release on the device
-    from .generation import GenerationError, GreedyGenerator, _eos_ids
+    from .generation import GenerationError, GreedyGenerator, WholeGenerationGenerator, _eos_ids
     from .sessions import openvino_core
 except ImportError:
-    from generation import GenerationError, GreedyGenerator, _eos_ids
+    from generation import GenerationError, GreedyGenerator, WholeGenerationGenerator, _eos_ids
     from sessions import openvino_core
 
 
@@ -84,7 +84,7 @@ def read_folder_settings(generator: GreedyGenerator, folder, threads: Optional[i
     generator.model_path = generator.folder / "openvino_model.xml"
 
 
-class OpenVINOGenAIGenerator(GreedyGenerator):
+class OpenVINOGenAIGenerator(WholeGenerationGenerator):
     """Greedy decoding of the folder by openvino-genai's LLMPipeline, what a user of the folder runs on a device.
 
     Asked for SDPA attention and f32: the stateful model as OpenVINOGenerator runs it, so an fp32 folder gives the
@@ -94,6 +94,8 @@ class OpenVINOGenAIGenerator(GreedyGenerator):
     stop would leave it out). One prompt per call; no logits (prefill_logits is OpenVINOGenerator's).
     Runs in the device's runner process only: the host keeps openvino-genai in child processes.
     """
+
+    runtime = "openvino-genai's LLMPipeline"
 
     def __init__(self, folder, backend: str = "openvino-genai", threads: Optional[int] = None):
         read_folder_settings(self, folder, threads)
@@ -138,16 +140,6 @@ class OpenVINOGenAIGenerator(GreedyGenerator):
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, eos_id: Optional[int] = None) -> List[int]:
         return self.token_times(prompt_ids, max_new_tokens, eos_id)[0]
 
-    def stream_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                     eos_id: Optional[int] = None) -> Iterator[np.ndarray]:
-        """The tokens of one prompt after its generation ended (time them with token_times)."""
-        if len(prompts) != 1:
-            raise GenerationError("the openvino-genai backend decodes one prompt at a time here")
-        for token in self.generate(prompts[0], max_new_tokens, eos_id):
-            yield np.array([token], dtype=np.int64)
-
-    def prefill_logits(self, prompt_ids: Sequence[int]) -> np.ndarray:
-        raise GenerationError("openvino-genai's LLMPipeline gives no logits: use the openvino backend")
 
 
 def _token_recorder(openvino_genai, stops: frozenset):

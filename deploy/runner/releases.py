@@ -76,6 +76,9 @@ def verify(release: Path, manifest_sha256: str | None = None) -> dict:
             raise ReleaseError(f"checksum mismatch: {name} (sha256 {actual[:12]}, manifest {digest[:12]})")
     present = {str(p.relative_to(release)) for p in release.rglob("*") if p.is_file()}
     extra = sorted(present - set(expected) - {MANIFEST} - set(DEVICE_FILES))
+    engine = manifest.get("engine") or {}
+    if engine.get("builder") == "tensorrt_llm":  # the folder TensorRT-LLM saves its engine to, on the device
+        extra = [name for name in extra if not name.startswith(engine["folder"].rstrip("/") + "/")]
     if extra:
         raise ReleaseError(f"checksum: unexpected file {extra[0]}")
     return {"verified": len(expected)}

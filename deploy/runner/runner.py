@@ -208,6 +208,15 @@ def module_version(name: str) -> str | None:
         return None
 
 
+def distribution_version(name: str) -> str | None:
+    """An installed package's version from its metadata, without importing it."""
+    try:
+        from importlib import metadata
+        return metadata.version(name)
+    except Exception:  # not installed (PackageNotFoundError), or metadata unreadable
+        return None
+
+
 def probe(sysroot: str | None, tools: str | None) -> dict:
     root = Path(sysroot or "/").expanduser()
     l4t = parse_l4t(read_text(root / "etc" / "nv_tegra_release"))
@@ -223,6 +232,7 @@ def probe(sysroot: str | None, tools: str | None) -> dict:
         "openvino": module_version("openvino"),
         "tokenizers": module_version("tokenizers"),
         "onnxruntime_genai": module_version("onnxruntime_genai"),
+        "tensorrt_llm": distribution_version("tensorrt_llm"),  # not imported: it starts CUDA and torch
         "tensorrt": trt,
         "tensorrt_source": trt_source,
         "jetson": l4t is not None,
@@ -267,10 +277,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("release")
     p.add_argument("prompt")
     p.add_argument("--max-new-tokens", type=int, help="default: the bundle's max_new_tokens")
-    p.add_argument("--backend", choices=("auto", "genai", "onnxruntime", "openvino-genai", "openvino"),
+    p.add_argument("--backend", choices=("auto", "genai", "onnxruntime", "openvino-genai", "openvino", "tensorrt-llm"),
                    default="auto", help="an onnxruntime-genai folder: genai (onnxruntime-genai) or onnxruntime (the "
                    "plain loop over the KV cache); an OpenVINO folder: openvino-genai (LLMPipeline) or openvino (the "
-                   "loop over the stateful model); auto: the runtime's own generator where installed")
+                   "loop over the stateful model); a TensorRT-LLM release: tensorrt-llm; auto: the runtime's own generator "
+                   "where installed")
     p.add_argument("--threads", type=int)
     p.add_argument("--json", action="store_true", help="print one JSON document (prompt, tokens, text)")
     p = sub.add_parser("verify")
@@ -326,9 +337,11 @@ def dispatch(args: argparse.Namespace) -> dict | list:
         return release_module(release, "lm_device").generate(release, args.prompt, args.max_new_tokens,
                                                               args.threads, args.backend)
     if generates_text(release):
-        if command in ("infer", "build-engine"):
+        if command == "infer":
             raise RunnerError(f"{release}: this release generates text: python3 runner.py generate RELEASE \"PROMPT\"")
         lm_device = release_module(release, "lm_device")
+        if command == "build-engine":
+            return lm_device.build_engine(release)
         if command == "smoke":
             return lm_device.smoke(release)
         return lm_device.bench(release, args.threads, args.rounds)

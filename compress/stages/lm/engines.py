@@ -24,6 +24,7 @@ from compress.core.errors import StageFailed
 from compress.stages.contract import Stage, StageContext
 
 PRECISIONS = ("fp32", "int8", "int4")
+TENSORRT_PRECISIONS = ("fp16",)  # TensorRT-LLM's engine, built on the device from the student's folder
 
 
 class LMExportConfig(Strict):
@@ -37,7 +38,7 @@ class LMBuildConfig(Strict):
     targets: list[str] = Field(["onnxruntime:fp32", "onnxruntime:int4"],
                                description="onnxruntime:fp32|int8|int4 (onnxruntime-genai, weight-only MatMulNBits), "
                                            "openvino:fp32|int8|int4 (stateful IR, NNCF weight compression, "
-                                           "openvino-genai)")
+                                           "openvino-genai), tensorrt:fp16 (TensorRT-LLM, built on the device)")
     block_size: Literal[16, 32, 64, 128, 256] = Field(32, description="int4/int8: weights per quantization block "
                                                                       "(openvino int4: the group size)")
     quantize_embeddings: bool = Field(True, description="int4/int8: the token embedding table too, not only MatMuls")
@@ -47,9 +48,11 @@ class LMBuildConfig(Strict):
     def _known(cls, targets: list[str]) -> list[str]:
         for target in targets:
             backend, _, precision = target.partition(":")
+            if backend == "tensorrt" and precision in TENSORRT_PRECISIONS:
+                continue
             if backend not in ("onnxruntime", "openvino") or precision not in PRECISIONS:
-                raise ValueError(f"unknown target '{target}'; causal LMs: onnxruntime:{'|'.join(PRECISIONS)} or "
-                                 f"openvino:{'|'.join(PRECISIONS)}")
+                raise ValueError(f"unknown target '{target}'; causal LMs: onnxruntime:{'|'.join(PRECISIONS)}, "
+                                 f"openvino:{'|'.join(PRECISIONS)} or tensorrt:{'|'.join(TENSORRT_PRECISIONS)}")
         return targets
 
 
@@ -265,6 +268,9 @@ class LMBuildStage(Stage):
             if backend == "onnxruntime" and precision == "fp32":
                 built[name] = dict(export["engines"][name], precision=precision)
                 continue
+            if backend == "tensorrt":
+                built[name] = self.tensorrt_folder(ctx, hf_folder, ctx.stage_dir / name, prompts, tokens, new_tokens)
+                continue
             out = ctx.stage_dir / name
             parity = compare(out, prompts, logits, tokens, new_tokens)
             if backend == "openvino":
@@ -282,6 +288,19 @@ class LMBuildStage(Stage):
             built[name] = {"folder": ctx.relative(out), "parity": parity, "size_mb": folder_mb(out),
                            "precision": precision}
         return {"engines": built}
+
+    @staticmethod
+    def tensorrt_folder(ctx: StageContext, hf_folder: Path, out: Path, prompts, tokens, new_tokens: int) -> dict:
+        """The folder a device builds its TensorRT-LLM engine from; its float16 agreement measured here."""
+        from compress.stages.lm.tensorrt_llm_prep import prepare_folder
+        from compress.tasks.causal_lm.models import load_lm, positions_of
+
+        made = prepare_folder(hf_folder, out, prompts, tokens, new_tokens, positions_of(load_lm(hf_folder)))
+        parity = made["parity"]
+        ctx.log(f"{out.name}: built on the device by TensorRT-LLM ({made['settings']['architecture']}, float16); "
+                f"torch float16 here decodes the fp32 greedy tokens on {parity['token_agreement']:.0%} of positions")
+        return {"folder": ctx.relative(out), "parity": parity, "size_mb": folder_mb(out), "precision": "fp16",
+                "built_on": "device", "tensorrt_llm": made["settings"]}
 
     def key_material(self, pipeline: PipelineConfig) -> dict[str, Any]:
         return {"export": pipeline.stages["export"].model_dump()} if "export" in pipeline.stages else {}

@@ -47,8 +47,9 @@ class LMDeployConfig(DeployConfig):
             return "val_samples", ("a causal LM's bundle ships its greedy prompts and the host's tokens, not a val "
                                    "sample: remove it")
         if self.runtime is not None and self.runtime not in lm_bundle.RUNTIMES:
-            return "runtime", (f"a causal LM ships an onnxruntime-genai folder (onnxruntime) or an OpenVINO IR folder "
-                               f"(openvino), not {self.runtime}")
+            return "runtime", (f"a causal LM ships an onnxruntime-genai folder (onnxruntime), an OpenVINO IR folder "
+                               f"(openvino) or a folder TensorRT-LLM builds from on the device (tensorrt), not "
+                               f"{self.runtime}")
         if "build" not in pipeline.stages:
             return "targets", "nothing to deploy: add stages.build (it builds the engine folders a deploy ships)"
         built = [f"student-{t.replace(':', '-')}" for t in pipeline.stages["build"].targets]

@@ -129,8 +129,9 @@ def device_lines(devices: list[dict], report: dict[str, Any]) -> list[str]:
 
     return device_section(
         devices, "Measured by the device's runner after each deploy: the shipped prompts decoded greedily and compared "
-                 "with this machine's tokens from the same engine folder (before `current` was switched), then batch-1 "
-                 "generation timed as here.",
+                 "with this machine's tokens from the same engine folder (a TensorRT-LLM engine, which only the device "
+                 "builds, with torch's fp32 tokens) before `current` was switched, then batch-1 generation timed as "
+                 "here.",
         ["| artifact | runtime | decode tok/s b1 | device / this machine | first token ms | greedy agreement with "
          "this machine | required |", "|---|---|---|---|---|---|---|"], row_lines)
 
@@ -146,6 +147,23 @@ def torch_results(ctx: StageContext) -> dict[str, Any]:
     blocks = teacher["corpus"]["splits"][teacher["split"]]["blocks"]
     return {"rows": rows, "env": environment(None), "split": teacher["split"], "eval_blocks": blocks,
             "block_size": teacher["corpus"]["block_size"], "new_tokens": 0}
+
+
+def device_built_lines(ctx: StageContext) -> list[str]:
+    """Engines built on the device (TensorRT-LLM): what was checked here; their numbers come with the deploy."""
+    built = {name: e for name, e in (ctx.outputs.get("build", {}).get("engines") or {}).items()
+             if e.get("built_on") == "device"}
+    if not built:
+        return []
+    lines = ["## Built on the device", ""]
+    for name, engine in built.items():
+        settings, parity = engine.get("tensorrt_llm") or {}, engine.get("parity") or {}
+        lines.append(f"- {name}: TensorRT-LLM {settings.get('dtype', '?')} engine of the {settings.get('architecture', '?')}"
+                     f" student (batch {settings.get('max_batch_size', '?')}, up to {settings.get('max_seq_len', '?')} "
+                     f"tokens), built by the device from the {engine.get('size_mb', 0):.1f} MB folder; here torch in "
+                     f"float16 decodes the fp32 greedy tokens on {parity.get('token_agreement', float('nan')):.0%} of "
+                     f"positions. Deploy it with --runtime tensorrt: the device builds, checks and times it.")
+    return lines + [""]
 
 
 class LMReportStage(Stage):
@@ -175,7 +193,7 @@ class LMReportStage(Stage):
         lines += ["## Models and engines", ""] + model_table(rows) + [""]
         lines += ["Agreement: share of positions where the artifact's next token equals the teacher's. Engines' "
                   "perplexity comes from their own prefill logits, int4 included.", ""]
-        lines += prune_lines(ctx) + kd
+        lines += device_built_lines(ctx) + prune_lines(ctx) + kd
         quant = [(r, by_name.get(r["artifact"].rsplit("-", 1)[0] + "-fp32") or by_name.get("student-onnxruntime-fp32"))
                  for r in rows if r["role"] == "distill" and r["precision"] in ("int8", "int4")]
         quant = [(r, fp32) for r, fp32 in quant if fp32]

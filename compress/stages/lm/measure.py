@@ -154,6 +154,9 @@ class LMBenchmarkStage(Stage):
                              "params": ctx.outputs[role]["params"]})
         engines = dict(ctx.outputs.get("export", {}).get("engines", {}))
         engines.update(ctx.outputs.get("build", {}).get("engines", {}))
+        for name in [name for name, engine in engines.items() if engine.get("built_on") == "device"]:
+            ctx.log(f"{name}: built and measured on the device (deploy with --runtime tensorrt)")
+            engines.pop(name)
         prompt_source = np.concatenate([blocks[i].numpy() for i in range(min(len(blocks), 4))]).tolist()
         context = 4 * ctx.outputs["teacher"]["corpus"]["block_size"]
         for name, engine in engines.items():
