@@ -78,7 +78,8 @@ def candidates(run_dir: Path, record: dict[str, Any]) -> list[Choice]:
 
 def choose(run_dir: Path, record: dict[str, Any], runtime: str | None, artifact: str | None,
            default_runtime: str = RUNTIME) -> Choice:
-    """`artifact`, else the report's recommended engine folder, else the fp32 one (of `runtime` when given)."""
+    """`artifact`, else the report's recommended engine folder, else the fp32 one (of `runtime` when given; on a
+    target whose default runtime is TensorRT, a jetson:, the TensorRT-LLM folder where the build made one)."""
     if runtime is not None and runtime not in RUNTIMES:
         raise UsageError(f"--runtime {runtime}: a causal LM ships an onnxruntime-genai folder (--runtime onnxruntime), "
                          "an OpenVINO IR folder (--runtime openvino) or a folder TensorRT-LLM builds an engine from on "
@@ -96,6 +97,8 @@ def choose(run_dir: Path, record: dict[str, Any], runtime: str | None, artifact:
         return match[0]
     if not found:
         raise UsageError(f"{run_dir / 'run.json'}: stages.build: no engine folder recorded (run the build stage)")
+    if runtime is None and default_runtime == "tensorrt":  # a jetson: target, as for every task: TensorRT where built
+        found = [c for c in found if c.runtime == "tensorrt"] or found
     recommended = record["stages"].get("report", {}).get("outputs", {}).get("recommended")
     preferred = [c for c in found if c.name == recommended] or [c for c in found if c.precision == "fp32"]
     return (preferred or found)[0]

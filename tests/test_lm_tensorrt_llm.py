@@ -107,6 +107,17 @@ def test_the_device_builds_checks_and_times_the_engine(trt_run, tmp_path, capsys
                                                  "auto, tensorrt-llm")
 
 
+def test_a_jetson_target_gets_the_tensorrt_llm_folder_where_one_was_built(trt_run, lm_run):
+    from deploy import lm_bundle
+
+    record = read_json(trt_run / "run.json")
+    assert lm_bundle.choose(trt_run, record, None, None, "tensorrt").name == NAME
+    assert lm_bundle.choose(trt_run, record, None, None, "onnxruntime").runtime == "onnxruntime"
+    _, plain_run, _, _ = lm_run  # no TensorRT-LLM folder: a Jetson gets the recommended one
+    plain = read_json(plain_run / "run.json")
+    assert lm_bundle.choose(plain_run, plain, None, None, "tensorrt").runtime == "onnxruntime"
+
+
 def test_a_device_without_tensorrt_llm_is_refused_and_nothing_changes(trt_run, tmp_path, capsys):
     device = tmp_path / "device"
     assert main(["deploy", str(trt_run), "--target", f"local:{device}", "--artifact",

@@ -90,10 +90,12 @@ def build_engine(release: Path, manifest: dict) -> dict:
 
 
 def shutdown(llm) -> None:
-    """Free the engine and its executor now (the LLM API starts worker processes), not at interpreter exit."""
-    close = getattr(llm, "shutdown", None)
-    if close is not None:
-        close()
+    """Free the engine and its executor now (the LLM API starts worker processes), not at interpreter exit:
+    `shutdown()` in current releases, the context manager's exit in 0.12's."""
+    if hasattr(llm, "shutdown"):
+        llm.shutdown()
+    elif hasattr(llm, "__exit__"):
+        llm.__exit__(None, None, None)
 
 
 class TensorRTLLMGenerator(WholeGenerationGenerator):
