@@ -19,7 +19,10 @@
   decode tokens/s >= 1.8x the teacher's; int4 >= 1.5x its fp32; int4 size <= 0.3x fp32; the harness within
   10% of each runtime's own loop.
 
-    python benchmarks/causal_lm.py [--part kd|speed|all] [--seeds 3] [--threads 2] [--work DIR]
+- depth: the same target where the output projection stops dominating a token's reads: a TinyLlama-1.1B-shaped
+  teacher and its half-depth student (fp32, onnxruntime-genai), beside the bound the weights read per token set.
+
+    python benchmarks/causal_lm.py [--part kd|speed|depth|all] [--seeds 3] [--threads 2] [--work DIR]
     python benchmarks/causal_lm.py --smoke    # tiny models, one seed, both parts: about a minute
 """
 
@@ -115,7 +118,7 @@ def speed_part(threads: int, smoke: bool, work: Path) -> list[str]:
 
     from compress.stages.lm.engines import build_folders, folder_mb
     from compress.stages.lm.openvino_lm import export_openvino
-    from compress.tasks.causal_lm.corpus import save_hf_tokenizer, train_tokenizer
+    from compress.tasks.causal_lm.corpus import save_hf_tokenizer
     from deploy.runner.generation import GreedyGenerator, time_generation
     from deploy.runner.ov_generation import open_generator
 
@@ -123,11 +126,7 @@ def speed_part(threads: int, smoke: bool, work: Path) -> list[str]:
                  vocab_size=512) if smoke else \
         dict(hidden_size=768, intermediate_size=2048, num_attention_heads=12, num_key_value_heads=4, vocab_size=32000)
     teacher_layers = 2 if smoke else 12
-    import sysconfig
-
-    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:40]
-    tokenizer = train_tokenizer((f.read_text(errors="replace") for f in files), min(sizes["vocab_size"], 8000))
-    save_hf_tokenizer(tokenizer, work / "tokenizer")
+    save_hf_tokenizer(stdlib_tokenizer(min(sizes["vocab_size"], 8000)), work / "tokenizer")
     folders = {}
     for name, layers in (("teacher", teacher_layers), ("student", teacher_layers // 2)):
         torch.manual_seed(0)
@@ -183,6 +182,88 @@ def speed_part(threads: int, smoke: bool, work: Path) -> list[str]:
                      f"int4 / fp32 {q['harness'] / s['harness']:.2f}x (target >= 1.5x); int4 size "
                      f"{q['size_mb'] / s['size_mb']:.2f}x fp32 (target <= 0.3x)")
     return table
+
+
+def depth_part(threads: int, smoke: bool, work: Path) -> list[str]:
+    """Student / teacher decode tokens/s where the output projection no longer dominates what a token reads: a
+    teacher shaped like TinyLlama-1.1B (22 layers of hidden 2048, 32 query and 4 key-value heads, intermediate
+    5632, vocabulary 32000; random weights) and its student of 11 layers, fp32 onnxruntime-genai and OpenVINO
+    folders, timed by the harness in alternate rounds on each runtime. Beside it the bound memory traffic sets:
+    the weights a token reads (every matrix but the embedding table, which is gathered), teacher over student."""
+    import torch
+    import transformers
+
+    from compress.stages.lm.engines import build_folders, folder_mb
+    from compress.stages.lm.openvino_lm import export_openvino
+    from compress.tasks.causal_lm.corpus import save_hf_tokenizer
+    from deploy.runner.generation import GreedyGenerator, time_generation
+    from deploy.runner.ov_generation import OpenVINOGenerator
+
+    sizes = dict(hidden_size=64, intermediate_size=176, num_attention_heads=4, num_key_value_heads=2,
+                 vocab_size=512) if smoke else \
+        dict(hidden_size=2048, intermediate_size=5632, num_attention_heads=32, num_key_value_heads=4, vocab_size=32000)
+    teacher_layers = 4 if smoke else 22
+    tokenizer = work / "tokenizer"
+    if not tokenizer.is_dir():
+        save_hf_tokenizer(stdlib_tokenizer(min(sizes["vocab_size"], 8000)), tokenizer)
+    found = {}
+    for name, layers in (("teacher", teacher_layers), ("student", teacher_layers // 2)):
+        out = work / f"{name}-fp32"
+        if not (out / "genai_config.json").is_file():
+            torch.manual_seed(0)
+            config = transformers.LlamaConfig(num_hidden_layers=layers, max_position_embeddings=2048, bos_token_id=0,
+                                              eos_token_id=0, tie_word_embeddings=False, **sizes)
+            model = transformers.LlamaForCausalLM(config)
+            model.save_pretrained(work / f"{name}-hf")
+            del model
+        for f in tokenizer.iterdir():
+            (work / f"{name}-hf" / f.name).write_bytes(f.read_bytes())
+        if not (out / "genai_config.json").is_file():
+            build_folders([(work / f"{name}-hf", out, "fp32")])
+        if not (work / f"{name}-openvino-fp32" / "openvino_model.xml").is_file():
+            export_openvino(work / f"{name}-hf", {"fp32": work / f"{name}-openvino-fp32"}, group_size=32)
+        params = transformers.AutoConfig.from_pretrained(work / f"{name}-hf")
+        embedding = params.vocab_size * params.hidden_size
+        with torch.device("meta"):
+            total = sum(p.numel() for p in transformers.LlamaForCausalLM(params).parameters())
+        found[name] = {"params": total, "read": total - embedding, "layers": layers}
+    prompt = list(range(1, 33))
+    new_tokens = 8 if smoke else 64
+    rounds = 1 if smoke else 9
+    lines = ["| model | runtime | layers | params | weights read per token | size MB | decode tok/s (median) |",
+             "|---|---|---|---|---|---|---|"]
+    summary = []
+    for runtime, suffix in (("onnxruntime-genai", "fp32"), ("openvino", "openvino-fp32")):
+        folders = {name: work / f"{name}-{suffix}" for name in found}
+        generators = {name: OpenVINOGenerator(str(folder), threads=threads) if runtime == "openvino" else
+                      GreedyGenerator(str(folder), backend="genai", threads=threads) for name, folder in folders.items()}
+        rates = {name: [] for name in found}
+        for generator in generators.values():
+            generator.eos_ids = ()  # random weights: every round makes all its tokens
+            time_generation(generator, prompt, new_tokens, rounds=1, warmup=0)
+        for _ in range(rounds):
+            for name, generator in generators.items():
+                rates[name].append(time_generation(generator, prompt, new_tokens, rounds=1, warmup=0)["decode_tokens_per_s"])
+        del generators
+        ratios = [s / t for s, t in zip(rates["student"], rates["teacher"])]
+        for name, r in found.items():
+            lines.append(f"| {name} | {runtime} | {r['layers']} | {r['params'] / 1e6:.1f}M | {r['read'] / 1e6:.1f}M | "
+                         f"{folder_mb(folders[name]):.1f} | {statistics.median(rates[name]):.2f} |")
+        summary.append(f"{runtime}, TinyLlama-1.1B-shaped pair: student / teacher decode tokens/s "
+                       f"{statistics.median(ratios):.2f}x (paired rounds {min(ratios):.2f}-{max(ratios):.2f}; target >= "
+                       f"1.8x; the weights-read bound {found['teacher']['read'] / found['student']['read']:.2f}x)")
+    return lines + [""] + summary
+
+
+def stdlib_tokenizer(vocab_size: int):
+    """A byte-level BPE trained on 40 of the standard library's modules: what the folders' tokenizers are made of
+    (random weights need no better one; openvino-tokenizers converts it)."""
+    import sysconfig
+
+    from compress.tasks.causal_lm.corpus import train_tokenizer
+
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:40]
+    return train_tokenizer((f.read_text(errors="replace") for f in files), vocab_size)
 
 
 def paired_rounds(harness_round, own_round, rounds: int) -> dict:
@@ -245,7 +326,7 @@ def genai_round(folder: Path, prompt: list[int], new_tokens: int, threads: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["kd", "speed", "all"], default="all")
+    parser.add_argument("--part", choices=["kd", "speed", "depth", "all"], default="all")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--smoke", action="store_true")
@@ -264,6 +345,9 @@ def main() -> None:
         if args.part in ("speed", "all"):
             (work / "speed").mkdir(exist_ok=True)
             print("\n".join(speed_part(args.threads, args.smoke, work / "speed")))
+        if args.part in ("depth", "all"):
+            (work / "depth").mkdir(exist_ok=True)
+            print("\n".join(depth_part(args.threads, args.smoke, work / "depth")))
 
 
 if __name__ == "__main__":
