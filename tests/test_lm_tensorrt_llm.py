@@ -130,6 +130,34 @@ def test_a_device_without_tensorrt_llm_is_refused_and_nothing_changes(trt_run, t
     assert current_release(device) == before
 
 
+BUILD_ON_THE_DEVICE = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, "deploy/runner")  # flat modules, as in a release on the device
+import generation, trtllm_device
+try:
+    trtllm_device.build_engine(Path(sys.argv[1]), json.loads(sys.argv[2]))
+except generation.GenerationError as error:
+    print(error)
+"""
+
+
+def test_an_engine_tensorrt_llm_fails_to_build_is_one_line(trt_run, tmp_path):
+    """Whatever the LLM API raises while building (here: a dtype the stand-in refuses) becomes one line naming
+    the folder, which the runner prints as its error."""
+    folder = trt_run / read_json(trt_run / "run.json")["stages"]["build"]["outputs"]["engines"][NAME]["folder"]
+    release = tmp_path / "release"
+    shutil.copytree(folder, release / "model")
+    manifest = {"model_folder": "model", "engine": {"builder": "tensorrt_llm", "folder": "engine",
+                                                    "settings": {"dtype": "bfloat16", "max_seq_len": 64}}}
+    done = subprocess.run([device_python(tmp_path), "-c", BUILD_ON_THE_DEVICE, str(release), json.dumps(manifest)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == (f"TensorRT-LLM 0.12.0 could not build the engine of {release / 'model'}: this "
+                                   "stand-in builds float16 engines, not bfloat16")
+    assert not (release / "engine").exists()
+
+
 def test_an_architecture_tensorrt_llm_does_not_build_is_one_line(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"]}))
     with pytest.raises(StageFailed) as error:

@@ -75,18 +75,27 @@ def build_engine(release: Path, manifest: dict) -> dict:
         if key in settings:
             setattr(config, key, int(settings[key]))
     started = time.perf_counter()
-    llm = llm_class(model=str(folder), tokenizer=str(folder), dtype=settings.get("dtype", "float16"),
-                    build_config=config)
     try:
-        llm.save(str(out))
-    finally:
-        shutdown(llm)
+        llm = llm_class(model=str(folder), tokenizer=str(folder), dtype=settings.get("dtype", "float16"),
+                        build_config=config)
+        try:
+            llm.save(str(out))
+        finally:
+            shutdown(llm)
+    except Exception as error:  # TensorRT-LLM raises its own types, and CUDA's, one per failure kind
+        raise GenerationError(f"TensorRT-LLM {version} could not build the engine of {folder}: {first_line(error)}") \
+            from None
     seconds = round(time.perf_counter() - started, 3)
     if not out.is_dir() or not any(out.iterdir()):
         raise GenerationError(f"TensorRT-LLM {version} saved no engine into {out}")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {"seconds": seconds, "builder": "tensorrt_llm", "tensorrt_llm": version, "engine_mb": round(size / 1e6, 4),
             "settings": settings}
+
+
+def first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def shutdown(llm) -> None:
@@ -122,7 +131,11 @@ class TensorRTLLMGenerator(WholeGenerationGenerator):
         if not self.folder.is_dir():
             raise GenerationError(f"{self.folder}: no TensorRT-LLM engine (python3 runner.py build-engine RELEASE)")
         llm_class, _, self._sampling, self.version = llm_api()
-        self._llm = llm_class(model=str(self.folder), tokenizer=str(config_file.parent))
+        try:
+            self._llm = llm_class(model=str(self.folder), tokenizer=str(config_file.parent))
+        except Exception as error:  # an engine built by another TensorRT-LLM or for another GPU, among others
+            raise GenerationError(f"TensorRT-LLM {self.version} cannot load the engine in {self.folder}: "
+                                  f"{first_line(error)}") from None
         self.providers = [f"TensorRT-LLM {self.version}"]
 
     def _once(self, prompt: List[int], max_new_tokens: int, end_id: Optional[int]) -> List[int]:
