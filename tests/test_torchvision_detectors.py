@@ -254,7 +254,11 @@ def cross_family_config(det_data, folder, **changes) -> dict:
         "teacher.model": "own_detectors:retinanet_resnet18", "teacher.kwargs": {"channels": 32},
         "student.model": "torchvision:ssdlite320_mobilenet_v3_large", "student.kwargs": {},
         "stages.build.targets": ["onnxruntime:fp32", "openvino:fp32"],
-        "stages.benchmark.memory": False})
+        "stages.benchmark.memory": False,
+        # A one-epoch SSDlite predicts boxes of one size, label and score at anchors a stride apart: torch and the
+        # engines keep different ones of such ties (on an AVX2 EPYC one box of 100, the same box 16 px away in the
+        # engines, scores within 3e-8), so fp32 agreement is 0.990 there and the floor here 0.98, not 0.999.
+        "gates.min_engine_agreement": {"int8": 0.3, "fp32": 0.98}})
     config["stages"]["build"].pop("accuracy_control")
     (folder / "own_detectors.py").write_text((EXAMPLES / "own_detectors.py").read_text())
     return changed(config, changes)
