@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import importlib
 import json
-from pathlib import Path
 import time
+from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -141,7 +141,6 @@ class OpenVINOGenAIGenerator(WholeGenerationGenerator):
         return self.token_times(prompt_ids, max_new_tokens, eos_id)[0]
 
 
-
 def _token_recorder(openvino_genai, stops: frozenset):
     """A streamer (openvino_genai.StreamerBase) keeping each new token id and its arrival time, stopping the
     generation after a stop id. `write` is the current API (an id or a list of ids; StreamingStatus), `put` the
@@ -150,7 +149,7 @@ def _token_recorder(openvino_genai, stops: frozenset):
     class TokenRecorder(openvino_genai.StreamerBase):
         def __init__(self):
             super().__init__()
-            self.tokens, self.times = [], []  # type: Tuple[List[int], List[float]]
+            self.tokens, self.times = [], []
             self.stopped = False
 
         def _take(self, token) -> bool:
