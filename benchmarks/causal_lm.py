@@ -119,7 +119,8 @@ def speed_part(threads: int, smoke: bool, work: Path) -> list[str]:
     from compress.stages.lm.engines import build_folders, folder_mb
     from compress.stages.lm.openvino_lm import export_openvino
     from compress.tasks.causal_lm.corpus import save_hf_tokenizer
-    from deploy.runner.generation import GreedyGenerator, time_generation
+    from deploy.runner.decode_timing import time_generation
+    from deploy.runner.generation import GreedyGenerator
     from deploy.runner.ov_generation import open_generator
 
     sizes = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
@@ -196,7 +197,8 @@ def depth_part(threads: int, smoke: bool, work: Path) -> list[str]:
     from compress.stages.lm.engines import build_folders, folder_mb
     from compress.stages.lm.openvino_lm import export_openvino
     from compress.tasks.causal_lm.corpus import save_hf_tokenizer
-    from deploy.runner.generation import GreedyGenerator, time_generation
+    from deploy.runner.decode_timing import time_generation
+    from deploy.runner.generation import GreedyGenerator
     from deploy.runner.ov_generation import OpenVINOGenerator
 
     sizes = dict(hidden_size=64, intermediate_size=176, num_attention_heads=4, num_key_value_heads=2,

@@ -23,7 +23,8 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 from deploy.runner import generation  # noqa: E402
-from deploy.runner.generation import GreedyGenerator, load_tokenizer, time_batch, time_generation  # noqa: E402
+from deploy.runner.decode_timing import time_batch, time_generation  # noqa: E402
+from deploy.runner.generation import GreedyGenerator, load_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("genai", "onnxruntime")

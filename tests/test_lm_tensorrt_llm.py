@@ -23,7 +23,8 @@ pytest.importorskip("onnxruntime_genai")
 from compress.cli import main  # noqa: E402
 from compress.core.errors import StageFailed  # noqa: E402
 from compress.core.fileio import read_json  # noqa: E402
-from compress.stages.lm.tensorrt_llm_prep import agreement, architecture_of  # noqa: E402
+from compress.stages.lm.tensorrt_llm_prep import architecture_of  # noqa: E402
+from deploy.runner.generation import greedy_agreement  # noqa: E402
 from deploy.runner.trtllm_device import greedy_params  # noqa: E402
 from deploy.targets import parse_target  # noqa: E402
 from test_deploy import current_release  # noqa: E402
@@ -193,7 +194,8 @@ def test_greedy_params_use_the_releases_spelling_of_the_length():
     assert greedy_params(Jetson, 8, None) == Jetson(max_new_tokens=8, end_id=-1, top_k=1)
 
 
-def test_float16_agreement_counts_missing_positions_as_disagreeing():
-    found = agreement([[1, 2, 3], [4, 5]], [[1, 2, 9], [4, 5, 6]])
-    assert found["token_agreement"] == pytest.approx(4 / 6) and found["identical_prompts"] == 0
-    assert agreement([[1, 2]], [[1, 2]])["identical_prompts"] == 1
+def test_greedy_agreement_counts_missing_positions_as_disagreeing():
+    found = greedy_agreement([[1, 2, 3], [4, 5]], [[1, 2, 9], [4, 5, 6]])
+    assert found["agreement"] == pytest.approx(4 / 6) and found["identical_prompts"] == 0
+    assert found["positions"] == 6 and found["prompts"] == 2
+    assert greedy_agreement([[1, 2]], [[1, 2]])["identical_prompts"] == 1

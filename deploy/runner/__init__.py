@@ -16,9 +16,9 @@ RUNNER_PATH = RUNNER_DIR / "runner.py"
 RUNNER_FILES = ("runner.py", "releases.py", "sessions.py", "harness.py", "preprocess.py", "inference.py",
                 "device_bench.py")
 # Shipped with a causal LM's bundle only, beside RUNNER_FILES (a classifier's bundle keeps its files): greedy
-# generation over the KV cache (an OpenVINO folder's in ov_generation.py, a TensorRT-LLM engine's build and
+# generation over the KV cache and its timing (decode_timing.py; an OpenVINO folder's in ov_generation.py, a TensorRT-LLM engine's build and
 # decoding in trtllm_device.py), and the device's check, timing and `generate` command of a generating release.
-GENERATION_FILES = ("generation.py", "ov_generation.py", "trtllm_device.py", "lm_device.py")
+GENERATION_FILES = ("generation.py", "decode_timing.py", "ov_generation.py", "trtllm_device.py", "lm_device.py")
 # Shipped with a detector's bundle only, beside RUNNER_FILES: the letterbox, decode and NMS the host measured with,
 # and the device's box check, timing and `infer` of a detector's release.
 DETECTION_FILES = ("detection.py", "detection_device.py")

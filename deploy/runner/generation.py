@@ -1,4 +1,4 @@
-"""Greedy text generation from an onnxruntime-genai model folder, and its timing, on the host and on a device.
+"""Greedy text generation from an onnxruntime-genai model folder, on the host and on a device.
 
 The folder is what onnxruntime-genai's model builder writes: model.onnx (+ model.onnx.data),
 genai_config.json, tokenizer.json, tokenizer_config.json. `GreedyGenerator` decodes it greedily with
@@ -18,9 +18,8 @@ An OpenVINO folder is decoded by ov_generation.OpenVINOGenerator with the same i
 
 Both stop a sequence at the model's own eos (genai_config.json's eos_token_id, an id or a list, as
 onnxruntime-genai always does) and at `eos_id` when given; the eos token is returned with the new
-tokens, as transformers' generate does. `time_generation` and `time_batch` time the same loops
-(time to first token, decode tokens/s, batch throughput), `load_tokenizer` encodes and decodes text
-without transformers. Python 3.8, numpy, onnxruntime, and optionally onnxruntime_genai and
+tokens, as transformers' generate does (decode_timing.py times them: time to first token, decode
+tokens/s, batch throughput); `load_tokenizer` encodes and decodes text without transformers. Python 3.8, numpy, onnxruntime, and optionally onnxruntime_genai and
 tokenizers, imported when used: no torch, nothing of the toolchain.
 """
 
@@ -28,7 +27,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import statistics
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -305,6 +303,34 @@ class GreedyGenerator:
         return np.asarray(logits[0], dtype=np.float32)
 
 
+def greedy_agreement(produced: Sequence[Sequence[int]], expected: Sequence[Sequence[int]]) -> Dict[str, object]:
+    """How far greedy runs agree with reference runs, position by position: a sequence shorter or longer than its
+    reference counts the positions it lacks as disagreeing. {"agreement", "identical_prompts", "prompts",
+    "positions"}."""
+    same = total = identical = 0
+    for ours, theirs in zip(produced, expected):
+        ours, theirs = [int(t) for t in ours], [int(t) for t in theirs]
+        same += sum(a == b for a, b in zip(ours, theirs))
+        total += max(len(ours), len(theirs))
+        identical += ours == theirs
+    return {"agreement": same / max(1, total), "identical_prompts": identical, "prompts": len(expected),
+            "positions": total}
+
+
+def read_hf_settings(generator: GreedyGenerator, folder, threads: Optional[int]) -> None:
+    """What a generator reads of a Hugging Face style folder (config.json, generation_config.json): its eos ids,
+    context length and vocabulary size."""
+    generator.folder = Path(folder)
+    generator.threads = threads
+    config = json.loads((generator.folder / "config.json").read_text())
+    generation_file = generator.folder / "generation_config.json"
+    generation = json.loads(generation_file.read_text()) if generation_file.is_file() else {}
+    generator.eos_ids = _eos_ids({"model": {"eos_token_id": generation.get("eos_token_id",
+                                                                           config.get("eos_token_id"))}})
+    generator.context_length = int(config.get("max_position_embeddings") or config.get("n_positions") or 0) or None
+    generator.vocab_size = config.get("vocab_size")
+
+
 class WholeGenerationGenerator(GreedyGenerator):
     """A runtime's own generator that decodes one prompt per call and hands its tokens back when it is done
     (openvino-genai's LLMPipeline, TensorRT-LLM's LLM API): subclasses give `generate` and `token_times`."""
@@ -321,77 +347,6 @@ class WholeGenerationGenerator(GreedyGenerator):
 
     def prefill_logits(self, prompt_ids: Sequence[int]) -> np.ndarray:
         raise GenerationError(f"{self.runtime} gives no logits here")
-
-
-# -- timing --------------------------------------------------------------------------------------------
-
-
-def time_generation(generator: GreedyGenerator, prompt_ids: Sequence[int], max_new_tokens: int,
-                    rounds: int = 5, warmup: int = 1, eos_id: Optional[int] = None) -> Dict[str, object]:
-    """Batch-1 latency, medians over `rounds` (after `warmup` untimed ones).
-
-    time_to_first_token_s: from the call to the first new token (prefill and the first token's pick);
-    decode_tokens_per_s: the tokens after the first over their time (None when a round made only one);
-    new_tokens: tokens made in the last round (fewer than max_new_tokens where an eos came first).
-    """
-    if rounds < 1:
-        raise ValueError("rounds must be at least 1")
-    for _ in range(warmup):
-        generator.generate(prompt_ids, max_new_tokens, eos_id)
-    firsts, rates, totals = [], [], []
-    count = 0
-    for _ in range(rounds):
-        _tokens, start, times = generator.token_times(prompt_ids, max_new_tokens, eos_id)
-        if not times:
-            raise ValueError("no token generated (max_new_tokens < 1)")
-        first, last, count = times[0], times[-1], len(times)
-        firsts.append(first - start)
-        totals.append(last - start)
-        if count > 1 and last > first:
-            rates.append((count - 1) / (last - first))
-    return {"backend": generator.backend, "prompt_tokens": len(prompt_ids), "new_tokens": count,
-            "rounds": rounds, "time_to_first_token_s": statistics.median(firsts),
-            "decode_tokens_per_s": statistics.median(rates) if len(rates) == rounds else None,
-            "total_s": statistics.median(totals)}
-
-
-def time_batch(generator: GreedyGenerator, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-               rounds: int = 5, warmup: int = 1, eos_id: Optional[int] = None) -> Dict[str, object]:
-    """Batch throughput, medians over `rounds`: prompts of one length decoded together.
-
-    tokens_per_s: all new tokens of all rows over the whole call (prefill included);
-    decode_tokens_per_s: the tokens after the first step over the time after it (None if one step);
-    new_tokens: the rows' new tokens in the last round, each row counted up to its eos.
-    """
-    if rounds < 1:
-        raise ValueError("rounds must be at least 1")
-    for _ in range(warmup):
-        generator.generate_batch(prompts, max_new_tokens, eos_id)
-    stop = generator._stop_ids(eos_id)
-    rates, decode_rates, totals = [], [], []
-    made = 0
-    for _ in range(rounds):
-        ended = np.zeros(len(prompts), dtype=bool)
-        made = first_step = 0
-        start = time.perf_counter()
-        first = last = None
-        for tokens in generator.stream_batch(prompts, max_new_tokens, eos_id):
-            last = time.perf_counter()
-            live = int((~ended).sum())
-            made += live
-            if first is None:
-                first, first_step = last, live
-            ended |= np.isin(tokens, list(stop)) if stop else False
-        if first is None:
-            raise ValueError("no token generated (max_new_tokens < 1)")
-        totals.append(last - start)
-        rates.append(made / (last - start))
-        if made > first_step and last > first:
-            decode_rates.append((made - first_step) / (last - first))
-    return {"backend": generator.backend, "batch": len(prompts), "prompt_tokens": len(prompts[0]),
-            "new_tokens": made, "rounds": rounds, "tokens_per_s": statistics.median(rates),
-            "decode_tokens_per_s": statistics.median(decode_rates) if len(decode_rates) == rounds else None,
-            "total_s": statistics.median(totals)}
 
 
 # -- tokenizer -----------------------------------------------------------------------------------------

@@ -21,8 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 
 try:  # on the host: the deploy.runner package
-    from . import generation, ov_generation, releases, runner, trtllm_device
+    from . import decode_timing, generation, ov_generation, releases, runner, trtllm_device
 except ImportError:  # on the device: loaded by runner.py from the release folder
+    import decode_timing
     import generation
     import ov_generation
     import releases
@@ -110,17 +111,9 @@ def greedy_check(generator, settings: dict) -> dict:
     if len(prompts) != len(expected) or not prompts:
         raise runner.RunnerError(f"manifest.json: generation: {len(prompts)} prompts but host tokens for "
                                  f"{len(expected)}")
-    same = total = identical = 0
-    produced_all = []
-    for prompt, host in zip(prompts, expected):
-        produced = generator.generate(prompt, int(settings["max_new_tokens"]))
-        produced_all.append(produced)
-        same += sum(a == b for a, b in zip(produced, host))
-        total += max(len(produced), len(host))
-        identical += produced == [int(t) for t in host]
-    agreement = same / max(1, total)
-    return {"agreement": round(agreement, 6), "identical_prompts": identical, "prompts": len(prompts),
-            "positions": total, "min_agreement": float(settings["min_agreement"]),
+    produced_all = [generator.generate(prompt, int(settings["max_new_tokens"])) for prompt in prompts]
+    found = generation.greedy_agreement(produced_all, expected)
+    return {**found, "agreement": round(found["agreement"], 6), "min_agreement": float(settings["min_agreement"]),
             "agreement_from": settings.get("agreement_from"), "backend": backend_name(generator),
             "tokens": produced_all}
 
@@ -166,7 +159,7 @@ def bench(release: Path, threads: int | None = None, rounds: int | None = None) 
     require_agreement(check)
     rounds = rounds or int(settings.get("rounds", 3))
     prompt = timed_prompt(settings)
-    timed = generation.time_generation(generator, prompt, int(settings["max_new_tokens"]), rounds=rounds)
+    timed = decode_timing.time_generation(generator, prompt, int(settings["max_new_tokens"]), rounds=rounds)
     tokens_per_s = timed["new_tokens"] / timed["total_s"] if timed["total_s"] > 0 else None
     decode = timed["decode_tokens_per_s"]
     row = {"model": manifest.get("model"), "artifact": manifest["artifact"], "backend": check["backend"],

@@ -11,7 +11,6 @@ Python 3.8, numpy and openvino: no torch, nothing of the toolchain.
 from __future__ import annotations
 
 import importlib
-import json
 import time
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -19,10 +18,10 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 try:  # a package on the host, flat files in a release on the device
-    from .generation import GenerationError, GreedyGenerator, WholeGenerationGenerator, _eos_ids
+    from .generation import GenerationError, GreedyGenerator, WholeGenerationGenerator, read_hf_settings
     from .sessions import openvino_core
 except ImportError:
-    from generation import GenerationError, GreedyGenerator, WholeGenerationGenerator, _eos_ids
+    from generation import GenerationError, GreedyGenerator, WholeGenerationGenerator, read_hf_settings
     from sessions import openvino_core
 
 
@@ -33,7 +32,8 @@ class OpenVINOGenerator(GreedyGenerator):
     on any CPU (OpenVINO would pick bf16 on a CPU with AMX)."""
 
     def __init__(self, folder, backend: str = "openvino", threads: Optional[int] = None):
-        read_folder_settings(self, folder, threads)
+        read_hf_settings(self, folder, threads)
+        self.model_path = self.folder / "openvino_model.xml"
         self.backend = "openvino"
         try:
             core = openvino_core()  # the process's one Core: a Core of its own, freed out of order, broke signals
@@ -70,20 +70,6 @@ class OpenVINOGenerator(GreedyGenerator):
         return np.array(self._run(ids, ids.shape[1])[0], dtype=np.float32)
 
 
-def read_folder_settings(generator: GreedyGenerator, folder, threads: Optional[int]) -> None:
-    """What both OpenVINO generators read of the folder: its eos ids, context length and vocabulary size."""
-    generator.folder = Path(folder)
-    generator.threads = threads
-    config = json.loads((generator.folder / "config.json").read_text())
-    generation_file = generator.folder / "generation_config.json"
-    generation = json.loads(generation_file.read_text()) if generation_file.is_file() else {}
-    generator.eos_ids = _eos_ids({"model": {"eos_token_id": generation.get("eos_token_id",
-                                                                           config.get("eos_token_id"))}})
-    generator.context_length = int(config.get("max_position_embeddings") or config.get("n_positions") or 0) or None
-    generator.vocab_size = config.get("vocab_size")
-    generator.model_path = generator.folder / "openvino_model.xml"
-
-
 class OpenVINOGenAIGenerator(WholeGenerationGenerator):
     """Greedy decoding of the folder by openvino-genai's LLMPipeline, what a user of the folder runs on a device.
 
@@ -98,7 +84,8 @@ class OpenVINOGenAIGenerator(WholeGenerationGenerator):
     runtime = "openvino-genai's LLMPipeline"
 
     def __init__(self, folder, backend: str = "openvino-genai", threads: Optional[int] = None):
-        read_folder_settings(self, folder, threads)
+        read_hf_settings(self, folder, threads)
+        self.model_path = self.folder / "openvino_model.xml"
         self.backend = "openvino-genai"
         try:
             import openvino as ov

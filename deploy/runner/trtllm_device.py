@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
-import json
 import time
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -23,9 +22,9 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 try:  # on the host: the deploy.runner package
-    from .generation import GenerationError, WholeGenerationGenerator, _eos_ids
+    from .generation import GenerationError, WholeGenerationGenerator, read_hf_settings
 except ImportError:  # on the device: loaded from the release folder
-    from generation import GenerationError, WholeGenerationGenerator, _eos_ids
+    from generation import GenerationError, WholeGenerationGenerator, read_hf_settings
 
 
 def llm_api():
@@ -118,21 +117,17 @@ class TensorRTLLMGenerator(WholeGenerationGenerator):
     runtime = "TensorRT-LLM's LLM API"
 
     def __init__(self, release: Path, manifest: dict, threads: Optional[int] = None):
-        config_file = Path(release) / manifest.get("model_folder", "model") / "config.json"
-        config = json.loads(config_file.read_text())
-        generation_file = config_file.parent / "generation_config.json"
-        generation = json.loads(generation_file.read_text()) if generation_file.is_file() else {}
-        self.folder = Path(release) / (manifest.get("engine") or {}).get("folder", "engine")
-        self.threads = threads
+        model_folder = Path(release) / manifest.get("model_folder", "model")
+        read_hf_settings(self, model_folder, threads)  # eos ids and vocabulary from the Hugging Face folder
+        engine = manifest.get("engine") or {}
+        self.folder = Path(release) / engine.get("folder", "engine")
         self.backend = "tensorrt-llm"
-        self.eos_ids = _eos_ids({"model": {"eos_token_id": generation.get("eos_token_id", config.get("eos_token_id"))}})
-        self.context_length = int((manifest.get("engine") or {}).get("settings", {}).get("max_seq_len") or 0) or None
-        self.vocab_size = config.get("vocab_size")
+        self.context_length = int(engine.get("settings", {}).get("max_seq_len") or 0) or self.context_length
         if not self.folder.is_dir():
             raise GenerationError(f"{self.folder}: no TensorRT-LLM engine (python3 runner.py build-engine RELEASE)")
         llm_class, _, self._sampling, self.version = llm_api()
         try:
-            self._llm = llm_class(model=str(self.folder), tokenizer=str(config_file.parent))
+            self._llm = llm_class(model=str(self.folder), tokenizer=str(model_folder))
         except Exception as error:  # an engine built by another TensorRT-LLM or for another GPU, among others
             raise GenerationError(f"TensorRT-LLM {self.version} cannot load the engine in {self.folder}: "
                                   f"{first_line(error)}") from None

@@ -139,18 +139,12 @@ def torch_reference(hf_folder: Path, prompts: list[list[int]], new_tokens: int) 
     """Torch's prefill logits and greedy continuation of every prompt."""
     import torch
 
-    from compress.tasks.causal_lm.models import load_lm
+    from compress.tasks.causal_lm.models import greedy_continuations, load_lm
 
     model = load_lm(hf_folder).eval()
-    logits, tokens = [], []
     with torch.no_grad():
-        for prompt in prompts:
-            ids = torch.tensor([prompt])
-            logits.append(model(input_ids=ids).logits[0].numpy())
-            out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, attention_mask=torch.ones_like(ids),
-                                 pad_token_id=model.config.eos_token_id)
-            tokens.append(out[0, len(prompt):].tolist())
-    return logits, tokens
+        logits = [model(input_ids=torch.tensor([prompt])).logits[0].numpy() for prompt in prompts]
+    return logits, greedy_continuations(model, prompts, new_tokens)
 
 
 def save_reference(path: Path, logits: list, tokens: list) -> None:
@@ -168,18 +162,15 @@ def load_reference(path: Path) -> tuple[list, list]:
 
 def compare(folder: Path, prompts, reference_logits, reference_tokens, new_tokens: int) -> dict[str, Any]:
     """Max |prefill logit diff| and the share of greedy tokens equal to torch's (position by position)."""
+    from deploy.runner.generation import greedy_agreement
     from deploy.runner.ov_generation import open_generator
 
     generator = open_generator(str(folder), backend="onnxruntime")
-    diffs, same, total, identical = [], 0, 0, 0
-    for prompt, logits, expected in zip(prompts, reference_logits, reference_tokens):
-        diffs.append(float(np.abs(generator.prefill_logits(prompt) - logits).max()))
-        produced = generator.generate(prompt, new_tokens)
-        same += sum(a == b for a, b in zip(produced, expected))
-        total += max(len(produced), len(expected))
-        identical += produced == expected
-    return {"max_abs_diff": round(max(diffs), 6), "token_agreement": round(same / max(1, total), 4),
-            "identical_prompts": identical, "prompts": len(prompts)}
+    diffs = [float(np.abs(generator.prefill_logits(prompt) - logits).max())
+             for prompt, logits in zip(prompts, reference_logits)]
+    found = greedy_agreement([generator.generate(prompt, new_tokens) for prompt in prompts], reference_tokens)
+    return {"max_abs_diff": round(max(diffs), 6), "token_agreement": round(found["agreement"], 4),
+            "identical_prompts": found["identical_prompts"], "prompts": len(prompts)}
 
 
 def openvino_genai_check(folders: list[Path], prompts, new_tokens: int) -> list[int]:
@@ -293,9 +284,8 @@ class LMBuildStage(Stage):
     def tensorrt_folder(ctx: StageContext, hf_folder: Path, out: Path, prompts, tokens, new_tokens: int) -> dict:
         """The folder a device builds its TensorRT-LLM engine from; its float16 agreement measured here."""
         from compress.stages.lm.tensorrt_llm_prep import prepare_folder
-        from compress.tasks.causal_lm.models import load_lm, positions_of
 
-        made = prepare_folder(hf_folder, out, prompts, tokens, new_tokens, positions_of(load_lm(hf_folder)))
+        made = prepare_folder(hf_folder, out, prompts, tokens, new_tokens)
         parity = made["parity"]
         ctx.log(f"{out.name}: built on the device by TensorRT-LLM ({made['settings']['architecture']}, float16); "
                 f"torch float16 here decodes the fp32 greedy tokens on {parity['token_agreement']:.0%} of positions")

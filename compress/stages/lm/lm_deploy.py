@@ -7,7 +7,7 @@ held-out prompts, max_new_tokens and this machine's greedy tokens for them from 
 `current` is switched, the device decodes the prompts greedily and compares: identical tokens for an fp32
 folder, else at least the bundle's agreement (min_agreement, or build's agreement with torch less
 agreement_margin); otherwise the switch is refused and the old release stays current. Then it times batch-1
-generation (generation.time_generation). Each device's results land in stages/deploy/<target>/results.json
+generation (decode_timing.time_generation). Each device's results land in stages/deploy/<target>/results.json
 and its summary line in the run log, and the report is written again with them (lm_report.device_lines).
 `compress deploy RUN_DIR --target ...` deploys a causal LM's run the same way, with the options of the run's
 own deploy section (`command_hooks`).

@@ -75,7 +75,7 @@ def torch_scores_on(path: Path, chosen: list[int]):
 
 
 def timings(folder: Path, prompt_source: list[int], cfg: LMBenchmarkConfig, threads: int, context: int) -> dict:
-    from deploy.runner.generation import time_batch, time_generation
+    from deploy.runner.decode_timing import time_batch, time_generation
     from deploy.runner.ov_generation import open_generator
 
     generator = open_generator(str(folder), backend="auto", threads=threads)

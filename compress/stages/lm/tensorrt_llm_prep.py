@@ -19,7 +19,6 @@ from compress.core.errors import StageFailed
 from compress.core.fileio import read_json, write_json
 
 SETTINGS_FILE = "tensorrt_llm.json"
-PRECISIONS = ("fp16",)
 # Hugging Face classes whose checkpoints TensorRT-LLM's LLM API converts (its supported-models list: Llama and
 # Mistral, GPT-2, Qwen 2, Gemma, Phi, Falcon, GPT-J), by config.json's `architectures`.
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "GPT2LMHeadModel": "gpt2",
@@ -44,32 +43,19 @@ def float16_tokens(hf_folder: Path, prompts: list[list[int]], new_tokens: int) -
     """Torch's greedy tokens of each prompt with the weights and activations in float16, as the engine runs."""
     import torch
 
-    from compress.tasks.causal_lm.models import load_lm
+    from compress.tasks.causal_lm.models import greedy_continuations, load_lm
 
-    model = load_lm(hf_folder).to(torch.float16).eval()
-    tokens = []
-    with torch.no_grad():
-        for prompt in prompts:
-            ids = torch.tensor([prompt])
-            out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, attention_mask=torch.ones_like(ids),
-                                 pad_token_id=model.config.eos_token_id)
-            tokens.append(out[0, len(prompt):].tolist())
-    return tokens
-
-
-def agreement(tokens: list[list[int]], reference: list[list[int]]) -> dict[str, Any]:
-    """The share of positions where two greedy runs agree (a missing position disagrees), and identical prompts."""
-    same = sum(sum(a == b for a, b in zip(ours, theirs)) for ours, theirs in zip(tokens, reference))
-    total = sum(max(len(ours), len(theirs)) for ours, theirs in zip(tokens, reference))
-    identical = sum(list(ours) == list(theirs) for ours, theirs in zip(tokens, reference))
-    return {"token_agreement": round(same / max(1, total), 6), "identical_prompts": identical,
-            "prompts": len(reference), "measured_with": "torch float16 on this machine's CPU"}
+    return greedy_continuations(load_lm(hf_folder).to(torch.float16).eval(), prompts, new_tokens)
 
 
 def prepare_folder(hf_folder: Path, out: Path, prompts: list[list[int]], reference: list[list[int]],
-                   new_tokens: int, max_seq_len: int) -> dict[str, Any]:
+                   new_tokens: int) -> dict[str, Any]:
     """Write the folder the device builds from and return its build settings and float16 agreement."""
+    from deploy.runner.generation import greedy_agreement
+
     architecture = architecture_of(hf_folder)
+    config = read_json(hf_folder / "config.json")
+    max_seq_len = int(config.get("max_position_embeddings") or config["n_positions"])
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     for name in COPIED:
@@ -81,4 +67,7 @@ def prepare_folder(hf_folder: Path, out: Path, prompts: list[list[int]], referen
     settings = {"dtype": "float16", "max_batch_size": 1, "max_input_len": max(longest_prompt, max_seq_len // 2),
                 "max_seq_len": max_seq_len, "architecture": architecture, "family": ARCHITECTURES[architecture]}
     write_json(out / SETTINGS_FILE, settings)
-    return {"settings": settings, "parity": agreement(float16_tokens(hf_folder, prompts, new_tokens), reference)}
+    found = greedy_agreement(float16_tokens(hf_folder, prompts, new_tokens), reference)
+    parity = {"token_agreement": round(found["agreement"], 6), "identical_prompts": found["identical_prompts"],
+              "prompts": found["prompts"], "measured_with": "torch float16 on this machine's CPU"}
+    return {"settings": settings, "parity": parity}

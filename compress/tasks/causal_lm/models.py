@@ -166,3 +166,17 @@ def load_lm(folder: Path):
     import transformers
 
     return transformers.AutoModelForCausalLM.from_pretrained(folder, dtype="float32")
+
+
+def greedy_continuations(model, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """The model's greedy new tokens for each prompt (up to and including an eos), as transformers decodes them."""
+    import torch
+
+    tokens = []
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = torch.tensor([prompt])
+            out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, attention_mask=torch.ones_like(ids),
+                                 pad_token_id=model.config.eos_token_id)
+            tokens.append(out[0, len(prompt):].tolist())
+    return tokens
